@@ -1,0 +1,207 @@
+"""The five component interfaces of ldmkit (the contract of DESIGN.md section 2).
+
+Every component class carries ``name`` (its registered name) and a nested pydantic ``Params``
+model that validates its spec parameters; it is built with ``Cls(params)`` or
+``Cls.from_params(mapping)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from ldmkit.conditioning import Conditioning
+from ldmkit.schedules import NoiseSchedule
+
+Prediction = Literal["eps", "x0", "v"]
+Slot = Literal["crossattn", "concat", "vector"]
+
+
+class Params(BaseModel):
+    """Base of every component's ``Params``: strict, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _Configurable:
+    """Shared ``name`` / ``Params`` plumbing of all component kinds."""
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+
+    params: Params
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | Params | None = None):
+        """Validate ``params`` with ``cls.Params`` and build the component."""
+        if not isinstance(params, BaseModel):
+            params = cls.Params.model_validate(dict(params or {}))
+        return cls(params)
+
+
+class Component(_Configurable, nn.Module):
+    """A component with weights (first stage, denoiser, conditioner)."""
+
+    def __init__(self, params: Params | None = None) -> None:
+        nn.Module.__init__(self)
+        self.params = params if params is not None else type(self).Params()
+
+
+class LatentDistribution(Protocol):
+    """What ``FirstStage.encode_distribution`` returns."""
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor: ...
+    def mode(self) -> Tensor: ...
+    def kl(self) -> Tensor: ...
+
+
+class FirstStage(Component, ABC):
+    """Perceptual autoencoder. Images are NCHW in [-1, 1]."""
+
+    kind = "first_stage"
+    latent_channels: int
+    downsample: int
+
+    @abstractmethod
+    def encode(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, latent_channels, H/f, W/f); deterministic (KL mode, VQ pre-quantization)."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor) -> Tensor:
+        """(B, latent_channels, h, w) -> (B, 3, h*f, w*f); VQ quantizes first."""
+
+    def encode_distribution(self, images: Tensor) -> LatentDistribution:
+        """The posterior used in training. Deterministic first stages return a point mass."""
+        return PointMass(self.encode(images))
+
+
+class PointMass:
+    """A degenerate distribution (VQ and identity first stages)."""
+
+    def __init__(self, value: Tensor) -> None:
+        self.value = value
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return self.value
+
+    def mode(self) -> Tensor:
+        return self.value
+
+    def kl(self) -> Tensor:
+        return self.value.new_zeros(self.value.shape[0])
+
+
+class Denoiser(Component, ABC):
+    """Noise-prediction network ``forward(x_t, t, cond) -> prediction``."""
+
+    kind = "denoiser"
+    prediction: Prediction = "eps"
+
+    @abstractmethod
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """x_t (B, C, h, w), t (B,) integer timesteps -> (B, C_out, h, w) in the ``prediction`` parameterization."""
+
+
+class Conditioner(Component, ABC):
+    """Turns a raw input into :class:`Conditioning`; declares the slots it fills."""
+
+    kind = "conditioner"
+    slots: ClassVar[tuple[Slot, ...]] = ()
+
+    @abstractmethod
+    def forward(self, raw: Any) -> Conditioning:
+        """raw in its natural type (class ids, token ids or strings, boxes, maps, images)."""
+
+    @abstractmethod
+    def unconditional(self, batch: int) -> Conditioning:
+        """The 'empty' conditioning used for classifier-free guidance."""
+
+    def attach(self, first_stage: FirstStage) -> None:
+        """Called by the Pipeline with its first stage (for conditioners that encode images with it)."""
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+
+ModelFn = Callable[[Tensor, Tensor], Tensor]
+"""``model_fn(x, t) -> eps``: guidance applied, prediction already converted to epsilon."""
+
+StepCallback = Callable[[int, int, Tensor, Tensor], "bool | None"]
+"""``callback(step, t, x, pred_x0)``; returning ``True`` stops sampling early."""
+
+
+class Sampler(_Configurable, ABC):
+    """Reverse process. Stateless between calls; moves nothing to another device."""
+
+    kind = "sampler"
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params if params is not None else type(self).Params()
+
+    @abstractmethod
+    def sample(
+        self,
+        model_fn: ModelFn,
+        schedule: NoiseSchedule,
+        x_T: Tensor,
+        *,
+        steps: int,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback: StepCallback | None = None,
+        mask: Tensor | None = None,
+        x0: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Run the reverse process from ``x_T`` (B, C, h, w) and return x_0 (B, C, h, w).
+
+        ``mask`` (B or 1, 1, h, w), 1 where ``x0`` is known: that region is re-noised from ``x0`` and kept.
+        """
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How a task samples: number of pictures, seed, sampler and its settings."""
+
+    n: int = 1
+    seed: int = 0
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    guidance_scale: float = 1.0
+    progress: bool = False
+
+
+class Task(_Configurable, ABC):
+    """A user-facing job: turns a request into conditioning, runs the pipeline, returns images."""
+
+    kind = "task"
+    Request: ClassVar[type[BaseModel]] = BaseModel
+
+    def __init__(self, params: Params | None = None) -> None:
+        self.params = params if params is not None else type(self).Params()
+
+    @abstractmethod
+    def run(self, pipeline: Any, request: BaseModel, options: SampleOptions) -> Tensor:
+        """Return images (N, 3, H, W) in [-1, 1]."""
+
+
+KINDS: dict[str, type] = {
+    "first_stage": FirstStage,
+    "denoiser": Denoiser,
+    "conditioner": Conditioner,
+    "sampler": Sampler,
+    "task": Task,
+}

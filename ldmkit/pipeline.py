@@ -1,0 +1,209 @@
+"""A latent diffusion pipeline: first stage + denoiser + conditioner + schedule."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ldmkit.conditioning import Conditioning
+from ldmkit.errors import SpecError
+from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback
+from ldmkit.prediction import to_eps
+from ldmkit.schedules import NoiseSchedule
+from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "spec.yaml"
+COMPONENT_FIELDS = ("first_stage", "denoiser", "conditioner")
+
+
+class Pipeline:
+    """Holds the components and samples latents; ``decode`` turns latents into images in [-1, 1]."""
+
+    def __init__(
+        self,
+        first_stage: FirstStage,
+        denoiser: Denoiser,
+        conditioner: Conditioner | None = None,
+        schedule: NoiseSchedule | None = None,
+        scale_factor: float = 1.0,
+        spec: PipelineSpec | None = None,
+        latent_size: tuple[int, int] | None = None,
+    ) -> None:
+        self.first_stage = first_stage
+        self.denoiser = denoiser
+        self.conditioner = conditioner
+        self.schedule = schedule or NoiseSchedule.from_spec()
+        self.scale_factor = float(scale_factor)
+        self.spec = spec
+        self.latent_size = latent_size or (tuple(spec.latent_size) if spec and spec.latent_size else None)
+        # modules are not re-entrant under concurrent .to()/eval(); sampling itself only reads weights
+        self.lock = threading.RLock()
+        if conditioner is not None:
+            conditioner.attach(first_stage)
+        for module in self.modules().values():
+            module.eval()
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec_or_path: PipelineSpec | dict | str | Path, registry=None) -> Pipeline:
+        """Build (untrained) components from a spec object, mapping or file path."""
+        from ldmkit.registry import get_registry
+
+        registry = registry or get_registry()
+        if isinstance(spec_or_path, (str, Path)):
+            spec = load_spec(spec_or_path, registry)
+        else:
+            spec = validate_spec(spec_or_path, registry)
+        parts: dict[str, Any] = {}
+        for field_name, comp in spec.components().items():
+            parts[field_name] = registry.create(field_name, comp.type, comp.params)
+        return cls(
+            schedule=NoiseSchedule.from_spec(spec.schedule), scale_factor=spec.scale_factor, spec=spec, **parts
+        )
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {name: m for name in COMPONENT_FIELDS if (m := getattr(self, name)) is not None}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Pipeline:
+        with self.lock:
+            for module in self.modules().values():
+                module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``spec.yaml`` and one safetensors file per component into ``directory``."""
+        from ldmkit.checkpoints import save_state_dict
+
+        if self.spec is None:
+            raise SpecError("this pipeline has no spec; build it with Pipeline.from_spec to save it")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, module in self.modules().items():
+            save_state_dict(module.state_dict(), directory / f"{name}.safetensors")
+        spec = self.spec.model_copy(update={"scale_factor": self.scale_factor})
+        from ldmkit.checkpoints import atomic_write_text
+
+        atomic_write_text(directory / SPEC_FILE, dump_spec(spec))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, registry=None, device: str | torch.device = "cpu") -> Pipeline:
+        """Load a folder written by :meth:`save` (weights strictly: missing or unexpected keys fail)."""
+        from ldmkit.checkpoints import load_into
+
+        directory = Path(directory)
+        pipe = cls.from_spec(directory / SPEC_FILE, registry)
+        for name, module in pipe.modules().items():
+            load_into(module, directory / f"{name}.safetensors", what=name)
+        return pipe.to(device)
+
+    # -- conditioning and guidance --------------------------------------------------------------
+    def condition(self, raw: Any) -> Conditioning:
+        """Run the conditioner on a raw input (or pass a Conditioning through)."""
+        if isinstance(raw, Conditioning) or raw is None:
+            return raw if raw is not None else Conditioning()
+        if self.conditioner is None:
+            raise SpecError("this pipeline has no conditioner; pass a Conditioning or None")
+        return self.conditioner(raw)
+
+    def model_fn(
+        self, cond: Conditioning, uncond: Conditioning | None = None, guidance_scale: float = 1.0
+    ) -> ModelFn:
+        """``model_fn(x, t) -> eps`` with classifier-free guidance as one batched call."""
+        ac = self.schedule.alphas_cumprod
+        prediction = self.denoiser.prediction
+        guided = uncond is not None and guidance_scale != 1.0
+
+        def fn(x: Tensor, t: Tensor) -> Tensor:
+            if not guided:
+                out = self.denoiser(x, t, cond)
+                return to_eps(out, x, t, ac, prediction)
+            both = Conditioning.cat([uncond, cond])
+            out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, C, h, w)
+            out = to_eps(out, torch.cat([x, x]), torch.cat([t, t]), ac, prediction)
+            e_uncond, e_cond = out.chunk(2)
+            return e_uncond + guidance_scale * (e_cond - e_uncond)
+
+        return fn
+
+    # -- sampling -----------------------------------------------------------------------------
+    def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+        if self.latent_size is None:
+            raise SpecError("the latent size is unknown: pass x_T or set latent_size in the spec")
+        return (batch, self.first_stage.latent_channels, *self.latent_size)
+
+    def initial_noise(self, batch: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """x_T drawn on the CPU (so results do not depend on the device), one generator per sample if a list."""
+        shape = self.latent_shape(batch)
+        if isinstance(generator, list):
+            noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+        else:
+            noise = torch.randn(shape, generator=generator)
+        return noise.to(device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Conditioning | Any = None,
+        *,
+        sampler: str | Sampler = "ddim",
+        steps: int = 50,
+        x_T: Tensor | None = None,
+        eta: float = 0.0,
+        uncond: Conditioning | Any = None,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback: StepCallback | None = None,
+        mask: Tensor | None = None,
+        x0: Tensor | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Sample latents (B, C, h, w) (still multiplied by ``scale_factor``; use :meth:`decode`)."""
+        from ldmkit.registry import get_registry
+
+        cond = self.condition(cond)
+        uncond = self.condition(uncond) if uncond is not None else None
+        if isinstance(sampler, str):
+            sampler = get_registry().create("sampler", sampler)
+        if x_T is None:
+            batch = cond.batch_size or batch_size or (len(generator) if isinstance(generator, list) else 1)
+            x_T = self.initial_noise(batch, generator)
+        return sampler.sample(
+            self.model_fn(cond, uncond, guidance_scale),
+            self.schedule,
+            x_T,
+            steps=steps,
+            eta=eta,
+            generator=generator,
+            callback=callback,
+            mask=mask,
+            x0=x0,
+            progress=progress,
+        )
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images in [-1, 1] (not clamped) from latents: ``first_stage.decode(latents / scale_factor)``."""
+        return self.first_stage.decode(latents / self.scale_factor)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Scaled latents of images in [-1, 1]: ``first_stage.encode(images) * scale_factor``."""
+        return self.first_stage.encode(images) * self.scale_factor

@@ -1,0 +1,190 @@
+"""Pipeline specs: YAML/JSON documents validated by pydantic, components looked up by name only.
+
+Nothing in a spec is ever imported or executed: a ``type`` is a key into the plugin registry and
+``params`` are validated by that component's own ``Params`` model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ldmkit.errors import SpecError, UnknownComponentError
+from ldmkit.schedules import ScheduleSpec
+
+SPEC_VERSION = 1
+MAX_SPEC_BYTES = 1 << 20  # a spec is a small text file
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ComponentSpec(_Strict):
+    """One component: its registered ``type`` and the parameters its ``Params`` validates."""
+
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _registered_name_only(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a component name (letters, digits, '-' and '_'); "
+                "specs name registered components, never import paths"
+            )
+        return value
+
+
+class SamplingSpec(_Strict):
+    """Default sampling settings of a pipeline."""
+
+    sampler: str = "ddim"
+    steps: int = Field(50, ge=1, le=10_000)
+    eta: float = Field(0.0, ge=0.0)
+    guidance_scale: float = Field(1.0, ge=0.0)
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a sampler name")
+        return value
+
+
+class PipelineSpec(_Strict):
+    """A whole pipeline as data."""
+
+    version: Literal[1] = SPEC_VERSION
+    first_stage: ComponentSpec
+    denoiser: ComponentSpec
+    conditioner: ComponentSpec | None = None
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    scale_factor: float = Field(1.0, gt=0)
+    latent_size: list[int] | None = Field(None, min_length=2, max_length=2, description="(h, w) of the latent")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+
+    def components(self) -> dict[str, ComponentSpec]:
+        out = {"first_stage": self.first_stage, "denoiser": self.denoiser}
+        if self.conditioner is not None:
+            out["conditioner"] = self.conditioner
+        return out
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each naming the field path."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(err["loc"]))
+        lines.append(f"{loc or '(top level)'}: {err['msg']}")
+    return "; ".join(lines)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML loader that also refuses duplicate mapping keys."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    out: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise SpecError(f"line {key_node.start_mark.line + 1}: a mapping key must be a scalar") from None
+        if key in out:
+            raise SpecError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        out[key] = loader.construct_object(value_node, deep=deep)
+    return out
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _reject_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise SpecError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
+    """Parse YAML (or JSON, a subset) safely into a mapping; raise SpecError naming ``source``."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
+        raise SpecError(f"{source}: larger than {MAX_SPEC_BYTES} bytes; a spec is a small text file")
+    try:
+        if source.endswith(".json"):
+            data = json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)
+        else:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except SpecError as exc:
+        raise SpecError(f"{source}: {exc}") from None
+    except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise SpecError(f"{source}: not valid YAML/JSON ({detail})") from None
+    if data is None:
+        raise SpecError(f"{source}: the file is empty; a spec is a mapping with 'first_stage' and 'denoiser'")
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a spec must be a mapping, not a {type(data).__name__}")
+    return data
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such file")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES} bytes; a spec is a small text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    return parse_document(text, str(path))
+
+
+def validate_spec(data: dict[str, Any] | PipelineSpec, registry=None, source: str = "spec") -> PipelineSpec:
+    """Validate the structure, then each component's params against its registered ``Params``."""
+    from ldmkit.registry import get_registry
+
+    if isinstance(data, PipelineSpec):
+        spec = data
+    else:
+        try:
+            spec = PipelineSpec.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(f"{source}: {format_validation_error(exc)}") from None
+    registry = registry or get_registry()
+    for field_name, comp in spec.components().items():
+        try:
+            cls = registry.get(field_name, comp.type)
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"{source}: {field_name}.type: {exc}") from None
+        try:
+            cls.Params.model_validate(comp.params)
+        except ValidationError as exc:
+            raise SpecError(f"{source}: {format_validation_error(exc, f'{field_name}.params')}") from None
+    try:
+        registry.get("sampler", spec.sampling.sampler)
+    except UnknownComponentError as exc:
+        raise UnknownComponentError(f"{source}: sampling.sampler: {exc}") from None
+    return spec
+
+
+def load_spec(path: str | Path, registry=None) -> PipelineSpec:
+    """Read and fully validate a pipeline spec file (YAML or JSON)."""
+    return validate_spec(read_document(path), registry, source=str(path))
+
+
+def dump_spec(spec: PipelineSpec) -> str:
+    """YAML text of a spec (round-trips through :func:`load_spec`)."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,5 @@
+"""Built-in tasks plugin."""
+
+from __future__ import annotations
+
+LDMKIT_API_VERSION = "1.0"
