@@ -1,0 +1,1 @@
+"""Conformance test classes for component authors (see docs/plugins.md)."""
