@@ -193,6 +193,18 @@ class Task(_Configurable, ABC):
     def __init__(self, params: Params | None = None) -> None:
         self.params = params if params is not None else type(self).Params()
 
+    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+        """Build the request from CLI-style inputs (strings, or the bytes of files)."""
+        from pydantic import ValidationError
+
+        from ldmkit.errors import InputError
+
+        try:
+            return self.Request.model_validate(inputs)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"task {self.name!r}: {problems}") from None
+
     @abstractmethod
     def run(self, pipeline: Any, request: BaseModel, options: SampleOptions) -> Tensor:
         """Return images (N, 3, H, W) in [-1, 1]."""

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ldmkit.conditioning import Conditioning
 from ldmkit.errors import SpecError
-from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback
+from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
 from ldmkit.prediction import to_eps
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
@@ -64,9 +64,7 @@ class Pipeline:
         parts: dict[str, Any] = {}
         for field_name, comp in spec.components().items():
             parts[field_name] = registry.create(field_name, comp.type, comp.params)
-        return cls(
-            schedule=NoiseSchedule.from_spec(spec.schedule), scale_factor=spec.scale_factor, spec=spec, **parts
-        )
+        return cls(schedule=NoiseSchedule.from_spec(spec.schedule), scale_factor=spec.scale_factor, spec=spec, **parts)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {name: m for name in COMPONENT_FIELDS if (m := getattr(self, name)) is not None}
@@ -113,6 +111,20 @@ class Pipeline:
             load_into(module, directory / f"{name}.safetensors", what=name)
         return pipe.to(device)
 
+    # -- tasks --------------------------------------------------------------------------------------
+    def task(self, name: str, registry=None) -> Task:
+        """The task ``name`` as this pipeline's spec configures it (else the registered task with defaults)."""
+        from ldmkit.registry import get_registry
+
+        registry = registry or get_registry()
+        comp = self.spec.tasks.get(name) if self.spec is not None else None
+        if comp is not None:
+            return registry.create("task", comp.type, comp.params)
+        if self.spec is not None and self.spec.tasks:
+            served = ", ".join(sorted(self.spec.tasks))
+            raise SpecError(f"this pipeline does not serve task {name!r}; it serves: {served}")
+        return registry.create("task", name)
+
     # -- conditioning and guidance --------------------------------------------------------------
     def condition(self, raw: Any) -> Conditioning:
         """Run the conditioner on a raw input (or pass a Conditioning through)."""
@@ -122,9 +134,7 @@ class Pipeline:
             raise SpecError("this pipeline has no conditioner; pass a Conditioning or None")
         return self.conditioner(raw)
 
-    def model_fn(
-        self, cond: Conditioning, uncond: Conditioning | None = None, guidance_scale: float = 1.0
-    ) -> ModelFn:
+    def model_fn(self, cond: Conditioning, uncond: Conditioning | None = None, guidance_scale: float = 1.0) -> ModelFn:
         """``model_fn(x, t) -> eps`` with classifier-free guidance as one batched call."""
         ac = self.schedule.alphas_cumprod
         prediction = self.denoiser.prediction

@@ -70,6 +70,9 @@ class PipelineSpec(_Strict):
     scale_factor: float = Field(1.0, gt=0)
     latent_size: list[int] | None = Field(None, min_length=2, max_length=2, description="(h, w) of the latent")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    tasks: dict[str, ComponentSpec] = Field(
+        default_factory=dict, description="tasks this pipeline serves: task name -> {type, params}"
+    )
 
     def components(self) -> dict[str, ComponentSpec]:
         out = {"first_stage": self.first_stage, "denoiser": self.denoiser}
@@ -173,6 +176,15 @@ def validate_spec(data: dict[str, Any] | PipelineSpec, registry=None, source: st
             cls.Params.model_validate(comp.params)
         except ValidationError as exc:
             raise SpecError(f"{source}: {format_validation_error(exc, f'{field_name}.params')}") from None
+    for task_name, comp in spec.tasks.items():
+        try:
+            cls = registry.get("task", comp.type)
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"{source}: tasks.{task_name}.type: {exc}") from None
+        try:
+            cls.Params.model_validate(comp.params)
+        except ValidationError as exc:
+            raise SpecError(f"{source}: {format_validation_error(exc, f'tasks.{task_name}.params')}") from None
     try:
         registry.get("sampler", spec.sampling.sampler)
     except UnknownComponentError as exc:

@@ -1,0 +1,1 @@
+"""Subcommands of the ``ldmkit`` CLI, one module each."""

@@ -1,0 +1,119 @@
+"""What every built-in task shares: turning inputs into a batched raw conditioning and sampling."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+import ldmkit
+from ldmkit.errors import InputError
+from ldmkit.interfaces import SampleOptions
+
+
+class TaskParams(ldmkit.Params):
+    part: str | None = Field(
+        None, description="name of the composite conditioner's part this task fills (None: the whole conditioner)"
+    )
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
+
+
+class ConditionedTask(ldmkit.Task):
+    """Base: subclasses turn a request into one raw conditioner input (``raw_input``) for a single picture."""
+
+    Params = TaskParams
+    Request: ClassVar[type[BaseModel]] = Request
+    inputs: ClassVar[tuple[str, ...]] = ()
+    """Names of the CLI inputs (``--label``, ``--prompt`` ...) this task reads."""
+
+    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+        """Build the request from CLI-style inputs: strings, or bytes of files."""
+        missing = [name for name in self.inputs if inputs.get(name) is None]
+        if missing:
+            flags = ", ".join(f"--{m}" for m in missing)
+            raise InputError(f"task {self.name!r} needs {flags}")
+        return self.Request(**{name: inputs[name] for name in self.inputs})
+
+    def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
+        """The conditioner input for ``n`` copies of the request (None: unconditional)."""
+        return None
+
+    def wrap(self, value: Any) -> Any:
+        return {self.params.part: value} if self.params.part is not None else value
+
+    def conditioning(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
+        """(cond, uncond) for ``n`` pictures; uncond is None when the pipeline has no conditioner."""
+        if pipeline.conditioner is None:
+            return ldmkit.Conditioning(), None
+        uncond = pipeline.conditioner.unconditional(n)
+        raw = self.raw_input(pipeline, request, n)
+        if raw is None:
+            return uncond, None
+        return pipeline.conditioner(self.wrap(raw)), uncond
+
+    def sample_kwargs(self, pipeline: Any, request: BaseModel, n: int) -> dict[str, Any]:
+        """Extra arguments for ``Pipeline.sample`` (masked sampling uses this)."""
+        return {}
+
+    def run(self, pipeline: Any, request: BaseModel, options: SampleOptions) -> Tensor:
+        if options.n < 1:
+            raise InputError("the number of pictures must be at least 1")
+        with torch.no_grad():
+            cond, uncond = self.conditioning(pipeline, request, options.n)
+            # one generator per picture: picture i of seed s equals picture 0 of seed s + i
+            generators = [torch.Generator().manual_seed(options.seed + i) for i in range(options.n)]
+            latents = pipeline.sample(
+                cond,
+                sampler=options.sampler,
+                steps=options.steps,
+                eta=options.eta,
+                uncond=uncond if options.guidance_scale != 1.0 else None,
+                guidance_scale=options.guidance_scale,
+                generator=generators,
+                batch_size=options.n,
+                progress=options.progress,
+                **self.sample_kwargs(pipeline, request, options.n),
+            )
+            return pipeline.decode(latents).clamp(-1, 1)  # (n, 3, H, W)
+
+
+def image_size(pipeline: Any) -> tuple[int, int]:
+    """Pixel size the pipeline generates."""
+    h, w = pipeline.latent_size or (0, 0)
+    f = pipeline.first_stage.downsample
+    return h * f, w * f
+
+
+def read_png(data: bytes, what: str, mode: str) -> Tensor:
+    """Decode PNG/any Pillow image bytes into a uint8 tensor (H, W, C) or (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > 4096 * 4096:
+                raise InputError(f"{what}: image of {img.width}x{img.height} is too large")
+            arr = torch.frombuffer(bytearray(img.convert(mode).tobytes()), dtype=torch.uint8)
+            channels = {"L": 1, "RGB": 3}[mode]
+            return (
+                arr.view(img.height, img.width, channels).squeeze(-1)
+                if channels == 1
+                else arr.view(img.height, img.width, channels)
+            )
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"{what}: not a readable image ({exc})") from None
+
+
+def to_signed(images_u8: Tensor) -> Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
+    return images_u8.permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def check_size(t: Tensor, expected: tuple[int, int], what: str) -> None:
+    if tuple(t.shape[-2:]) != tuple(expected) and not (t.dim() == 3 and tuple(t.shape[:2]) == tuple(expected)):
+        raise InputError(f"{what}: expected {expected[0]}x{expected[1]} pixels, got {tuple(t.shape)}")

@@ -1,0 +1,181 @@
+"""Tasks with spatial inputs: layout2img, semantic2img, superres, inpaint."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from ldmkit.errors import InputError
+from ldmkit_tasks.base import ConditionedTask, Request, TaskParams, check_size, image_size, read_png, to_signed
+
+
+class LayoutObject(BaseModel):
+    label: int | str
+    box: list[float] = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] as fractions of the picture")
+
+    @field_validator("box")
+    @classmethod
+    def _inside(cls, box: list[float]) -> list[float]:
+        x0, y0, x1, y1 = box
+        if not all(0.0 <= v <= 1.0 for v in box):
+            raise ValueError(f"box {box} is outside [0, 1]")
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"box {box} needs x0 < x1 and y0 < y1")
+        return box
+
+
+class LayoutRequest(Request):
+    layout: list[LayoutObject] = Field(min_length=1, max_length=16)
+
+
+class Layout2ImgTask(ConditionedTask):
+    """Layout-to-image generation from labelled boxes."""
+
+    name = "layout2img"
+    Request = LayoutRequest
+    inputs = ("layout",)
+
+    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+        data = inputs.get("layout")
+        if data is None:
+            raise InputError("task 'layout2img' needs --layout FILE.json")
+        try:
+            objects = json.loads(data) if isinstance(data, (bytes, str)) else data
+            return LayoutRequest(layout=objects)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"layout: not valid JSON ({exc})") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"layout: {problems}") from None
+
+    def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
+        objects = [obj.model_dump() for obj in request.layout]
+        return [list(objects) for _ in range(n)]
+
+
+class SemanticParams(TaskParams):
+    n_classes: int = Field(4, ge=2, description="classes of the map (0 = background)")
+
+
+class SemanticRequest(Request):
+    segmentation: Any  # (H, W) uint8 tensor of class ids
+
+
+class Semantic2ImgTask(ConditionedTask):
+    """Semantic-map-to-image generation: a map of class ids, one-hot encoded into concat channels."""
+
+    name = "semantic2img"
+    Params = SemanticParams
+    Request = SemanticRequest
+    inputs = ("segmentation",)
+
+    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+        data = inputs.get("segmentation")
+        if data is None:
+            raise InputError("task 'semantic2img' needs --segmentation MAP.png")
+        seg = read_png(data, "segmentation", "L") if isinstance(data, bytes) else torch.as_tensor(data)
+        if seg.dim() != 2:
+            raise InputError(f"segmentation: expected a single-channel map, got shape {tuple(seg.shape)}")
+        top = int(seg.max())
+        if top >= self.params.n_classes:
+            raise InputError(f"segmentation: value {top} found; classes are 0..{self.params.n_classes - 1}")
+        return SemanticRequest(segmentation=seg.long())
+
+    def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
+        seg = request.segmentation
+        check_size(seg, image_size(pipeline), "segmentation")
+        onehot = F.one_hot(seg, self.params.n_classes).permute(2, 0, 1).float()  # (C, H, W)
+        return onehot.unsqueeze(0).repeat(n, 1, 1, 1)  # (n, C, H, W)
+
+
+class SuperresParams(TaskParams):
+    factor: int = Field(4, ge=1, le=16)
+
+
+class ImageRequest(Request):
+    image: Any  # (3, h, w) float in [-1, 1]
+
+
+class SuperresTask(ConditionedTask):
+    """Super-resolution: the low-resolution picture conditions by concatenation."""
+
+    name = "superres"
+    Params = SuperresParams
+    Request = ImageRequest
+    inputs = ("image",)
+
+    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+        data = inputs.get("image")
+        if data is None:
+            raise InputError("task 'superres' needs --image LOW.png")
+        img = to_signed(read_png(data, "image", "RGB")) if isinstance(data, bytes) else torch.as_tensor(data)
+        return ImageRequest(image=img)
+
+    def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
+        h, w = image_size(pipeline)
+        f = self.params.factor
+        check_size(request.image, (h // f, w // f), "image")
+        return request.image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, h, w)
+
+
+class InpaintParams(TaskParams):
+    mode: Literal["concat", "masked-sampling"] = Field(
+        "concat",
+        description="concat: an inpainting model conditioned on the masked image; "
+        "masked-sampling: any model, the known region is re-noised and kept at every step",
+    )
+    paste_known: bool = Field(False, description="copy the known pixels of the input into the result")
+
+
+class InpaintRequest(Request):
+    image: Any  # (3, H, W) float in [-1, 1]
+    mask: Any  # (1, H, W) float, 1 = fill in
+
+
+class InpaintTask(ConditionedTask):
+    """Inpainting: fill the white region of the mask."""
+
+    name = "inpaint"
+    Params = InpaintParams
+    Request = InpaintRequest
+    inputs = ("image", "mask")
+
+    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+        super().parse_request(inputs)  # reports missing inputs
+        image, mask = inputs["image"], inputs["mask"]
+        img = to_signed(read_png(image, "image", "RGB")) if isinstance(image, bytes) else torch.as_tensor(image)
+        m = (read_png(mask, "mask", "L") > 127).float()[None] if isinstance(mask, bytes) else torch.as_tensor(mask)
+        if tuple(m.shape[-2:]) != tuple(img.shape[-2:]):
+            raise InputError(f"mask {tuple(m.shape[-2:])} and image {tuple(img.shape[-2:])} differ in size")
+        return InpaintRequest(image=img, mask=m)
+
+    def _batch(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
+        check_size(request.image, image_size(pipeline), "image")
+        image = request.image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, H, W)
+        mask = request.mask.reshape(1, 1, *request.mask.shape[-2:]).repeat(n, 1, 1, 1).float()  # (n, 1, H, W)
+        return image, mask
+
+    def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
+        if self.params.mode != "concat":
+            return None
+        image, mask = self._batch(pipeline, request, n)
+        return {"image": image, "mask": mask}
+
+    def sample_kwargs(self, pipeline: Any, request: BaseModel, n: int) -> dict[str, Any]:
+        if self.params.mode != "masked-sampling":
+            return {}
+        image, mask = self._batch(pipeline, request, n)
+        x0 = pipeline.encode(image.to(pipeline.device, pipeline.dtype))  # (n, C, h, w)
+        fill = F.interpolate(mask, size=x0.shape[-2:], mode="area") > 0  # (n, 1, h, w): any pixel to fill
+        return {"mask": (~fill).to(x0.dtype).to(x0.device), "x0": x0}
+
+    def run(self, pipeline: Any, request: BaseModel, options) -> Any:
+        out = super().run(pipeline, request, options)
+        if self.params.paste_known:
+            image, mask = self._batch(pipeline, request, options.n)
+            out = out * mask.to(out) + image.to(out) * (1 - mask.to(out))
+        return out
