@@ -87,9 +87,7 @@ class Registry:
         close = difflib.get_close_matches(name, known + [a for (k, a) in self.aliases if k == kind], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         listing = ", ".join(known) if known else "(none)"
-        raise UnknownComponentError(
-            f"unknown {kind.replace('_', ' ')} type {name!r}.{hint} Registered: {listing}."
-        )
+        raise UnknownComponentError(f"unknown {kind.replace('_', ' ')} type {name!r}.{hint} Registered: {listing}.")
 
     def get(self, kind: str, name: str) -> type:
         """The class registered as ``name`` of ``kind``; raises UnknownComponentError with suggestions."""
