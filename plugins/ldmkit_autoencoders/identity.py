@@ -1,0 +1,35 @@
+"""The identity first stage: diffusion directly in pixel space."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import Tensor
+
+import ldmkit
+from ldmkit_autoencoders.checks import check_nchw
+
+
+class IdentityFirstStage(ldmkit.FirstStage):
+    """``encode`` and ``decode`` return their input; the 'latent' is the image itself (f = 1)."""
+
+    name = "identity"
+
+    class Params(ldmkit.Params):
+        channels: int = Field(3, ge=1, description="image (and latent) channels")
+
+    params: Params
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        self.latent_channels = self.params.channels
+        self.downsample = 1
+
+    def encode(self, images: Tensor) -> Tensor:
+        """(B, channels, H, W) -> the same tensor."""
+        check_nchw(images, self.latent_channels, "images", self.name)
+        return images
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """(B, channels, H, W) -> the same tensor."""
+        check_nchw(latents, self.latent_channels, "latents", self.name)
+        return latents
