@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ldmkit.compvis_first_stage import first_stage_from_compvis
 from ldmkit.errors import CheckpointError, SpecError
 from ldmkit.pipeline import Pipeline
 from ldmkit.specs import PipelineSpec, read_document, validate_spec
@@ -23,41 +24,6 @@ log = logging.getLogger(__name__)
 DIFFUSION_TARGETS = {
     "ldm.models.diffusion.ddpm.LatentDiffusion",
 }
-
-
-def _ddconfig(params: dict[str, Any]) -> dict[str, Any]:
-    dd = dict(params.get("ddconfig") or {})
-    keep = (
-        "double_z",
-        "z_channels",
-        "resolution",
-        "in_channels",
-        "out_ch",
-        "ch",
-        "ch_mult",
-        "num_res_blocks",
-        "attn_resolutions",
-        "dropout",
-    )
-    return {k: dd[k] for k in keep if k in dd}
-
-
-def _kl(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "kl-autoencoder", {"embed_dim": params["embed_dim"], **_ddconfig(params)}
-
-
-def _vq(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    out = {"embed_dim": params["embed_dim"], "n_embed": params["n_embed"], **_ddconfig(params)}
-    if params.get("remap") is not None:
-        raise SpecError("first_stage_config.params.remap names a file; convert it to a list of used codes first")
-    for key in ("sane_index_shape",):
-        if key in params:
-            out[key] = params[key]
-    return "vq-autoencoder", out
-
-
-def _identity(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "identity", {}
 
 
 UNET_KEYS = (
@@ -125,12 +91,6 @@ def _rescaler(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 Translator = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
 
-FIRST_STAGE_TARGETS: dict[str, Translator] = {
-    "ldm.models.autoencoder.AutoencoderKL": _kl,
-    "ldm.models.autoencoder.VQModelInterface": _vq,
-    "ldm.models.autoencoder.VQModel": _vq,
-    "ldm.models.autoencoder.IdentityFirstStage": _identity,
-}
 UNET_TARGETS: dict[str, Translator] = {"ldm.modules.diffusionmodules.openaimodel.UNetModel": _unet}
 COND_TARGETS: dict[str, Translator] = {
     "ldm.modules.encoders.modules.ClassEmbedder": _class_embedder,
@@ -154,6 +114,13 @@ def _translate(section: str, config: Any, table: dict[str, Translator]) -> dict[
         name, params = table[target](dict(config.get("params") or {}))
     except KeyError as exc:
         raise SpecError(f"{section}.params: missing {exc.args[0]!r}") from None
+    return {"type": name, "params": params}
+
+
+def _first_stage(config: Any, channels: Any) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise SpecError("first_stage_config: expected a mapping with 'target'")
+    name, params = first_stage_from_compvis(config, channels=channels if isinstance(channels, int) else None)
     return {"type": name, "params": params}
 
 
@@ -186,7 +153,7 @@ def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
     image_size = p.get("image_size")
     spec = {
         "version": 1,
-        "first_stage": _translate("first_stage_config", p.get("first_stage_config"), FIRST_STAGE_TARGETS),
+        "first_stage": _first_stage(p.get("first_stage_config"), p.get("channels")),
         "denoiser": denoiser,
         "conditioner": conditioner,
         "schedule": {

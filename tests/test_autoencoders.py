@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ldmkit_autoencoders.compvis import first_stage_from_compvis
-from ldmkit_autoencoders.distributions import DiagonalGaussian
-from ldmkit_autoencoders.identity import IdentityFirstStage
-from ldmkit_autoencoders.kl import KLAutoencoder
-from ldmkit_autoencoders.vq import VQAutoencoder
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
 import ldmkit
+from ldmkit.compvis_first_stage import first_stage_from_compvis
 from ldmkit.errors import InputError, SpecError
 from ldmkit.testing import FirstStageConformance
+from ldmkit_autoencoders.distributions import DiagonalGaussian
+from ldmkit_autoencoders.identity import IdentityFirstStage
+from ldmkit_autoencoders.kl import KLAutoencoder
+from ldmkit_autoencoders.vq import VQAutoencoder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
 PREFIX = "first_stage_model."

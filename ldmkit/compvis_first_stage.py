@@ -9,10 +9,10 @@ from ldmkit.errors import SpecError
 
 # reference class name -> registered first-stage name
 TARGETS = {
-    "AutoencoderKL": "kl-autoencoder",
-    "VQModelInterface": "vq-autoencoder",
-    "VQModel": "vq-autoencoder",
-    "IdentityFirstStage": "identity",
+    "ldm.models.autoencoder.AutoencoderKL": "kl-autoencoder",
+    "ldm.models.autoencoder.VQModelInterface": "vq-autoencoder",
+    "ldm.models.autoencoder.VQModel": "vq-autoencoder",
+    "ldm.models.autoencoder.IdentityFirstStage": "identity",
 }
 DDCONFIG_KEYS = (
     "double_z",
@@ -58,7 +58,7 @@ def first_stage_from_compvis(config: Mapping[str, Any], channels: int | None = N
     diffusion model's ``channels``). Raises SpecError for unknown targets or unsupported options.
     """
     target = str(config.get("target", ""))
-    kind = TARGETS.get(target.rsplit(".", 1)[-1])
+    kind = TARGETS.get(target)
     if kind is None:
         known = ", ".join(sorted(TARGETS))
         raise SpecError(f"first_stage_config.target {target!r} is not a supported first stage ({known})")
