@@ -1,0 +1,368 @@
+"""ldmkit.testing conformance classes, the example plugin distribution, and broken plugins.
+
+The conformance classes are exercised on small stand-in components (which must pass) and on
+deliberately broken variants (which must fail the matching check). The example distribution is
+installed once into a temporary folder; plugin discovery runs in subprocesses with that folder
+and hand-made ``*.dist-info`` folders on PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+import ldmkit
+from ldmkit import Conditioning, InputError, Params, hookimpl
+from ldmkit.interfaces import PointMass
+from ldmkit.registry import PluginInfo, Registry
+from ldmkit.testing import (
+    ConditionerConformance,
+    DenoiserConformance,
+    FirstStageConformance,
+    SamplerConformance,
+    TaskConformance,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "ldmkit-plugin-example"
+FAILED = (AssertionError, pytest.fail.Exception)
+
+
+# -- stand-in components ------------------------------------------------------------------------
+class _Gaussian:
+    def __init__(self, mean: Tensor, logvar: Tensor) -> None:
+        self.mean, self.std = mean, torch.exp(0.5 * logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        return self.mean + self.std * torch.randn(self.mean.shape, generator=generator)
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        return 0.5 * (self.mean**2 + self.std**2 - 1 - 2 * self.std.log()).flatten(1).sum(1)
+
+
+class TinyAE(ldmkit.FirstStage):
+    name = "tiny-ae"
+    latent_channels = 2
+    downsample = 2
+
+    class Params(Params):
+        hidden: int = 4
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self.enc = nn.Conv2d(3, 2 * self.latent_channels, 2, stride=2)
+        self.dec = nn.ConvTranspose2d(self.latent_channels, 3, 2, stride=2)
+
+    def encode_distribution(self, images: Tensor) -> _Gaussian:
+        mean, logvar = self.enc(images).chunk(2, dim=1)  # (B, C, h, w) each
+        return _Gaussian(mean, logvar)
+
+    def encode(self, images: Tensor) -> Tensor:
+        return self.encode_distribution(images).mode()
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.dec(latents)
+
+
+class TinyDenoiser(ldmkit.Denoiser):
+    name = "tiny-denoiser"
+
+    class Params(Params):
+        channels: int = 4
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self.conv_in = nn.Conv2d(params.channels, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 8)
+        self.conv_out = nn.Conv2d(8, params.channels, 3, padding=1)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        h = self.conv_in(x_t) + torch.sin(t.float() / 100).view(-1, 1, 1, 1)  # (B, 8, h, w)
+        return self.conv_out(torch.relu(self.norm(h)))
+
+
+class BatchMixingDenoiser(TinyDenoiser):
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        return super().forward(x_t - x_t.mean(0, keepdim=True), t, cond)
+
+
+class TinyClasses(ldmkit.Conditioner):
+    name = "tiny-classes"
+    slots = ("crossattn",)
+
+    class Params(Params):
+        n_classes: int = 5
+        dim: int = 8
+
+    def __init__(self, params: Params) -> None:
+        super().__init__(params)
+        self.embedding = nn.Embedding(params.n_classes + 1, params.dim)  # the last id is "no class"
+
+    def forward(self, raw: Tensor) -> Conditioning:
+        return Conditioning(crossattn=self.embedding(raw)[:, None])  # (B, 1, D)
+
+    def unconditional(self, batch: int) -> Conditioning:
+        return self(torch.full((batch,), self.params.n_classes, dtype=torch.long))
+
+
+class WrongUncondClasses(TinyClasses):
+    def unconditional(self, batch: int) -> Conditioning:
+        return Conditioning(crossattn=torch.zeros(batch, 2, self.params.dim))  # length 2, not 1
+
+
+class ExtraSlotClasses(TinyClasses):
+    def forward(self, raw: Tensor) -> Conditioning:
+        return Conditioning(crossattn=self.embedding(raw)[:, None], vector=raw)
+
+
+class TinyDDIM(ldmkit.Sampler):
+    """DDIM (Song et al. 2021) with the CompVis inpainting rule: re-noise the known region before each step."""
+
+    name = "tiny-ddim"
+
+    class Params(Params):
+        pass
+
+    def sample(self, model_fn, schedule, x_T, *, steps, eta=0.0, generator=None, callback=None, mask=None, x0=None,
+               progress=False):  # fmt: skip
+        T = schedule.num_timesteps
+        if not 1 <= steps <= T:
+            raise InputError(f"steps must be in [1, {T}]")
+        ts = list(range(0, T, T // steps))[:steps][::-1]
+        ac = schedule.alphas_cumprod.double()
+        x = x_T
+        for i, t in enumerate(ts):
+            a = float(ac[t])
+            a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else float(ac[0])
+            if mask is not None:
+                x = (
+                    mask * schedule.add_noise(x0, self.noise(x, generator), torch.full((x.shape[0],), t))
+                    + (1 - mask) * x
+                )
+            eps = model_fn(x, torch.full((x.shape[0],), t, dtype=torch.long))
+            pred_x0 = (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
+            sigma = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+            x = math.sqrt(a_prev) * pred_x0 + math.sqrt(1 - a_prev - sigma**2) * eps
+            if sigma > 0:
+                x = x + sigma * self.noise(x, generator)
+            if callback is not None and callback(i, t, x, pred_x0):
+                break
+        return x
+
+    @staticmethod
+    def noise(x: Tensor, generator) -> Tensor:
+        if isinstance(generator, list):
+            return torch.stack([torch.randn(x.shape[1:], generator=g) for g in generator])
+        return torch.randn(x.shape, generator=generator)
+
+
+class NoMaskDDIM(TinyDDIM):
+    def sample(self, *args, mask=None, x0=None, **kwargs):
+        return super().sample(*args, **kwargs)
+
+
+class SharedNoiseDDIM(TinyDDIM):
+    @staticmethod
+    def noise(x: Tensor, generator) -> Tensor:
+        g = generator[0] if isinstance(generator, list) else generator
+        return torch.randn(x.shape, generator=g)
+
+
+class StatefulDDIM(TinyDDIM):
+    def sample(self, model_fn, schedule, x_T, **kwargs):
+        self.calls = getattr(self, "calls", 0) + 1
+        return super().sample(model_fn, schedule, x_T * (1 + 0.1 * (self.calls > 1)), **kwargs)
+
+
+class NoStopDDIM(TinyDDIM):
+    def sample(self, *args, callback=None, **kwargs):
+        wrapped = None if callback is None else (lambda *a: bool(callback(*a)) and False)
+        return super().sample(*args, callback=wrapped, **kwargs)
+
+
+class UncheckedStepsDDIM(TinyDDIM):
+    def sample(self, model_fn, schedule, x_T, *, steps, **kwargs):
+        return (
+            x_T.clone()
+            if steps < 1 or steps > schedule.num_timesteps
+            else super().sample(model_fn, schedule, x_T, steps=steps, **kwargs)
+        )
+
+
+class TinyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    label: int
+
+
+class TinyTask(ldmkit.Task):
+    name = "tiny-task"
+    Request = TinyRequest
+
+    class Params(Params):
+        pass
+
+    def run(self, pipeline, request, options) -> Tensor:
+        return torch.zeros(options.n, 3, 8, 8)
+
+
+class TupleParamsSampler(TinyDDIM):
+    name = "tuple-params"
+
+    class Params(Params):
+        sizes: tuple[int, int] = (1, 2)
+
+
+class _StandIns:
+    @hookimpl
+    def register_first_stages(self, register) -> None:
+        register(TinyAE)
+
+    @hookimpl
+    def register_denoisers(self, register) -> None:
+        register(TinyDenoiser)
+
+    @hookimpl
+    def register_conditioners(self, register) -> None:
+        register(TinyClasses)
+
+    @hookimpl
+    def register_samplers(self, register) -> None:
+        register(TinyDDIM)
+        register(TupleParamsSampler)
+
+    @hookimpl
+    def register_tasks(self, register) -> None:
+        register(TinyTask)
+
+
+STANDIN_REGISTRY = Registry(strict=True)
+STANDIN_REGISTRY.add_plugin(_StandIns(), PluginInfo("standins", "(tests)", "0"))
+
+
+class _StandInRegistry:
+    def registry(self) -> Registry:
+        return STANDIN_REGISTRY
+
+
+# -- the conformance classes pass on correct components --------------------------------------------
+class TestTinyAE(_StandInRegistry, FirstStageConformance):
+    component_cls = TinyAE
+    params = {"hidden": 4}
+    image_size = 8
+
+
+class TestTinyDenoiser(_StandInRegistry, DenoiserConformance):
+    component_cls = TinyDenoiser
+    params = {"channels": 4}
+
+
+class TestTinyClasses(_StandInRegistry, ConditionerConformance):
+    component_cls = TinyClasses
+    params = {"n_classes": 5, "dim": 8}
+
+    def make_raw(self, batch: int) -> Tensor:
+        return torch.arange(batch) % 5
+
+
+class TestTinyDDIM(_StandInRegistry, SamplerConformance):
+    component_cls = TinyDDIM
+
+
+class TestTinyTask(_StandInRegistry, TaskConformance):
+    component_cls = TinyTask
+    valid_request = {"label": 3}
+    invalid_requests = [{"label": "three"}, {}]
+
+
+# -- ... and fail on broken ones -----------------------------------------------------------------
+def _check(base: type, check: str, **attrs) -> None:
+    """Run one conformance check of ``base`` configured with ``attrs``; it must fail."""
+    case = type("Case", (_StandInRegistry, base), attrs)()
+    with pytest.raises(FAILED):
+        getattr(case, check)()
+
+
+@pytest.mark.parametrize(
+    ("component", "check"),
+    [
+        (NoMaskDDIM, "test_masked_sampling_keeps_known_region"),
+        (SharedNoiseDDIM, "test_per_sample_generators"),
+        (StatefulDDIM, "test_stateless"),
+        (NoStopDDIM, "test_callback_stops_early"),
+        (UncheckedStepsDDIM, "test_steps_out_of_range"),
+        (TupleParamsSampler, "test_params_round_trip_through_json"),
+        (TinyDDIM, "test_registered_elsewhere"),
+    ],
+)
+def test_sampler_checks_catch_faults(component, check) -> None:
+    if check == "test_registered_elsewhere":  # a registry without the component
+        case = type("Case", (SamplerConformance,), {"component_cls": component, "registry": lambda self: Registry()})()
+        with pytest.raises(ldmkit.UnknownComponentError):
+            case.test_registered()
+        return
+    _check(SamplerConformance, check, component_cls=component)
+
+
+def test_deterministic_sampler_must_ignore_nothing() -> None:
+    # an eta the sampler does not honour is caught: seeds would not change the result
+    _check(SamplerConformance, "test_generator_is_used", component_cls=TinyDDIM, noise_eta=0.0)
+
+
+def test_denoiser_batch_mixing_caught() -> None:
+    _check(DenoiserConformance, "test_batch_independence", component_cls=BatchMixingDenoiser)
+
+
+@pytest.mark.parametrize(
+    ("component", "check"),
+    [(WrongUncondClasses, "test_unconditional_matches"), (ExtraSlotClasses, "test_forward_fills_declared_slots")],
+)
+def test_conditioner_checks_catch_faults(component, check) -> None:
+    _check(ConditionerConformance, check, component_cls=component, make_raw=lambda self, b: torch.arange(b))
+
+
+def test_first_stage_checks_catch_faults() -> None:
+    wrong_factor = type("WrongFactor", (TinyAE,), {"downsample": 4})
+    _check(FirstStageConformance, "test_encode_shape", component_cls=wrong_factor, image_size=8)
+    sampling = type("SamplingEncode", (TinyAE,), {"encode": lambda self, x: self.encode_distribution(x).sample()})
+    _check(FirstStageConformance, "test_encode_deterministic", component_cls=sampling, image_size=8)
+    unseeded = type(
+        "Unseeded", (TinyAE,), {"encode_distribution": lambda self, x: _Unseeded(self.enc(x).chunk(2, dim=1)[0])}
+    )
+    _check(FirstStageConformance, "test_encode_distribution_seeded", component_cls=unseeded, image_size=8)
+
+
+class _Unseeded(PointMass):
+    def sample(self, generator=None) -> Tensor:
+        return self.value + torch.randn(self.value.shape)
+
+
+def test_task_checks_catch_faults() -> None:
+    class LooseRequest(BaseModel):
+        label: int
+
+    loose = type("LooseTask", (TinyTask,), {"Request": LooseRequest})
+    _check(TaskConformance, "test_unknown_request_key_rejected", component_cls=loose, valid_request={"label": 1})
+    _check(TaskConformance, "test_valid_request", component_cls=TinyTask, valid_request={"label": "x"})
+
+
+def test_missing_configuration_is_reported() -> None:
+    with pytest.raises(pytest.fail.Exception, match="component_cls"):
+        SamplerConformance().test_output_shape_and_dtype()
+    with pytest.raises(pytest.fail.Exception, match="make_raw"):
+        type("C", (_StandInRegistry, ConditionerConformance), {"component_cls": TinyClasses})().test_deterministic()
+
+
+def test_testing_package_is_lazy() -> None:
+    code = "import sys, ldmkit.testing.pytest_plugin; print('ldmkit.testing.sampler' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
