@@ -1,0 +1,158 @@
+"""``composite``: several conditioners side by side, their slots merged into one Conditioning."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import Tensor, nn
+
+from ldmkit import (
+    Conditioner,
+    Conditioning,
+    FirstStage,
+    InputError,
+    Params,
+    SpecError,
+    UnknownComponentError,
+    get_registry,
+)
+from ldmkit.conditioning import SLOTS
+from ldmkit.interfaces import Slot
+from ldmkit_conditioners.checks import check_batch
+
+
+class PartSpec(BaseModel):
+    """One part: a registered conditioner ``type``, its ``params``, and its guidance-dropout probability."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    dropout: float = Field(0.0, ge=0.0, le=1.0, description="probability of the unconditional input in training")
+
+
+class CompositeConditioner(Conditioner):
+    """Runs named parts on ``{part_name: raw}`` and merges their outputs (``Conditioning.merge``, in part order).
+
+    A part given as ``None`` or left out uses its unconditional input. :meth:`forward_train` replaces
+    each sample's part by its unconditional with that part's ``dropout`` probability, which trains a
+    model for classifier-free guidance. Parts are child modules (state dict keys ``parts.<name>.*``).
+    """
+
+    name = "composite"
+    slots: ClassVar[tuple[Slot, ...]] = SLOTS  # narrowed per instance to what the parts fill
+
+    class Params(Params):
+        parts: dict[str, PartSpec] = Field(min_length=1)
+
+        @field_validator("parts")
+        @classmethod
+        def _names(cls, parts: dict[str, PartSpec]) -> dict[str, PartSpec]:
+            for name in parts:
+                if not name.isidentifier():
+                    raise ValueError(f"part name {name!r} must be an identifier (letters, digits, '_')")
+            return parts
+
+    params: Params
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        registry = get_registry()
+        self.parts = nn.ModuleDict()
+        for part_name, spec in self.params.parts.items():
+            try:
+                cls = registry.get("conditioner", spec.type)
+            except UnknownComponentError as exc:
+                raise UnknownComponentError(f"composite part {part_name!r}: {exc}") from None
+            try:
+                self.parts[part_name] = cls.from_params(spec.params)
+            except ValidationError as exc:
+                raise SpecError(f"composite part {part_name!r} ({spec.type}): {exc}") from None
+        filled = [slot for part in self.parts.values() for slot in part.slots]
+        if filled.count("vector") > 1:
+            raise SpecError("composite: at most one part may fill the 'vector' slot (vectors cannot be merged)")
+        self.slots = tuple(slot for slot in SLOTS if slot in filled)
+
+    def attach(self, first_stage: FirstStage) -> None:
+        for part in self.parts.values():
+            part.attach(first_stage)
+
+    # -- conditioning ---------------------------------------------------------------------------
+    def _check_raw(self, raw: Any) -> Mapping[str, Any]:
+        if not isinstance(raw, Mapping):
+            raise InputError(f"composite input must be a dict {{part name: input}}, not {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(self.parts))
+        if unknown:
+            raise InputError(f"composite: unknown part(s) {unknown}; parts are {list(self.parts)}")
+        return raw
+
+    def _conditionings(self, raw: Any) -> dict[str, Conditioning]:
+        """Each part's conditioning; missing or ``None`` parts use their unconditional."""
+        raw = self._check_raw(raw)
+        given = {name: self.parts[name](value) for name, value in raw.items() if value is not None}
+        sizes = {name: cond.batch_size for name, cond in given.items()}
+        if not given:
+            raise InputError("composite: no part was given; use unconditional(batch) for an empty conditioning")
+        if len(set(sizes.values())) > 1:
+            raise InputError(f"composite: the parts have different batch sizes {sizes}")
+        batch = next(iter(sizes.values()))
+        return {name: given[name] if name in given else part.unconditional(batch) for name, part in self.parts.items()}
+
+    def _merge(self, conds: list[Conditioning]) -> Conditioning:
+        out = conds[0]
+        for cond in conds[1:]:
+            try:
+                out = out.merge(cond)
+            except (RuntimeError, ValueError) as exc:
+                raise SpecError(f"composite: the parts' conditionings cannot be merged: {exc}") from None
+        return out
+
+    def forward(self, raw: Any) -> Conditioning:
+        """``raw``: ``{part_name: raw input or None}``."""
+        return self._merge(list(self._conditionings(raw).values()))
+
+    def forward_train(self, raw: Any, generator: torch.Generator | None = None) -> Conditioning:
+        """Like :meth:`forward`, but each sample's part is unconditional with the part's ``dropout`` probability.
+
+        The random draws come from ``generator`` (on the CPU), one per sample per part with dropout,
+        in part order, so a seeded generator makes the choice reproducible.
+        """
+        conds = self._conditionings(raw)
+        for name, part in self.parts.items():
+            p = self.params.parts[name].dropout
+            if p <= 0.0:
+                continue
+            cond = conds[name]
+            batch = cond.batch_size
+            drop = torch.rand(batch, generator=generator) < p  # (B,) on the CPU
+            if bool(drop.any()):
+                conds[name] = _where(drop, part.unconditional(batch), cond)
+        return self._merge(list(conds.values()))
+
+    def unconditional(self, batch: int) -> Conditioning:
+        """Every part's unconditional, merged."""
+        batch = check_batch(batch)
+        return self._merge([part.unconditional(batch) for part in self.parts.values()])
+
+
+def _where(drop: Tensor, uncond: Conditioning, cond: Conditioning) -> Conditioning:
+    """Per sample: ``uncond`` where ``drop`` else ``cond`` (both must fill the same slots with equal shapes)."""
+    out: dict[str, Tensor | None] = {}
+    for slot in SLOTS:
+        a, b = getattr(uncond, slot), getattr(cond, slot)
+        if a is None or b is None:
+            if a is not b:
+                raise SpecError(f"composite: a part's unconditional and conditional fill different slots ({slot})")
+            out[slot] = None
+            continue
+        if a.shape != b.shape:
+            raise SpecError(
+                f"composite: a part's unconditional {slot} {tuple(a.shape)} and conditional {tuple(b.shape)} "
+                "differ in shape, so samples cannot be swapped"
+            )
+        mask = drop.to(b.device).view(-1, *([1] * (b.ndim - 1)))  # (B, 1, ...)
+        out[slot] = torch.where(mask, a, b)
+    return Conditioning(**out)

@@ -1,0 +1,153 @@
+"""``layout``: labelled bounding boxes -> tokens -> transformer -> cross-attention, as the paper's layout model.
+
+Tokens follow the paper's layout-to-image data (taming-transformers' bounding-box conditional
+builder): each object is three tokens, its class id and the grid cells of its top-left and
+bottom-right corners. A corner (x, y) in [0, 1] is snapped to a ``coord_bins`` x ``coord_bins`` grid
+and numbered ``row * coord_bins + column``. Unused object slots hold the "none" token
+(``vocab_size - 1``); ``encode_crop`` appends the corner pair of the (full-image) crop. Class ids and
+corner cells share one vocabulary, as in the original.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from torch import Tensor
+
+from ldmkit import Conditioner, Conditioning, InputError, Params
+from ldmkit.interfaces import Slot
+from ldmkit_conditioners.checks import check_batch, index_tensor
+from ldmkit_conditioners.xtransformer import TransformerWrapper
+
+TOKENS_PER_OBJECT = 3
+
+
+class LayoutObject(BaseModel):
+    """One object: a class (id or name) and its box ``[x0, y0, x1, y1]`` as fractions of the image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: int | str
+    box: list[float] = Field(min_length=4, max_length=4)
+
+    @field_validator("box")
+    @classmethod
+    def _box(cls, box: list[float]) -> list[float]:
+        if any(not 0.0 <= v <= 1.0 for v in box):
+            raise ValueError(f"box {box} must lie inside [0, 1] (fractions of the image width and height)")
+        x0, y0, x1, y1 = box
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"box {box} must have x0 < x1 and y0 < y1")
+        return box
+
+
+class LayoutConditioner(Conditioner):
+    """Layouts (one list of objects per image) or layout tokens (B, max_seq_len) -> (B, max_seq_len, n_embed)."""
+
+    name = "layout"
+    slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
+
+    class Params(Params):
+        n_classes: int = Field(gt=0)
+        class_names: list[str] | None = Field(None, description="names of the classes, so labels can be names")
+        coord_bins: int = Field(64, ge=2, description="grid cells per axis for box corners")
+        max_objects: int = Field(30, gt=0)
+        encode_crop: bool = Field(False, description="append the crop's corner tokens (the paper's models do)")
+        vocab_size: int | None = Field(None, gt=1, description="default: max(n_classes, coord_bins**2) + 1")
+        n_embed: int = Field(512, gt=0)
+        n_layer: int = Field(16, ge=1)
+        embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+        @model_validator(mode="after")
+        def _consistent(self):
+            if self.class_names is not None:
+                if len(self.class_names) != self.n_classes:
+                    raise ValueError(f"class_names has {len(self.class_names)} names but n_classes is {self.n_classes}")
+                if len({n.strip().lower() for n in self.class_names}) != self.n_classes:
+                    raise ValueError("class_names must be distinct (case and surrounding spaces are ignored)")
+            if self.vocab_size is not None and self.vocab_size <= max(self.n_classes, self.coord_bins**2):
+                raise ValueError(
+                    f"vocab_size {self.vocab_size} must exceed max(n_classes, coord_bins**2) = "
+                    f"{max(self.n_classes, self.coord_bins**2)} (the last id is the 'none' token)"
+                )
+            return self
+
+    params: Params
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        p = self.params
+        self.vocab_size = p.vocab_size or max(p.n_classes, p.coord_bins**2) + 1
+        self.none_token = self.vocab_size - 1
+        self.max_seq_len = p.max_objects * TOKENS_PER_OBJECT + (2 if p.encode_crop else 0)
+        self._names = {n.strip().lower(): i for i, n in enumerate(p.class_names or [])}
+        self.transformer = TransformerWrapper(
+            self.vocab_size, self.max_seq_len, p.n_embed, p.n_layer, p.embedding_dropout
+        )
+
+    # -- tokens -------------------------------------------------------------------------------
+    def corner_token(self, x: float, y: float) -> int:
+        """Grid cell of a point in [0, 1]^2 (Python's round, as the original)."""
+        bins = self.params.coord_bins
+        return int(round(y * (bins - 1))) * bins + int(round(x * (bins - 1)))
+
+    def label_id(self, label: int | str) -> int:
+        """A class id, or a class name looked up in ``class_names``."""
+        if isinstance(label, str):
+            if not self._names:
+                raise InputError(f"label {label!r} is a name, but this layout conditioner has no class_names; use ids")
+            key = label.strip().lower()
+            if key not in self._names:
+                close = difflib.get_close_matches(key, list(self._names), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise InputError(f"unknown label {label!r}.{hint}")
+            return self._names[key]
+        if not 0 <= label < self.params.n_classes:
+            raise InputError(f"label {label} is outside [0, n_classes={self.params.n_classes})")
+        return label
+
+    def tokenize_layout(self, objects: Sequence[LayoutObject | Mapping[str, Any]]) -> list[int]:
+        """Tokens (max_seq_len,) of one image's layout."""
+        p = self.params
+        if isinstance(objects, (str, bytes, Mapping)) or not isinstance(objects, Sequence):
+            raise InputError(f"a layout must be a list of objects, not {type(objects).__name__}")
+        if len(objects) > p.max_objects:
+            raise InputError(f"a layout has {len(objects)} objects, more than max_objects={p.max_objects}")
+        tokens: list[int] = []
+        for index, obj in enumerate(objects):
+            try:
+                obj = obj if isinstance(obj, LayoutObject) else LayoutObject.model_validate(obj)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in exc.errors())
+                raise InputError(f"layout object {index}: {problems}") from None
+            x0, y0, x1, y1 = obj.box
+            tokens += [self.label_id(obj.label), self.corner_token(x0, y0), self.corner_token(x1, y1)]
+        tokens += [self.none_token] * (TOKENS_PER_OBJECT * (p.max_objects - len(objects)))
+        if p.encode_crop:
+            tokens += [self.corner_token(0.0, 0.0), self.corner_token(1.0, 1.0)]  # the whole image
+        return tokens
+
+    def tokenize(self, raw: Any) -> Tensor:
+        """Layouts or ready tokens -> validated LongTensor (B, max_seq_len)."""
+        if isinstance(raw, Tensor):
+            tokens = index_tensor(raw, what="layout tokens", high=self.vocab_size, ndim=2, device=self.device)
+            if tokens.shape[1] != self.max_seq_len:
+                raise InputError(f"layout tokens must have length {self.max_seq_len}, got {tokens.shape[1]}")
+            return tokens
+        if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Sequence) or len(raw) == 0:
+            raise InputError("layouts must be a non-empty list with one list of objects per image")
+        rows = [self.tokenize_layout(objects) for objects in raw]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    # -- conditioning ---------------------------------------------------------------------------
+    def forward(self, raw: Any) -> Conditioning:
+        """``raw``: ``[[{"label": ..., "box": [x0, y0, x1, y1]}, ...], ...]`` or tokens (B, max_seq_len)."""
+        return Conditioning(crossattn=self.transformer(self.tokenize(raw)))  # (B, max_seq_len, n_embed)
+
+    def unconditional(self, batch: int) -> Conditioning:
+        """The empty layout (every object slot 'none')."""
+        return self.forward([[] for _ in range(check_batch(batch))])

@@ -1,0 +1,78 @@
+"""``spatial-rescaler``: resize a map or image to the latent size and concatenate it to the latent."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt
+from torch import nn
+
+from ldmkit import Conditioner, Conditioning, InputError, Params
+from ldmkit.interfaces import Slot
+from ldmkit_conditioners.checks import check_batch, image_tensor
+
+log = logging.getLogger(__name__)
+
+
+class SpatialRescaler(Conditioner):
+    """(B, in_channels, H, W) -> (B, out_channels, H * multiplier**n_stages, ...) for the ``concat`` slot.
+
+    As the CompVis ``SpatialRescaler``: ``n_stages`` successive interpolations by ``multiplier``,
+    then, when ``out_channels`` is set, a 1x1 convolution ``channel_mapper``. The unconditional input
+    is a constant map (``uncond_value``) of ``out_size``, since a conditioner cannot know the map
+    size otherwise.
+    """
+
+    name = "spatial-rescaler"
+    slots: ClassVar[tuple[Slot, ...]] = ("concat",)
+
+    class Params(Params):
+        n_stages: int = Field(1, ge=0)
+        method: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
+        multiplier: float = Field(0.5, gt=0)
+        in_channels: int = Field(3, gt=0)
+        out_channels: int | None = Field(None, gt=0, description="adds a 1x1 conv to this many channels")
+        bias: bool = False
+        uncond_value: float = Field(0.0, description="value of the unconditional map")
+        out_size: list[PositiveInt] | None = Field(
+            None, min_length=2, max_length=2, description="(h, w) of the unconditional map, i.e. the latent size"
+        )
+
+    params: Params
+
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        p = self.params
+        if p.out_channels is not None:
+            log.debug("spatial rescaler maps %d to %d channels after resizing", p.in_channels, p.out_channels)
+            self.channel_mapper = nn.Conv2d(p.in_channels, p.out_channels, 1, bias=p.bias)
+
+    @property
+    def out_channels(self) -> int:
+        return self.params.out_channels or self.params.in_channels
+
+    def forward(self, raw: Any) -> Conditioning:
+        """``raw``: float maps or images (B, in_channels, H, W)."""
+        p = self.params
+        x = image_tensor(raw, what="maps", channels=p.in_channels, device=self.device)
+        for _ in range(p.n_stages):
+            if min(x.shape[-2:]) * p.multiplier < 1:
+                raise InputError(f"maps of size {tuple(raw.shape[-2:])} are too small for {p.n_stages} stages")
+            x = F.interpolate(x, scale_factor=p.multiplier, mode=p.method)  # (B, C, H*m, W*m)
+        if p.out_channels is not None:
+            x = self.channel_mapper(x)  # (B, out_channels, h, w)
+        return Conditioning(concat=x)
+
+    def unconditional(self, batch: int) -> Conditioning:
+        """A constant map (B, out_channels, *out_size) filled with ``uncond_value``."""
+        p = self.params
+        if p.out_size is None:
+            raise InputError(
+                "spatial-rescaler: unconditional conditioning needs out_size (the latent h, w) in its params"
+            )
+        shape = (check_batch(batch), self.out_channels, *p.out_size)
+        dtype = self.channel_mapper.weight.dtype if p.out_channels is not None else torch.float32
+        return Conditioning(concat=torch.full(shape, p.uncond_value, dtype=dtype, device=self.device))

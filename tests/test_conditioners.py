@@ -1,0 +1,525 @@
+"""Tests of the built-in conditioners (plugin ``ldmkit_conditioners``)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+import ldmkit
+from ldmkit import Conditioner, Conditioning, FirstStage, InputError, SpecError, UnknownComponentError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
+NAMES = ["class-embedder", "transformer-text", "clip-text", "layout", "spatial-rescaler", "masked-image", "composite"]
+
+
+def create(name: str, params: dict) -> Conditioner:
+    return ldmkit.get_registry().create("conditioner", name, params).eval()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def compvis_case(case: str) -> tuple[dict, dict, dict]:
+    """(cond_stage_config params, cond_stage_model state dict without prefix, expected tensors)."""
+    folder = FIXTURES / case
+    config = yaml.safe_load((folder / "config.yaml").read_text())["model"]["params"]["cond_stage_config"]["params"]
+    state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    prefix = "cond_stage_model."
+    cond_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return config, cond_state, load_file(folder / "expected.safetensors")
+
+
+def test_all_conditioners_registered():
+    registry = ldmkit.get_registry()
+    assert set(NAMES) <= set(registry.names("conditioner"))
+    for name in NAMES:
+        cls = registry.get("conditioner", name)
+        assert issubclass(cls, Conditioner) and cls.name == name and cls.slots
+
+
+# -- CompVis fixtures -----------------------------------------------------------------------------
+@torch.no_grad()
+def test_txt2img_fixture_transformer_text_matches_compvis():
+    config, state, expected = compvis_case("txt2img-kl")
+    cond = create("transformer-text", config)
+    cond.load_state_dict(state, strict=True)
+    out = cond(expected["tokens"])
+    assert out.filled() == ("crossattn",)
+    assert out.crossattn.shape == expected["cond"].shape
+    assert rel_err(out.crossattn, expected["cond"]) <= 1e-4
+    # the unconditional input of the fixture is all padding ids, which is what unconditional() uses
+    uncond = cond.unconditional(expected["uncond_tokens"].shape[0]).crossattn
+    torch.testing.assert_close(uncond, cond(expected["uncond_tokens"]).crossattn)
+
+
+@torch.no_grad()
+def test_cin_fixture_class_embedder_matches_compvis():
+    config, state, expected = compvis_case("cin-vq")
+    cond = create("class-embedder", config)
+    cond.load_state_dict(state, strict=True)
+    out = cond(expected["class_label"]).crossattn
+    assert out.shape == expected["cond"].shape == (2, 1, 32)
+    assert rel_err(out, expected["cond"]) <= 1e-4
+    null = int(expected["uncond_class_label"][0])
+    with_null = create("class-embedder", {**config, "null_class": null})
+    with_null.load_state_dict(state, strict=True)
+    torch.testing.assert_close(with_null.unconditional(2).crossattn, cond(expected["uncond_class_label"]).crossattn)
+
+
+# -- class-embedder -------------------------------------------------------------------------------
+def test_class_embedder_vector_target_passes_ids_and_has_no_weights():
+    cond = create("class-embedder", {"embed_dim": 8, "n_classes": 5, "target": "vector", "null_class": 4})
+    assert cond.slots == ("vector",) and cond.state_dict() == {}
+    ids = torch.tensor([0, 3, 1])
+    assert torch.equal(cond(ids).vector, ids) and cond(ids).crossattn is None
+    assert torch.equal(cond.unconditional(2).vector, torch.tensor([4, 4]))
+    assert torch.equal(cond([2, 1]).vector, torch.tensor([2, 1]))
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (torch.tensor([0, 5]), "[0, 5)"),
+        (torch.tensor([-1]), "[0, 5)"),
+        (torch.tensor([1.0]), "integers"),
+        ("3", "list"),
+    ],
+)
+def test_class_embedder_rejects_bad_ids(raw, message):
+    cond = create("class-embedder", {"embed_dim": 8, "n_classes": 5})
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        cond(raw)
+
+
+def test_class_embedder_unconditional_needs_null_class():
+    with pytest.raises(InputError, match="null_class"):
+        create("class-embedder", {"embed_dim": 8, "n_classes": 5}).unconditional(2)
+    with pytest.raises(ValidationError, match="null_class"):
+        create("class-embedder", {"embed_dim": 8, "n_classes": 5, "null_class": 5})
+
+
+# -- transformer-text -----------------------------------------------------------------------------
+WORDS = {"n_embed": 16, "n_layer": 1, "vocab_size": 20, "max_seq_len": 6, "tokenizer": "words"}
+
+
+def test_transformer_text_word_tokenizer():
+    cond = create("transformer-text", {**WORDS, "vocabulary": ["red", "circle", "above", "a"]})
+    tokens = cond.tokenize(["A red circle, above a BLUE circle!", ""])
+    assert tokens.tolist() == [[5, 2, 3, 4, 5, 1], [0, 0, 0, 0, 0, 0]]  # 'blue' is unknown (1), the rest truncated
+    out = cond(["a red circle", "red"])
+    assert out.crossattn.shape == (2, 6, 16)
+    torch.testing.assert_close(cond.unconditional(2).crossattn, cond(["", ""]).crossattn)
+    torch.testing.assert_close(cond("a red circle").crossattn, out.crossattn[:1])
+
+
+def test_transformer_text_accepts_shorter_token_sequences():
+    cond = create("transformer-text", {"n_embed": 16, "n_layer": 1, "vocab_size": 20, "max_seq_len": 6})
+    assert cond(torch.tensor([[3, 4, 5]])).crossattn.shape == (1, 3, 16)
+    assert cond.unconditional(3).crossattn.shape == (3, 6, 16)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (["a caption"], "no tokenizer"),
+        (torch.zeros(1, 7, dtype=torch.long), "maximum 6"),
+        (torch.tensor([[0, 20]]), "vocab|0, 20"),
+        (torch.zeros(6, dtype=torch.long), r"\(B, L\)"),
+    ],
+)
+def test_transformer_text_rejects_bad_input(raw, message):
+    cond = create("transformer-text", {"n_embed": 16, "n_layer": 1, "vocab_size": 20, "max_seq_len": 6})
+    with pytest.raises(InputError, match=message):
+        cond(raw)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"use_tokenizer": True}, "not bundled"),
+        ({"tokenizer": "words"}, "vocabulary"),
+        ({"vocabulary": ["a"]}, "tokenizer"),
+        ({"tokenizer": "words", "vocabulary": ["a", "A"]}, "twice"),
+        ({"tokenizer": "words", "vocabulary": ["two words"]}, "single word"),
+        ({"tokenizer": "words", "vocabulary": [f"w{i}" for i in range(19)]}, "vocab_size"),
+    ],
+)
+def test_transformer_text_rejects_bad_params(params, message):
+    with pytest.raises(ValidationError, match=message):
+        create("transformer-text", {"n_embed": 16, "n_layer": 1, "vocab_size": 20, **params})
+
+
+# -- CLIP tokenizer and text encoder --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def clip_tokenizer():
+    from ldmkit_conditioners.clip_tokenizer import default_tokenizer
+
+    return default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def hf_clip_tokenizer(tmp_path_factory):
+    """transformers' CLIPTokenizer built from the packaged merges file (the vocabulary layout of CLIP)."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    import ldmkit_conditioners
+
+    folder = tmp_path_factory.mktemp("clip_vocab")
+    merges_file = Path(ldmkit_conditioners.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.decompress(merges_file.read_bytes()).decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return transformers.CLIPTokenizer.from_pretrained(str(folder))
+
+
+PROMPTS = [
+    "a photo of a cat",
+    "A Photo OF an Astronaut riding a horse on Mars!!",
+    "it's 3.14159 o'clock, isn't it? don't we'll they've I'm you'd",
+    "naïve café — déjà vu, 漢字 and emoji 🐱🚀",
+    "  multiple   spaces\tand\nnewlines ",
+    "#hashtag @user $100 50% (parens) [brackets] ''s ½²",
+    "word " * 100,
+    "",
+]
+
+
+def test_clip_tokenizer_matches_transformers(clip_tokenizer, hf_clip_tokenizer):
+    ours = clip_tokenizer(PROMPTS)
+    theirs = hf_clip_tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    assert ours.shape == (len(PROMPTS), 77)
+    assert torch.equal(ours, theirs["input_ids"])
+
+
+def test_clip_tokenizer_known_ids_and_layout(clip_tokenizer):
+    assert clip_tokenizer.vocab_size == 49408
+    assert clip_tokenizer.encode("a photo of a cat") == [320, 1125, 539, 320, 2368]
+    long = clip_tokenizer(["word " * 100])[0]
+    assert long[0] == 49406 and long[-1] == 49407 and len(long) == 77
+    empty = clip_tokenizer([""])[0]
+    assert empty[0] == 49406 and bool((empty[1:] == 49407).all())  # padded with the end token, as SD v1
+    assert clip_tokenizer.encode("Tom &amp; Jerry") == clip_tokenizer.encode("tom & jerry")
+    assert clip_tokenizer.decode(clip_tokenizer.encode("A red Circle, above!")) == "a red circle , above !"
+
+
+TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+@torch.no_grad()
+def test_clip_text_matches_transformers_text_model():
+    transformers = pytest.importorskip("transformers")
+    cond = create("clip-text", TINY_CLIP)
+    assert not any(p.requires_grad for p in cond.parameters())  # frozen, as SD v1
+    keys = list(cond.state_dict())
+    assert "transformer.text_model.embeddings.token_embedding.weight" in keys
+    assert "transformer.text_model.final_layer_norm.weight" in keys
+
+    config = transformers.CLIPTextConfig(**TINY_CLIP, hidden_act="quick_gelu", max_position_embeddings=77)
+    reference = transformers.CLIPTextModel(config).eval()
+    ref_keys = set(reference.state_dict())
+    mapped = {}
+    for key, value in cond.state_dict().items():
+        inner = key[len("transformer.text_model.") :]
+        mapped[inner if inner in ref_keys else "text_model." + inner] = value
+    reference.load_state_dict(mapped, strict=True)
+
+    prompts = ["a red circle above a blue square", ""]
+    out = cond(prompts).crossattn
+    tokens = cond.tokenize(prompts)
+    assert out.shape == (2, 77, 32)
+    torch.testing.assert_close(out, reference(input_ids=tokens).last_hidden_state)
+    torch.testing.assert_close(cond.unconditional(2).crossattn, cond(["", ""]).crossattn)
+    torch.testing.assert_close(cond(tokens).crossattn, out)
+
+
+def test_clip_text_loads_sd_style_state_dict_with_position_ids():
+    pytest.importorskip("transformers")
+    cond = create("clip-text", TINY_CLIP)
+    state = dict(cond.state_dict())
+    state["transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    cond.load_state_dict(state, strict=True)
+
+
+def test_clip_text_rejects_bad_input():
+    pytest.importorskip("transformers")
+    cond = create("clip-text", TINY_CLIP)
+    with pytest.raises(InputError, match="maximum 77"):
+        cond(torch.zeros(1, 78, dtype=torch.long))
+    with pytest.raises(InputError, match="strings"):
+        cond(["ok", 3])
+    small = create("clip-text", {**TINY_CLIP, "vocab_size": 1000})
+    with pytest.raises(InputError, match="vocab_size 1000"):
+        small(["a photo"])
+
+
+# -- layout ---------------------------------------------------------------------------------------
+LAYOUT = {"n_classes": 3, "class_names": ["red circle", "blue square", "green triangle"], "coord_bins": 4}
+LAYOUT.update({"max_objects": 2, "n_embed": 16, "n_layer": 1})
+
+
+def test_layout_tokens_follow_the_bounding_box_builder():
+    cond = create("layout", LAYOUT)
+    assert cond.vocab_size == 17 and cond.none_token == 16 and cond.max_seq_len == 6
+    objects = [{"label": "Blue Square", "box": [0.0, 0.0, 1.0, 1.0]}, {"label": 0, "box": [0.34, 0.0, 0.7, 0.5]}]
+    # corners snap to a 4x4 grid numbered row * 4 + column: (0.34, 0) -> column 1, (0.7, 0.5) -> (2, 2)
+    assert cond.tokenize([objects]).tolist() == [[1, 0, 15, 0, 1, 10]]
+    assert cond.tokenize([objects[:1]]).tolist() == [[1, 0, 15, 16, 16, 16]]
+    cropped = create("layout", {**LAYOUT, "encode_crop": True})
+    assert cropped.tokenize([[]]).tolist() == [[16] * 6 + [0, 15]]
+
+
+def test_layout_forward_and_unconditional():
+    from ldmkit_conditioners.layout import LayoutObject
+
+    cond = create("layout", LAYOUT)
+    layouts = [[LayoutObject(label="red circle", box=[0.1, 0.1, 0.5, 0.5])], []]
+    out = cond(layouts).crossattn
+    assert out.shape == (2, 6, 16)
+    torch.testing.assert_close(cond.unconditional(1).crossattn, out[1:])
+    torch.testing.assert_close(cond(cond.tokenize(layouts)).crossattn, out)
+
+
+@pytest.mark.parametrize(
+    "objects, message",
+    [
+        ([{"label": "purple star", "box": [0, 0, 1, 1]}], "unknown label"),
+        ([{"label": "red circl", "box": [0, 0, 1, 1]}], "Did you mean 'red circle'"),
+        ([{"label": 3, "box": [0, 0, 1, 1]}], "n_classes"),
+        ([{"label": 0, "box": [0, 0, 1.5, 1]}], r"inside \[0, 1\]"),
+        ([{"label": 0, "box": [0.5, 0, 0.4, 1]}], "x0 < x1"),
+        ([{"label": 0, "box": [0, 0, 1]}], "box"),
+        ([{"label": 0, "box": [0, 0, 1, 1], "color": "red"}], "color"),
+        ([{"label": 0, "box": [0, 0, 1, 1]}] * 3, "max_objects=2"),
+    ],
+)
+def test_layout_rejects_bad_objects(objects, message):
+    with pytest.raises(InputError, match=message):
+        create("layout", LAYOUT)([objects])
+
+
+def test_layout_rejects_bad_batches_and_params():
+    cond = create("layout", LAYOUT)
+    for raw in ([], {"label": 0}, torch.zeros(1, 5, dtype=torch.long), torch.full((1, 6), 17)):
+        with pytest.raises(InputError):
+            cond(raw)
+    with pytest.raises(InputError, match="no class_names"):
+        create("layout", {**LAYOUT, "class_names": None})([[{"label": "red circle", "box": [0, 0, 1, 1]}]])
+    with pytest.raises(ValidationError, match="class_names"):
+        create("layout", {**LAYOUT, "class_names": ["a", "b"]})
+
+
+# -- spatial-rescaler -----------------------------------------------------------------------------
+def test_spatial_rescaler_matches_interpolation_and_maps_channels():
+    maps = torch.randn(2, 3, 16, 16)
+    plain = create("spatial-rescaler", {"n_stages": 2, "method": "area"})
+    assert plain.state_dict() == {}
+    torch.testing.assert_close(plain(maps).concat, F.interpolate(maps, scale_factor=0.25, mode="area"))
+    mapped = create("spatial-rescaler", {"n_stages": 1, "in_channels": 3, "out_channels": 5, "bias": True})
+    assert set(mapped.state_dict()) == {"channel_mapper.weight", "channel_mapper.bias"}
+    out = mapped(maps).concat
+    assert out.shape == (2, 5, 8, 8) and mapped.slots == ("concat",)
+    half = F.interpolate(maps, scale_factor=0.5, mode="bilinear")
+    torch.testing.assert_close(out, mapped.channel_mapper(half))
+
+
+def test_spatial_rescaler_unconditional_and_errors():
+    cond = create("spatial-rescaler", {"out_channels": 4, "out_size": [8, 8], "uncond_value": -1.0})
+    uncond = cond.unconditional(3).concat
+    assert uncond.shape == (3, 4, 8, 8) and bool((uncond == -1).all())
+    with pytest.raises(InputError, match="out_size"):
+        create("spatial-rescaler", {}).unconditional(1)
+    for raw, message in [
+        (torch.randn(1, 2, 8, 8), "3 channels"),
+        (torch.randn(3, 8, 8), r"\(B, C, H, W\)"),
+        (torch.zeros(1, 3, 8, 8, dtype=torch.long), "float"),
+        ([[0.0]], "float tensor"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            cond(raw)
+
+
+# -- masked-image ---------------------------------------------------------------------------------
+class PoolFirstStage(FirstStage):
+    """A stand-in first stage: 4x average pooling, recording what it encodes."""
+
+    name = "pool-test"
+    latent_channels = 3
+    downsample = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen.append(images)
+        return F.avg_pool2d(images, 4)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(latents, scale_factor=4.0)
+
+
+def _inpaint_request() -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:12, 0:8] = 1.0
+    return image, mask
+
+
+def test_masked_image_paper_convention():
+    from ldmkit_conditioners.first_stage_concat import MaskedImage
+
+    first_stage = PoolFirstStage()
+    cond = create("masked-image", {"scale_factor": 0.5, "latent_size": [4, 4]})
+    cond.attach(first_stage)
+    image, mask = _inpaint_request()
+    out = cond(MaskedImage(image=image, mask=mask)).concat
+    assert out.shape == (2, 4, 4, 4) and cond.state_dict() == {}
+    masked = first_stage.seen[-1]
+    torch.testing.assert_close(masked, torch.where(mask.bool(), -1.0, image))  # the hole is black
+    torch.testing.assert_close(out[:, :3], F.avg_pool2d(masked, 4) * 0.5)
+    torch.testing.assert_close(out[:, 3:], F.interpolate(mask, size=(4, 4)) * 2 - 1)
+    assert cond.unconditional(3).concat.shape == (3, 4, 4, 4)
+
+
+def test_masked_image_zero_convention_mask_first():
+    first_stage = PoolFirstStage()
+    cond = create("masked-image", {"convention": "zero", "mask_first": True, "mask_resize": "area"})
+    cond.attach(first_stage)
+    image, mask = _inpaint_request()
+    out = cond({"image": image, "mask": mask}).concat
+    torch.testing.assert_close(first_stage.seen[-1], image * (1 - mask))
+    torch.testing.assert_close(out[:, :1], F.interpolate(mask, size=(4, 4), mode="area"))
+    torch.testing.assert_close(out[:, 1:], F.avg_pool2d(image * (1 - mask), 4))
+
+
+def test_masked_image_errors():
+    image, mask = _inpaint_request()
+    cond = create("masked-image", {})
+    with pytest.raises(InputError, match="attach"):
+        cond({"image": image, "mask": mask})
+    cond.attach(PoolFirstStage())
+    with pytest.raises(InputError, match="latent_size"):
+        cond.unconditional(1)
+    for raw, message in [
+        ({"image": image}, "keys"),
+        ({"image": image * 3, "mask": mask}, r"\[-1, 1\]"),
+        ({"image": image, "mask": mask * 2}, r"\[0, 1\]"),
+        ({"image": image, "mask": mask[:, :, :8]}, "does not match"),
+        ({"image": image[:, :1], "mask": mask}, "3 channels"),
+        ((image, mask), "MaskedImage"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            cond(raw)
+
+
+# -- composite ------------------------------------------------------------------------------------
+def _composite(dropout: float = 0.0, **extra) -> Conditioner:
+    parts = {
+        "label": {"type": "class-embedder", "params": {"embed_dim": 8, "n_classes": 4, "null_class": 3}},
+        "text": {
+            "type": "transformer-text",
+            "params": {"n_embed": 8, "n_layer": 1, "vocab_size": 10, "max_seq_len": 3},
+            "dropout": dropout,
+        },
+        **extra,
+    }
+    return create("composite", {"parts": parts})
+
+
+def test_composite_merges_parts_and_fills_missing_ones():
+    cond = _composite()
+    assert cond.slots == ("crossattn",)
+    assert {k.split(".")[1] for k in cond.state_dict()} == {"label", "text"}
+    assert all(k.startswith("parts.") for k in cond.state_dict())
+    labels, tokens = torch.tensor([0, 2]), torch.tensor([[1, 2, 3], [4, 5, 6]])
+    out = cond({"label": labels, "text": tokens}).crossattn
+    assert out.shape == (2, 4, 8)  # 1 class token + 3 text tokens
+    torch.testing.assert_close(out[:, :1], cond.parts["label"](labels).crossattn)
+    torch.testing.assert_close(out[:, 1:], cond.parts["text"](tokens).crossattn)
+    only_label = cond({"label": labels, "text": None}).crossattn
+    torch.testing.assert_close(only_label[:, 1:], cond.parts["text"].unconditional(2).crossattn)
+    torch.testing.assert_close(cond({"label": labels}).crossattn, only_label)
+    torch.testing.assert_close(
+        cond.unconditional(2).crossattn[:, :1], cond.parts["label"](torch.tensor([3, 3])).crossattn
+    )
+
+
+def test_composite_concat_and_attach():
+    parts = {
+        "hole": {"type": "masked-image", "params": {"latent_size": [4, 4]}},
+        "map": {"type": "spatial-rescaler", "params": {"n_stages": 2, "in_channels": 1, "out_size": [4, 4]}},
+    }
+    cond = create("composite", {"parts": parts})
+    cond.attach(PoolFirstStage())
+    image, mask = _inpaint_request()
+    out = cond({"hole": {"image": image, "mask": mask}, "map": mask}).concat
+    assert out.shape == (2, 5, 4, 4) and cond.slots == ("concat",)
+    assert cond.unconditional(2).concat.shape == (2, 5, 4, 4)
+
+
+def test_composite_dropout_statistics_and_seeding():
+    cond = _composite(dropout=0.3)
+    batch = 4000
+    tokens = torch.randint(1, 10, (batch, 3), generator=torch.Generator().manual_seed(1))
+    raw = {"label": torch.zeros(batch, dtype=torch.long), "text": tokens}
+    with torch.no_grad():
+        full = cond(raw).crossattn
+        uncond_text = cond.parts["text"].unconditional(1).crossattn
+        trained = cond.forward_train(raw, generator=torch.Generator().manual_seed(0)).crossattn
+        again = cond.forward_train(raw, generator=torch.Generator().manual_seed(0)).crossattn
+    assert torch.equal(trained, again)
+    torch.testing.assert_close(trained[:, :1], full[:, :1])  # the label part has no dropout
+    dropped = (trained[:, 1:] - uncond_text).abs().amax(dim=(1, 2)) < 1e-6
+    kept = (trained[:, 1:] - full[:, 1:]).abs().amax(dim=(1, 2)) < 1e-6
+    assert bool((dropped ^ kept).all())  # every sample is either dropped or untouched
+    assert abs(dropped.float().mean().item() - 0.3) < 0.03  # ~5 standard deviations
+
+
+def test_composite_dropout_extremes():
+    raw = {"label": torch.tensor([1, 2]), "text": torch.tensor([[1, 2, 3], [4, 5, 6]])}
+    never = _composite(dropout=0.0)
+    torch.testing.assert_close(never.forward_train(raw).crossattn, never(raw).crossattn)
+    always = _composite(dropout=1.0)
+    torch.testing.assert_close(always.forward_train(raw).crossattn, always({"label": raw["label"]}).crossattn)
+
+
+def test_composite_errors():
+    with pytest.raises(UnknownComponentError, match="part 'x'"):
+        create("composite", {"parts": {"x": {"type": "no-such-conditioner"}}})
+    vector = {"type": "class-embedder", "params": {"embed_dim": 4, "n_classes": 3, "target": "vector"}}
+    with pytest.raises(SpecError, match="vector"):
+        create("composite", {"parts": {"a": vector, "b": vector}})
+    with pytest.raises(SpecError, match="part 'a'"):
+        create("composite", {"parts": {"a": {"type": "class-embedder", "params": {"n_classes": 3}}}})
+    with pytest.raises(ValidationError, match="dropout"):
+        _composite(dropout=1.5)
+    cond = _composite()
+    with pytest.raises(InputError, match="unknown part"):
+        cond({"labels": torch.tensor([0])})
+    with pytest.raises(InputError, match="no part"):
+        cond({"label": None})
+    with pytest.raises(InputError, match="batch sizes"):
+        cond({"label": torch.tensor([0]), "text": torch.tensor([[1, 2, 3], [1, 2, 3]])})
+    with pytest.raises(InputError, match="dict"):
+        cond(torch.tensor([0]))
+
+
+def test_unconditional_rejects_bad_batch():
+    cond = create("class-embedder", {"embed_dim": 4, "n_classes": 3, "null_class": 2})
+    for batch in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="batch"):
+            cond.unconditional(batch)
+    assert isinstance(cond.unconditional(1), Conditioning)
