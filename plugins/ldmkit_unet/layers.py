@@ -1,0 +1,48 @@
+"""Small building blocks shared by the UNet modules: normalization and block dispatch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm that always computes in float32 and returns the input's dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def normalization(channels: int) -> GroupNorm32:
+    """The UNet's standard normalization: 32 groups, eps 1e-5, computed in float32."""
+    return GroupNorm32(32, channels)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a module's parameters in place (output layers start as the identity residual)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module
+
+
+class TimestepBlock(nn.Module):
+    """A block whose forward takes the timestep embedding: ``forward(x, emb)``."""
+
+
+class ContextBlock(nn.Module):
+    """A block whose forward takes the cross-attention context: ``forward(x, context)``."""
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A Sequential that hands ``emb`` to timestep blocks and ``context`` to context blocks."""
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        for layer in self:
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, ContextBlock):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
