@@ -1,0 +1,95 @@
+"""DDPM: Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models" (NeurIPS 2020), ancestral sampling."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import ldmkit
+from ldmkit.interfaces import ModelFn, StepCallback
+from ldmkit.schedules import NoiseSchedule
+from ldmkit_samplers.common import Generators, SamplingRun, check_eta, check_steps, spaced_timesteps
+
+
+def respaced_posterior(schedule: NoiseSchedule, timesteps: list[int]) -> dict[str, Tensor]:
+    """Float32 coefficients of q(x_prev | x_t, x_0) between consecutive chosen timesteps, indexed like ``timesteps``.
+
+    With all ``T`` timesteps this is CompVis ``register_schedule`` (float64 from the betas, stored as float32, with
+    ``v_posterior = 0``); with fewer it is the same on the respaced chain (Nichol & Dhariwal 2021, sec. 4), whose
+    betas are ``1 - a_t / a_prev`` and whose last step goes to ``a_prev = 1``.
+    """
+    ac = torch.cumprod(1.0 - schedule.betas.detach().to(device="cpu", dtype=torch.float64), dim=0)  # (T,)
+    a_t = ac[timesteps]  # (n,)
+    a_prev = torch.cat([a_t.new_ones(1), a_t[:-1]])  # (n,)
+    betas = 1.0 - a_t / a_prev
+    variance = betas * (1.0 - a_prev) / (1.0 - a_t)  # "fixed_small"
+    f32 = torch.float32
+    return {
+        "sqrt_recip_alphas_cumprod": torch.sqrt(1.0 / a_t).to(f32),
+        "sqrt_recipm1_alphas_cumprod": torch.sqrt(1.0 / a_t - 1).to(f32),
+        "posterior_mean_coef1": (betas * torch.sqrt(a_prev) / (1.0 - a_t)).to(f32),
+        "posterior_mean_coef2": ((1.0 - a_prev) * torch.sqrt(1.0 - betas) / (1.0 - a_t)).to(f32),
+        # the original clips the log variance because it is 0 at the first step of the chain
+        "posterior_std": (0.5 * torch.log(variance.clamp(min=1e-20))).to(f32).exp(),
+    }
+
+
+class DDPMSampler(ldmkit.Sampler):
+    """Ancestral sampling of DDPM (Ho et al. 2020, Algorithm 2) as LatentDiffusion ``p_sample`` runs it.
+
+    Posterior variance "fixed_small" (``v_posterior = 0``), no clipping of the x_0 estimate, no noise on
+    the last step. ``steps < T`` samples the respaced chain of timesteps ``i * (T // steps)`` (diffusers
+    "leading" spacing), so ``steps = T`` is the original 1000-step loop. ``eta`` must be 0.
+    """
+
+    name = "ddpm"
+
+    class Params(ldmkit.Params):
+        pass
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        schedule: NoiseSchedule,
+        x_T: Tensor,
+        *,
+        steps: int,
+        eta: float = 0.0,
+        generator: Generators = None,
+        callback: StepCallback | None = None,
+        mask: Tensor | None = None,
+        x0: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        steps = check_steps(steps, schedule.num_timesteps)
+        check_eta(eta, self.name, uses_eta=False)
+        run = SamplingRun(
+            self.name,
+            model_fn,
+            schedule,
+            x_T,
+            generator=generator,
+            callback=callback,
+            mask=mask,
+            x0=x0,
+            progress=progress,
+        )
+        timesteps = spaced_timesteps("leading", steps, schedule.num_timesteps)
+        p = respaced_posterior(schedule, timesteps)
+        x = x_T
+        for i in run.steps(len(timesteps)):
+            index = len(timesteps) - 1 - i
+            t = timesteps[index]
+            x = run.impose(x, t)
+            eps = run.eps(x, t)
+            pred_x0 = (
+                run.coeff(p["sqrt_recip_alphas_cumprod"][index]) * x
+                - run.coeff(p["sqrt_recipm1_alphas_cumprod"][index]) * eps
+            )
+            mean = (
+                run.coeff(p["posterior_mean_coef1"][index]) * pred_x0 + run.coeff(p["posterior_mean_coef2"][index]) * x
+            )
+            x = mean + run.coeff(p["posterior_std"][index]) * run.noise() if index > 0 else mean
+            if run.report(i, t, x, pred_x0):
+                return x
+        return run.finish(x)

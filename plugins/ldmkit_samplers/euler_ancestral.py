@@ -1,0 +1,88 @@
+"""Euler ancestral: the ancestral Euler sampler of Karras, Aittala, Aila & Laine, "Elucidating the Design Space of
+Diffusion-Based Generative Models" (NeurIPS 2022) as k-diffusion's ``sample_euler_ancestral`` and diffusers'
+EulerAncestralDiscreteScheduler run it on a discrete schedule."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+import ldmkit
+from ldmkit.interfaces import ModelFn, StepCallback
+from ldmkit.schedules import NoiseSchedule
+from ldmkit_samplers.common import (
+    Generators,
+    SamplingRun,
+    Spacing,
+    alphas_cumprod64,
+    check_eta,
+    check_steps,
+    spaced_timesteps,
+)
+
+
+class EulerAncestralSampler(ldmkit.Sampler):
+    """Euler ancestral sampling in the variance-exploding scale ``x / sqrt(a_t)``, ``sigma_t^2 = (1 - a_t) / a_t``.
+
+    Each step takes an Euler step of the probability-flow ODE down to ``sigma_down`` and adds fresh noise of
+    ``sigma_up`` (with ``sigma_down^2 + sigma_up^2 = sigma_next^2``); the last step goes to ``sigma = 0``. As diffusers'
+    EulerAncestralDiscreteScheduler with ``timestep_spacing="leading"``, ``steps_offset=1`` (``spacing`` may pick
+    "trailing", or "linspace" rounded to integer timesteps). ``x_T``, ``x`` given to the callback and an
+    early-stopped result are in the usual (VP) scale. ``eta`` must be 0 (the full ancestral noise is always added).
+    """
+
+    name = "euler-a"
+
+    class Params(ldmkit.Params):
+        spacing: Spacing = "leading"
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        schedule: NoiseSchedule,
+        x_T: Tensor,
+        *,
+        steps: int,
+        eta: float = 0.0,
+        generator: Generators = None,
+        callback: StepCallback | None = None,
+        mask: Tensor | None = None,
+        x0: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        steps = check_steps(steps, schedule.num_timesteps)
+        check_eta(eta, self.name, uses_eta=False)
+        run = SamplingRun(
+            self.name,
+            model_fn,
+            schedule,
+            x_T,
+            generator=generator,
+            callback=callback,
+            mask=mask,
+            x0=x0,
+            progress=progress,
+        )
+        offset = 1 if self.params.spacing == "leading" else 0
+        timesteps = spaced_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset)[::-1]  # descending
+        ac = alphas_cumprod64(schedule)
+        sigmas = [math.sqrt((1.0 - float(ac[t])) / float(ac[t])) for t in timesteps] + [0.0]
+        # scale[i] = sqrt(1 + sigma_i^2) = 1 / sqrt(a_t) turns the VP x into the VE one
+        scales = [math.sqrt(1.0 + s * s) for s in sigmas]
+
+        x = x_T * run.coeff(scales[0])
+        for i in run.steps(len(timesteps)):
+            t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
+            if run.masked:
+                x = run.impose(x / run.coeff(scales[i]), t) * run.coeff(scales[i])
+            eps = run.eps(x / run.coeff(scales[i]), t)
+            pred_x0 = x - run.coeff(sigma) * eps
+            sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
+            sigma_down = math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0))
+            x = x + eps * run.coeff(sigma_down - sigma)  # Euler step; (x - pred_x0) / sigma = eps
+            if sigma_up > 0:
+                x = x + run.noise() * run.coeff(sigma_up)
+            if run.report(i, t, x / run.coeff(scales[i + 1]), pred_x0):
+                return x / run.coeff(scales[i + 1])
+        return run.finish(x)

@@ -1,0 +1,89 @@
+"""PLMS: Liu, Ren, Lin & Zhao, "Pseudo Numerical Methods for Diffusion Models on Manifolds" (ICLR 2022).
+
+As CompVis ``plms.py`` runs it: the DDIM transfer with a linear multistep estimate of epsilon.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+import ldmkit
+from ldmkit.interfaces import ModelFn, StepCallback
+from ldmkit.schedules import NoiseSchedule
+from ldmkit_samplers.common import Generators, SamplingRun, check_eta, check_steps, compvis_timesteps
+from ldmkit_samplers.ddim import DDIMCoefficients, ddim_update
+
+
+def multistep_eps(eps: Tensor, old_eps: list[Tensor]) -> Tensor:
+    """Adams-Bashforth combination of the current and up to three previous epsilons (orders 2, 3, 4)."""
+    if len(old_eps) == 1:
+        return (3 * eps - old_eps[-1]) / 2
+    if len(old_eps) == 2:
+        return (23 * eps - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
+    return (55 * eps - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
+
+
+class PLMSSampler(ldmkit.Sampler):
+    """Pseudo linear multistep (PLMS, Liu et al. 2022) with CompVis' warm-up.
+
+    The first step is a pseudo improved Euler (2nd order, Heun-like) step: a DDIM step, a second model call
+    at the next timestep, and a DDIM step with the mean of both epsilons. Later steps use Adams-Bashforth
+    of order 2, 3 and then 4 over the previous epsilons. Timesteps as in :class:`DDIMSampler`; one model
+    call per step plus one for the warm-up. Deterministic: ``eta`` must be 0.
+    """
+
+    name = "plms"
+
+    class Params(ldmkit.Params):
+        discretize: Literal["uniform", "quad"] = "uniform"
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        schedule: NoiseSchedule,
+        x_T: Tensor,
+        *,
+        steps: int,
+        eta: float = 0.0,
+        generator: Generators = None,
+        callback: StepCallback | None = None,
+        mask: Tensor | None = None,
+        x0: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        steps = check_steps(steps, schedule.num_timesteps)
+        check_eta(eta, self.name, uses_eta=False)
+        run = SamplingRun(
+            self.name,
+            model_fn,
+            schedule,
+            x_T,
+            generator=generator,
+            callback=callback,
+            mask=mask,
+            x0=x0,
+            progress=progress,
+        )
+        c = DDIMCoefficients.build(
+            schedule, compvis_timesteps(self.params.discretize, steps, schedule.num_timesteps), 0.0
+        )
+        x = x_T
+        old_eps: list[Tensor] = []
+        for i in run.steps(len(c)):
+            index = len(c) - 1 - i
+            t = c.timesteps[index]
+            t_next = c.timesteps[max(index - 1, 0)]
+            x = run.impose(x, t)
+            eps = run.eps(x, t)
+            if not old_eps:
+                x_pred, _ = ddim_update(run, c, index, x, eps, None)
+                eps_prime = (eps + run.eps(x_pred, t_next)) / 2
+            else:
+                eps_prime = multistep_eps(eps, old_eps)
+            x, pred_x0 = ddim_update(run, c, index, x, eps_prime, None)
+            old_eps = [*old_eps, eps][-3:]
+            if run.report(i, t, x, pred_x0):
+                return x
+        return run.finish(x)
