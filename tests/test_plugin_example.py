@@ -8,7 +8,9 @@ and hand-made ``*.dist-info`` folders on PYTHONPATH.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -362,7 +364,224 @@ def test_missing_configuration_is_reported() -> None:
         type("C", (_StandInRegistry, ConditionerConformance), {"component_cls": TinyClasses})().test_deterministic()
 
 
-def test_testing_package_is_lazy() -> None:
-    code = "import sys, ldmkit.testing.pytest_plugin; print('ldmkit.testing.sampler' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+# -- the example distribution and broken plugins, discovered in a subprocess ---------------------
+SAMPLER_SOURCE = """
+import ldmkit
+
+class Fixed(ldmkit.Sampler):
+    name = {name!r}
+
+    class Params(ldmkit.Params):
+        pass
+
+    def sample(self, model_fn, schedule, x_T, **kwargs):
+        return x_T.clone()
+"""
+BROKEN = {  # entry point name: (distribution, version, module source)
+    "broken-import": ("ldmkit-broken-import", "0.1", "raise RuntimeError('boom: a dependency is missing')\n"),
+    "bad-signature": (
+        "ldmkit-bad-signature",
+        "0.2",
+        "from ldmkit import hookimpl\n\n@hookimpl\ndef register_samplers(reg, extra):\n    pass\n",
+    ),
+    "misspelled": (
+        "ldmkit-misspelled",
+        "0.3",
+        "from ldmkit import hookimpl\n\n@hookimpl\ndef register_sampler(register):\n    pass\n",
+    ),
+    "future-api": (
+        "ldmkit-future-api",
+        "0.4",
+        'LDMKIT_API_VERSION = "2.0"\n'
+        + SAMPLER_SOURCE.format(name="future-sampler")
+        + "@ldmkit.hookimpl\ndef register_samplers(register):\n    register(Fixed)\n",
+    ),
+    **{
+        f"twin-{x}": (
+            f"ldmkit-twin-{x}",
+            version,
+            SAMPLER_SOURCE.format(name="twin")
+            + "@ldmkit.hookimpl\ndef register_samplers(register):\n    register(Fixed)\n",
+        )
+        for x, version in (("a", "1.0"), ("b", "2.0"))
+    },
+}
+UNET = {"image_size": 8, "in_channels": 4, "model_channels": 32, "out_channels": 4, "num_res_blocks": 1}
+MIXED_SPEC = {
+    "first_stage": {"type": "kl-autoencoder"},
+    "denoiser": {"type": "unet", "params": {**UNET, "attention_resolutions": [], "num_heads": 1}},
+    "sampling": {"sampler": "heun-example", "steps": 20},
+}
+DISCOVERY_SCRIPT = """
+import contextlib, io, json, os, sys
+import ldmkit.testing.pytest_plugin
+out = {"lazy": "ldmkit.testing.sampler" not in sys.modules}
+import pytest, torch, ldmkit
+from ldmkit import registry as R
+from ldmkit.specs import validate_spec
+from ldmkit.testing import gaussian_eps_fn
+
+def snapshot(reg):
+    return {
+        "plugins": [[p.name, p.distribution, p.version] for p in reg.plugins],
+        "failed": {f.plugin.name: [f.plugin.distribution, f.plugin.version, f.error] for f in reg.failures},
+        "components": {k: {n: reg.info(k, n).plugin.distribution for n in reg.names(k)} for k in R.KIND_NAMES},
+    }
+
+reg = ldmkit.get_registry()
+out["default"] = snapshot(reg)
+out["spec_sampler"] = validate_spec(json.loads(sys.argv[2]), source="mixed").sampling.sampler
+schedule = ldmkit.NoiseSchedule.from_spec(ldmkit.ScheduleSpec(timesteps=100))
+sampler = reg.create("sampler", "heun-example", {})
+x = sampler.sample(gaussian_eps_fn(schedule, 0.5, 0.5), schedule, torch.randn(1, 2, 4, 4), steps=4)
+out["sampled"] = [list(x.shape), bool(torch.isfinite(x).all())]
+builtins = sorted(p.name for p in reg.plugins if p.distribution == "ldmkit")
+for key, only in (("builtins_only", ",".join(builtins)), ("only_samplers", "samplers"), ("only_example", "example")):
+    os.environ["LDMKIT_LOAD_PLUGINS"] = only
+    out[key] = snapshot(R.discover())
+del os.environ["LDMKIT_LOAD_PLUGINS"]
+os.environ["LDMKIT_STRICT_PLUGINS"] = "1"
+try:
+    R.discover()
+    out["strict"] = None
+except ldmkit.PluginError as exc:
+    out["strict"] = str(exc)
+try:
+    from ldmkit.cli import main
+except ImportError:
+    out["cli"] = None
+else:
+    for key, strict in (("cli_strict", "1"), ("cli", "0")):
+        os.environ["LDMKIT_STRICT_PLUGINS"] = strict
+        R.reset_registry()
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(["plugins", "--json"])
+        out[key] = [code, stdout.getvalue(), stderr.getvalue()]
+# the example's own conformance tests, against the installed distribution
+R.reset_registry()
+with contextlib.redirect_stdout(io.StringIO()) as log:
+    out["example_tests"] = [int(pytest.main([sys.argv[3], "-q", "-p", "no:cacheprovider"])), ""]
+out["example_tests"][1] = log.getvalue()[-3000:]
+with open(sys.argv[1], "w") as f:
+    json.dump(out, f)
+"""
+
+
+def _dist_info(root: Path, ep_name: str, dist: str, version: str, source: str) -> None:
+    module = ep_name.replace("-", "_") + "_plugin"
+    (root / f"{module}.py").write_text(source)
+    info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[ldmkit]\n{ep_name} = {module}\n")
+
+
+@pytest.fixture(scope="module")
+def discovery(tmp_path_factory) -> dict:
+    """Install the example with pip, add the broken plugins, and run DISCOVERY_SCRIPT once."""
+    import shutil
+
+    tmp = tmp_path_factory.mktemp("plugins")
+    source, target, broken = tmp / "src", tmp / "site", tmp / "broken"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run(
+        [*pip, "--disable-pip-version-check", "--root-user-action=ignore", "--target", str(target), str(source)],
+        check=True,
+    )
+    broken.mkdir()
+    for ep_name, (dist, version, code) in BROKEN.items():
+        _dist_info(broken, ep_name, dist, version, code)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LDMKIT_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(target), str(broken)])
+    result = tmp / "result.json"
+    args = [str(result), json.dumps(MIXED_SPEC), str(source / "tests")]
+    proc = subprocess.run(
+        [sys.executable, "-c", DISCOVERY_SCRIPT, *args], env=env, cwd=tmp, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(result.read_text())
+
+
+def test_pytest_plugin_is_import_light(discovery) -> None:
+    assert discovery["lazy"]
+
+
+def test_example_plugin_is_discovered(discovery) -> None:
+    default = discovery["default"]
+    assert ["example", "ldmkit-plugin-example", "0.1.0"] in default["plugins"]
+    assert default["components"]["sampler"]["heun-example"] == "ldmkit-plugin-example"
+
+
+def test_spec_mixing_example_and_builtins_validates(discovery) -> None:
+    assert discovery["spec_sampler"] == "heun-example"
+
+
+def test_example_sampler_runs_through_the_registry(discovery) -> None:
+    assert discovery["sampled"] == [[1, 2, 4, 4], True]
+
+
+def test_example_conformance_tests_pass_when_installed(discovery) -> None:
+    code, log = discovery["example_tests"]
+    assert code == 0, log
+    assert "passed" in log and "failed" not in log
+
+
+@pytest.mark.parametrize(
+    ("plugin", "dist", "version", "needles"),
+    [
+        ("broken-import", "ldmkit-broken-import", "0.1", ["import failed", "RuntimeError", "boom"]),
+        ("bad-signature", "ldmkit-bad-signature", "0.2", ["register_samplers", "extra"]),
+        ("misspelled", "ldmkit-misspelled", "0.3", ["'register_sampler'", "did you mean 'register_samplers'"]),
+        ("future-api", "ldmkit-future-api", "0.4", ["2.0", ldmkit.API_VERSION]),
+        ("twin-b", "ldmkit-twin-b", "2.0", ["'twin'", "ldmkit-twin-a", "ldmkit-twin-b"]),
+    ],
+)
+def test_broken_plugin_is_reported(discovery, plugin, dist, version, needles) -> None:
+    failed = discovery["default"]["failed"]
+    assert plugin in failed, f"{plugin} not reported; failures: {sorted(failed)}"
+    assert failed[plugin][:2] == [dist, version]
+    for needle in needles:
+        assert needle in failed[plugin][2]
+
+
+def test_broken_plugins_register_nothing_and_builtins_still_work(discovery) -> None:
+    default, clean = discovery["default"], discovery["builtins_only"]
+    names = [p[0] for p in default["plugins"]]
+    assert "twin-a" in names and not {"broken-import", "bad-signature", "misspelled", "future-api", "twin-b"} & set(
+        names
+    )
+    samplers = default["components"]["sampler"]
+    assert "future-sampler" not in samplers and samplers["twin"] == "ldmkit-twin-a"
+    for kind, components in clean["components"].items():
+        mine = {n: d for n, d in default["components"][kind].items() if d == "ldmkit"}
+        assert mine == components, kind
+    assert clean["failed"] == {}
+
+
+def test_load_plugins_selects_entry_points(discovery) -> None:
+    assert [p[0] for p in discovery["only_samplers"]["plugins"]] == ["samplers"]
+    assert [p[0] for p in discovery["only_example"]["plugins"]] == ["example"]
+    assert discovery["only_samplers"]["failed"] == discovery["only_example"]["failed"] == {}
+    assert discovery["only_example"]["components"]["first_stage"] == {}
+
+
+def test_strict_plugins_turns_failures_into_errors(discovery) -> None:
+    # entry points load in name order: bad-signature is the first broken one
+    assert discovery["strict"] is not None
+    assert "bad-signature" in discovery["strict"] and "ldmkit-bad-signature" in discovery["strict"]
+
+
+def test_cli_lists_plugins_and_failures(discovery) -> None:
+    if discovery.get("cli") is None:
+        pytest.skip("ldmkit.cli is not available")
+    code, stdout, _ = discovery["cli"]
+    listing = json.loads(stdout)
+    assert code == 0
+    assert any(c["name"] == "heun-example" for c in listing["components"]["sampler"])
+    failed = {f["name"]: f for f in listing["failed"]}
+    assert failed["future-api"]["distribution"] == "ldmkit-future-api" and failed["future-api"]["version"] == "0.4"
+    assert "ldmkit-twin-a" in failed["twin-b"]["error"]
+    code, _, stderr = discovery["cli_strict"]
+    assert code == 2 and "bad-signature" in stderr
