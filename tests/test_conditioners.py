@@ -15,6 +15,14 @@ from safetensors.torch import load_file
 
 import ldmkit
 from ldmkit import Conditioner, Conditioning, FirstStage, InputError, SpecError, UnknownComponentError
+from ldmkit.testing import ConditionerConformance
+from ldmkit_conditioners.class_embedder import ClassEmbedder
+from ldmkit_conditioners.clip_text import CLIPTextConditioner
+from ldmkit_conditioners.composite import CompositeConditioner
+from ldmkit_conditioners.first_stage_concat import MaskedImageConditioner
+from ldmkit_conditioners.layout import LayoutConditioner
+from ldmkit_conditioners.spatial_rescaler import SpatialRescaler
+from ldmkit_conditioners.transformer_text import TransformerTextConditioner
 
 FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
 NAMES = ["class-embedder", "transformer-text", "clip-text", "layout", "spatial-rescaler", "masked-image", "composite"]
@@ -523,3 +531,73 @@ def test_unconditional_rejects_bad_batch():
         with pytest.raises(InputError, match="batch"):
             cond.unconditional(batch)
     assert isinstance(cond.unconditional(1), Conditioning)
+
+
+# -- the shared conformance checks ----------------------------------------------------------------
+class TestClassEmbedderConformance(ConditionerConformance):
+    component_cls = ClassEmbedder
+    params = {"embed_dim": 8, "n_classes": 5, "null_class": 4}
+
+    def make_raw(self, batch: int) -> torch.Tensor:
+        return torch.arange(batch) % 4
+
+
+class TestClassEmbedderVectorConformance(TestClassEmbedderConformance):
+    params = {"embed_dim": 8, "n_classes": 5, "null_class": 4, "target": "vector"}
+
+
+class TestTransformerTextConformance(ConditionerConformance):
+    component_cls = TransformerTextConditioner
+    params = {**WORDS, "vocabulary": ["red", "blue", "circle", "square"]}
+
+    def make_raw(self, batch: int) -> list[str]:
+        return ["a red circle left of a blue square"] * batch
+
+
+class TestCLIPTextConformance(ConditionerConformance):
+    component_cls = CLIPTextConditioner
+    params = TINY_CLIP
+
+    def make_raw(self, batch: int) -> list[str]:
+        return ["a photo of a cat"] * batch
+
+
+class TestLayoutConformance(ConditionerConformance):
+    component_cls = LayoutConditioner
+    params = LAYOUT
+
+    def make_raw(self, batch: int) -> list[list[dict]]:
+        return [[{"label": i % 3, "box": [0.1, 0.2, 0.6, 0.9]}] for i in range(batch)]
+
+
+class TestSpatialRescalerConformance(ConditionerConformance):
+    component_cls = SpatialRescaler
+    params = {"n_stages": 2, "out_channels": 2, "out_size": [4, 4]}
+
+    def make_raw(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
+
+
+class TestMaskedImageConformance(ConditionerConformance):
+    component_cls = MaskedImageConditioner
+    params = {"latent_size": [4, 4]}
+
+    def make_first_stage(self) -> FirstStage:
+        return PoolFirstStage()
+
+    def make_raw(self, batch: int) -> dict:
+        image, mask = _inpaint_request()
+        return {"image": image[:1].repeat(batch, 1, 1, 1), "mask": mask[:1].repeat(batch, 1, 1, 1)}
+
+
+class TestCompositeConformance(ConditionerConformance):
+    component_cls = CompositeConditioner
+    params = {
+        "parts": {
+            "label": {"type": "class-embedder", "params": {"embed_dim": 8, "n_classes": 4, "null_class": 3}},
+            "map": {"type": "spatial-rescaler", "params": {"in_channels": 1, "out_size": [8, 8]}, "dropout": 0.1},
+        }
+    }
+
+    def make_raw(self, batch: int) -> dict:
+        return {"label": torch.zeros(batch, dtype=torch.long), "map": torch.ones(batch, 1, 16, 16)}
