@@ -73,6 +73,11 @@ def _class_embedder(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _bert(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if params.get("use_tokenizer", True):  # the original's default: a BERT tokenizer downloaded from a hub
+        raise SpecError(
+            "cond_stage_config.params.use_tokenizer is true (the default): the BERT tokenizer is not bundled; "
+            "set use_tokenizer: false and pass token ids"
+        )
     keep = ("n_embed", "n_layer", "vocab_size", "max_seq_len", "use_tokenizer", "embedding_dropout")
     return "transformer-text", {k: params[k] for k in keep if k in params}
 
@@ -143,6 +148,8 @@ def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
         conditioner = _translate("cond_stage_config", cond_cfg, COND_TARGETS)
         if conditioner["type"] == "class-embedder":
             conditioner["params"]["target"] = "vector" if key == "adm" else "crossattn"
+        if conditioner["type"] == "spatial-rescaler" and isinstance(p.get("image_size"), int):
+            conditioner["params"]["out_size"] = [p["image_size"], p["image_size"]]
     if key not in (None, "crossattn", "concat", "hybrid", "adm"):
         raise SpecError(f"conditioning_key {key!r}: expected crossattn, concat, hybrid or adm")
     denoiser = _translate("unet_config", p.get("unet_config"), UNET_TARGETS)
