@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ldmkit_unet.attention import AttentionBlock, QKVAttention, QKVAttentionLegacy
-from ldmkit_unet.embeddings import timestep_embedding
-from ldmkit_unet.resblocks import Downsample, ResBlock, Upsample
-from ldmkit_unet.transformer import SpatialTransformer
-from ldmkit_unet.unet import UNet
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
 import ldmkit
 from ldmkit import Conditioning, InputError
+from ldmkit.testing import DenoiserConformance
+from ldmkit_unet.attention import AttentionBlock, QKVAttention, QKVAttentionLegacy
+from ldmkit_unet.embeddings import timestep_embedding
+from ldmkit_unet.resblocks import Downsample, ResBlock, Upsample
+from ldmkit_unet.transformer import SpatialTransformer
+from ldmkit_unet.unet import UNet
 
 FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
 PREFIX = "model.diffusion_model."
@@ -54,6 +55,32 @@ def inputs(batch: int = 2, channels: int = 4, size: tuple[int, int] = (8, 8), se
     x = torch.randn(batch, channels, *size, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g)
     return x, t
+
+
+class TestUNetConformance(DenoiserConformance):
+    component_cls = UNet
+    params = TINY
+
+    def make_component(self) -> UNet:
+        return build(self.seed, **self.params)
+
+
+class TestConditionedUNetConformance(DenoiserConformance):
+    """Cross-attention, class ids and concatenated channels at once."""
+
+    component_cls = UNet
+    params = {**TINY, "in_channels": 6, "use_spatial_transformer": True, "context_dim": 8, "num_classes": 5}
+
+    def make_component(self) -> UNet:
+        return build(self.seed, **self.params)
+
+    def make_cond(self, batch: int) -> Conditioning:
+        g = torch.Generator().manual_seed(5)
+        return Conditioning(
+            crossattn=torch.randn(batch, 3, 8, generator=g),
+            concat=torch.randn(batch, 2, self.latent_size, self.latent_size, generator=g),
+            vector=torch.arange(batch) % 5,
+        )
 
 
 # -- CompVis parity -------------------------------------------------------------------------------
