@@ -1,5 +1,46 @@
-"""Built-in shapes plugin."""
+"""Built-in Shapes world plugin: a synthetic dataset of coloured shapes, with a picture parser and metrics.
+
+The public names of :mod:`ldmkit_shapes.world` (and ``ShapesDataset``, ``export``) are available from the
+package itself; they are imported on first access so that plugin discovery stays cheap.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
+from ldmkit import hookimpl
+
 LDMKIT_API_VERSION = "1.0"
+
+_EXPORTS = {
+    "CLASS_NAMES": "world",
+    "COLOURS": "world",
+    "COLOUR_NAMES": "world",
+    "SHAPES": "world",
+    "ShapeObject": "world",
+    "Scene": "world",
+    "render": "world",
+    "segmentation": "world",
+    "sample_scene": "world",
+    "ShapesDataset": "dataset",
+    "export": "exporter",
+    "ParsedObject": "parse",
+    "parse_picture": "parse",
+}
+
+__all__ = ["LDMKIT_API_VERSION", "register_datasets", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"ldmkit_shapes.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'ldmkit_shapes' has no attribute {name!r}")
+
+
+@hookimpl
+def register_datasets(register):
+    from ldmkit_shapes.dataset import ShapesDataset
+
+    register(ShapesDataset)
