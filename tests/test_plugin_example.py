@@ -585,3 +585,12 @@ def test_cli_lists_plugins_and_failures(discovery) -> None:
     assert "ldmkit-twin-a" in failed["twin-b"]["error"]
     code, _, stderr = discovery["cli_strict"]
     assert code == 2 and "bad-signature" in stderr
+
+
+def test_pytest_plugin_fixtures(ldmkit_generator, ldmkit_empty_registry) -> None:
+    assert torch.equal(
+        torch.randn(3, generator=ldmkit_generator), torch.randn(3, generator=torch.Generator().manual_seed(0))
+    )
+    assert ldmkit.get_registry() is ldmkit_empty_registry and ldmkit_empty_registry.strict
+    assert ldmkit_empty_registry.add_plugin(_StandIns(), PluginInfo("standins", "(tests)", "0"))
+    assert ldmkit.get_registry().get("sampler", "tiny-ddim") is TinyDDIM

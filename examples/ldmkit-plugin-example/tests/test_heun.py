@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from ldmkit_plugin_example.heun import HeunSampler
 
 from ldmkit.schedules import NoiseSchedule, ScheduleSpec
 from ldmkit.testing import SamplerConformance, gaussian_eps_fn
+from ldmkit_plugin_example.heun import HeunSampler
 
 
 class TestHeunSampler(SamplerConformance):
