@@ -601,3 +601,21 @@ class TestCompositeConformance(ConditionerConformance):
 
     def make_raw(self, batch: int) -> dict:
         return {"label": torch.zeros(batch, dtype=torch.long), "map": torch.ones(batch, 1, 16, 16)}
+
+
+def test_composite_one_part_training_keeps_exactly_one_part_per_sample():
+    parts = {
+        name: {"type": "class-embedder", "params": {"embed_dim": 8, "n_classes": 5, "null_class": 4}}
+        for name in ("a", "b")
+    }
+    cls = ldmkit.get_registry().get("conditioner", "composite")
+    comp = cls.from_params({"training_mode": "one-part", "uncond_rate": 0.2, "parts": parts})
+    n = 4000
+    raw = {"a": torch.zeros(n, dtype=torch.long), "b": torch.ones(n, dtype=torch.long)}
+    out = comp.forward_train(raw, torch.Generator().manual_seed(0)).crossattn  # (n, 2, 8)
+    kept_a = (out[:, 0] == comp.parts["a"](raw["a"][:1]).crossattn[0, 0]).all(-1)
+    kept_b = (out[:, 1] == comp.parts["b"](raw["b"][:1]).crossattn[0, 0]).all(-1)
+    assert not bool((kept_a & kept_b).any())  # never two parts at once
+    assert abs(kept_a.float().mean().item() - 0.4) < 0.03
+    assert abs(kept_b.float().mean().item() - 0.4) < 0.03
+    assert abs((~kept_a & ~kept_b).float().mean().item() - 0.2) < 0.03

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,6 +32,7 @@ class PartSpec(BaseModel):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
     dropout: float = Field(0.0, ge=0.0, le=1.0, description="probability of the unconditional input in training")
+    weight: float = Field(1.0, gt=0.0, description="'one-part' training: relative chance that this part is kept")
 
 
 class CompositeConditioner(Conditioner):
@@ -47,6 +48,13 @@ class CompositeConditioner(Conditioner):
 
     class Params(Params):
         parts: dict[str, PartSpec] = Field(min_length=1)
+        training_mode: Literal["independent", "one-part"] = Field(
+            "independent",
+            description="independent: each part dropped with its own 'dropout'; one-part: each sample keeps one "
+            "part (chosen by 'weight') and every other part is unconditional, or none with 'uncond_rate', so a "
+            "multi-task model learns each task alone",
+        )
+        uncond_rate: float = Field(0.1, ge=0.0, le=1.0, description="'one-part' training: all parts unconditional")
 
         @field_validator("parts")
         @classmethod
@@ -121,6 +129,8 @@ class CompositeConditioner(Conditioner):
         in part order, so a seeded generator makes the choice reproducible.
         """
         conds = self._conditionings(raw)
+        if self.params.training_mode == "one-part":
+            return self._merge(list(self._keep_one_part(conds, generator).values()))
         for name, part in self.parts.items():
             p = self.params.parts[name].dropout
             if p <= 0.0:
@@ -131,6 +141,20 @@ class CompositeConditioner(Conditioner):
             if bool(drop.any()):
                 conds[name] = _where(drop, part.unconditional(batch), cond)
         return self._merge(list(conds.values()))
+
+    def _keep_one_part(
+        self, conds: dict[str, Conditioning], generator: torch.Generator | None
+    ) -> dict[str, Conditioning]:
+        names = list(self.parts)
+        batch = next(iter(conds.values())).batch_size
+        weights = torch.tensor([self.params.parts[n].weight for n in names], dtype=torch.float64)
+        kept = torch.multinomial(weights, batch, replacement=True, generator=generator)  # (B,) part index
+        none = torch.rand(batch, generator=generator) < self.params.uncond_rate  # (B,)
+        out = {}
+        for index, name in enumerate(names):
+            drop = (kept != index) | none
+            out[name] = _where(drop, self.parts[name].unconditional(batch), conds[name]) if drop.any() else conds[name]
+        return out
 
     def unconditional(self, batch: int) -> Conditioning:
         """Every part's unconditional, merged."""
