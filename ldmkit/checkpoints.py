@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, Union
+from typing import IO, Any, Literal
 
 import torch
 
@@ -43,7 +43,7 @@ from ldmkit.errors import CheckpointError, CheckpointFormatError, UnsafeCheckpoi
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
+PathLike = str | os.PathLike[str]
 Format = Literal["safetensors", "torch-zip", "torch-legacy-pickle"]
 
 MIN_TORCH_VERSION = (2, 10)
@@ -586,10 +586,19 @@ def _torch_load_safe(f: IO[bytes], path: Path) -> Any:
         with _TORCH_LOAD_LOCK, safe_globals(_stand_ins()):
             return torch.load(f, map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises UnpicklingError/RuntimeError/... for malformed files
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "magic number" in message.lower():
-            message = "a pickle, but not one written by torch.save"
-        raise CheckpointFormatError(f"{path}: could not load it ({message[:400]})") from e
+        raise CheckpointFormatError(f"{path}: could not load it ({_torch_reason(e)})") from e
+
+
+def _torch_reason(error: Exception) -> str:
+    """The informative line of a torch.load error (its first line is generic advice)."""
+    text = str(error).strip() or type(error).__name__
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(Check the documentation|$)", text, re.DOTALL)
+    detail = " ".join((match[1] if match else text.splitlines()[0]).split())
+    if "magic number" in detail.lower():
+        return "a pickle, but not one written by torch.save"
+    if "Unsupported operand" in detail:
+        detail += " (torch's weights-only loader reads pickle protocols 2 and 3 only)"
+    return detail[:400]
 
 
 def load_checkpoint(path: PathLike, *, unsafe_allow_pickle: bool = False) -> dict[Any, Any]:

@@ -292,6 +292,14 @@ def test_plain_pickle_renamed_safetensors_is_rejected(tmp_path):
         load_state_dict(path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pickle_protocol_torch_cannot_read_safely_is_explained(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(2)}, path, pickle_protocol=4)
+    with pytest.raises(CheckpointFormatError, match="protocols 2 and 3"):
+        load_state_dict(path)
+
+
 def test_gzip_wrapped_torch_file_is_rejected(tmp_path):
     raw = _torch_save(_state(), tmp_path / "w.pt", legacy=False).read_bytes()
     path = tmp_path / "w.pt.gz"
@@ -447,6 +455,25 @@ def test_failed_save_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
         save_state_dict({"w": torch.ones(3)}, path)
     with pytest.raises(CheckpointError):
         atomic_write_text(tmp_path / "spec.yaml", "x: 1")
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_unwritable_directory_gives_clear_error(tmp_path, monkeypatch):
+    # Runs as any user: the temp file cannot be created, as in a read-only directory.
+    path = save_state_dict({"w": torch.zeros(3)}, tmp_path / "w.safetensors")
+    old = path.read_bytes()
+    real_open = os.open
+
+    def refusing_open(file, flags, *args, **kwargs):
+        if str(file).endswith(".tmp") and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    with pytest.raises(CheckpointError, match="Permission denied"):
+        save_state_dict({"w": torch.ones(3)}, path)
+    monkeypatch.undo()
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
