@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from ldmkit import hookimpl
+from ldmkit.hookspecs import Register
 
 LDMKIT_API_VERSION = "1.0"
 
@@ -39,8 +40,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ldmkit_shapes' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
 @hookimpl
-def register_datasets(register):
+def register_datasets(register: Register) -> None:
     from ldmkit_shapes.dataset import ShapesDataset
 
     register(ShapesDataset)

@@ -26,7 +26,7 @@ CORE_ALPHA = 0.47
 """Coverage threshold of the core; just below 0.5 so that exact half coverage (rounded to uint8) counts."""
 
 EDGE_ALPHA = 0.08
-"""Coverage that still counts towards an object's box (antialiased edges, a triangle's apex)."""
+"""Coverage that still counts towards an object's mass when next to its core (antialiased or blurred edges)."""
 
 _PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)  # (6, 3)
 

@@ -224,6 +224,9 @@ def boxes_apart(a: tuple[int, int, int, int], b: tuple[int, int, int, int], gap:
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
+MAX_OBJECTS = 8
+"""Most objects :func:`sample_scene` places (the world spec uses 1-3; more can still be placed quickly)."""
+
 _MAX_TRIES = 64  # placements of one box before the whole placement restarts
 _BLOCK = 16  # placements drawn from the generator at a time
 
@@ -242,8 +245,8 @@ def sample_scene(rng: np.random.Generator, min_objects: int = 1, max_objects: in
     give placements (side, x, y) one row at a time. A box closer than 2 px to an earlier one is redrawn, and
     after 64 failures for one box the whole placement restarts.
     """
-    if not 1 <= min_objects <= max_objects:
-        raise InputError(f"need 1 <= min_objects <= max_objects, got {min_objects} and {max_objects}")
+    if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
+        raise InputError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, got {min_objects} and {max_objects}")
     head = rng.random(2 + 2 * max_objects).tolist()
     background = BACKGROUND_RANGE[0] + uniform_int(head[0], BACKGROUND_RANGE[1] - BACKGROUND_RANGE[0] + 1)
     count = min_objects + uniform_int(head[1], max_objects - min_objects + 1)

@@ -1,0 +1,167 @@
+"""``ldmkit bench shapes``: fidelity of a pipeline on every task, scored by parsing pictures (no model)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ldmkit.errors import InputError
+from ldmkit_shapes import metrics
+from ldmkit_shapes.dataset import ShapesDataset
+
+log = logging.getLogger(__name__)
+
+BENCH_SEED = 1_000_003  # held-out scenes: training specs use small seeds
+TARGETS = {
+    "class2img": ("class accuracy", 0.95),
+    "text2img": ("caption exact match", 0.8),
+    "layout2img": ("layout box IoU", 0.7),
+    "semantic2img": ("semantic foreground IoU", 0.8),
+    "superres": ("super-resolution PSNR (dB)", 26.0),
+    "inpaint": ("inpainting PSNR outside the mask (dB)", 32.0),
+    "uncond": ("valid unconditional samples", 0.9),
+}
+
+
+@dataclass
+class BenchRow:
+    task: str
+    metric: str
+    generated: float
+    real: float
+    target: float
+    n: int
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.generated >= self.target
+
+
+def _combine(raws: list[Any]) -> Any:
+    """Batch the per-request raw inputs of one task (tensors concatenated, lists joined, dicts per key)."""
+    first = raws[0]
+    if isinstance(first, Tensor):
+        return torch.cat(raws)
+    if isinstance(first, list):
+        return [item for raw in raws for item in raw]
+    if isinstance(first, dict):
+        return {key: _combine([raw[key] for raw in raws]) for key in first}
+    raise InputError(f"cannot batch inputs of type {type(first).__name__}")
+
+
+def _generate(
+    pipe: Any, task_name: str, requests: list[Any], *, steps: int, sampler: str, guidance: float, seed: int, batch: int
+) -> Tensor:
+    """Pictures (N, 3, H, W) in [-1, 1], one per request, in batches."""
+    task = pipe.task(task_name)
+    out = []
+    for start in range(0, len(requests), batch):
+        chunk = requests[start : start + batch]
+        n = len(chunk)
+        raws = [task.raw_input(pipe, r, 1) for r in chunk]
+        uncond = pipe.conditioner.unconditional(n) if pipe.conditioner is not None else None
+        cond = uncond if raws[0] is None else pipe.conditioner(task.wrap(_combine(raws)))
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
+        latents = pipe.sample(
+            cond,
+            sampler=sampler,
+            steps=steps,
+            uncond=uncond if guidance != 1.0 and raws[0] is not None else None,
+            guidance_scale=guidance,
+            generator=generators,
+            batch_size=n,
+        )
+        out.append(pipe.decode(latents).clamp(-1, 1).float().cpu())
+    return torch.cat(out)
+
+
+def run_bench(
+    pipe: Any,
+    *,
+    n: int = 64,
+    steps: int = 50,
+    sampler: str = "ddim",
+    guidance: float | None = None,
+    seed: int = 0,
+    batch: int = 64,
+    tasks: list[str] | None = None,
+) -> list[BenchRow]:
+    """Score the pipeline on each task with ``n`` held-out Shapes scenes."""
+    guidance = pipe.spec.sampling.guidance_scale if guidance is None and pipe.spec else (guidance or 1.0)
+    served = set(pipe.spec.tasks) if pipe.spec is not None and pipe.spec.tasks else set(TARGETS)
+    tasks = [t for t in (tasks or list(TARGETS)) if t in served]
+    single = ShapesDataset.from_params({"seed": BENCH_SEED, "single_object": True}).batch(range(n))
+    multi = ShapesDataset.from_params({"seed": BENCH_SEED + 1}).batch(range(n))
+    real_single, real_multi = single["image"], multi["image"]
+    rows = []
+    for name in tasks:
+        task = pipe.task(name)
+        kw = dict(steps=steps, sampler=sampler, guidance=guidance, seed=seed, batch=batch)
+        t0 = time.perf_counter()
+        if name == "class2img":
+            labels = single["class_label"].tolist()
+            pics = _generate(pipe, name, [task.Request(label=v) for v in labels], **kw)
+            gen, real = metrics.class_accuracy(pics, labels), metrics.class_accuracy(real_single, labels)
+        elif name == "text2img":
+            caps = multi["caption"]
+            pics = _generate(pipe, name, [task.Request(prompt=c) for c in caps], **kw)
+            gen, real = metrics.caption_exact_match(pics, caps), metrics.caption_exact_match(real_multi, caps)
+        elif name == "layout2img":
+            lays = multi["layout"]
+            pics = _generate(pipe, name, [task.Request(layout=lay) for lay in lays], **kw)
+            gen, real = metrics.layout_iou(pics, lays), metrics.layout_iou(real_multi, lays)
+        elif name == "semantic2img":
+            maps = multi["segmentation"]
+            pics = _generate(pipe, name, [task.Request(segmentation=m) for m in maps], **kw)
+            gen, real = metrics.semantic_fg_iou(pics, maps), metrics.semantic_fg_iou(real_multi, maps)
+        elif name == "superres":
+            low = multi["lowres"]
+            pics = _generate(pipe, name, [task.Request(image=x) for x in low], **kw)
+            bicubic = F.interpolate(low, scale_factor=4, mode="bicubic", align_corners=False).clamp(-1, 1)
+            gen, real = metrics.psnr(pics, real_multi), metrics.psnr(bicubic, real_multi)
+        elif name == "inpaint":
+            masks = multi["mask"]
+            reqs = [task.Request(image=x, mask=m) for x, m in zip(real_multi, masks, strict=True)]
+            pics = _generate(pipe, name, reqs, **kw)
+            keep = 1 - masks  # (N, 1, H, W): outside the mask
+            recon = pipe.decode(pipe.encode(real_multi.to(pipe.device, pipe.dtype))).clamp(-1, 1).float().cpu()
+            gen, real = metrics.psnr(pics, real_multi, mask=keep), metrics.psnr(recon, real_multi, mask=keep)
+        else:  # uncond
+            pics = _generate(pipe, name, [None] * n, **kw)
+            gen, real = metrics.valid_scene_rate(pics), metrics.valid_scene_rate(real_multi)
+        metric, target = TARGETS[name]
+        rows.append(BenchRow(name, metric, gen, real, target, n, time.perf_counter() - t0))
+        log.info("%s: %s %.3f (real %.3f)", name, metric, gen, real)
+    return rows
+
+
+def time_generation(pipe: Any, *, n: int = 4, steps: int = 50, repeats: int = 3) -> float:
+    """Best wall time (s) of ``n`` class-conditional pictures with ``steps`` DDIM steps."""
+    task = pipe.task("class2img") if pipe.spec and "class2img" in pipe.spec.tasks else pipe.task("uncond")
+    request = task.Request(label=0) if task.name == "class2img" else task.Request()
+    from ldmkit.interfaces import SampleOptions
+
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        task.run(pipe, request, SampleOptions(n=n, steps=steps))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    lines = [
+        "| task | metric | generated | real pictures | target | n |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        mark = "" if r.passed else " (below target)"
+        lines.append(f"| {r.task} | {r.metric} | {r.generated:.3f}{mark} | {r.real:.3f} | {r.target} | {r.n} |")
+    return "\n".join(lines)
