@@ -40,9 +40,17 @@ class _Configurable:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | Params | None = None):
-        """Validate ``params`` with ``cls.Params`` and build the component."""
+        """Validate ``params`` with ``cls.Params`` and build the component; bad params raise SpecError."""
         if not isinstance(params, BaseModel):
-            params = cls.Params.model_validate(dict(params or {}))
+            from pydantic import ValidationError
+
+            from ldmkit.errors import SpecError
+
+            try:
+                params = cls.Params.model_validate(dict(params or {}))
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(params)'}: {e['msg']}" for e in exc.errors())
+                raise SpecError(f"{cls.kind} {cls.name!r} params: {problems}") from None
         return cls(params)
 
 
