@@ -688,14 +688,15 @@ def load_into(
 ) -> LoadResult:
     """Copy a checkpoint's tensors into ``module``, casting them to the module's dtypes.
 
-    ``prefix`` selects the keys that start with it (and strips it), ignoring all others, e.g.
+    ``path_or_state`` is a checkpoint file or a mapping (a state dict, or a checkpoint dict with a
+    ``state_dict`` entry). ``prefix`` selects the keys that start with it (and strips it), ignoring all others, e.g.
     ``"first_stage_model."`` for one part of a CompVis checkpoint. Keys under
     ``ignore_prefixes`` (after stripping) are neither loaded nor reported. Shape mismatches always
     fail; with ``strict`` missing and unexpected keys fail too, listed (first 20 each, with counts)
     in a :class:`CheckpointError` that names ``what``.
     """
     if isinstance(path_or_state, Mapping):
-        state, source = dict(path_or_state), "state dict"
+        state, source = _state_dict_of(path_or_state, "state dict"), "state dict"
     else:
         state, source = load_state_dict(path_or_state), str(path_or_state)
     ignore = tuple(ignore_prefixes)
