@@ -1,0 +1,37 @@
+"""Writing trained weights: safetensors state dicts and component specs (through the core's atomic writers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from ldmkit.checkpoints import atomic_write_text, load_into, save_state_dict
+from ldmkit.errors import CheckpointError, TrainingError
+from ldmkit.specs import ComponentSpec
+
+
+def save_weights(module: nn.Module, path: Path) -> None:
+    """The module's state dict as safetensors, written atomically."""
+    try:
+        save_state_dict(module.state_dict(), path)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from None
+
+
+def load_weights(module: nn.Module, path: Path, what: str) -> None:
+    """Load a safetensors state dict into ``module`` strictly; CheckpointError names what does not fit."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what}: {path}: no such file")
+    load_into(module, path, what=what)
+
+
+def write_component_spec(spec: ComponentSpec, path: Path) -> None:
+    """``{type, params}`` as YAML, written atomically."""
+    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    try:
+        atomic_write_text(path, text)
+    except CheckpointError as exc:
+        raise TrainingError(str(exc)) from None

@@ -1,0 +1,211 @@
+"""Latent diffusion training: the denoiser (and a trainable conditioner) learn in a frozen first stage's latents.
+
+Per step, as the reference ``LatentDiffusion.p_losses`` with the "l2" simple loss: ``z = sample(q(z|x)) *
+scale_factor``, ``t ~ U{0, T-1}``, ``noise ~ N(0, I)``, ``x_t = sqrt(a_t) z + sqrt(1 - a_t) noise``; the loss is
+the mean squared error between the denoiser's output and its target (noise, x0 or v). Conditioning dropout for
+classifier-free guidance comes from the conditioner's ``forward_train`` where it has one (``composite``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldmkit.errors import CheckpointError, SpecError, TrainingError
+from ldmkit.pipeline import Pipeline
+from ldmkit.prediction import target_for
+from ldmkit.specs import validate_spec
+from ldmkit.training.ema import EMA
+from ldmkit.training.export import load_weights
+from ldmkit.training.optim import autocast, build_optimizer, load_scheduler_state, scheduler_state, step_optimizer
+from ldmkit.training.spec import LDMTrainSpec
+from ldmkit.training.stage import Stage, image_batch
+
+log = logging.getLogger(__name__)
+
+PIPELINE_DIR = "pipeline"
+
+
+class LDMStage(Stage):
+    """Trains the denoiser of a pipeline spec (and its conditioner's trainable weights)."""
+
+    spec: LDMTrainSpec
+    terms = ["loss"]
+
+    def __init__(self, spec: LDMTrainSpec, device: torch.device, registry=None) -> None:
+        super().__init__(spec, device)
+        self.pipe = Pipeline.from_spec(validate_spec(spec.pipeline, registry, source="pipeline"), registry)
+        first_stage = self.pipe.first_stage
+        if spec.first_stage_weights is not None:
+            load_weights(first_stage, Path(spec.first_stage_weights), "first_stage_weights")
+        elif any(True for _ in first_stage.parameters()):
+            log.warning("no first_stage_weights given: training on the latents of an untrained first stage")
+        first_stage.requires_grad_(False)
+        frozen = {id(p) for p in first_stage.parameters()}
+        self.pipe.to(device)
+        self.denoiser: nn.Module = self.pipe.denoiser
+        self.conditioner = self.pipe.conditioner
+        self.denoiser.train()
+        trained: dict[str, nn.Module] = {"denoiser": self.denoiser}
+        if self.conditioner is not None:
+            if spec.train_conditioner:
+                self.conditioner.train()
+                trained["conditioner"] = self.conditioner
+            else:
+                self.conditioner.requires_grad_(False)
+        first_stage.eval()  # also when a conditioner holds it as a submodule
+        self.params = [p for m in trained.values() for p in m.parameters() if p.requires_grad and id(p) not in frozen]
+        if not self.params:
+            raise TrainingError("the pipeline has no trainable weights")
+        self.opt, self.sched = build_optimizer(self.params, spec.optimizer)
+        if spec.ema is not None:
+            self.ema = EMA(trained, spec.ema.decay, spec.ema.start, spec.ema.warmup)
+        self.scale_factor = float(spec.pipeline.scale_factor)
+        self.pipe.scale_factor = self.scale_factor
+        self.latent_size: list[int] | None = None
+        self._parts = _composite_parts(self.conditioner)
+        self._check_conditioning()
+
+    def model_spec(self) -> dict[str, Any]:
+        keep = {"first_stage", "denoiser", "conditioner", "schedule"}  # what fixes the weights' meaning
+        return {"pipeline": self.spec.pipeline.model_dump(mode="json", include=keep)}
+
+    def _check_conditioning(self) -> None:
+        if self._parts is None:
+            return
+        unknown = [k for k in self.spec.conditioning if k not in self._parts]
+        if unknown:
+            raise SpecError(
+                f"conditioning.{unknown[0]}: the composite conditioner has no part {unknown[0]!r} "
+                f"(parts: {', '.join(self._parts)})"
+            )
+
+    # -- inputs --------------------------------------------------------------------------------------
+    def _field(self, batch: dict[str, Any], field: str, key: str) -> Any:
+        if field not in batch:
+            raise SpecError(f"conditioning.{key}: the dataset has no field {field!r} (fields: {', '.join(batch)})")
+        value = batch[field]
+        return value.to(self.device) if isinstance(value, Tensor) else value
+
+    def _resolve(self, batch: dict[str, Any], key: str, source: str | dict[str, str]) -> Any:
+        if isinstance(source, str):
+            return self._field(batch, source, key)
+        return {k: self._field(batch, f, f"{key}.{k}") for k, f in source.items()}
+
+    def raw_condition(self, batch: dict[str, Any]) -> Any:
+        """The conditioner's raw input built from dataset fields as ``conditioning`` maps them."""
+        mapping = self.spec.conditioning
+        if self._parts is not None:
+            return {p: self._resolve(batch, p, mapping[p]) if p in mapping else None for p in self._parts}
+        if len(mapping) == 1:
+            ((key, source),) = mapping.items()
+            return self._resolve(batch, key, source)
+        return {key: self._resolve(batch, key, source) for key, source in mapping.items()}
+
+    def _latents(self, images: Tensor, step: int) -> Tensor:
+        with torch.no_grad(), autocast(self.device, self.spec.precision):
+            posterior = self.pipe.first_stage.encode_distribution(images)
+            z = posterior.sample(self.step_generator(step, "posterior"))  # (B, C, h, w)
+        return z.float()
+
+    def on_start(self, batch: dict[str, Any]) -> None:
+        """Measure ``scale_factor = 1 / std(z)`` on the first batch when ``scale_by_std`` is on."""
+        if not self.spec.scale_by_std:
+            return
+        z = self._latents(image_batch(batch, self.spec.image_field).to(self.device), -1)
+        std = float(z.flatten().std())
+        if not std > 0:
+            raise TrainingError("scale_by_std: the first batch's latents have zero spread")
+        self.scale_factor = 1.0 / std
+        self.pipe.scale_factor = self.scale_factor
+        log.info("scale_by_std: scale_factor = %.6g (latent std %.6g)", self.scale_factor, std)
+
+    # -- one step ------------------------------------------------------------------------------------
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        spec = self.spec
+        images = image_batch(batch, spec.image_field).to(self.device)  # (B, 3, H, W)
+        z = self._latents(images, step) * self.scale_factor  # (B, C, h, w)
+        if self.latent_size is None:
+            self.latent_size = [int(z.shape[2]), int(z.shape[3])]
+        gen = self.step_generator(step, "noise")
+        schedule = self.pipe.schedule
+        t = torch.randint(0, schedule.num_timesteps, (z.shape[0],), generator=gen, device=self.device)  # (B,)
+        noise = torch.randn(z.shape, generator=gen, device=self.device)  # (B, C, h, w)
+        x_t = schedule.add_noise(z, noise, t)
+        with autocast(self.device, spec.precision):
+            cond = self._condition(batch, step)
+            out = self.denoiser(x_t, t, cond)  # (B, C, h, w)
+        target = target_for(self.denoiser.prediction, z, noise, t, schedule.alphas_cumprod)
+        loss = F.mse_loss(out.float(), target)
+        step_optimizer(loss, self.opt, self.sched, self.params, spec.grad_clip)
+        if self.ema is not None:
+            self.ema.update(step)
+        return {"loss": loss.detach()}
+
+    def _condition(self, batch: dict[str, Any], step: int):
+        from ldmkit.conditioning import Conditioning
+
+        if self.conditioner is None:
+            return Conditioning()
+        raw = self.raw_condition(batch)
+        forward_train = getattr(self.conditioner, "forward_train", None)
+        if callable(forward_train):
+            # dropout draws on the CPU so the same step drops the same samples on any device
+            return forward_train(raw, generator=self.step_generator(step, "dropout", torch.device("cpu")))
+        return self.conditioner(raw)
+
+    def lr(self) -> float:
+        return float(self.opt.param_groups[0]["lr"])
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "denoiser": self.denoiser.state_dict(),
+            "conditioner": self.conditioner.state_dict() if self.conditioner is not None else None,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": scheduler_state(self.sched),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scale_factor": self.scale_factor,
+            "latent_size": self.latent_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.denoiser.load_state_dict(state["denoiser"])
+        if self.conditioner is not None:
+            self.conditioner.load_state_dict(state["conditioner"])
+        self.opt.load_state_dict(state["optimizer"])
+        load_scheduler_state(self.sched, state["scheduler"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise TrainingError("the checkpoint has no EMA weights, but the spec asks for ema")
+            self.ema.load_state_dict(state["ema"])
+        self.scale_factor = float(state["scale_factor"])
+        self.pipe.scale_factor = self.scale_factor
+        self.latent_size = state.get("latent_size")
+
+    def export(self, out_dir: Path) -> Path:
+        """A pipeline folder (``Pipeline.save``): EMA weights where kept, the measured scale_factor."""
+        pipe = self.pipe
+        if pipe.spec is not None and pipe.spec.latent_size is None and self.latent_size is not None:
+            pipe.spec = pipe.spec.model_copy(update={"latent_size": self.latent_size})
+        directory = out_dir / PIPELINE_DIR
+        try:
+            if self.ema is not None:
+                with self.ema.applied():
+                    pipe.save(directory)
+            else:
+                pipe.save(directory)
+        except (OSError, CheckpointError) as exc:
+            raise TrainingError(f"cannot write the pipeline to {directory} ({exc})") from None
+        return directory
+
+
+def _composite_parts(conditioner: Any) -> list[str] | None:
+    """Part names of a composite conditioner (its ``parts`` param), else None."""
+    parts = getattr(getattr(conditioner, "params", None), "parts", None)
+    return list(parts) if isinstance(parts, dict) else None

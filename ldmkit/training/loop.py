@@ -1,0 +1,172 @@
+"""The training loop: data, steps, logs, checkpoints, resume and export, for either stage."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldmkit.errors import TrainingError
+from ldmkit.training.checkpoint import FORMAT, FORMAT_VERSION, LAST, check_writable, load_state, save_state
+from ldmkit.training.data import Preloaded, batches, build_dataset
+from ldmkit.training.logging_ import make_logger
+from ldmkit.training.seeding import derive_seed, rng_state, set_rng_state
+from ldmkit.training.spec import TrainSpec, load_train_spec, validate_train_spec
+from ldmkit.training.stage import Stage
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, Stage], None]
+"""``callback(completed_steps, stage)`` after every step (and after that step's checkpoint)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run left behind."""
+
+    out_dir: Path
+    steps: int
+    checkpoint: Path
+    export: Path
+    resumed_from: int
+    last_loss: float | None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device: 'cuda' was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_stage(spec: TrainSpec, device: torch.device, registry=None) -> Stage:
+    """The stage object of ``spec.stage``."""
+    if spec.stage == "autoencoder":
+        from ldmkit.training.autoencoder import AutoencoderStage
+
+        return AutoencoderStage(spec, device, registry)
+    from ldmkit.training.ldm import LDMStage
+
+    return LDMStage(spec, device, registry)
+
+
+def _find_checkpoint(out_dir: Path, resume: bool | str | Path) -> Path | None:
+    if resume is False:
+        return None
+    if resume is True:
+        path = out_dir / LAST
+        return path if path.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise TrainingError(f"resume: {path}: no such checkpoint")
+    return path
+
+
+def train(
+    spec: TrainSpec | dict | str | Path,
+    *,
+    resume: bool | str | Path = True,
+    progress: bool | None = None,
+    callbacks: Sequence[StepCallback] = (),
+    registry=None,
+) -> TrainResult:
+    """Run (or continue) a training run and export its result.
+
+    ``resume=True`` continues from ``out_dir/last.ckpt`` when it exists; a path resumes from that file;
+    ``False`` starts afresh. A resumed run ends with exactly the weights an uninterrupted run would have.
+    """
+    if isinstance(spec, (str, Path)):
+        spec = load_train_spec(spec)
+    spec = validate_train_spec(spec)
+    out_dir = Path(spec.out_dir)
+    check_writable(out_dir)
+    device = resolve_device(spec.device)
+    if spec.precision == "bf16" and device.type != "cuda":
+        log.warning("precision bf16 applies on CUDA only; training in fp32 on %s", device)
+    ckpt_path = _find_checkpoint(out_dir, resume)
+    state = load_state(ckpt_path) if ckpt_path is not None else None
+    start = int(state["step"]) if state is not None else 0
+
+    stage = make_stage(spec, device, registry)
+    if state is not None:
+        _check_same_model(state, spec, stage, ckpt_path)
+        try:
+            stage.load_state_dict(state["stage"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TrainingError(f"resume: {ckpt_path} does not fit this spec's models ({exc})") from None
+        set_rng_state(state["rng"])
+        log.info("resuming from %s at step %d", ckpt_path, start)
+    logger = make_logger(spec.log, out_dir, stage.terms, start)
+    last = out_dir / LAST
+    last_loss: float | None = None
+    try:
+        data: Any = build_dataset(spec.dataset, registry)
+        if spec.dataset.preload is not None:
+            data = Preloaded(data, spec.dataset.preload, spec.num_workers)
+        stream = batches(data, spec.batch_size, spec.seed, start, spec.max_steps, spec.num_workers)
+        show = spec.progress if progress is None else progress
+        last_loss = _run_steps(spec, stage, stream, start, logger, show, callbacks, last)
+        if state is None or start < spec.max_steps:
+            _save(spec, stage, spec.max_steps, last)
+        export = stage.export(out_dir)
+    finally:
+        logger.close()
+    log.info("finished %d steps; result in %s", spec.max_steps, export)
+    return TrainResult(out_dir, spec.max_steps, last, export, start, last_loss)
+
+
+def _run_steps(spec, stage: Stage, stream, start: int, logger, show: bool, callbacks, last: Path) -> float | None:
+    from tqdm.auto import tqdm
+
+    last_loss = None
+    tick, ticked = time.perf_counter(), start
+    with tqdm(total=spec.max_steps, initial=start, disable=not show, unit="step", dynamic_ncols=True) as bar:
+        for step, batch in zip(range(start, spec.max_steps), stream, strict=False):
+            torch.manual_seed(derive_seed(spec.seed, "global", step))  # dropout inside the models
+            if step == 0:
+                stage.on_start(batch)
+            lr = stage.lr()
+            terms = stage.train_step(batch, step)
+            done = step + 1
+            if done % spec.log_every == 0 or done == spec.max_steps:
+                values = {k: float(v) for k, v in terms.items()}
+                now = time.perf_counter()
+                rate = (done - ticked) * spec.batch_size / max(now - tick, 1e-9)
+                tick, ticked = now, done
+                last_loss = values["loss"]
+                logger.write(done, {"loss": last_loss, "lr": lr, "images_per_s": rate, **values})
+                bar.set_postfix(loss=f"{last_loss:.4g}", img_s=f"{rate:.1f}")
+            bar.update(1)
+            if done % spec.checkpoint_every == 0 and done < spec.max_steps:
+                _save(spec, stage, done, last)
+            for callback in callbacks:
+                callback(done, stage)
+    return last_loss
+
+
+def _save(spec: TrainSpec, stage: Stage, step: int, path: Path) -> None:
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "stage_kind": spec.stage,
+        "step": step,
+        "model_spec": stage.model_spec(),
+        "stage": stage.state_dict(),
+        "rng": rng_state(),
+    }
+    save_state(state, path)
+    log.debug("saved %s at step %d", path, step)
+
+
+def _check_same_model(state: dict[str, Any], spec: TrainSpec, stage: Stage, path: Path | None) -> None:
+    if state.get("stage_kind") != spec.stage:
+        raise TrainingError(f"resume: {path} is a {state.get('stage_kind')!r} run, the spec a {spec.stage!r} run")
+    if state.get("model_spec") != stage.model_spec():
+        raise TrainingError(f"resume: {path} was trained with other model settings than this spec; use another out_dir")

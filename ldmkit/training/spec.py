@@ -1,0 +1,180 @@
+"""``TrainSpec``: a training run as data (YAML/JSON), validated strictly, one field per setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ldmkit.errors import SpecError
+from ldmkit.specs import ComponentSpec, PipelineSpec, format_validation_error, read_document
+
+TRAIN_SPEC_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DatasetSpec(ComponentSpec):
+    """A registered dataset (registry kind ``dataset``) and how its samples are served."""
+
+    preload: int | None = Field(
+        None, ge=1, description="render this many samples once into memory (uint8) and draw batches from them"
+    )
+
+
+class OptimizerSpec(_Strict):
+    """AdamW with a linear warm-up of the learning rate (``LambdaLinearScheduler`` of the original)."""
+
+    lr: float = Field(1.0e-4, gt=0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    weight_decay: float = Field(0.01, ge=0)
+    eps: float = Field(1.0e-8, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: list[float]) -> list[float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("each beta must lie in [0, 1)")
+        return value
+
+
+class EMASpec(_Strict):
+    """Exponential moving average of the trained weights (``LitEma`` of the original)."""
+
+    decay: float = Field(0.9999, gt=0, lt=1)
+    start: int = Field(0, ge=0, description="steps before this one copy the weights instead of averaging")
+    warmup: bool = Field(True, description="use min(decay, (1 + n) / (10 + n)) after n updates, as LitEma does")
+
+
+class AutoencoderLossSpec(_Strict):
+    """Reconstruction + regularizer + patch-GAN losses of the first-stage training."""
+
+    l1_weight: float = Field(1.0, ge=0, description="weight of |x - x_rec|")
+    kl_weight: float = Field(1.0e-6, ge=0, description="KL autoencoders: weight of KL(q(z|x) || N(0, I))")
+    codebook_weight: float = Field(1.0, ge=0, description="VQ autoencoders: weight of the codebook loss")
+    logvar_init: float = Field(0.0, description="KL autoencoders: the (fixed) output log-variance")
+    perceptual_weight: float = Field(1.0, ge=0)
+    perceptual_weights: str | None = Field(
+        None, description="safetensors of the perceptual feature net; no perceptual loss without it"
+    )
+    disc_start: int = Field(50_001, ge=0, description="the discriminator is switched on at this step")
+    disc_weight: float = Field(0.5, ge=0)
+    disc_factor: float = Field(1.0, ge=0)
+    disc_num_layers: int = Field(3, ge=1, le=6)
+    disc_ndf: int = Field(64, ge=1)
+    disc_lr: float | None = Field(None, gt=0, description="discriminator learning rate (default: optimizer.lr)")
+    adaptive_weight: bool = Field(True, description="balance the GAN term by the ratio of last-layer gradients")
+
+
+class _TrainCommon(_Strict):
+    version: Literal[1] = TRAIN_SPEC_VERSION
+    dataset: DatasetSpec
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: int = Field(8, ge=1)
+    max_steps: int = Field(1000, ge=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
+    ema: EMASpec | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(1000, ge=1)
+    log: Literal["csv", "tensorboard"] = "csv"
+    log_every: int = Field(10, ge=1)
+    out_dir: str = "runs/train"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    progress: bool = True
+
+
+class AutoencoderTrainSpec(_TrainCommon):
+    """First-stage training: reconstruct dataset images."""
+
+    stage: Literal["autoencoder"]
+    first_stage: ComponentSpec
+    image_field: str = "image"
+    loss: AutoencoderLossSpec = Field(default_factory=AutoencoderLossSpec)
+
+
+class LDMTrainSpec(_TrainCommon):
+    """Diffusion training in the latent space of a trained, frozen first stage."""
+
+    stage: Literal["ldm"]
+    pipeline: PipelineSpec
+    first_stage_weights: str | None = Field(None, description="safetensors written by the autoencoder stage")
+    image_field: str = "image"
+    conditioning: dict[str, str | dict[str, str]] = Field(
+        default_factory=dict,
+        description="conditioner input (or composite part) -> dataset field; a part taking a mapping "
+        "maps its own keys to fields",
+    )
+    scale_by_std: bool = False
+    train_conditioner: bool = Field(True, description="train the conditioner's trainable weights too")
+
+    @model_validator(mode="after")
+    def _conditioning_needs_conditioner(self) -> LDMTrainSpec:
+        if self.conditioning and self.pipeline.conditioner is None:
+            raise ValueError("'conditioning' maps dataset fields, but the pipeline has no conditioner")
+        if self.pipeline.conditioner is not None and not self.conditioning:
+            raise ValueError("the pipeline has a conditioner: 'conditioning' must map its inputs to dataset fields")
+        return self
+
+
+TrainSpec = AutoencoderTrainSpec | LDMTrainSpec
+STAGES: dict[str, type[_TrainCommon]] = {"autoencoder": AutoencoderTrainSpec, "ldm": LDMTrainSpec}
+
+
+def validate_train_spec(data: dict[str, Any] | TrainSpec, source: str = "train spec") -> TrainSpec:
+    """Validate a mapping into the spec class of its ``stage``; SpecError names the offending field."""
+    if isinstance(data, (AutoencoderTrainSpec, LDMTrainSpec)):
+        return data
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a train spec must be a mapping, not a {type(data).__name__}")
+    stage = data.get("stage")
+    if stage not in STAGES:
+        choices = ", ".join(repr(s) for s in STAGES)
+        raise SpecError(f"{source}: stage: must be one of {choices}, got {stage!r}")
+    try:
+        spec = STAGES[stage].model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: {format_validation_error(exc)}") from None
+    if isinstance(spec, LDMTrainSpec):
+        from ldmkit.specs import validate_spec
+
+        try:
+            validate_spec(spec.pipeline, source=f"{source}: pipeline")
+        except SpecError as exc:
+            raise type(exc)(_prefix_pipeline(str(exc))) from None
+    return spec  # type: ignore[return-value]
+
+
+def _prefix_pipeline(message: str) -> str:
+    # validate_spec names fields relative to the pipeline; say that they sit under 'pipeline.'
+    head, sep, tail = message.partition(": pipeline: ")
+    if not sep:
+        return message
+    return f"{head}: " + "; ".join(f"pipeline.{part}" for part in tail.split("; "))
+
+
+def load_train_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainSpec:
+    """Read (safe YAML/JSON) and validate a train spec file; ``overrides`` maps dotted keys to values."""
+    data = read_document(path)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    return validate_train_spec(data, source=str(path))
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "optimizer.lr", 1e-4)`` sets ``d["optimizer"]["lr"]``, creating mappings on the way."""
+    parts = key.split(".")
+    if not all(parts):
+        raise SpecError(f"override {key!r}: not a dotted field name")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"override {key!r}: {part!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
