@@ -18,8 +18,9 @@ from ldmkit.testing.base import ComponentConformance
 class SamplerConformance(ComponentConformance):
     """Shape and dtype, seeded determinism, statelessness, callbacks, per-sample generators, masks.
 
-    ``eta`` is used for every call; ``noise_eta`` (None for deterministic samplers) is the eta at
-    which the generator matters, used by the checks about generators.
+    ``eta`` is used for every call; ``noise_eta`` is the eta at which the sampler draws noise, used
+    by the checks about generators: ``1.0`` for DDIM-like samplers, ``0.0`` for samplers that are
+    always stochastic (ancestral ones, DDPM), ``None`` for deterministic ones.
     """
 
     kind = "sampler"
