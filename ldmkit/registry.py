@@ -105,7 +105,7 @@ class Registry:
         info = info or PluginInfo(getattr(plugin, "__name__", type(plugin).__name__), "(not installed)", "")
         try:
             _check_api_version(plugin, info)
-            manager.register(plugin, name=info.name)
+            manager.register(plugin, name=f"{info.distribution}:{info.name}")
         except Exception as exc:  # pluggy raises PluginValidationError or ValueError
             return self._fail(info, f"{type(exc).__name__}: {exc}")
         staged: list[ComponentInfo] = []
@@ -211,13 +211,16 @@ def discover(strict: bool | None = None, only: list[str] | None = None) -> Regis
     if only is None and os.environ.get("LDMKIT_LOAD_PLUGINS", "").strip():
         only = [s.strip() for s in os.environ["LDMKIT_LOAD_PLUGINS"].split(",") if s.strip()]
     registry = Registry(strict=strict, manager=make_plugin_manager())
-    seen: set[str] = set()
+    seen: set[tuple[str, str, str]] = set()
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if ep.name in seen or (only is not None and ep.name not in only):
-            continue
-        seen.add(ep.name)
         dist = ep.dist
-        info = PluginInfo(ep.name, dist.metadata["Name"] if dist else "(unknown)", dist.version if dist else "")
+        dist_name = dist.metadata["Name"] if dist else "(unknown)"
+        # the same distribution can be visible twice on sys.path; two distributions may share an entry-point name
+        key = (dist_name, ep.name, ep.value)
+        if key in seen or (only is not None and ep.name not in only):
+            continue
+        seen.add(key)
+        info = PluginInfo(ep.name, dist_name, dist.version if dist else "")
         try:
             module = ep.load()
         except Exception as exc:

@@ -14,7 +14,7 @@ from torch import Tensor
 class ScheduleSpec(BaseModel):
     """How the betas of the forward process are made (CompVis ``make_beta_schedule``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     beta_schedule: Literal["linear", "scaled_linear", "cosine", "sqrt_linear", "sqrt"] = "linear"
     linear_start: float = Field(0.00085, gt=0, lt=1)

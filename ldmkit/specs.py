@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -23,7 +23,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ComponentSpec(_Strict):
@@ -68,11 +68,20 @@ class PipelineSpec(_Strict):
     conditioner: ComponentSpec | None = None
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     scale_factor: float = Field(1.0, gt=0)
-    latent_size: list[int] | None = Field(None, min_length=2, max_length=2, description="(h, w) of the latent")
+    latent_size: list[Annotated[int, Field(gt=0, le=4096)]] | None = Field(
+        None, min_length=2, max_length=2, description="(h, w) of the latent"
+    )
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     tasks: dict[str, ComponentSpec] = Field(
         default_factory=dict, description="tasks this pipeline serves: task name -> {type, params}"
     )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _integer_version(cls, value: Any) -> Any:
+        if type(value) is not int:  # a bool or float equals 1 but is not a version number
+            raise ValueError(f"version must be the integer {SPEC_VERSION}, got {value!r}")
+        return value
 
     def components(self) -> dict[str, ComponentSpec]:
         out = {"first_stage": self.first_stage, "denoiser": self.denoiser}

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pydantic import ValidationError
 from safetensors.torch import load_file
 
 import ldmkit
@@ -289,7 +288,7 @@ def test_identity_first_stage():
     ],
 )
 def test_bad_params_are_rejected(cls, params):
-    with pytest.raises(ValidationError):
+    with pytest.raises(SpecError):
         cls.from_params(params)
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from pydantic import ValidationError
 from safetensors.torch import load_file
 
 import ldmkit
@@ -111,7 +110,7 @@ def test_class_embedder_rejects_bad_ids(raw, message):
 def test_class_embedder_unconditional_needs_null_class():
     with pytest.raises(InputError, match="null_class"):
         create("class-embedder", {"embed_dim": 8, "n_classes": 5}).unconditional(2)
-    with pytest.raises(ValidationError, match="null_class"):
+    with pytest.raises(SpecError, match="null_class"):
         create("class-embedder", {"embed_dim": 8, "n_classes": 5, "null_class": 5})
 
 
@@ -162,7 +161,7 @@ def test_transformer_text_rejects_bad_input(raw, message):
     ],
 )
 def test_transformer_text_rejects_bad_params(params, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(SpecError, match=message):
         create("transformer-text", {"n_embed": 16, "n_layer": 1, "vocab_size": 20, **params})
 
 
@@ -325,7 +324,7 @@ def test_layout_rejects_bad_batches_and_params():
             cond(raw)
     with pytest.raises(InputError, match="no class_names"):
         create("layout", {**LAYOUT, "class_names": None})([[{"label": "red circle", "box": [0, 0, 1, 1]}]])
-    with pytest.raises(ValidationError, match="class_names"):
+    with pytest.raises(SpecError, match="class_names"):
         create("layout", {**LAYOUT, "class_names": ["a", "b"]})
 
 
@@ -512,7 +511,7 @@ def test_composite_errors():
         create("composite", {"parts": {"a": vector, "b": vector}})
     with pytest.raises(SpecError, match="part 'a'"):
         create("composite", {"parts": {"a": {"type": "class-embedder", "params": {"n_classes": 3}}}})
-    with pytest.raises(ValidationError, match="dropout"):
+    with pytest.raises(SpecError, match="dropout"):
         _composite(dropout=1.5)
     cond = _composite()
     with pytest.raises(InputError, match="unknown part"):

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pydantic import ValidationError
 from safetensors.torch import load_file
 
 import ldmkit
 from ldmkit import Conditioning, InputError
+from ldmkit.errors import SpecError
 from ldmkit.testing import DenoiserConformance
 from ldmkit_unet.attention import AttentionBlock, QKVAttention, QKVAttentionLegacy
 from ldmkit_unet.embeddings import timestep_embedding
@@ -428,7 +428,7 @@ def test_bad_inputs_raise_input_error() -> None:
     ],
 )
 def test_params_errors(overrides: dict, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(SpecError, match=message):
         UNet.from_params({**TINY, **overrides})
 
 
