@@ -618,3 +618,14 @@ def test_composite_one_part_training_keeps_exactly_one_part_per_sample():
     assert abs(kept_a.float().mean().item() - 0.4) < 0.03
     assert abs(kept_b.float().mean().item() - 0.4) < 0.03
     assert abs((~kept_a & ~kept_b).float().mean().item() - 0.2) < 0.03
+
+
+def test_spatial_rescaler_one_hot_accepts_class_id_maps():
+    cls = ldmkit.get_registry().get("conditioner", "spatial-rescaler")
+    resc = cls.from_params({"in_channels": 4, "n_stages": 2, "method": "area", "multiplier": 0.5, "one_hot": True})
+    ids = torch.randint(0, 4, (2, 16, 16))
+    onehot = F.one_hot(ids, 4).permute(0, 3, 1, 2).float()
+    assert torch.equal(resc(ids).concat, resc(onehot).concat)
+    assert resc(ids).concat.shape == (2, 4, 4, 4)
+    with pytest.raises(ldmkit.InputError, match="class ids"):
+        resc(torch.full((1, 16, 16), 4))

@@ -37,6 +37,9 @@ class SpatialRescaler(Conditioner):
         out_channels: int | None = Field(None, gt=0, description="adds a 1x1 conv to this many channels")
         bias: bool = False
         uncond_value: float = Field(0.0, description="value of the unconditional map")
+        one_hot: bool = Field(
+            False, description="also accept maps of class ids (B, H, W), one-hot encoded into in_channels classes"
+        )
         out_size: list[PositiveInt] | None = Field(
             None, min_length=2, max_length=2, description="(h, w) of the unconditional map, i.e. the latent size"
         )
@@ -57,6 +60,10 @@ class SpatialRescaler(Conditioner):
     def forward(self, raw: Any) -> Conditioning:
         """``raw``: float maps or images (B, in_channels, H, W)."""
         p = self.params
+        if p.one_hot and isinstance(raw, torch.Tensor) and raw.dim() == 3 and not raw.is_floating_point():
+            if raw.numel() and (int(raw.min()) < 0 or int(raw.max()) >= p.in_channels):
+                raise InputError(f"maps: class ids must lie in 0..{p.in_channels - 1}")
+            raw = F.one_hot(raw.long(), p.in_channels).permute(0, 3, 1, 2).float()  # (B, C, H, W)
         x = image_tensor(raw, what="maps", channels=p.in_channels, device=self.device)
         for _ in range(p.n_stages):
             if min(x.shape[-2:]) * p.multiplier < 1:
