@@ -5,6 +5,11 @@ that fails to import, implements a hook with a bad signature or an unknown name,
 invalid class, or collides with another plugin is reported and skipped as a whole; everything
 else keeps working. ``LDMKIT_STRICT_PLUGINS=1`` turns any such failure into a :class:`PluginError`;
 ``LDMKIT_LOAD_PLUGINS=a,b`` loads only the named entry points.
+
+Deprecation: a component class may set ``deprecated = "message"``, and a plugin may register old
+names with ``register(cls, deprecated_aliases={"old-name": "message"})``. Looking either up through
+:meth:`Registry.get` or :meth:`Registry.create` emits one :class:`DeprecationWarning` per name and
+registry (listing names never warns).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import fnmatch
 import logging
 import os
 import threading
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -50,6 +57,14 @@ class ComponentInfo:
     cls: type
     plugin: PluginInfo
     aliases: tuple[str, ...] = ()
+    deprecated_aliases: tuple[tuple[str, str], ...] = ()
+    """(alias, message) pairs: aliases that still work but warn; they are listed in ``aliases`` too."""
+
+    @property
+    def deprecated(self) -> str | None:
+        """The class's deprecation message (its ``deprecated`` attribute), or None."""
+        message = getattr(self.cls, "deprecated", None)
+        return message if isinstance(message, str) else None
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,8 @@ class Registry:
     failures: list[PluginFailure] = field(default_factory=list)
     strict: bool = False
     manager: pluggy.PluginManager | None = None
+    _warned: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)
+    _warn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # -- lookup -------------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
@@ -90,12 +107,30 @@ class Registry:
         raise UnknownComponentError(f"unknown {kind.replace('_', ' ')} type {name!r}.{hint} Registered: {listing}.")
 
     def get(self, kind: str, name: str) -> type:
-        """The class registered as ``name`` of ``kind``; raises UnknownComponentError with suggestions."""
-        return self.info(kind, name).cls
+        """The class registered as ``name`` of ``kind``; raises UnknownComponentError with suggestions.
+
+        A deprecated component or alias emits a :class:`DeprecationWarning` (once per name).
+        """
+        return self._lookup(kind, name, stacklevel=3)
 
     def create(self, kind: str, name: str, params: Any = None) -> Any:
         """Build a component from its registered name and (unvalidated) params."""
-        return self.get(kind, name).from_params(params)
+        return self._lookup(kind, name, stacklevel=3).from_params(params)
+
+    def _lookup(self, kind: str, name: str, stacklevel: int) -> type:
+        info = self.info(kind, name)
+        notes = []
+        if name != info.name and (message := dict(info.deprecated_aliases).get(name)) is not None:
+            notes.append((name, f"{kind} name {name!r} is deprecated; use {info.name!r}. {message}".strip()))
+        if info.deprecated is not None:
+            notes.append((info.name, f"{kind} {info.name!r} is deprecated: {info.deprecated}"))
+        for key, message in notes:
+            with self._warn_lock:  # several threads may look the same name up at once
+                first = (kind, key) not in self._warned
+                self._warned.add((kind, key))
+            if first:
+                warnings.warn(message, DeprecationWarning, stacklevel=stacklevel)
+        return info.cls
 
     # -- registration ---------------------------------------------------------------------------
     def add_plugin(self, plugin: ModuleType | object, info: PluginInfo | None = None) -> bool:
@@ -127,9 +162,16 @@ class Registry:
         return True
 
     def _stager(self, kind: str, info: PluginInfo, staged: list[ComponentInfo]):
-        def register(cls: type, *, aliases: tuple[str, ...] | list[str] = ()) -> None:
+        def register(
+            cls: type,
+            *,
+            aliases: Iterable[str] = (),
+            deprecated_aliases: Mapping[str, str] | Iterable[str] = (),
+        ) -> None:
             _validate_component(kind, cls)
-            staged.append(ComponentInfo(kind, cls.name, cls, info, tuple(aliases)))
+            old = _deprecated_aliases(cls, deprecated_aliases)
+            names = (*_alias_names(cls, aliases), *(alias for alias, _ in old))
+            staged.append(ComponentInfo(kind, cls.name, cls, info, names, old))
 
         return register
 
@@ -182,6 +224,32 @@ def _validate_component(kind: str, cls: Any) -> None:
         raise PluginError(f"{cls.__qualname__}.Params is not a pydantic model")
     if params.model_config.get("extra") != "forbid":
         raise PluginError(f"{cls.__qualname__}.Params must reject unknown keys (extra='forbid')")
+    deprecated = getattr(cls, "deprecated", None)
+    if deprecated is not None and not (isinstance(deprecated, str) and deprecated.strip()):
+        raise PluginError(f"{cls.__qualname__}.deprecated must be None or a message string, got {deprecated!r}")
+
+
+def _alias_names(cls: type, aliases: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(aliases, str):
+        raise PluginError(f"aliases of {cls.__qualname__} must be a list of names, not the string {aliases!r}")
+    names = tuple(aliases)
+    for alias in names:
+        if not isinstance(alias, str) or not alias or alias != alias.strip() or "." in alias:
+            raise PluginError(f"{cls.__qualname__} has an invalid alias {alias!r} (a non-empty string without dots)")
+    return names
+
+
+def _deprecated_aliases(cls: type, given: Mapping[str, str] | Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """(alias, message) pairs from a mapping alias -> message, or from a list of aliases."""
+    if isinstance(given, Mapping):
+        pairs = tuple(given.items())
+    else:
+        pairs = tuple((alias, "") for alias in _alias_names(cls, given))
+    _alias_names(cls, [alias for alias, _ in pairs])
+    for alias, message in pairs:
+        if not isinstance(message, str):
+            raise PluginError(f"deprecation message for alias {alias!r} of {cls.__qualname__} is not a string")
+    return pairs
 
 
 def _check_api_version(plugin: object, info: PluginInfo) -> None:
