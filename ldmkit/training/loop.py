@@ -94,6 +94,7 @@ def train(
     state = load_state(ckpt_path) if ckpt_path is not None else None
     start = int(state["step"]) if state is not None else 0
 
+    torch.manual_seed(derive_seed(spec.seed, "init"))  # a fresh run's initial weights follow from the seed
     stage = make_stage(spec, device, registry)
     if state is not None:
         _check_same_model(state, spec, stage, ckpt_path)

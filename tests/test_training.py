@@ -1,0 +1,412 @@
+"""Training: both stages run and learn, export loadable results, resume exactly, checkpoint atomically."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import ldmkit
+from ldmkit.checkpoints import load_into, save_state_dict
+from ldmkit.errors import CheckpointError, SpecError, TrainingError, UnknownComponentError
+from ldmkit.training import load_train_spec, train, validate_train_spec
+from ldmkit.training.data import IndexStream, Preloaded, build_dataset
+from ldmkit.training.ema import EMA
+from ldmkit.training.losses import PerceptualLoss
+from ldmkit.training.spec import DatasetSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+AE_SPEC = ROOT / "examples" / "train" / "tiny-autoencoder.yaml"
+LDM_SPEC = ROOT / "examples" / "train" / "tiny-ldm.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: fast on a shared machine, and the same reduction order in every process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def first_stage_weights(tmp_path_factory) -> Path:
+    """Weights of the LDM example's (untrained, seeded) first stage."""
+    spec = load_train_spec(LDM_SPEC)
+    comp = spec.pipeline.first_stage
+    torch.manual_seed(0)
+    model = ldmkit.get_registry().create("first_stage", comp.type, comp.params)
+    path = tmp_path_factory.mktemp("fs") / "first_stage.safetensors"
+    save_state_dict(model.state_dict(), path)
+    return path
+
+
+def ae_spec(out_dir: Path, **overrides):
+    return load_train_spec(AE_SPEC, {"out_dir": str(out_dir), "progress": False, **overrides})
+
+
+def ldm_spec(out_dir: Path, weights: Path, **overrides):
+    return load_train_spec(
+        LDM_SPEC, {"out_dir": str(out_dir), "first_stage_weights": str(weights), "progress": False, **overrides}
+    )
+
+
+def losses(out_dir: Path) -> list[float]:
+    with (out_dir / "log.csv").open() as fh:
+        return [float(row["loss"]) for row in csv.DictReader(fh)]
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# -- the two stages -------------------------------------------------------------------------------------
+
+
+def test_autoencoder_stage_learns_and_exports(tmp_path):
+    out = tmp_path / "ae"
+    result = train(ae_spec(out, max_steps=20, checkpoint_every=100))
+    values = losses(out)
+    assert len(values) == 20
+    first, last = sum(values[:5]) / 5, sum(values[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    # the export is the first stage's spec plus weights that load strictly into a fresh one
+    assert result.export == out / "first_stage.safetensors"
+    comp = ldmkit.specs.ComponentSpec.model_validate(ldmkit.specs.read_document(out / "first_stage.yaml"))
+    fresh = ldmkit.get_registry().create("first_stage", comp.type, comp.params)
+    load_into(fresh, result.export, what="first stage")
+    state = load_ckpt(out / "last.ckpt")
+    assert state["step"] == 20
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state["stage"]["first_stage"][key]), key
+
+
+def test_ldm_stage_writes_a_loadable_pipeline(tmp_path, first_stage_weights):
+    out = tmp_path / "ldm"
+    result = train(ldm_spec(out, first_stage_weights, max_steps=6, checkpoint_every=100))
+    assert result.export == out / "pipeline"
+    pipe = ldmkit.Pipeline.load(result.export)
+    state = load_ckpt(out / "last.ckpt")["stage"]
+    # scale_by_std measured 1/std of the latents and the pipeline keeps it
+    assert state["scale_factor"] != 1.0
+    assert pipe.scale_factor == pytest.approx(state["scale_factor"])
+    assert pipe.latent_size == (8, 8)
+    # the saved weights are the EMA weights, not the last trained ones
+    shadow = state["ema"]["shadow"]
+    saved = pipe.denoiser.state_dict()
+    some = next(k for k in shadow if k.startswith("denoiser."))
+    name = some.removeprefix("denoiser.")
+    assert torch.equal(saved[name], shadow[some])
+    assert not torch.equal(saved[name], state["denoiser"][name])
+    # and the frozen first stage is the one it was given
+    fs = ldmkit.get_registry().create("first_stage", pipe.spec.first_stage.type, pipe.spec.first_stage.params)
+    load_into(fs, first_stage_weights)
+    for key, value in fs.state_dict().items():
+        assert torch.equal(pipe.first_stage.state_dict()[key], value), key
+    latents = pipe.sample({"label": torch.tensor([1, 2])}, steps=2, generator=torch.Generator().manual_seed(0))
+    images = pipe.decode(latents)
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+
+
+# -- resume ---------------------------------------------------------------------------------------------
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import torch
+    from ldmkit.training import load_train_spec, train
+
+    torch.set_num_threads(1)
+    spec = load_train_spec(sys.argv[1], json.loads(sys.argv[2]))
+    hang_at = int(sys.argv[3])
+
+    def hang(done, stage):
+        if done == hang_at:
+            print("READY", flush=True)
+            time.sleep(600)
+
+    train(spec, callbacks=[hang])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, first_stage_weights):
+    steps, every = 6, 3
+    settings = {"max_steps": steps, "checkpoint_every": every}
+    whole = tmp_path / "whole"
+    train(ldm_spec(whole, first_stage_weights, **settings))
+
+    killed = tmp_path / "killed"
+    overrides = {"out_dir": str(killed), "first_stage_weights": str(first_stage_weights), "progress": False}
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(LDM_SPEC), json.dumps({**overrides, **settings}), str(every + 1)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # blocks until the run passed its checkpoint (or died)
+        assert line.strip() == "READY", "the training subprocess ended before reaching its checkpoint"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert load_ckpt(killed / "last.ckpt")["step"] == every
+
+    result = train(ldm_spec(killed, first_stage_weights, **settings))
+    assert result.resumed_from == every
+    a, b = load_ckpt(whole / "last.ckpt"), load_ckpt(killed / "last.ckpt")
+    assert a["step"] == b["step"] == steps
+    for part in ("denoiser", "conditioner"):
+        for key, value in a["stage"][part].items():
+            assert torch.equal(value, b["stage"][part][key]), f"{part}.{key}"
+    for key, value in a["stage"]["ema"]["shadow"].items():
+        assert torch.equal(value, b["stage"]["ema"]["shadow"][key]), key
+    assert a["stage"]["scale_factor"] == b["stage"]["scale_factor"]
+    # the log holds each step once, as in the uninterrupted run
+    assert [int(r["step"]) for r in csv.DictReader((killed / "log.csv").open())] == list(range(1, steps + 1))
+    assert losses(killed) == losses(whole)
+
+
+def test_autoencoder_resume_with_discriminator_is_exact(tmp_path):
+    settings = {"checkpoint_every": 100, "loss.disc_start": 2}
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(ae_spec(whole, max_steps=5, **settings))
+    train(ae_spec(parts, max_steps=3, **settings))  # stops and saves at 3 ...
+    result = train(ae_spec(parts, max_steps=5, **settings))  # ... and a longer run picks it up
+    assert result.resumed_from == 3
+    a, b = load_ckpt(whole / "last.ckpt")["stage"], load_ckpt(parts / "last.ckpt")["stage"]
+    for part in ("first_stage", "discriminator"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key}"
+
+
+def test_resume_refuses_other_model_settings(tmp_path):
+    out = tmp_path / "ae"
+    train(ae_spec(out, max_steps=1))
+    changed = ae_spec(out, max_steps=2, **{"first_stage.params.embed_dim": 3})
+    with pytest.raises(TrainingError, match="other model settings"):
+        train(changed)
+
+
+# -- checkpoints and out_dir failures -------------------------------------------------------------------
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, first_stage_weights, monkeypatch):
+    out = tmp_path / "ldm"
+    real_save = torch.save
+    calls = []
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return real_save(obj, f, *args, **kwargs)
+        f.write(b"partial")  # some bytes reach the temp file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(TrainingError, match="disk is full.*previous checkpoint is kept"):
+        train(ldm_spec(out, first_stage_weights, max_steps=4, checkpoint_every=2))
+    monkeypatch.undo()
+    state = load_ckpt(out / "last.ckpt")
+    assert state["step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == ["last.ckpt", "log.csv"]  # no temp file left behind
+
+
+def test_out_dir_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(TrainingError, match="out_dir"):
+        train(ae_spec(blocker / "run", max_steps=1))
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_out_dir(tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(TrainingError, match="not writable"):
+            train(ae_spec(out, max_steps=1))
+    finally:
+        out.chmod(0o700)
+
+
+def test_resume_from_a_damaged_file_is_a_training_error(tmp_path):
+    out = tmp_path / "ae"
+    out.mkdir()
+    (out / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="last.ckpt"):
+        train(ae_spec(out, max_steps=1))
+
+
+# -- specs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"optimizer": {"lr": -1.0}}, "optimizer.lr"),
+        ({"batchsize": 4}, "batchsize"),
+        ({"precision": "fp16"}, "precision"),
+        ({"loss": {"kl_weight": "1e-6"}}, "loss.kl_weight"),
+        ({"dataset": {"type": "shapes", "params": {}, "preload": 0}}, "dataset.preload"),
+    ],
+)
+def test_bad_autoencoder_spec_names_the_field(change, field):
+    data = ldmkit.specs.read_document(AE_SPEC)
+    data.update(change)
+    with pytest.raises(SpecError, match=rf"(^|\W){field}\b"):
+        validate_train_spec(data)
+
+
+def test_bad_ldm_spec_names_the_field():
+    data = ldmkit.specs.read_document(LDM_SPEC)
+    data["pipeline"]["denoiser"]["params"]["model_channels"] = "wide"
+    with pytest.raises(SpecError, match=r"pipeline\.denoiser\.params\.model_channels"):
+        validate_train_spec(data)
+    data = ldmkit.specs.read_document(LDM_SPEC)
+    del data["conditioning"]
+    with pytest.raises(SpecError, match="conditioning"):
+        validate_train_spec(data)
+    data = ldmkit.specs.read_document(LDM_SPEC)
+    data["stage"] = "vae"
+    with pytest.raises(SpecError, match="stage"):
+        validate_train_spec(data)
+
+
+def test_unknown_conditioning_part_and_dataset(tmp_path, first_stage_weights):
+    with pytest.raises(SpecError, match=r"conditioning\.caption"):
+        train(ldm_spec(tmp_path / "x", first_stage_weights, conditioning={"caption": "caption"}))
+    with pytest.raises(UnknownComponentError, match="shapez"):
+        build_dataset(DatasetSpec(type="shapez"))
+
+
+def test_train_command_maps_errors_to_exit_2(tmp_path, capsys):
+    from ldmkit.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: autoencoder\nmax_steps: -3\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "max_steps" in err and "dataset" in err
+
+
+def test_train_command_runs(tmp_path, capsys):
+    from ldmkit.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["train", str(AE_SPEC), "--out-dir", str(out), "--max-steps", "2", "--no-progress"])
+    assert code == 0
+    assert (out / "first_stage.safetensors").is_file() and losses(out)[-1] > 0
+
+
+# -- pieces ---------------------------------------------------------------------------------------------
+
+
+def test_batches_depend_only_on_seed_and_step():
+    stream = IndexStream(size=10, batch_size=4, seed=3)
+    sequence = [stream.indices(k) for k in range(5)]
+    assert IndexStream(10, 4, 3).indices(4) == sequence[4]  # a fresh stream (a resumed run) agrees
+    flat = [i for batch in sequence for i in batch]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # epochs
+    assert IndexStream(10, 4, 4).indices(0) != sequence[0] or IndexStream(10, 4, 4).indices(1) != sequence[1]
+
+
+def test_preload_keeps_samples_in_uint8(monkeypatch):
+    import ldmkit.training.data as data
+
+    dataset = build_dataset(DatasetSpec(type="shapes", params={"size": 16}))
+    monkeypatch.setattr(data, "PRELOAD_CHUNK", 4)  # several chunks, rendered by a worker process
+    pre = Preloaded(dataset, 10, num_workers=1)
+    assert len(pre) == 10
+    assert pre.store["image"].dtype == torch.uint8 and pre.store["mask"].dtype == torch.uint8
+    got, want = pre.batch([9, 0, 4]), dataset.batch([9, 0, 4])
+    for key in ("image", "mask", "segmentation", "class_label"):
+        assert got[key].dtype == want[key].dtype
+        assert torch.equal(got[key], want[key]), key
+    assert (got["lowres"] - want["lowres"]).abs().max() <= 1 / 127.5
+    assert got["caption"] == want["caption"]
+
+
+def test_ema_follows_litema_decay():
+    layer = torch.nn.Linear(2, 1, bias=False)
+    ema = EMA({"m": layer}, decay=0.9, start=0)
+    start = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    ema.update(0)
+    d = min(0.9, 2 / 11)  # (1 + n) / (10 + n) after the first update
+    assert torch.allclose(ema.shadow["m.weight"], start - (1 - d) * (start - layer.weight))
+    with ema.applied():
+        assert torch.equal(layer.weight, ema.shadow["m.weight"])
+    assert torch.equal(layer.weight, start + 1.0)
+
+
+def _feature_net_file(path: Path) -> Path:
+    torch.manual_seed(0)
+    state = {
+        "net.slice1.0.weight": torch.randn(4, 3, 3, 3),
+        "net.slice1.0.bias": torch.zeros(4),
+        "net.slice2.3.weight": torch.randn(8, 4, 3, 3),
+        "net.slice2.3.bias": torch.zeros(8),
+        "lin0.model.1.weight": torch.rand(1, 4, 1, 1),
+        "lin1.model.1.weight": torch.rand(1, 8, 1, 1),
+    }
+    save_state_dict(state, path)
+    return path
+
+
+def test_perceptual_loss_from_a_weights_file(tmp_path):
+    net = PerceptualLoss.from_file(_feature_net_file(tmp_path / "feat.safetensors"))
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(net(x, x), torch.zeros(2, 1, 1, 1))
+    assert (net(x, x.flip(0)) > 0).all()
+    bad = tmp_path / "bad.safetensors"
+    save_state_dict({"net.slice1.1.weight": torch.randn(4, 3, 3, 3)}, bad)
+    with pytest.raises(CheckpointError, match="slice1"):
+        PerceptualLoss.from_file(bad)
+    out = tmp_path / "ae"
+    train(ae_spec(out, max_steps=2, **{"loss.perceptual_weights": str(tmp_path / "feat.safetensors")}))
+    with (out / "log.csv").open() as fh:
+        assert all(float(row["p_loss"]) > 0 for row in csv.DictReader(fh))
+
+
+def test_tensorboard_needs_its_package(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorboard is installed")
+    with pytest.raises(TrainingError, match="tensorboard"):
+        train(ae_spec(tmp_path / "tb", max_steps=1, log="tensorboard"))
+
+
+def test_finished_run_is_not_trained_again(tmp_path):
+    """A finished run called again with the same spec does nothing new and keeps its result."""
+    out = tmp_path / "ae"
+    train(ae_spec(out, max_steps=2))
+    before = (out / "last.ckpt").stat().st_mtime_ns
+    time.sleep(0.01)
+    result = train(ae_spec(out, max_steps=2))
+    assert result.resumed_from == 2
+    assert (out / "last.ckpt").stat().st_mtime_ns == before
+    assert [int(r["step"]) for r in csv.DictReader((out / "log.csv").open())] == [1, 2]
