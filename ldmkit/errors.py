@@ -40,3 +40,7 @@ class InputError(LdmkitError, ValueError):
 
 class TrainingError(LdmkitError):
     """A training run cannot start, resume or save."""
+
+
+class NumericsError(LdmkitError, ArithmeticError):
+    """A computation produced NaN or Inf (e.g. a half-precision decode that overflowed)."""

@@ -13,6 +13,7 @@ from torch import Tensor
 from ldmkit.conditioning import Conditioning
 from ldmkit.errors import SpecError
 from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
+from ldmkit.numerics import OnNonFinite
 from ldmkit.prediction import to_eps
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
@@ -185,7 +186,13 @@ class Pipeline:
         batch_size: int | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """Sample latents (B, C, h, w) (still multiplied by ``scale_factor``; use :meth:`decode`)."""
+        """Sample latents (B, C, h, w) (still multiplied by ``scale_factor``; use :meth:`decode`).
+
+        Safe to call from several threads at once: it only reads weights, each call gets its own
+        sampler instance and state, and the random numbers come from the caller's ``generator``
+        (pass one per call; a shared generator or the global one makes results depend on timing).
+        Do not call :meth:`to` while other threads sample.
+        """
         from ldmkit.registry import get_registry
 
         cond = self.condition(cond)
@@ -209,9 +216,16 @@ class Pipeline:
         )
 
     @torch.no_grad()
-    def decode(self, latents: Tensor) -> Tensor:
-        """Images in [-1, 1] (not clamped) from latents: ``first_stage.decode(latents / scale_factor)``."""
-        return self.first_stage.decode(latents / self.scale_factor)
+    def decode(self, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry") -> Tensor:
+        """Images in [-1, 1] (not clamped) from latents: ``first_stage.decode(latents / scale_factor)``.
+
+        Never returns NaN or Inf: a half-precision decode that overflows is redone in float32 (one
+        warning) or, with ``on_nonfinite="raise"``, raises :class:`~ldmkit.errors.NumericsError`
+        (see :func:`ldmkit.numerics.safe_decode`). Safe to call from several threads.
+        """
+        from ldmkit.numerics import safe_decode
+
+        return safe_decode(self.first_stage, latents / self.scale_factor, on_nonfinite=on_nonfinite)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
