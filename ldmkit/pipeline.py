@@ -85,8 +85,12 @@ class Pipeline:
         return next(self.denoiser.parameters()).dtype
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> Path:
-        """Write ``spec.yaml`` and one safetensors file per component into ``directory``."""
+    def save(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``spec.yaml`` and one safetensors file per component into ``directory``.
+
+        ``dtype`` (e.g. ``torch.float16``) stores floating-point weights in that type; loading casts
+        them back to the components' dtype.
+        """
         from ldmkit.checkpoints import save_state_dict
 
         if self.spec is None:
@@ -94,7 +98,10 @@ class Pipeline:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, module in self.modules().items():
-            save_state_dict(module.state_dict(), directory / f"{name}.safetensors")
+            state = module.state_dict()
+            if dtype is not None:
+                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+            save_state_dict(state, directory / f"{name}.safetensors")
         spec = self.spec.model_copy(update={"scale_factor": self.scale_factor})
         from ldmkit.checkpoints import atomic_write_text
 
