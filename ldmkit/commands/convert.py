@@ -1,28 +1,68 @@
-"""``ldmkit convert CONFIG CKPT OUTDIR``: an original CompVis checkpoint as an ldmkit pipeline folder."""
+"""``ldmkit convert``: CompVis checkpoints or diffusers folders -> ldmkit pipeline folders, and ldmkit -> diffusers.
+
+ldmkit convert CONFIG CKPT OUTDIR              an original CompVis config + checkpoint
+ldmkit convert --from diffusers DIR OUTDIR     a diffusers pipeline folder
+ldmkit convert --to diffusers PIPELINE OUTDIR  an ldmkit pipeline folder, written for diffusers
+"""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+
+from ldmkit.errors import SpecError
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert a CompVis config + checkpoint into an ldmkit pipeline folder",
-        description="Read an original CompVis config and checkpoint safely and write spec.yaml + safetensors.",
-        epilog="example: ldmkit convert v1-inference.yaml sd-v1-4.ckpt sd14/ --ema",
+        help="convert CompVis checkpoints or diffusers folders into ldmkit pipeline folders, and back to diffusers",
+        description=(
+            "Read an original CompVis config and checkpoint safely and write spec.yaml + safetensors; "
+            "with --from diffusers read a diffusers folder instead; with --to diffusers write an ldmkit "
+            "pipeline folder in diffusers' layout. Only safetensors weights are read from diffusers folders."
+        ),
+        epilog=(
+            "examples:\n  ldmkit convert v1-inference.yaml sd-v1-4.ckpt sd14/ --ema\n"
+            "  ldmkit convert --from diffusers stable-diffusion-v1-4/ sd14/\n"
+            "  ldmkit convert --to diffusers sd14/ sd14-diffusers/"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", help="original model config (YAML)")
-    p.add_argument("ckpt", help="original checkpoint (.ckpt pickle or .safetensors)")
-    p.add_argument("outdir", help="folder to write")
-    p.add_argument("--ema", action="store_true", help="take the EMA weights (model_ema.*)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="CONFIG CKPT OUTDIR, or SOURCE OUTDIR with --from/--to")
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--from", dest="source", choices=["compvis", "diffusers"], default="compvis", help="read")
+    direction.add_argument("--to", dest="target", choices=["diffusers"], help="write an ldmkit pipeline folder as")
+    p.add_argument("--ema", action="store_true", help="take the EMA weights (model_ema.*; CompVis only)")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    from ldmkit import compvis
+def _paths(args, count: int, names: str) -> list[str]:
+    if len(args.paths) != count:
+        raise SpecError(f"convert: expected {names}, got {len(args.paths)} path(s)")
+    return list(args.paths)
 
-    pipe = compvis.load(args.config, args.ckpt, ema=args.ema)
-    out = pipe.save(Path(args.outdir))
+
+def run(args) -> int:
+    if args.target == "diffusers" or args.source == "diffusers":
+        if args.ema:
+            raise SpecError("convert: --ema applies to CompVis checkpoints only")
+        from ldmkit import diffusers_interop
+
+        if args.target == "diffusers":
+            from ldmkit.pipeline import Pipeline
+
+            source, outdir = _paths(args, 2, "PIPELINE_DIR OUTDIR")
+            out = diffusers_interop.to_diffusers(Pipeline.load(source), outdir)
+            print(f"{out}: written in diffusers' layout")
+            return 0
+        source, outdir = _paths(args, 2, "DIFFUSERS_DIR OUTDIR")
+        pipe = diffusers_interop.from_diffusers(source)
+    else:
+        from ldmkit import compvis
+
+        config, ckpt, outdir = _paths(args, 3, "CONFIG CKPT OUTDIR")
+        pipe = compvis.load(config, ckpt, ema=args.ema)
+    out = pipe.save(Path(outdir))
     print(f"{out}: written ({', '.join(pipe.modules())})")
     return 0
