@@ -40,10 +40,12 @@ class EMA:
         decay = self.decay
         if self.warmup:
             decay = min(decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for key, param in self._params():
-            if key in self.shadow:
-                shadow = self.shadow[key]
-                shadow.sub_((1.0 - decay) * (shadow - param.to(shadow.dtype)))
+        pairs = [(self.shadow[key], param) for key, param in self._params() if key in self.shadow]
+        shadows = [s for s, _ in pairs]
+        # one fused op per stage over all tensors: shadow -= (1 - decay) * (shadow - param)
+        diffs = torch._foreach_sub(shadows, [p.to(s.dtype) for s, p in pairs])
+        torch._foreach_mul_(diffs, 1.0 - decay)
+        torch._foreach_sub_(shadows, diffs)
 
     @contextmanager
     def applied(self) -> Iterator[None]:

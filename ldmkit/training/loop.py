@@ -90,6 +90,7 @@ def train(
     device = resolve_device(spec.device)
     if spec.precision == "bf16" and device.type != "cuda":
         log.warning("precision bf16 applies on CUDA only; training in fp32 on %s", device)
+    dataset: Any = build_dataset(spec.dataset, registry)  # bad dataset params fail before any model is built
     ckpt_path = _find_checkpoint(out_dir, resume)
     state = load_state(ckpt_path) if ckpt_path is not None else None
     start = int(state["step"]) if state is not None else 0
@@ -108,9 +109,9 @@ def train(
     last = out_dir / LAST
     last_loss: float | None = None
     try:
-        data: Any = build_dataset(spec.dataset, registry)
+        data = dataset
         if spec.dataset.preload is not None:
-            data = Preloaded(data, spec.dataset.preload, spec.num_workers)
+            data = Preloaded(dataset, spec.dataset.preload, spec.num_workers)
         stream = batches(data, spec.batch_size, spec.seed, start, spec.max_steps, spec.num_workers)
         show = spec.progress if progress is None else progress
         last_loss = _run_steps(spec, stage, stream, start, logger, show, callbacks, last)
