@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import logging
+import os
+import struct
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -106,34 +108,171 @@ def write_png(path: Path, pixels: Tensor, metadata: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ldmkit metadata of a PNG, validated; oversized or malformed chunks are refused."""
-    from PIL import Image, UnidentifiedImageError
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_MAX_CHUNK = (1 << 31) - 1  # the PNG limit on a chunk's length
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
+
+def _inflate(path: Path, data: bytes) -> bytes:
+    """zlib data inflated to at most MAX_METADATA_BYTES; a bomb stops there instead of filling memory."""
+    inflater = zlib.decompressobj()
     try:
-        Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024
-        with Image.open(path) as img:
-            if img.format != "PNG":
-                raise InputError(f"{path}: not a PNG")
-            text = img.text.get(METADATA_KEY) if hasattr(img, "text") else None
-    except (UnidentifiedImageError, OSError, ValueError, zlib.error) as exc:
-        raise InputError(f"{path}: unreadable PNG ({exc})") from None
-    if text is None:
-        raise InputError(f"{path}: carries no ldmkit metadata")
-    if len(text) > MAX_METADATA_BYTES:
+        out = inflater.decompress(data, MAX_METADATA_BYTES + 1)
+    except zlib.error as exc:
+        raise InputError(f"{path}: ldmkit metadata chunk is not valid compressed data ({exc})") from None
+    if len(out) > MAX_METADATA_BYTES or inflater.unconsumed_tail:
         raise InputError(f"{path}: ldmkit metadata larger than {MAX_METADATA_BYTES} bytes")
+    if not inflater.eof:
+        raise InputError(f"{path}: ldmkit metadata chunk is truncated compressed data")
+    return out
+
+
+def _text_of_chunk(path: Path, kind: bytes, data: bytes) -> bytes:
+    """The text of a tEXt/zTXt/iTXt chunk whose keyword is ``ldmkit`` (keyword already removed)."""
+    if kind == b"tEXt":
+        return data
+    if kind == b"zTXt":
+        if data[:1] != b"\x00":
+            raise InputError(f"{path}: ldmkit metadata uses an unknown compression method")
+        return _inflate(path, data[1:])
+    flag, method, rest = data[:1], data[1:2], data[2:]
+    parts = rest.split(b"\x00", 2)  # language tag, translated keyword, text
+    if len(parts) != 3 or flag not in (b"\x00", b"\x01") or method != b"\x00":
+        raise InputError(f"{path}: malformed iTXt chunk for ldmkit metadata")
+    return _inflate(path, parts[2]) if flag == b"\x01" else parts[2]
+
+
+def _metadata_chunk(path: Path) -> bytes:
+    """Walk the PNG's chunks (bounded reads, CRCs of the chunks used) and return the ldmkit text.
+
+    Pixel data is never decoded, so an image-size bomb cannot cost memory here.
+    """
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: ldmkit metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
-        raise InputError(f"{path}: ldmkit metadata of an unknown format")
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if f.read(8) != PNG_SIGNATURE:
+                raise InputError(f"{path}: not a PNG")
+            found: list[bytes] = []
+            first = True
+            while True:
+                header = f.read(8)
+                if len(header) < 8:
+                    raise InputError(f"{path}: truncated PNG (no IEND chunk)")
+                length, kind = struct.unpack(">I4s", header)
+                if length > _MAX_CHUNK or f.tell() + length + 4 > size:
+                    raise InputError(f"{path}: truncated or corrupt PNG (chunk {kind!r} runs past the end)")
+                if first and kind != b"IHDR":
+                    raise InputError(f"{path}: corrupt PNG (it does not start with IHDR)")
+                first = False
+                if kind == b"IEND":
+                    break
+                if kind not in _TEXT_CHUNKS:
+                    f.seek(length + 4, os.SEEK_CUR)  # skip data and CRC unread
+                    continue
+                keyword = f.read(min(length, len(METADATA_KEY) + 1))
+                if keyword != METADATA_KEY.encode() + b"\x00":
+                    f.seek(length + 4 - len(keyword), os.SEEK_CUR)
+                    continue
+                if length > MAX_METADATA_BYTES:
+                    raise InputError(f"{path}: ldmkit metadata larger than {MAX_METADATA_BYTES} bytes")
+                data = f.read(length - len(keyword))
+                (crc,) = struct.unpack(">I", f.read(4))
+                if zlib.crc32(data, zlib.crc32(kind + keyword)) != crc:
+                    raise InputError(f"{path}: ldmkit metadata chunk fails its CRC check (file corrupted)")
+                found.append(_text_of_chunk(path, kind, data))
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    except struct.error:
+        raise InputError(f"{path}: truncated PNG") from None
+    if not found:
+        raise InputError(f"{path}: carries no ldmkit metadata")
+    if len(found) > 1:
+        raise InputError(f"{path}: carries {len(found)} ldmkit metadata chunks; expected one")
+    return found[0]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _check_fields(path: Path, meta: dict[str, Any]) -> None:
+    """Types of the fields replay relies on; the optional model spec is validated like any spec."""
+    from dataclasses import fields
+
+    from ldmkit.specs import validate_spec
+
     for key in ("task", "inputs", "options", "model"):
         if key not in meta:
             raise InputError(f"{path}: ldmkit metadata lacks {key!r}")
+    if not isinstance(meta["task"], str) or not meta["task"]:
+        raise InputError(f"{path}: metadata task must be a task name")
+    index = meta.get("index", 0)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise InputError(f"{path}: metadata index must be an integer >= 0, got {index!r}")
+    if not isinstance(meta["inputs"], dict):
+        raise InputError(f"{path}: metadata inputs must be a mapping")
+    for key, value in meta["inputs"].items():
+        if isinstance(value, dict) and not (set(value) == {"base64"} and isinstance(value["base64"], str)):
+            raise InputError(f"{path}: metadata input {key!r} must be a value or {{'base64': text}}")
+    options = meta["options"]
+    if not isinstance(options, dict):
+        raise InputError(f"{path}: metadata options must be a mapping")
+    known = {f.name: type(f.default) for f in fields(SampleOptions)}
+    for key, value in options.items():
+        want = known.get(key)
+        if want is None:
+            raise InputError(f"{path}: metadata options.{key}: unknown option")
+        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise InputError(f"{path}: metadata options.{key}: expected {want.__name__}, got {value!r}")
+    model = meta["model"]
+    if not isinstance(model, dict):
+        raise InputError(f"{path}: metadata model must be a mapping")
+    for key in ("source", "weights_sha256"):
+        if model.get(key) is not None and not isinstance(model[key], str):
+            raise InputError(f"{path}: metadata model.{key} must be text")
+    if "spec" in model:
+        if not isinstance(model["spec"], dict):
+            raise SpecError(f"{path}: metadata model.spec: a spec must be a mapping")
+        validate_spec(model["spec"], source=f"{path}: metadata model.spec")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ldmkit metadata of a PNG, validated.
+
+    Refused with :class:`InputError`: a missing file, a non-PNG, a truncated or corrupt PNG, no or
+    several ``ldmkit`` chunks, a chunk (or its decompressed text) over ``MAX_METADATA_BYTES``,
+    invalid UTF-8 or JSON, an unknown ``format``, missing or mistyped fields. A pipeline spec under
+    ``model.spec`` goes through :func:`ldmkit.specs.validate_spec` (:class:`SpecError`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    raw = _metadata_chunk(path)
+    if len(raw) > MAX_METADATA_BYTES:
+        raise InputError(f"{path}: ldmkit metadata larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        meta = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: ldmkit metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: ldmkit metadata is not a JSON object")
+    if meta.get("format") != METADATA_FORMAT or isinstance(meta.get("format"), bool):
+        raise InputError(
+            f"{path}: ldmkit metadata of an unknown format {meta.get('format')!r} (expected {METADATA_FORMAT})"
+        )
+    _check_fields(path, meta)
     return meta
 
 
