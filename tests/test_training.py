@@ -292,6 +292,32 @@ def test_bad_ldm_spec_names_the_field():
         validate_train_spec(data)
 
 
+def test_vq_autoencoder_stage(tmp_path):
+    vq = {
+        "type": "vq-autoencoder",
+        "params": {
+            "embed_dim": 3,
+            "z_channels": 3,
+            "n_embed": 16,
+            "resolution": 16,
+            "ch": 32,
+            "ch_mult": [1, 2],
+            "num_res_blocks": 1,
+        },
+    }
+    out = tmp_path / "vq"
+    train(ae_spec(out, max_steps=3, first_stage=vq, **{"loss.disc_start": 2}))
+    with (out / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["codebook_loss"]) > 0 for r in rows] == [True] * 3
+    assert float(rows[-1]["disc_loss"]) > 0 and float(rows[0]["disc_loss"]) == 0
+
+
+def test_bad_dataset_params_name_the_field(tmp_path):
+    with pytest.raises(SpecError, match=r"params\.size"):
+        train(ae_spec(tmp_path / "x", **{"dataset.params.size": 0}))
+
+
 def test_unknown_conditioning_part_and_dataset(tmp_path, first_stage_weights):
     with pytest.raises(SpecError, match=r"conditioning\.caption"):
         train(ldm_spec(tmp_path / "x", first_stage_weights, conditioning={"caption": "caption"}))

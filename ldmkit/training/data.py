@@ -42,7 +42,8 @@ def build_dataset(spec: DatasetSpec, registry=None) -> Any:
     except ValidationError as exc:
         raise SpecError(f"dataset: {format_validation_error(exc, 'params')}") from None
     except SpecError as exc:
-        raise SpecError(f"dataset {spec.type!r}: {exc}") from None
+        message = str(exc)
+        raise SpecError(message if message.startswith("dataset") else f"dataset {spec.type!r}: {message}") from None
     try:
         size = len(dataset)
     except TypeError:

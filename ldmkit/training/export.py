@@ -25,7 +25,11 @@ def load_weights(module: nn.Module, path: Path, what: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what}: {path}: no such file")
-    load_into(module, path, what=what)
+    try:
+        load_into(module, path, what=what)
+    except CheckpointError as exc:
+        message = str(exc)
+        raise type(exc)(message if message.startswith(what) else f"{what}: {message}") from None
 
 
 def write_component_spec(spec: ComponentSpec, path: Path) -> None:
