@@ -169,6 +169,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, first_stage_weights):
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert load_ckpt(killed / "last.ckpt")["step"] == every
+    (killed / ".last.ckpt.0123abcd.tmp").write_bytes(b"half a checkpoint")  # as if killed while saving
 
     result = train(ldm_spec(killed, first_stage_weights, **settings))
     assert result.resumed_from == every
@@ -183,6 +184,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, first_stage_weights):
     # the log holds each step once, as in the uninterrupted run
     assert [int(r["step"]) for r in csv.DictReader((killed / "log.csv").open())] == list(range(1, steps + 1))
     assert losses(killed) == losses(whole)
+    assert not list(killed.glob(".last.ckpt.*"))
 
 
 def test_autoencoder_resume_with_discriminator_is_exact(tmp_path):

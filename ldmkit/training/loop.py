@@ -87,6 +87,8 @@ def train(
     spec = validate_train_spec(spec)
     out_dir = Path(spec.out_dir)
     check_writable(out_dir)
+    for stale in out_dir.glob(f".{LAST}.*.tmp"):  # left by a run killed while saving
+        stale.unlink(missing_ok=True)
     device = resolve_device(spec.device)
     if spec.precision == "bf16" and device.type != "cuda":
         log.warning("precision bf16 applies on CUDA only; training in fp32 on %s", device)
