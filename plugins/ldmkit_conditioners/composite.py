@@ -77,7 +77,7 @@ class CompositeConditioner(Conditioner):
                 raise UnknownComponentError(f"composite part {part_name!r}: {exc}") from None
             try:
                 self.parts[part_name] = cls.from_params(spec.params)
-            except ValidationError as exc:
+            except (ValidationError, SpecError) as exc:
                 raise SpecError(f"composite part {part_name!r} ({spec.type}): {exc}") from None
         filled = [slot for part in self.parts.values() for slot in part.slots]
         if filled.count("vector") > 1:
