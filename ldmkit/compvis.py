@@ -204,6 +204,8 @@ IGNORED_KEYS = {
     "model_ema.decay",
     "model_ema.num_updates",
     "ddim_sigmas",
+    # a constant of the CLIP text model that SD v1 files carry; not a weight
+    "cond_stage_model.transformer.text_model.embeddings.position_ids",
 }
 IGNORED_PREFIXES = ("first_stage_model.loss.", "loss.")
 
