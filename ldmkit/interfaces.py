@@ -123,6 +123,11 @@ class Conditioner(Component, ABC):
     kind = "conditioner"
     slots: ClassVar[tuple[Slot, ...]] = ()
 
+    def __init__(self, params: Params | None = None) -> None:
+        super().__init__(params)
+        # follows .to() so conditioners without weights still know their device (not saved in state dicts)
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+
     @abstractmethod
     def forward(self, raw: Any) -> Conditioning:
         """raw in its natural type (class ids, token ids or strings, boxes, maps, images)."""
@@ -136,11 +141,7 @@ class Conditioner(Component, ABC):
 
     @property
     def device(self) -> torch.device:
-        for p in self.parameters():
-            return p.device
-        for b in self.buffers():
-            return b.device
-        return torch.device("cpu")
+        return self._device_anchor.device
 
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
