@@ -106,6 +106,13 @@ COND_TARGETS: dict[str, Translator] = {
 }
 
 
+def _params(section: str, config: dict[str, Any]) -> dict[str, Any]:
+    params = config.get("params") or {}
+    if not isinstance(params, dict):
+        raise SpecError(f"{section}.params: expected a mapping, got {type(params).__name__}")
+    return dict(params)
+
+
 def _translate(section: str, config: Any, table: dict[str, Translator]) -> dict[str, Any]:
     if not isinstance(config, dict) or "target" not in config:
         raise SpecError(f"{section}: expected a mapping with 'target'")
@@ -116,17 +123,32 @@ def _translate(section: str, config: Any, table: dict[str, Translator]) -> dict[
             f"{section}.target {target!r} is not supported (nothing is imported from configs); known: {known}"
         )
     try:
-        name, params = table[target](dict(config.get("params") or {}))
+        name, params = table[target](_params(section, config))
     except KeyError as exc:
         raise SpecError(f"{section}.params: missing {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:  # a value of the wrong kind, e.g. a number where a list belongs
+        raise SpecError(f"{section}.params: {exc}") from None
     return {"type": name, "params": params}
 
 
 def _first_stage(config: Any, channels: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise SpecError("first_stage_config: expected a mapping with 'target'")
-    name, params = first_stage_from_compvis(config, channels=channels if isinstance(channels, int) else None)
+    _params("first_stage_config", config)
+    try:
+        name, params = first_stage_from_compvis(config, channels=channels if isinstance(channels, int) else None)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, SpecError):
+            raise
+        raise SpecError(f"first_stage_config.params: {exc}") from None
     return {"type": name, "params": params}
+
+
+def _number(p: dict[str, Any], key: str, default: float, cast: type) -> Any:
+    try:
+        return cast(p.get(key, default))
+    except (TypeError, ValueError):
+        raise SpecError(f"model.params.{key}: expected a number, got {p[key]!r}") from None
 
 
 def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
@@ -134,9 +156,10 @@ def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
     if not isinstance(config, dict):
         config = read_document(config)
     model = config.get("model", config)
-    if not isinstance(model, dict) or model.get("target") not in DIFFUSION_TARGETS:
-        raise SpecError(f"model.target must be one of {sorted(DIFFUSION_TARGETS)}, got {model.get('target')!r}")
-    p = dict(model.get("params") or {})
+    target = model.get("target") if isinstance(model, dict) else None
+    if target not in DIFFUSION_TARGETS:
+        raise SpecError(f"model.target must be one of {sorted(DIFFUSION_TARGETS)}, got {target!r}")
+    p = _params("model", model)
     cond_cfg = p.get("cond_stage_config")
     key = p.get("conditioning_key")
     conditioner = None
@@ -165,12 +188,12 @@ def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
         "conditioner": conditioner,
         "schedule": {
             "beta_schedule": p.get("beta_schedule", "linear"),
-            "linear_start": float(p.get("linear_start", 1e-4)),
-            "linear_end": float(p.get("linear_end", 2e-2)),
-            "timesteps": int(p.get("timesteps", 1000)),
-            "cosine_s": float(p.get("cosine_s", 8e-3)),
+            "linear_start": _number(p, "linear_start", 1e-4, float),
+            "linear_end": _number(p, "linear_end", 2e-2, float),
+            "timesteps": _number(p, "timesteps", 1000, int),
+            "cosine_s": _number(p, "cosine_s", 8e-3, float),
         },
-        "scale_factor": float(p.get("scale_factor", 1.0)),
+        "scale_factor": _number(p, "scale_factor", 1.0, float),
         "latent_size": [int(image_size), int(image_size)] if isinstance(image_size, int) else None,
     }
     return validate_spec(spec, source="CompVis config")
