@@ -124,6 +124,8 @@ def _translate(section: str, config: Any, table: dict[str, Translator]) -> dict[
         )
     try:
         name, params = table[target](_params(section, config))
+    except SpecError:
+        raise
     except KeyError as exc:
         raise SpecError(f"{section}.params: missing {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:  # a value of the wrong kind, e.g. a number where a list belongs
@@ -137,9 +139,9 @@ def _first_stage(config: Any, channels: Any) -> dict[str, Any]:
     _params("first_stage_config", config)
     try:
         name, params = first_stage_from_compvis(config, channels=channels if isinstance(channels, int) else None)
+    except SpecError:
+        raise
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, SpecError):
-            raise
         raise SpecError(f"first_stage_config.params: {exc}") from None
     return {"type": name, "params": params}
 
