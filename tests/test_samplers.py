@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ldmkit import InputError, NoiseSchedule, Sampler, ScheduleSpec, get_registry
+from ldmkit.testing import SamplerConformance
 from ldmkit_samplers.common import compvis_timesteps, spaced_timesteps
 from ldmkit_samplers.ddim import DDIMSampler
 from ldmkit_samplers.ddpm import DDPMSampler
@@ -382,3 +383,38 @@ def test_progress_bar_is_opt_in(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().err == ""
     make("ddim").sample(fake_model, ldm_schedule(), x_T(), steps=3, progress=True)
     assert "ddim" in capsys.readouterr().err
+
+
+# -- the shared conformance checks ------------------------------------------------------------------
+
+
+class TestDDPMConformance(SamplerConformance):
+    component_cls = DDPMSampler
+    noise_eta = 0.0  # always stochastic
+
+
+class TestDDIMConformance(SamplerConformance):
+    component_cls = DDIMSampler
+    noise_eta = 1.0
+
+
+class TestDDIMQuadConformance(SamplerConformance):
+    component_cls = DDIMSampler
+    params = {"discretize": "quad"}
+    noise_eta = 1.0
+
+
+class TestPLMSConformance(SamplerConformance):
+    component_cls = PLMSSampler
+    noise_eta = None  # deterministic
+
+
+class TestDPMPP2MConformance(SamplerConformance):
+    component_cls = DPMPP2MSampler
+    noise_eta = None
+
+
+class TestEulerAncestralConformance(SamplerConformance):
+    component_cls = EulerAncestralSampler
+    params = {"spacing": "trailing"}
+    noise_eta = 0.0

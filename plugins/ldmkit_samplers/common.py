@@ -6,6 +6,7 @@ Nothing here keeps state between sampling calls: a :class:`SamplingRun` lives fo
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -24,8 +25,12 @@ Spacing = Literal["leading", "linspace", "trailing"]
 
 def check_steps(steps: object, num_timesteps: int) -> int:
     """``steps`` as an int in ``1..num_timesteps``, else :class:`InputError`."""
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise InputError(f"steps must be an integer, got {steps!r}")
+    try:
+        if isinstance(steps, bool):
+            raise TypeError
+        steps = operator.index(steps)  # type: ignore[arg-type]
+    except TypeError:
+        raise InputError(f"steps must be an integer, got {steps!r}") from None
     if not 1 <= steps <= num_timesteps:
         raise InputError(f"steps must be between 1 and the schedule's {num_timesteps} timesteps, got {steps}")
     return steps
@@ -163,8 +168,9 @@ class SamplingRun:
         self.mask, self.x0 = _check_mask(mask, x0, x_T)
         if self.mask is not None:
             ac = alphas_cumprod64(schedule)
-            self._sqrt_a = ac.sqrt().to(torch.float32)  # (T,)
-            self._sqrt_1ma = (1 - ac).sqrt().to(torch.float32)  # (T,)
+            # Python floats: no host-to-device copy per step, and x * c computes in x's dtype
+            self._sqrt_a = ac.sqrt().to(torch.float32).tolist()  # (T,)
+            self._sqrt_1ma = (1 - ac).sqrt().to(torch.float32).tolist()  # (T,)
 
     @property
     def masked(self) -> bool:
@@ -186,15 +192,11 @@ class SamplingRun:
         """Fresh noise like x_T, from the caller's generator(s)."""
         return draw_noise(self.shape, self.generator, self.like)
 
-    def coeff(self, value: float | Tensor) -> Tensor:
-        """A scalar coefficient as a 0-d tensor of x's device and dtype."""
-        return torch.as_tensor(value, dtype=self.like.dtype, device=self.like.device)
-
     def impose(self, x: Tensor, t: int) -> Tensor:
         """Replace the known region of ``x`` by ``x0`` noised to timestep ``t`` (no-op without a mask)."""
         if self.mask is None or self.x0 is None:
             return x
-        noisy = self.coeff(self._sqrt_a[t]) * self.x0 + self.coeff(self._sqrt_1ma[t]) * self.noise()  # q_sample
+        noisy = self._sqrt_a[t] * self.x0 + self._sqrt_1ma[t] * self.noise()  # q_sample
         return noisy * self.mask + (1.0 - self.mask) * x
 
     def finish(self, x: Tensor) -> Tensor:

@@ -16,41 +16,54 @@ from ldmkit_samplers.common import Generators, SamplingRun, check_eta, check_ste
 
 @dataclass(frozen=True)
 class DDIMCoefficients:
-    """Per-step float32 arrays of CompVis ``make_ddim_sampling_parameters``, indexed like ``timesteps``."""
+    """Per-step coefficients of CompVis ``make_ddim_sampling_parameters``, indexed like ``timesteps``.
+
+    The alphas are the schedule's float32 ``alphas_cumprod`` at the timesteps (``alphas_prev`` starts with
+    ``alphas_cumprod[0]``). Every value is computed as the original computes it: sigma mostly in float64 and then
+    stored as float32, ``sqrt(1 - a_t)`` with numpy's (correctly rounded) root, the other roots with torch in float32.
+    """
 
     timesteps: list[int]  # ascending
-    alphas: Tensor  # (n,) a_t
-    alphas_prev: Tensor  # (n,) a_{t-1}; the first is alphas_cumprod[0]
-    sigmas: Tensor  # (n,) eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-    sqrt_one_minus_alphas: Tensor  # (n,)
+    sqrt_alphas: list[float]  # sqrt(a_t)
+    sqrt_one_minus_alphas: list[float]  # sqrt(1 - a_t)
+    sqrt_alphas_prev: list[float]  # sqrt(a_prev)
+    dir_coefs: list[float]  # sqrt(1 - a_prev - sigma^2), the weight of the direction pointing to x_t
+    sigmas: list[float]  # eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
 
     @classmethod
     def build(cls, schedule: NoiseSchedule, timesteps: list[int], eta: float) -> DDIMCoefficients:
         ac = schedule.alphas_cumprod.detach().to(device="cpu", dtype=torch.float32)  # (T,)
         alphas = ac[timesteps]  # (n,)
         alphas_prev = torch.cat([ac[:1], alphas[:-1]])  # (n,)
-        # the original derives sigma in float64 from the float32 alphas, then stores it as float32
         a64, ap64 = alphas.double(), alphas_prev.double()
-        sigmas = eta * torch.sqrt((1 - ap64) / (1 - a64) * (1 - a64 / ap64))
-        return cls(timesteps, alphas, alphas_prev, sigmas.to(torch.float32), (1.0 - alphas).sqrt())
+        # (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev); the original's mixed numpy/torch arithmetic takes the
+        # reciprocal of (1 - a_t) in float32 and the rest in float64
+        ratio = (1.0 - alphas).reciprocal().double() * (1 - ap64)  # (n,)
+        sigmas = (eta * torch.sqrt(ratio * (1 - a64 / ap64))).to(torch.float32)  # (n,)
+        return cls(
+            timesteps=list(timesteps),
+            sqrt_alphas=alphas.sqrt().tolist(),
+            # the original takes this root with numpy (correctly rounded, as a float64 root rounded to float32 is)
+            sqrt_one_minus_alphas=(1.0 - alphas).double().sqrt().to(torch.float32).tolist(),
+            sqrt_alphas_prev=alphas_prev.sqrt().tolist(),
+            dir_coefs=(1.0 - alphas_prev - sigmas**2).sqrt().tolist(),
+            sigmas=sigmas.tolist(),
+        )
 
     def __len__(self) -> int:
         return len(self.timesteps)
 
 
-def ddim_update(
-    run: SamplingRun, c: DDIMCoefficients, index: int, x: Tensor, eps: Tensor, noise: Tensor | None
-) -> tuple[Tensor, Tensor]:
+def ddim_update(c: DDIMCoefficients, index: int, x: Tensor, eps: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
     """One DDIM step from ``timesteps[index]`` to the one below it: returns ``(x_prev, pred_x0)``.
 
-    The arithmetic follows CompVis ``p_sample_ddim`` (float32 scalars, same operation order).
+    Same operation order as CompVis ``p_sample_ddim``.
     """
-    a_t, a_prev, sigma = c.alphas[index], c.alphas_prev[index], c.sigmas[index]
-    pred_x0 = (x - run.coeff(c.sqrt_one_minus_alphas[index]) * eps) / run.coeff(a_t.sqrt())
-    dir_xt = run.coeff((1.0 - a_prev - sigma**2).sqrt()) * eps  # direction pointing to x_t
-    x_prev = run.coeff(a_prev.sqrt()) * pred_x0 + dir_xt
+    pred_x0 = (x - c.sqrt_one_minus_alphas[index] * eps) / c.sqrt_alphas[index]
+    dir_xt = c.dir_coefs[index] * eps
+    x_prev = c.sqrt_alphas_prev[index] * pred_x0 + dir_xt
     if noise is not None:
-        x_prev = x_prev + run.coeff(sigma) * noise
+        x_prev = x_prev + c.sigmas[index] * noise
     return x_prev, pred_x0
 
 
@@ -103,7 +116,7 @@ class DDIMSampler(ldmkit.Sampler):
             t = c.timesteps[index]
             x = run.impose(x, t)
             eps = run.eps(x, t)
-            x, pred_x0 = ddim_update(run, c, index, x, eps, run.noise() if eta > 0 else None)
+            x, pred_x0 = ddim_update(c, index, x, eps, run.noise() if eta > 0 else None)
             if run.report(i, t, x, pred_x0):
                 return x
         return run.finish(x)

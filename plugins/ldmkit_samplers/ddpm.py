@@ -11,27 +11,33 @@ from ldmkit.schedules import NoiseSchedule
 from ldmkit_samplers.common import Generators, SamplingRun, check_eta, check_steps, spaced_timesteps
 
 
-def respaced_posterior(schedule: NoiseSchedule, timesteps: list[int]) -> dict[str, Tensor]:
+def respaced_posterior(schedule: NoiseSchedule, timesteps: list[int]) -> dict[str, list[float]]:
     """Float32 coefficients of q(x_prev | x_t, x_0) between consecutive chosen timesteps, indexed like ``timesteps``.
 
     With all ``T`` timesteps this is CompVis ``register_schedule`` (float64 from the betas, stored as float32, with
     ``v_posterior = 0``); with fewer it is the same on the respaced chain (Nichol & Dhariwal 2021, sec. 4), whose
     betas are ``1 - a_t / a_prev`` and whose last step goes to ``a_prev = 1``.
     """
-    ac = torch.cumprod(1.0 - schedule.betas.detach().to(device="cpu", dtype=torch.float64), dim=0)  # (T,)
+    schedule_betas = schedule.betas.detach().to(device="cpu", dtype=torch.float64)  # (T,)
+    ac = torch.cumprod(1.0 - schedule_betas, dim=0)  # (T,)
     a_t = ac[timesteps]  # (n,)
     a_prev = torch.cat([a_t.new_ones(1), a_t[:-1]])  # (n,)
-    betas = 1.0 - a_t / a_prev
+    # between consecutive timesteps the respaced beta is the schedule's own (taken as is, as the original does)
+    previous = [-1, *timesteps[:-1]]
+    consecutive = torch.tensor([t == p + 1 for p, t in zip(previous, timesteps, strict=True)])  # (n,)
+    betas = torch.where(consecutive, schedule_betas[timesteps], 1.0 - a_t / a_prev)  # (n,)
     variance = betas * (1.0 - a_prev) / (1.0 - a_t)  # "fixed_small"
-    f32 = torch.float32
-    return {
-        "sqrt_recip_alphas_cumprod": torch.sqrt(1.0 / a_t).to(f32),
-        "sqrt_recipm1_alphas_cumprod": torch.sqrt(1.0 / a_t - 1).to(f32),
-        "posterior_mean_coef1": (betas * torch.sqrt(a_prev) / (1.0 - a_t)).to(f32),
-        "posterior_mean_coef2": ((1.0 - a_prev) * torch.sqrt(1.0 - betas) / (1.0 - a_t)).to(f32),
+    coefs = {
+        "sqrt_recip_alphas_cumprod": torch.sqrt(1.0 / a_t),
+        "sqrt_recipm1_alphas_cumprod": torch.sqrt(1.0 / a_t - 1),
+        "posterior_mean_coef1": betas * torch.sqrt(a_prev) / (1.0 - a_t),
+        "posterior_mean_coef2": (1.0 - a_prev) * torch.sqrt(1.0 - betas) / (1.0 - a_t),
         # the original clips the log variance because it is 0 at the first step of the chain
-        "posterior_std": (0.5 * torch.log(variance.clamp(min=1e-20))).to(f32).exp(),
+        "posterior_log_std": 0.5 * torch.log(variance.clamp(min=1e-20)),
     }
+    out = {name: value.to(torch.float32) for name, value in coefs.items()}  # stored as float32, like the buffers
+    out["posterior_std"] = out.pop("posterior_log_std").exp()
+    return {name: value.tolist() for name, value in out.items()}
 
 
 class DDPMSampler(ldmkit.Sampler):
@@ -82,14 +88,9 @@ class DDPMSampler(ldmkit.Sampler):
             t = timesteps[index]
             x = run.impose(x, t)
             eps = run.eps(x, t)
-            pred_x0 = (
-                run.coeff(p["sqrt_recip_alphas_cumprod"][index]) * x
-                - run.coeff(p["sqrt_recipm1_alphas_cumprod"][index]) * eps
-            )
-            mean = (
-                run.coeff(p["posterior_mean_coef1"][index]) * pred_x0 + run.coeff(p["posterior_mean_coef2"][index]) * x
-            )
-            x = mean + run.coeff(p["posterior_std"][index]) * run.noise() if index > 0 else mean
+            pred_x0 = p["sqrt_recip_alphas_cumprod"][index] * x - p["sqrt_recipm1_alphas_cumprod"][index] * eps
+            mean = p["posterior_mean_coef1"][index] * pred_x0 + p["posterior_mean_coef2"][index] * x
+            x = mean + p["posterior_std"][index] * run.noise() if index > 0 else mean  # no noise on the last step
             if run.report(i, t, x, pred_x0):
                 return x
         return run.finish(x)

@@ -76,7 +76,7 @@ class DPMPP2MSampler(ldmkit.Sampler):
             t = timesteps[i]
             x = run.impose(x, t)
             eps = run.eps(x, t)
-            pred_x0 = (x - run.coeff(sigmas[i]) * eps) / run.coeff(alphas[i])  # data prediction
+            pred_x0 = (x - sigmas[i] * eps) / alphas[i]  # data prediction
             if i == len(timesteps) - 1:
                 x = pred_x0  # first-order step to sigma = 0: exactly the data prediction
             else:
@@ -86,8 +86,8 @@ class DPMPP2MSampler(ldmkit.Sampler):
                     d = pred_x0
                 else:  # 2M: D0 + D1 / 2 with D1 = (x0 - x0_prev) / r0
                     r0 = (lambdas[i] - lambdas[i - 1]) / h
-                    d = pred_x0 + run.coeff(0.5 / r0) * (pred_x0 - prev_x0)
-                x = run.coeff(sigmas[i + 1] / sigmas[i]) * x - run.coeff(phi) * d
+                    d = pred_x0 + 0.5 / r0 * (pred_x0 - prev_x0)
+                x = sigmas[i + 1] / sigmas[i] * x - phi * d
             prev_x0 = pred_x0
             if run.report(i, t, x, pred_x0):
                 return x

@@ -71,18 +71,18 @@ class EulerAncestralSampler(ldmkit.Sampler):
         # scale[i] = sqrt(1 + sigma_i^2) = 1 / sqrt(a_t) turns the VP x into the VE one
         scales = [math.sqrt(1.0 + s * s) for s in sigmas]
 
-        x = x_T * run.coeff(scales[0])
+        x = x_T * scales[0]
         for i in run.steps(len(timesteps)):
             t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
             if run.masked:
-                x = run.impose(x / run.coeff(scales[i]), t) * run.coeff(scales[i])
-            eps = run.eps(x / run.coeff(scales[i]), t)
-            pred_x0 = x - run.coeff(sigma) * eps
+                x = run.impose(x / scales[i], t) * scales[i]
+            eps = run.eps(x / scales[i], t)
+            pred_x0 = x - sigma * eps
             sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
             sigma_down = math.sqrt(max(sigma_next**2 - sigma_up**2, 0.0))
-            x = x + eps * run.coeff(sigma_down - sigma)  # Euler step; (x - pred_x0) / sigma = eps
+            x = x + eps * (sigma_down - sigma)  # Euler step; (x - pred_x0) / sigma = eps
             if sigma_up > 0:
-                x = x + run.noise() * run.coeff(sigma_up)
-            if run.report(i, t, x / run.coeff(scales[i + 1]), pred_x0):
-                return x / run.coeff(scales[i + 1])
+                x = x + run.noise() * sigma_up
+            if run.report(i, t, x / scales[i + 1], pred_x0):
+                return x / scales[i + 1]
         return run.finish(x)

@@ -78,11 +78,11 @@ class PLMSSampler(ldmkit.Sampler):
             x = run.impose(x, t)
             eps = run.eps(x, t)
             if not old_eps:
-                x_pred, _ = ddim_update(run, c, index, x, eps, None)
+                x_pred, _ = ddim_update(c, index, x, eps, None)
                 eps_prime = (eps + run.eps(x_pred, t_next)) / 2
             else:
                 eps_prime = multistep_eps(eps, old_eps)
-            x, pred_x0 = ddim_update(run, c, index, x, eps_prime, None)
+            x, pred_x0 = ddim_update(c, index, x, eps_prime, None)
             old_eps = [*old_eps, eps][-3:]
             if run.report(i, t, x, pred_x0):
                 return x
