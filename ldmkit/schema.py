@@ -60,7 +60,12 @@ def all_schemas(registry=None) -> dict[str, dict[str, Any]]:
         from ldmkit.training.spec import TrainSpec
     except ImportError:  # training is optional in minimal installs
         return out
-    out["train.schema.json"] = TrainSpec.model_json_schema()
+    from pydantic import TypeAdapter
+
+    train = TypeAdapter(TrainSpec).json_schema()
+    train["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    train["title"] = "ldmkit train spec"
+    out["train.schema.json"] = train
     return out
 
 

@@ -45,6 +45,8 @@ class LDMStage(Stage):
             load_weights(first_stage, Path(spec.first_stage_weights), "first_stage_weights")
         elif any(True for _ in first_stage.parameters()):
             log.warning("no first_stage_weights given: training on the latents of an untrained first stage")
+        if spec.init_from is not None:
+            self._init_from(Path(spec.init_from))
         first_stage.requires_grad_(False)
         frozen = {id(p) for p in first_stage.parameters()}
         self.pipe.to(device)
@@ -70,6 +72,14 @@ class LDMStage(Stage):
         self.latent_size: list[int] | None = None
         self._parts = _composite_parts(self.conditioner)
         self._check_conditioning()
+
+    def _init_from(self, directory: Path) -> None:
+        """Start from the denoiser and conditioner weights of a saved pipeline folder."""
+        if not directory.is_dir():
+            raise TrainingError(f"init_from: {directory} is not a pipeline folder")
+        load_weights(self.pipe.denoiser, directory / "denoiser.safetensors", "init_from denoiser")
+        if self.pipe.conditioner is not None and (directory / "conditioner.safetensors").is_file():
+            load_weights(self.pipe.conditioner, directory / "conditioner.safetensors", "init_from conditioner")
 
     def model_spec(self) -> dict[str, Any]:
         keep = {"first_stage", "denoiser", "conditioner", "schedule"}  # what fixes the weights' meaning

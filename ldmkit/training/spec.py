@@ -104,6 +104,9 @@ class LDMTrainSpec(_TrainCommon):
     stage: Literal["ldm"]
     pipeline: PipelineSpec
     first_stage_weights: str | None = Field(None, description="safetensors written by the autoencoder stage")
+    init_from: str | None = Field(
+        None, description="a pipeline folder whose denoiser (and conditioner) weights start this run (fine-tuning)"
+    )
     image_field: str = "image"
     conditioning: dict[str, str | dict[str, str]] = Field(
         default_factory=dict,
