@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm that always computes in float32 and returns the input's dtype."""
+    """GroupNorm that always computes in float32 and returns the input's dtype.
+
+    The affine weights are cast to float32 as well, so half-precision weights work on every
+    device (CPU kernels refuse a float32 input with half weights); float32 runs are unchanged.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def normalization(channels: int) -> GroupNorm32:
