@@ -104,7 +104,15 @@ def run(args) -> int:
     if options.steps < 1:
         raise InputError(f"--steps {options.steps}: expected at least 1")
     inputs = _read_inputs(args)
-    images, _ = generate(pipe, args.task, inputs, options)
+    from ldmkit.distributed_generate import generate_sharded, world_size
+
+    if world_size() > 1:  # launched by torchrun: each rank makes its share, rank 0 writes them all
+        sharded = generate_sharded(pipe, args.task, inputs, options)
+        if sharded is None:
+            return 0
+        images = sharded
+    else:
+        images, _ = generate(pipe, args.task, inputs, options)
     paths = save_pictures(args.out, images, task=args.task, inputs=inputs, options=options, model=model)
     for path in paths:
         print(path)

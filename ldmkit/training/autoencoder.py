@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.errors import TrainingError
+from ldmkit.training import distributed
 from ldmkit.training.ema import EMA
 from ldmkit.training.export import save_weights, write_component_spec
 from ldmkit.training.losses import NLayerDiscriminator, PerceptualLoss, adaptive_weight, disc_factor_at, hinge_d_loss
@@ -65,6 +66,20 @@ class AutoencoderStage(Stage):
         if self.perceptual is not None:
             self.terms.append("p_loss")
         self.terms += ["g_loss", "d_weight", "disc_factor", "disc_loss"]
+        self.world = distributed.SINGLE
+        self.run: distributed.Runner = distributed.direct
+        self.run_disc: distributed.Runner = distributed.direct
+
+    def distribute(self, world: distributed.World) -> None:
+        """Train as one of ``world.size`` processes: gradients of both networks are averaged."""
+        self.world = world
+        if world.enabled and self.device.type == "cuda":
+            # batch statistics of the global batch, as one process sees them
+            self.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(self.discriminator)
+        elif world.enabled and self.spec.loss.disc_start < self.spec.max_steps:
+            log.warning("on the CPU the discriminator's BatchNorm normalises each rank's shard on its own")
+        self.run = distributed.wrap(world, {"first_stage": self.model}, self.device)
+        self.run_disc = distributed.wrap(world, {"discriminator": self.discriminator}, self.device)
 
     def model_spec(self) -> dict[str, Any]:
         return {"first_stage": self.spec.first_stage.model_dump(mode="json")}
@@ -78,7 +93,13 @@ class AutoencoderStage(Stage):
             # the latents are already on the codebook (with a straight-through gradient): decode them as they are
             return self.model.decode(quant, force_not_quantize=True), codebook_loss, None
         posterior = self.model.encode_distribution(images)
-        z = posterior.sample(self.step_generator(step, "posterior"))  # (B, C, h, w)
+        gen = self.step_generator(step, "posterior")
+        if self.world.enabled:
+            from ldmkit.training.ldm import _sample_shard
+
+            z = _sample_shard(posterior, gen, self.world)  # (b, C, h, w): this rank's rows of the global draw
+        else:
+            z = posterior.sample(gen)  # (B, C, h, w)
         return self.model.decode(z), posterior.kl(), posterior
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
@@ -86,7 +107,7 @@ class AutoencoderStage(Stage):
         images = image_batch(batch, spec.image_field).to(self.device)  # (B, 3, H, W)
         batch_size = images.shape[0]
         with autocast(self.device, spec.precision):
-            rec, reg, _ = self._reconstruct(images, step)
+            rec, reg, _ = self.run(self._reconstruct, images, step)
         rec = rec.float()
         rec_loss = loss_spec.l1_weight * (images - rec).abs()  # (B, 3, H, W)
         out: dict[str, Tensor] = {}
@@ -109,10 +130,10 @@ class AutoencoderStage(Stage):
         g_loss = d_weight = torch.zeros((), device=self.device)
         if factor > 0:
             with autocast(self.device, spec.precision):
-                logits_fake = self.discriminator(rec)
+                logits_fake = self.run_disc(self.discriminator, rec)
             g_loss = -logits_fake.float().mean()
             if loss_spec.adaptive_weight and self.last_layer is not None:
-                d_weight = adaptive_weight(nll_loss, g_loss, self.last_layer, loss_spec.disc_weight)
+                d_weight = self._adaptive_weight(nll_loss, g_loss, loss_spec.disc_weight)
             else:
                 d_weight = torch.tensor(loss_spec.disc_weight, device=self.device)
             loss = loss + d_weight * factor * g_loss
@@ -120,8 +141,8 @@ class AutoencoderStage(Stage):
         d_loss = torch.zeros((), device=self.device)
         if factor > 0:
             with autocast(self.device, spec.precision):
-                logits_real = self.discriminator(images)
-                logits_fake = self.discriminator(rec.detach())
+                logits_real = self.run_disc(self.discriminator, images)
+                logits_fake = self.run_disc(self.discriminator, rec.detach())
             d_loss = factor * hinge_d_loss(logits_real.float(), logits_fake.float())
             step_optimizer(
                 d_loss, self.opt_disc, self.sched_disc, list(self.discriminator.parameters()), spec.grad_clip
@@ -165,6 +186,25 @@ class AutoencoderStage(Stage):
             if state.get("ema") is None:
                 raise TrainingError("the checkpoint has no EMA weights, but the spec asks for ema")
             self.ema.load_state_dict(state["ema"])
+
+    def _adaptive_weight(self, nll_loss: Tensor, g_loss: Tensor, disc_weight: float) -> Tensor:
+        """The adaptive GAN weight; across ranks from the global batch's gradients at the last layer."""
+        assert self.last_layer is not None
+        if not self.world.enabled:
+            return adaptive_weight(nll_loss, g_loss, self.last_layer, disc_weight)
+        import torch.distributed as dist
+
+        nll_grads = torch.autograd.grad(nll_loss, self.last_layer, retain_graph=True)[0]
+        g_grads = torch.autograd.grad(g_loss, self.last_layer, retain_graph=True)[0]
+        both = torch.stack([nll_grads, g_grads])  # (2, *last_layer.shape)
+        dist.all_reduce(both)
+        both /= self.world.size
+        weight = torch.norm(both[0]) / (torch.norm(both[1]) + 1e-4)
+        return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
+
+    def export_path(self, out_dir: Path) -> Path:
+        """Where :meth:`export` writes the weights."""
+        return out_dir / WEIGHTS_FILE
 
     def export(self, out_dir: Path) -> Path:
         """``first_stage.safetensors`` (EMA weights when kept) and ``first_stage.yaml`` (its component spec)."""

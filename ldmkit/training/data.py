@@ -54,10 +54,17 @@ def build_dataset(spec: DatasetSpec, registry=None) -> Any:
 
 
 class IndexStream:
-    """Which dataset indices batch ``k`` uses, from (seed, k) only."""
+    """Which dataset indices batch ``k`` uses, from (seed, k) only.
 
-    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+    With ``world_size`` > 1, rank ``r`` gets the ``r``-th of ``world_size`` equal slices of the global batch.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.size, self.batch_size, self.seed = size, batch_size, seed
+        if batch_size % world_size:
+            raise SpecError(f"batch_size {batch_size} does not split evenly over {world_size} processes")
+        local = batch_size // world_size
+        self.shard = slice(rank * local, (rank + 1) * local)
         self._epoch: int | None = None
         self._perm: Tensor | None = None
 
@@ -70,11 +77,13 @@ class IndexStream:
         return self._perm
 
     def indices(self, step: int) -> list[int]:
+        """This rank's indices of batch ``step`` (all of them in a single process)."""
         if self.size > MAX_PERMUTED:
             gen = generator(derive_seed(self.seed, "batch", step))
-            return torch.randint(0, self.size, (self.batch_size,), generator=gen).tolist()
+            return torch.randint(0, self.size, (self.batch_size,), generator=gen).tolist()[self.shard]
         out: list[int] = []
-        for pos in range(step * self.batch_size, (step + 1) * self.batch_size):
+        first = step * self.batch_size
+        for pos in range(first + self.shard.start, first + self.shard.stop):
             epoch, offset = divmod(pos, self.size)
             out.append(int(self._permutation(epoch)[offset]))
         return out
@@ -207,10 +216,20 @@ class Preloaded:
 
 
 def batches(
-    dataset: Any, batch_size: int, seed: int, start: int, stop: int, num_workers: int = 0
+    dataset: Any,
+    batch_size: int,
+    seed: int,
+    start: int,
+    stop: int,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[dict[str, Any]]:
-    """The batches of steps ``start .. stop-1`` in order, each a pure function of (seed, step)."""
-    stream = IndexStream(len(dataset), batch_size, seed)
+    """The batches of steps ``start .. stop-1`` in order, each a pure function of (seed, step).
+
+    ``batch_size`` is the global batch; each of ``world_size`` ranks gets its own slice of it.
+    """
+    stream = IndexStream(len(dataset), batch_size, seed, rank, world_size)
     if num_workers == 0 or isinstance(dataset, Preloaded):
         for step in range(start, stop):
             yield fetch(dataset, stream.indices(step))

@@ -20,6 +20,7 @@ from ldmkit.errors import CheckpointError, SpecError, TrainingError
 from ldmkit.pipeline import Pipeline
 from ldmkit.prediction import target_for
 from ldmkit.specs import validate_spec
+from ldmkit.training import distributed
 from ldmkit.training.ema import EMA
 from ldmkit.training.export import load_weights
 from ldmkit.training.optim import autocast, build_optimizer, load_scheduler_state, scheduler_state, step_optimizer
@@ -72,6 +73,14 @@ class LDMStage(Stage):
         self.latent_size: list[int] | None = None
         self._parts = _composite_parts(self.conditioner)
         self._check_conditioning()
+        self._trained = trained
+        self.world = distributed.SINGLE
+        self.run: distributed.Runner = distributed.direct
+
+    def distribute(self, world: distributed.World) -> None:
+        """Train as one of ``world.size`` processes: gradients of the trained modules are averaged."""
+        self.world = world
+        self.run = distributed.wrap(world, self._trained, self.device)
 
     def _init_from(self, directory: Path) -> None:
         """Start from the denoiser and conditioner weights of a saved pipeline folder."""
@@ -118,9 +127,13 @@ class LDMStage(Stage):
         return {key: self._resolve(batch, key, source) for key, source in mapping.items()}
 
     def _latents(self, images: Tensor, step: int) -> Tensor:
+        gen = self.step_generator(step, "posterior")
         with torch.no_grad(), autocast(self.device, self.spec.precision):
             posterior = self.pipe.first_stage.encode_distribution(images)
-            z = posterior.sample(self.step_generator(step, "posterior"))  # (B, C, h, w)
+            if self.world.enabled and hasattr(posterior, "std"):
+                z = _sample_shard(posterior, gen, self.world)  # (b, C, h, w)
+            else:
+                z = posterior.sample(gen)  # (B, C, h, w)
         return z.float()
 
     def on_start(self, batch: dict[str, Any]) -> None:
@@ -128,6 +141,7 @@ class LDMStage(Stage):
         if not self.spec.scale_by_std:
             return
         z = self._latents(image_batch(batch, self.spec.image_field).to(self.device), -1)
+        z = distributed.gather_cat(self.world, z)  # (B, C, h, w): the global batch's spread
         std = float(z.flatten().std())
         if not std > 0:
             raise TrainingError("scale_by_std: the first batch's latents have zero spread")
@@ -144,18 +158,23 @@ class LDMStage(Stage):
             self.latent_size = [int(z.shape[2]), int(z.shape[3])]
         gen = self.step_generator(step, "noise")
         schedule = self.pipe.schedule
-        t = torch.randint(0, schedule.num_timesteps, (z.shape[0],), generator=gen, device=self.device)  # (B,)
-        noise = torch.randn(z.shape, generator=gen, device=self.device)  # (B, C, h, w)
+        # drawn for the global batch, then this rank's rows: any number of ranks makes the same numbers
+        total = z.shape[0] * self.world.size
+        part = self.world.part(total)
+        t = torch.randint(0, schedule.num_timesteps, (total,), generator=gen, device=self.device)[part]  # (B,)
+        noise = torch.randn((total, *z.shape[1:]), generator=gen, device=self.device)[part]  # (B, C, h, w)
         x_t = schedule.add_noise(z, noise, t)
         with autocast(self.device, spec.precision):
-            cond = self._condition(batch, step)
-            out = self.denoiser(x_t, t, cond)  # (B, C, h, w)
+            out = self.run(self._denoise, x_t, t, batch, step)  # (B, C, h, w)
         target = target_for(self.denoiser.prediction, z, noise, t, schedule.alphas_cumprod)
         loss = F.mse_loss(out.float(), target)
         step_optimizer(loss, self.opt, self.sched, self.params, spec.grad_clip)
         if self.ema is not None:
             self.ema.update(step)
         return {"loss": loss.detach()}
+
+    def _denoise(self, x_t: Tensor, t: Tensor, batch: dict[str, Any], step: int) -> Tensor:
+        return self.denoiser(x_t, t, self._condition(batch, step))
 
     def _condition(self, batch: dict[str, Any], step: int):
         from ldmkit.conditioning import Conditioning
@@ -166,7 +185,14 @@ class LDMStage(Stage):
         forward_train = getattr(self.conditioner, "forward_train", None)
         if callable(forward_train):
             # dropout draws on the CPU so the same step drops the same samples on any device
-            return forward_train(raw, generator=self.step_generator(step, "dropout", torch.device("cpu")))
+            gen = self.step_generator(step, "dropout", torch.device("cpu"))
+            if not self.world.enabled:
+                return forward_train(raw, generator=gen)
+            # the draws are per sample of the global batch: condition it whole, keep this rank's rows
+            pieces = distributed.gather_objects(self.world, distributed.map_tensors(raw, lambda v: v.cpu()))
+            whole = distributed.map_tensors(distributed.concat_batches(pieces), lambda v: v.to(self.device))
+            cond = forward_train(whole, generator=gen)
+            return cond[self.world.part(cond.batch_size)]
         return self.conditioner(raw)
 
     def lr(self) -> float:
@@ -198,6 +224,10 @@ class LDMStage(Stage):
         self.pipe.scale_factor = self.scale_factor
         self.latent_size = state.get("latent_size")
 
+    def export_path(self, out_dir: Path) -> Path:
+        """Where :meth:`export` writes."""
+        return out_dir / PIPELINE_DIR
+
     def export(self, out_dir: Path) -> Path:
         """A pipeline folder (``Pipeline.save``): EMA weights where kept, the measured scale_factor."""
         pipe = self.pipe
@@ -213,6 +243,14 @@ class LDMStage(Stage):
         except (OSError, CheckpointError) as exc:
             raise TrainingError(f"cannot write the pipeline to {directory} ({exc})") from None
         return directory
+
+
+def _sample_shard(posterior: Any, gen: torch.Generator, world: distributed.World) -> Tensor:
+    """This rank's rows of a Gaussian posterior sample whose noise is drawn for the global batch."""
+    mean = posterior.mean  # (b, C, h, w)
+    total = mean.shape[0] * world.size
+    noise = torch.randn((total, *mean.shape[1:]), generator=gen, device=gen.device, dtype=mean.dtype)
+    return mean + posterior.std * noise[world.part(total)].to(mean.device)
 
 
 def _composite_parts(conditioner: Any) -> list[str] | None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ldmkit.errors import TrainingError
+from ldmkit.training import distributed
 from ldmkit.training.checkpoint import FORMAT, FORMAT_VERSION, LAST, check_writable, load_state, save_state
 from ldmkit.training.data import Preloaded, batches, build_dataset
 from ldmkit.training.logging_ import make_logger
@@ -81,15 +82,29 @@ def train(
 
     ``resume=True`` continues from ``out_dir/last.ckpt`` when it exists; a path resumes from that file;
     ``False`` starts afresh. A resumed run ends with exactly the weights an uninterrupted run would have.
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1), each process trains its shard of every global batch
+    (``batch_size`` is the global batch) and rank 0 writes logs, checkpoints and the export.
     """
     if isinstance(spec, (str, Path)):
         spec = load_train_spec(spec)
     spec = validate_train_spec(spec)
+    world, device, created = distributed.setup(
+        resolve_device(spec.device), spec.distributed.strategy, spec.distributed.find_unused_parameters
+    )
+    try:
+        return _train(spec, world, device, resume, progress, callbacks, registry)
+    finally:
+        distributed.teardown(created)
+
+
+def _train(spec: TrainSpec, world, device, resume, progress, callbacks, registry) -> TrainResult:
+    world.part(spec.batch_size)  # a batch that does not split evenly fails before any work
     out_dir = Path(spec.out_dir)
     check_writable(out_dir)
-    for stale in out_dir.glob(f".{LAST}.*.tmp"):  # left by a run killed while saving
-        stale.unlink(missing_ok=True)
-    device = resolve_device(spec.device)
+    if world.is_main:
+        for stale in out_dir.glob(f".{LAST}.*.tmp"):  # left by a run killed while saving
+            stale.unlink(missing_ok=True)
     if spec.precision == "bf16" and device.type != "cuda":
         log.warning("precision bf16 applies on CUDA only; training in fp32 on %s", device)
     dataset: Any = build_dataset(spec.dataset, registry)  # bad dataset params fail before any model is built
@@ -107,39 +122,58 @@ def train(
             raise TrainingError(f"resume: {ckpt_path} does not fit this spec's models ({exc})") from None
         set_rng_state(state["rng"])
         log.info("resuming from %s at step %d", ckpt_path, start)
-    logger = make_logger(spec.log, out_dir, stage.terms, start)
+    stage.distribute(world)  # after loading: the wrappers start from the same weights on every rank
+    logger = make_logger(spec.log, out_dir, stage.terms, start) if world.is_main else _NoLogger()
     last = out_dir / LAST
     last_loss: float | None = None
     try:
         data = dataset
         if spec.dataset.preload is not None:
             data = Preloaded(dataset, spec.dataset.preload, spec.num_workers)
-        stream = batches(data, spec.batch_size, spec.seed, start, spec.max_steps, spec.num_workers)
-        show = spec.progress if progress is None else progress
-        last_loss = _run_steps(spec, stage, stream, start, logger, show, callbacks, last)
-        if state is None or start < spec.max_steps:
+        stream = batches(
+            data, spec.batch_size, spec.seed, start, spec.max_steps, spec.num_workers, world.rank, world.size
+        )
+        show = (spec.progress if progress is None else progress) and world.is_main
+        last_loss = _run_steps(spec, stage, stream, start, logger, show, callbacks, last, world)
+        if (state is None or start < spec.max_steps) and world.is_main:
             _save(spec, stage, spec.max_steps, last)
-        export = stage.export(out_dir)
+        export = stage.export(out_dir) if world.is_main else stage.export_path(out_dir)
+        distributed.barrier(world)  # no rank returns before the result is on disk
     finally:
         logger.close()
     log.info("finished %d steps; result in %s", spec.max_steps, export)
     return TrainResult(out_dir, spec.max_steps, last, export, start, last_loss)
 
 
-def _run_steps(spec, stage: Stage, stream, start: int, logger, show: bool, callbacks, last: Path) -> float | None:
+class _NoLogger:
+    """The logger of ranks other than 0."""
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _run_steps(
+    spec, stage: Stage, stream, start: int, logger, show: bool, callbacks, last: Path, world=distributed.SINGLE
+) -> float | None:
     from tqdm.auto import tqdm
 
     last_loss = None
     tick, ticked = time.perf_counter(), start
     with tqdm(total=spec.max_steps, initial=start, disable=not show, unit="step", dynamic_ncols=True) as bar:
         for step, batch in zip(range(start, spec.max_steps), stream, strict=False):
-            torch.manual_seed(derive_seed(spec.seed, "global", step))  # dropout inside the models
+            # dropout inside the models; each rank draws its own masks (equal in distribution, not in bits)
+            rank_key = (world.rank,) if world.enabled else ()
+            torch.manual_seed(derive_seed(spec.seed, "global", step, *rank_key))
             if step == 0:
                 stage.on_start(batch)
             lr = stage.lr()
             terms = stage.train_step(batch, step)
             done = step + 1
             if done % spec.log_every == 0 or done == spec.max_steps:
+                terms = distributed.mean_over_ranks(world, terms)  # every rank takes part
                 values = {k: float(v) for k, v in terms.items()}
                 now = time.perf_counter()
                 rate = (done - ticked) * spec.batch_size / max(now - tick, 1e-9)
@@ -148,7 +182,7 @@ def _run_steps(spec, stage: Stage, stream, start: int, logger, show: bool, callb
                 logger.write(done, {"loss": last_loss, "lr": lr, "images_per_s": rate, **values})
                 bar.set_postfix(loss=f"{last_loss:.4g}", img_s=f"{rate:.1f}")
             bar.update(1)
-            if done % spec.checkpoint_every == 0 and done < spec.max_steps:
+            if done % spec.checkpoint_every == 0 and done < spec.max_steps and world.is_main:
                 _save(spec, stage, done, last)
             for callback in callbacks:
                 callback(done, stage)

@@ -70,11 +70,22 @@ class AutoencoderLossSpec(_Strict):
     adaptive_weight: bool = Field(True, description="balance the GAN term by the ratio of last-layer gradients")
 
 
+class DistributedSpec(_Strict):
+    """How a run spreads over several processes (``torchrun`` or ``ldmkit train --nproc N``)."""
+
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="DistributedDataParallel (replicated weights) or FSDP (sharded weights and optimizer)"
+    )
+    find_unused_parameters: bool = Field(
+        False, description="DDP: allow trained weights that get no gradient in a step (slower)"
+    )
+
+
 class _TrainCommon(_Strict):
     version: Literal[1] = TRAIN_SPEC_VERSION
     dataset: DatasetSpec
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="the global batch: split evenly across distributed processes")
     max_steps: int = Field(1000, ge=1)
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     ema: EMASpec | None = None
@@ -87,6 +98,7 @@ class _TrainCommon(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0)
     progress: bool = True
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
 
 
 class AutoencoderTrainSpec(_TrainCommon):
