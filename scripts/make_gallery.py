@@ -96,7 +96,7 @@ def save_png(path: Path, picture: Tensor) -> None:
     Image.fromarray(picture.permute(1, 2, 0).numpy(), "RGB").save(path, optimize=True)
 
 
-def describe(task: str, inputs: dict[str, Any]) -> str:
+def describe(task: str, inputs: dict[str, Any], class_names: list[str]) -> str:
     """One line saying what the task was given, for the page."""
     if task == "uncond":
         return "nothing (unconditional)"
@@ -105,13 +105,13 @@ def describe(task: str, inputs: dict[str, Any]) -> str:
     if task == "text2img":
         return f'prompt `"{inputs["prompt"]}"`'
     if task == "layout2img":
-        boxes = "; ".join(f"{o['label']} at {[round(v, 3) for v in o['box']]}" for o in inputs["layout"])
+        boxes = "; ".join(f"{class_names[o['label']]} at {[round(v, 3) for v in o['box']]}" for o in inputs["layout"])
         return f"boxes: {boxes}"
     if task == "semantic2img":
-        return "the map of the source picture (grey background, red circle, green square, blue triangle)"
+        return "the segmentation map of the source picture (shown in colour: circle red, square green, triangle blue)"
     if task == "superres":
         return "the 16x16 picture (shown upsampled)"
-    return "the picture with its fill region (grey) and the mask"
+    return "the source picture and a mask; the region to fill in is shown grey"
 
 
 def write_page(out_dir: Path, page: Path, args: argparse.Namespace, described: dict[str, str]) -> None:
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     parser.add_argument("--dataset-seed", type=int, default=7, help="ShapesDataset seed the inputs come from")
     parser.add_argument("--index", type=int, default=8, help="dataset sample the inputs come from")
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), help="only these tasks")
+    parser.add_argument("--tasks", nargs="*", default=list(TASKS), help="only these tasks (none: only the page)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one is fastest on a busy machine)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -167,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     pipe = ldmkit.Pipeline.load(default_model_dir())
     sample = ShapesDataset.from_params({"seed": args.dataset_seed}).__getitem__(args.index)
-    inputs = task_inputs(sample, list(pipe.task("class2img").params.class_names or []))
+    class_names = list(pipe.task("class2img").params.class_names or [])
+    inputs = task_inputs(sample, class_names)
     args.out.mkdir(parents=True, exist_ok=True)
     size = int(sample["image"].shape[-1])
     described = {}
     for task_name in TASKS:
-        described[task_name] = describe(task_name, inputs[task_name])
+        described[task_name] = describe(task_name, inputs[task_name], class_names)
         if task_name not in args.tasks:
             continue
         task = pipe.task(task_name)
