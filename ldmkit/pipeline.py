@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -17,6 +17,9 @@ from ldmkit.numerics import OnNonFinite
 from ldmkit.prediction import to_eps
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
+
+if TYPE_CHECKING:
+    from ldmkit.fast import FastPath
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class Pipeline:
         self.latent_size = latent_size or (tuple(spec.latent_size) if spec and spec.latent_size else None)
         # modules are not re-entrant under concurrent .to()/eval(); sampling itself only reads weights
         self.lock = threading.RLock()
+        # the fast inference path, off until optimize() is called
+        self.fast: FastPath | None = None
         if conditioner is not None:
             conditioner.attach(first_stage)
         for module in self.modules().values():
@@ -74,7 +79,41 @@ class Pipeline:
         with self.lock:
             for module in self.modules().values():
                 module.to(device=device, dtype=dtype)
+            if self.fast is not None:  # compiled code and graphs belong to the old device/dtype
+                self.fast = type(self.fast)(self, self.fast.config)
         return self
+
+    def optimize(
+        self,
+        precision: str | None = None,
+        channels_last: bool | None = None,
+        compile: bool | None = None,
+        cuda_graphs: bool | None = None,
+        *,
+        compile_mode: str = "default",
+        tile_size: int | None = None,
+        tile_overlap: int = 8,
+    ) -> Pipeline:
+        """Switch sampling and decoding to the fast path (:mod:`ldmkit.fast`) and return ``self``.
+
+        ``precision`` is "fp32", "bf16" or "fp16"; ``None`` settings follow the device: all on for CUDA
+        (bf16, channels_last, torch.compile with static shapes, CUDA graphs), all off elsewhere.
+        ``tile_size`` (latent pixels) decodes larger latents in blended tiles. The components keep
+        their weights; a reduced-precision copy is made where needed. ``pipeline.fast = None`` turns
+        the fast path off again.
+        """
+        from ldmkit.fast import optimize
+
+        return optimize(
+            self,
+            precision,
+            channels_last,
+            compile,
+            cuda_graphs,
+            compile_mode=compile_mode,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -144,6 +183,8 @@ class Pipeline:
 
     def model_fn(self, cond: Conditioning, uncond: Conditioning | None = None, guidance_scale: float = 1.0) -> ModelFn:
         """``model_fn(x, t) -> eps`` with classifier-free guidance as one batched call."""
+        if self.fast is not None:
+            return self.fast.model_fn(self.schedule, cond, uncond, guidance_scale)
         ac = self.schedule.alphas_cumprod
         prediction = self.denoiser.prediction
         guided = uncond is not None and guidance_scale != 1.0
@@ -232,6 +273,8 @@ class Pipeline:
         """
         from ldmkit.numerics import safe_decode
 
+        if self.fast is not None:
+            return self.fast.decode(self.first_stage, latents / self.scale_factor, on_nonfinite=on_nonfinite)
         return safe_decode(self.first_stage, latents / self.scale_factor, on_nonfinite=on_nonfinite)
 
     @torch.no_grad()

@@ -1,0 +1,100 @@
+"""Settings of the fast inference path, and how "auto" settings resolve on a device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ldmkit.errors import InputError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+# torch.compile modes that already capture CUDA graphs of their own
+_MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    """What :func:`ldmkit.fast.optimize` asks for; ``None`` means "decide by device".
+
+    On a CUDA device ``None`` turns everything on (bf16, channels_last, compile, CUDA graphs); on any
+    other device it turns everything off (float32, no compile), so the fast path computes exactly
+    what the plain pipeline computes unless asked otherwise.
+
+    ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
+    overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.
+    """
+
+    precision: Precision | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    compile_mode: str = "default"
+    tile_size: int | None = None
+    tile_overlap: int = 8
+    max_graphs: int = 4
+
+    def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in DTYPES:
+            raise InputError(f"precision must be one of {sorted(DTYPES)} or None, got {self.precision!r}")
+        for name in ("channels_last", "compile", "cuda_graphs"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise InputError(f"{name} must be True, False or None, got {value!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise InputError(f"compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.cuda_graphs and self.compile and self.compile_mode in _MODES_WITH_GRAPHS:
+            raise InputError(
+                f"compile_mode={self.compile_mode!r} captures CUDA graphs itself; use cuda_graphs=False with it, "
+                "or compile_mode='default' / 'max-autotune-no-cudagraphs'"
+            )
+        if self.tile_size is not None and (isinstance(self.tile_size, bool) or self.tile_size < 1):
+            raise InputError(f"tile_size must be a positive number of latent pixels or None, got {self.tile_size!r}")
+        if isinstance(self.tile_overlap, bool) or self.tile_overlap < 0:
+            raise InputError(f"tile_overlap must be >= 0, got {self.tile_overlap!r}")
+        if self.tile_size is not None and 2 * self.tile_overlap >= self.tile_size:
+            raise InputError(
+                f"tile_overlap ({self.tile_overlap}) must be less than half of tile_size ({self.tile_size})"
+            )
+        if isinstance(self.max_graphs, bool) or self.max_graphs < 1:
+            raise InputError(f"max_graphs must be >= 1, got {self.max_graphs!r}")
+
+    def resolve(self, device: torch.device) -> Resolved:
+        """The concrete settings on ``device`` (CUDA graphs only ever on CUDA)."""
+        cuda = device.type == "cuda"
+        precision = self.precision or ("bf16" if cuda else "fp32")
+        graphs = cuda if self.cuda_graphs is None else (self.cuda_graphs and cuda)
+        compile_ = cuda if self.compile is None else self.compile
+        if graphs and compile_ and self.compile_mode in _MODES_WITH_GRAPHS:
+            graphs = False
+        return Resolved(
+            dtype=DTYPES[precision],
+            channels_last=cuda if self.channels_last is None else self.channels_last,
+            compile=compile_,
+            compile_mode=self.compile_mode,
+            cuda_graphs=graphs,
+            tile_size=self.tile_size,
+            tile_overlap=self.tile_overlap,
+            max_graphs=self.max_graphs,
+        )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Concrete fast-path settings for one device."""
+
+    dtype: torch.dtype
+    channels_last: bool
+    compile: bool
+    compile_mode: str
+    cuda_graphs: bool
+    tile_size: int | None
+    tile_overlap: int
+    max_graphs: int
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format

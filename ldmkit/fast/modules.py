@@ -1,0 +1,150 @@
+"""The denoiser and decoder of the fast path: reduced precision, channels_last, compiled, graphed.
+
+Both wrap a pipeline component without changing it: when the requested precision differs from the
+component's weights they hold a converted copy; otherwise they share the component (converting
+its 4-D weights to channels_last in place when asked, which does not change what it computes).
+Inputs are cast to the compute dtype at the boundary and results cast back, so the sampler's
+state and the schedule arithmetic keep the caller's precision (float32 by default).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ldmkit.conditioning import Conditioning
+from ldmkit.fast.config import Resolved
+from ldmkit.fast.graphs import GraphCache
+from ldmkit.fast.tiling import tiled_decode
+from ldmkit.interfaces import Denoiser, FirstStage, ModelFn
+from ldmkit.prediction import to_eps
+
+log = logging.getLogger(__name__)
+
+
+def weights_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype of the module's first floating-point parameter (None without any)."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+def prepare_module(module: nn.Module, settings: Resolved) -> nn.Module:
+    """``module`` in the compute dtype and memory format: a copy if the dtype must change, else itself."""
+    current = weights_dtype(module)
+    if current is not None and current != settings.dtype:
+        module = copy.deepcopy(module).to(dtype=settings.dtype)
+    if settings.channels_last:
+        module.to(memory_format=torch.channels_last)
+    return module.eval()
+
+
+def maybe_compile(fn: Callable, settings: Resolved) -> Callable:
+    """``torch.compile`` with static shapes when asked (compilation happens on the first call)."""
+    if not settings.compile:
+        return fn
+    return torch.compile(fn, dynamic=False, mode=settings.compile_mode)
+
+
+class FastDenoiser:
+    """Runs a denoiser in the fast path's precision; ``model_fn`` adds guidance as one batched call."""
+
+    def __init__(self, denoiser: Denoiser, settings: Resolved) -> None:
+        self.settings = settings
+        self.module = prepare_module(denoiser, settings)
+        self.prediction = denoiser.prediction
+        self._net = maybe_compile(self._forward, settings)
+        self.graphs = GraphCache(settings.max_graphs) if settings.cuda_graphs else None
+        self._alphas: tuple[Tensor, Tensor] | None = None  # (schedule tensor, its copy on the device)
+
+    def _forward(self, x: Tensor, t: Tensor, crossattn: Tensor | None, concat: Tensor | None, vector: Tensor | None):
+        """The denoiser on plain tensors (what torch.compile traces)."""
+        return self.module(x, t, Conditioning(crossattn=crossattn, concat=concat, vector=vector))
+
+    def _device_alphas(self, alphas_cumprod: Tensor, device: torch.device) -> Tensor:
+        """The schedule's alphas_cumprod on ``device``, copied once rather than at every step."""
+        cached = self._alphas
+        if cached is None or cached[0] is not alphas_cumprod or cached[1].device != device:
+            cached = (alphas_cumprod, alphas_cumprod.to(device))
+            self._alphas = cached
+        return cached[1]
+
+    def _cast(self, value: Tensor | None, device: torch.device, spatial: bool = False) -> Tensor | None:
+        """A conditioning tensor on ``device``, floating point ones in the compute dtype."""
+        if value is None:
+            return None
+        dtype = self.settings.dtype if value.is_floating_point() else value.dtype
+        value = value.to(device=device, dtype=dtype)
+        return value.contiguous(memory_format=self.settings.memory_format) if spatial else value
+
+    def step(
+        self,
+        x: Tensor,
+        t: Tensor,
+        crossattn: Tensor | None,
+        concat: Tensor | None,
+        vector: Tensor | None,
+        alphas: Tensor,
+        scale: float | None,
+    ) -> Tensor:
+        """Epsilon (in x's dtype) at (x, t); with ``scale`` the conditioning holds [uncond; cond] (2B rows)."""
+        if scale is not None:
+            x_in, t_in = torch.cat([x, x]), torch.cat([t, t])  # (2B, C, h, w), (2B,)
+        else:
+            x_in, t_in = x, t
+        h = x_in.to(self.settings.dtype).contiguous(memory_format=self.settings.memory_format)
+        out = self._net(h, t_in, crossattn, concat, vector).to(x.dtype)  # (2B or B, C, h, w)
+        out = to_eps(out, x_in, t_in, alphas, self.prediction)
+        if scale is None:
+            return out.contiguous()
+        e_uncond, e_cond = out.chunk(2)  # (B, C, h, w) each
+        return (e_uncond + scale * (e_cond - e_uncond)).contiguous()
+
+    def model_fn(
+        self, alphas_cumprod: Tensor, cond: Conditioning, uncond: Conditioning | None, guidance_scale: float
+    ) -> ModelFn:
+        """``model_fn(x, t) -> eps`` as :meth:`ldmkit.Pipeline.model_fn` defines it, on the fast path."""
+        guided = uncond is not None and guidance_scale != 1.0
+        both = Conditioning.cat([uncond, cond]) if guided else cond
+        scale = float(guidance_scale) if guided else None
+        prepared: dict[torch.device, tuple[Tensor | None, ...]] = {}
+
+        def fn(x: Tensor, t: Tensor) -> Tensor:
+            # the conditioning is cast once per device, not at every step
+            if x.device not in prepared:
+                prepared[x.device] = (
+                    self._cast(both.crossattn, x.device),
+                    self._cast(both.concat, x.device, spatial=True),
+                    self._cast(both.vector, x.device),
+                )
+            crossattn, concat, vector = prepared[x.device]
+            alphas = self._device_alphas(alphas_cumprod, x.device)
+            if self.graphs is not None and x.is_cuda:
+                run = functools.partial(self.step, alphas=alphas, scale=scale)
+                return self.graphs((scale, self.prediction), run, x, t, crossattn, concat, vector)
+            return self.step(x, t, crossattn, concat, vector, alphas, scale)
+
+        return fn
+
+
+class FastDecoder:
+    """Decodes latents with a first stage in the fast path's precision, tile by tile when they are large."""
+
+    def __init__(self, first_stage: FirstStage, settings: Resolved) -> None:
+        self.settings = settings
+        self.module = prepare_module(first_stage, settings)
+        self._decode = maybe_compile(self.module.decode, settings)
+
+    def __call__(self, latents: Tensor) -> Tensor:
+        """Latents (B, C, h, w) -> images (B, 3, h*f, w*f) in the latents' dtype."""
+        z = latents.to(self.settings.dtype).contiguous(memory_format=self.settings.memory_format)
+        tile = self.settings.tile_size
+        if tile is not None and max(z.shape[-2:]) > tile:
+            overlap = self.settings.tile_overlap
+            images = tiled_decode(self._decode, z, tile=tile, overlap=overlap, pad=overlap)
+        else:
+            images = self._decode(z)  # (B, 3, H, W)
+        return images.to(latents.dtype).contiguous()

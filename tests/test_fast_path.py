@@ -1,0 +1,195 @@
+"""The fast inference path (ldmkit.fast): exactness in float32, bf16 tolerance, tiled decoding, GPU checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldmkit import Conditioning, InputError, NoiseSchedule, Pipeline
+from ldmkit.fast import FastConfig, tile_starts, tiled_decode
+from ldmkit.registry import get_registry
+
+CUDA = torch.cuda.is_available()
+
+
+def _randomize_zeroed(module: torch.nn.Module) -> None:
+    """Re-initialise the layers the constructors zero, so outputs depend on every block."""
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)) and not m.weight.any():
+            m.reset_parameters()
+
+
+def tiny_pipeline(seed: int = 0) -> Pipeline:
+    torch.manual_seed(seed)
+    reg = get_registry()
+    unet = reg.create(
+        "denoiser",
+        "unet",
+        {
+            "image_size": 8,
+            "in_channels": 4,
+            "out_channels": 4,
+            "model_channels": 32,
+            "channel_mult": [1, 2],
+            "attention_resolutions": [2],
+            "num_res_blocks": 1,
+            "num_heads": 2,
+            "use_spatial_transformer": True,
+            "context_dim": 16,
+            "legacy": False,
+        },
+    )
+    vae = reg.create(
+        "first_stage",
+        "kl-autoencoder",
+        {"embed_dim": 4, "z_channels": 4, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "resolution": 32},
+    )
+    _randomize_zeroed(unet)
+    return Pipeline(vae, unet, schedule=NoiseSchedule.from_spec(), scale_factor=0.5, latent_size=(8, 8))
+
+
+def _conds(batch: int = 2) -> tuple[Conditioning, Conditioning]:
+    g = torch.Generator().manual_seed(1)
+    return Conditioning(crossattn=torch.randn(batch, 5, 16, generator=g)), Conditioning(
+        crossattn=torch.zeros(batch, 5, 16)
+    )
+
+
+def _sample(pipe: Pipeline, steps: int = 4) -> torch.Tensor:
+    cond, uncond = _conds()
+    latents = pipe.sample(
+        cond, uncond=uncond, guidance_scale=3.0, steps=steps, generator=torch.Generator().manual_seed(2)
+    )
+    return pipe.decode(latents)
+
+
+def test_fp32_fast_path_on_cpu_changes_nothing():
+    pipe = tiny_pipeline()
+    ref = _sample(pipe)
+    pipe.optimize()  # CPU defaults: float32, no compile, no graphs
+    assert pipe.fast is not None and pipe.fast.settings.dtype == torch.float32
+    assert not pipe.fast.settings.compile and not pipe.fast.settings.cuda_graphs
+    assert torch.equal(_sample(pipe), ref)
+
+
+def test_bf16_fast_path_on_cpu_within_bf16_tolerance():
+    pipe = tiny_pipeline()
+    cond, uncond = _conds()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([700, 700])
+    with torch.no_grad():
+        ref_eps = pipe.model_fn(cond)(x, t)  # the UNet itself, unguided
+        ref_images = _sample(pipe)
+        pipe.optimize(precision="bf16")
+        eps = pipe.model_fn(cond)(x, t)
+    assert eps.dtype == torch.float32  # the sampler state stays float32
+    assert ((eps - ref_eps).norm() / ref_eps.norm()).item() < 2e-2
+    images = _sample(pipe)
+    assert images.dtype == torch.float32
+    assert (images - ref_images).abs().mean().item() < 2e-2
+    # the pipeline's own weights are untouched: the bf16 weights are a copy
+    assert pipe.dtype == torch.float32
+    assert next(pipe.fast.denoiser.module.parameters()).dtype == torch.bfloat16
+    pipe.fast = None
+    assert torch.equal(_sample(pipe), ref_images)
+
+
+def test_to_rebuilds_the_fast_path():
+    pipe = tiny_pipeline().optimize(precision="bf16")
+    first = pipe.fast
+    pipe.to("cpu")
+    assert pipe.fast is not None and pipe.fast is not first and pipe.fast.settings.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"precision": "int8"},
+        {"compile": "yes"},
+        {"compile_mode": "fastest"},
+        {"tile_size": 0},
+        {"tile_size": 8, "tile_overlap": 4},
+        {"compile": True, "cuda_graphs": True, "compile_mode": "reduce-overhead"},
+    ],
+)
+def test_bad_options_raise_input_error(kwargs):
+    with pytest.raises(InputError):
+        FastConfig(**kwargs)
+
+
+def test_tile_starts_cover_with_overlap():
+    for size, tile, overlap in [(10, 4, 1), (64, 24, 8), (33, 16, 4), (16, 16, 4)]:
+        starts = tile_starts(size, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + tile == max(size, tile)
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+
+
+def test_tiled_decode_of_a_local_decoder_is_exact():
+    # a decoder whose receptive field is smaller than the context pad: tiles must reassemble exactly
+    weight = torch.randn(3, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.interpolate(z, scale_factor=4, mode="nearest"), weight, padding=1)
+
+    z = torch.randn(2, 4, 20, 27, generator=torch.Generator().manual_seed(1))
+    tiled = tiled_decode(decode, z, tile=8, overlap=2, pad=2)
+    torch.testing.assert_close(tiled, decode(z), atol=1e-4, rtol=1e-4)
+
+
+def test_tiled_decode_matches_untiled_on_a_small_autoencoder():
+    pipe = tiny_pipeline()
+    vae = pipe.first_stage
+    # smooth latents, like real ones: an upsampled coarse field
+    coarse = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(4))
+    z = F.interpolate(coarse, size=(40, 40), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        full = vae.decode(z)
+        tiled = tiled_decode(vae.decode, z, tile=24, overlap=4, pad=6)
+        assert torch.equal(tiled_decode(vae.decode, z, tile=40), full.float())  # one tile: the plain decode
+    # windows (36 of 40 latent pixels) normalise with their own GroupNorm statistics, so the match is
+    # approximate; a blending or cropping mistake (seams, shifted tiles) gives errors of the order of `scale`
+    scale = full.abs().mean().item()
+    assert (tiled - full).abs().mean().item() < 0.2 * scale
+    # through the pipeline's switch (context pad = overlap there)
+    pipe.optimize(tile_size=24, tile_overlap=8)
+    via_pipe = pipe.decode(z * pipe.scale_factor)
+    assert (via_pipe - full).abs().mean().item() < 0.2 * scale
+
+
+# -- GPU ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_fast_unet_within_1e2_of_fp32():
+    from ldmkit.generation import default_model_dir
+
+    pipe = Pipeline.load(default_model_dir(), device="cuda")
+    task = pipe.task("text2img")
+    cond = pipe.condition(task.wrap("a red circle and a blue square"))
+    x = torch.randn(1, *pipe.latent_shape(1)[1:], device="cuda")
+    t = torch.tensor([500], device="cuda")
+    with torch.no_grad():
+        ref = pipe.model_fn(cond)(x, t)  # the UNet itself, unguided
+        pipe.optimize()  # CUDA defaults: bf16, channels_last, compile, CUDA graphs
+        for _ in range(3):  # capture, then replays
+            out = pipe.model_fn(cond)(x, t)
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_fast_images_within_2_of_255_after_50_steps():
+    from ldmkit.generation import default_model_dir
+    from ldmkit.interfaces import SampleOptions
+
+    pipe = Pipeline.load(default_model_dir(), device="cuda")
+    task = pipe.task("text2img")
+    request = task.Request(prompt="a red circle and a blue square")
+    options = SampleOptions(n=2, steps=50, guidance_scale=2.0, seed=5)
+    ref = task.run(pipe, request, options).clamp(-1, 1)
+    pipe.optimize()
+    fast = task.run(pipe, request, options).clamp(-1, 1)
+    assert pipe.fast.describe()["graph_failures"] == 0
+    assert ((fast - ref).abs().mean() * 127.5).item() < 2.0
