@@ -122,7 +122,7 @@ def test_tile_starts_cover_with_overlap():
     for size, tile, overlap in [(10, 4, 1), (64, 24, 8), (33, 16, 4), (16, 16, 4)]:
         starts = tile_starts(size, tile, overlap)
         assert starts[0] == 0 and starts[-1] + tile == max(size, tile)
-        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_tiled_decode_of_a_local_decoder_is_exact():
