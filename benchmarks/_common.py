@@ -1,0 +1,84 @@
+"""Helpers shared by the sampling benchmarks: import paths, timers, FLOP counts, matmul peak, tables."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_importable() -> None:
+    """Make ldmkit and its built-in plugins importable from a plain checkout (no install needed)."""
+    for path in (ROOT, ROOT / "plugins"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 10) -> float:
+    """Median milliseconds of ``fn()`` after ``warmup`` calls (CUDA events on a GPU, perf_counter elsewhere)."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention) by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
+    """Measured TFLOP/s of an n x n x n matrix product in ``dtype`` (the practical ceiling)."""
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    ms = time_ms(lambda: a @ b, device, warmup=3, repeats=repeats)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def randomize_zeroed(module: torch.nn.Module) -> None:
+    """Re-initialise the layers the constructors zero, so a random-weight model computes something."""
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv1d, torch.nn.Linear)) and not m.weight.any():
+            m.reset_parameters()
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float32."""
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

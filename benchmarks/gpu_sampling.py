@@ -1,0 +1,312 @@
+"""GPU sampling benchmark: the Stable Diffusion v1 UNet and KL-f8 autoencoder, ldmkit against diffusers.
+
+One run on one GPU, random weights (the same weights in both libraries, converted with
+``ldmkit.diffusers_interop``): an equivalence check, ms per UNet call (ldmkit eager fp32 / bf16,
+ldmkit fast path, diffusers eager bf16 with SDPA, diffusers torch.compile), achieved TFLOP/s and
+share of the measured bf16 matmul peak, VAE decode ms of a 512x512 picture, and pictures/s for
+50 DDIM steps with classifier-free guidance, decode included. Prints a markdown table and writes
+it to ``--out``.
+
+    python benchmarks/gpu_sampling.py --out gpu_sampling.md
+    python benchmarks/gpu_sampling.py --tiny --device cpu --out /tmp/t.md   # a quick smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    from _common import (
+        count_flops,
+        ensure_importable,
+        markdown_table,
+        matmul_peak_tflops,
+        randomize_zeroed,
+        rel_err,
+        sync,
+        time_ms,
+    )
+except ImportError:  # imported as benchmarks.gpu_sampling
+    from benchmarks._common import (
+        count_flops,
+        ensure_importable,
+        markdown_table,
+        matmul_peak_tflops,
+        randomize_zeroed,
+        rel_err,
+        sync,
+        time_ms,
+    )
+
+log = logging.getLogger("gpu_sampling")
+
+SD_UNET: dict[str, Any] = {
+    "image_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4, 4],
+    "attention_resolutions": [4, 2, 1],
+    "num_res_blocks": 2,
+    "num_heads": 8,
+    "use_spatial_transformer": True,
+    "transformer_depth": 1,
+    "context_dim": 768,
+    "legacy": False,
+}
+SD_VAE: dict[str, Any] = {
+    "embed_dim": 4,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "num_res_blocks": 2,
+    "z_channels": 4,
+    "double_z": True,
+    "resolution": 256,
+    "attn_resolutions": [],
+}
+TINY_UNET = {**SD_UNET, "model_channels": 32, "channel_mult": [1, 2], "attention_resolutions": [2], "num_heads": 2,
+             "context_dim": 32}  # fmt: skip
+TINY_VAE = {**SD_VAE, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1}
+
+
+class Run:
+    """Settings and results of one benchmark run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device(args.device)
+        self.t0 = time.perf_counter()
+        self.rows: list[list[str]] = []
+        self.notes: list[str] = []
+        self.peak = float("nan")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def over_budget(self) -> bool:
+        return self.elapsed() > self.args.budget_s
+
+    def row(self, what: str, batch: str, ms: float | None, flops: int | None = None, extra: str = "") -> None:
+        if ms is None:
+            self.rows.append([what, batch, "skipped", "", "", extra])
+            return
+        tflops = flops / (ms * 1e-3) / 1e12 if flops else float("nan")
+        share = f"{100 * tflops / self.peak:.1f}%" if flops else ""
+        self.rows.append([what, batch, f"{ms:.2f}", f"{tflops:.3g}" if flops else "", share, extra])
+        log.info("%s batch %s: %.2f ms %s", what, batch, ms, extra)
+
+
+def build_models(run: Run) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from ldmkit_autoencoders.kl import KLAutoencoder
+    from ldmkit_unet.unet import UNet
+
+    torch.manual_seed(0)
+    unet = UNet.from_params(TINY_UNET if run.args.tiny else SD_UNET)
+    vae = KLAutoencoder.from_params(TINY_VAE if run.args.tiny else SD_VAE)
+    randomize_zeroed(unet)
+    return unet.eval().to(run.device), vae.eval().to(run.device)
+
+
+def build_diffusers(unet: torch.nn.Module, vae: torch.nn.Module, run: Run) -> tuple[Any, Any] | None:
+    """The same weights in diffusers' UNet2DConditionModel and AutoencoderKL (None without diffusers)."""
+    try:
+        import diffusers
+    except ImportError:
+        run.notes.append("diffusers is not installed: its rows are skipped")
+        return None
+    from ldmkit.diffusers_interop import autoencoder_to_diffusers, unet_to_diffusers
+
+    config, state = unet_to_diffusers(unet)
+    d_unet = diffusers.UNet2DConditionModel.from_config(config)
+    d_unet.load_state_dict(state, strict=True)
+    config, state = autoencoder_to_diffusers(vae, scaling_factor=0.18215)
+    d_vae = diffusers.AutoencoderKL.from_config(config)
+    d_vae.load_state_dict(state, strict=True)
+    run.notes.append(f"diffusers {diffusers.__version__}")
+    return d_unet.eval().to(run.device), d_vae.eval().to(run.device)
+
+
+def inputs(batch: int, run: Run, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    side = 8 if run.args.tiny else 64
+    ctx = TINY_UNET["context_dim"] if run.args.tiny else 768
+    g = torch.Generator(device=run.device).manual_seed(batch)
+    x = torch.randn(batch, 4, side, side, device=run.device, generator=g)
+    t = torch.full((batch,), 500, device=run.device, dtype=torch.long)
+    ctx_t = torch.randn(batch, 77, ctx, device=run.device, generator=g)
+    return x.to(dtype), t, ctx_t.to(dtype)
+
+
+def check_equivalence(unet, vae, d_unet, d_vae, run: Run) -> None:
+    """ldmkit and diffusers compute the same function on the converted weights (bf16 tolerance)."""
+    from ldmkit import Conditioning
+
+    dt = torch.bfloat16 if run.device.type == "cuda" else torch.float32
+    unet_b, d_unet_b = unet.to(dt), d_unet.to(dt)
+    x, t, ctx = inputs(2, run, dt)
+    with torch.no_grad():
+        ours = unet_b(x, t, Conditioning(crossattn=ctx))
+        theirs = d_unet_b(x, t, encoder_hidden_states=ctx).sample
+        err_unet = rel_err(ours, theirs)
+        vae_b, d_vae_b = vae.to(dt), d_vae.to(dt)
+        z = torch.randn(1, 4, *([8] if run.args.tiny else [64]) * 2, device=run.device).to(dt)
+        err_vae = rel_err(vae_b.decode(z), d_vae_b.decode(z).sample)
+    unet.float(), vae.float(), d_unet.float(), d_vae.float()
+    ok = err_unet < 2e-2 and err_vae < 2e-2
+    run.notes.append(
+        f"equivalence ({dt}): UNet rel. error {err_unet:.2e}, VAE decode rel. error {err_vae:.2e} "
+        f"({'same function' if ok else 'MISMATCH'})"
+    )
+
+
+def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
+    from ldmkit import Conditioning
+
+    args = run.args
+    reps = dict(warmup=args.warmup, repeats=args.repeats)
+    x32, t, ctx32 = inputs(batch, run, torch.float32)
+    cond32 = Conditioning(crossattn=ctx32)
+    x16, ctx16 = x32.to(torch.bfloat16), ctx32.to(torch.bfloat16)
+
+    # FLOPs once, on the float32 module (the count does not depend on the dtype)
+    flops = count_flops(lambda: unet(x32, t, cond32))
+    run.row("ldmkit eager fp32 (TF32 allowed)", str(batch), time_ms(lambda: unet(x32, t, cond32), run.device, **reps),
+            flops)  # fmt: skip
+    unet_bf16 = pipe.fast.denoiser.module if pipe.fast is not None else None
+    if unet_bf16 is not None:
+        cond16 = Conditioning(crossattn=ctx16)
+        run.row("ldmkit eager bf16", str(batch), time_ms(lambda: unet_bf16(x16, t, cond16), run.device, **reps), flops)
+        # the fast path as the sampler calls it: float32 in and out, bf16 inside, compiled, graphed
+        fn = pipe.fast.denoiser.model_fn(pipe.schedule.alphas_cumprod, cond32, None, 1.0)
+        t0 = time.perf_counter()
+        fn(x32, t)
+        sync(run.device)
+        first = time.perf_counter() - t0
+        run.row("ldmkit fast path", str(batch), time_ms(lambda: fn(x32, t), run.device, **reps), flops,
+                f"first call (compile/capture) {first:.1f} s; {pipe.fast.describe()}")  # fmt: skip
+    if d_unet is not None:
+        run.row("diffusers eager bf16 (SDPA)", str(batch),
+                time_ms(lambda: d_unet(x16, t, encoder_hidden_states=ctx16), run.device, **reps), flops)  # fmt: skip
+        if args.compile and not run.over_budget():
+            compiled = torch.compile(d_unet, dynamic=False, mode=args.compile_mode)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                compiled(x16, t, encoder_hidden_states=ctx16)
+            sync(run.device)
+            first = time.perf_counter() - t0
+            run.row("diffusers bf16 channels_last torch.compile", str(batch),
+                    time_ms(lambda: compiled(x16, t, encoder_hidden_states=ctx16), run.device, **reps), flops,
+                    f"first call (compile) {first:.1f} s")  # fmt: skip
+        else:
+            run.row("diffusers bf16 channels_last torch.compile", str(batch), None, extra="time budget or --no-compile")
+
+
+def bench_vae(vae, d_vae, pipe, run: Run) -> None:
+    side = 8 if run.args.tiny else 64
+    z = torch.randn(1, 4, side, side, device=run.device)
+    reps = dict(warmup=2, repeats=max(3, run.args.repeats // 2))
+    run.row("VAE decode, ldmkit eager fp32", "1 picture", time_ms(lambda: vae.decode(z), run.device, **reps))
+    if pipe.fast is not None:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pipe.fast.decoder(z)
+        sync(run.device)
+        first = time.perf_counter() - t0
+        run.row("VAE decode, ldmkit fast path", "1 picture", time_ms(lambda: pipe.fast.decoder(z), run.device, **reps),
+                extra=f"first call (compile) {first:.1f} s")  # fmt: skip
+    if d_vae is not None:
+        z16 = z.to(torch.bfloat16)
+        run.row("VAE decode, diffusers eager bf16", "1 picture", time_ms(lambda: d_vae.decode(z16), run.device, **reps))
+
+
+def bench_pictures(pipe, run: Run, n: int, label: str) -> None:
+    """Pictures/s of n pictures: 50 DDIM steps with guidance (UNet batch 2n), then decode."""
+    from ldmkit import Conditioning
+
+    ctx = TINY_UNET["context_dim"] if run.args.tiny else 768
+    g = torch.Generator(device=run.device).manual_seed(n)
+    cond = Conditioning(crossattn=torch.randn(n, 77, ctx, device=run.device, generator=g))
+    uncond = Conditioning(crossattn=torch.zeros(n, 77, ctx, device=run.device))
+
+    def once() -> None:
+        latents = pipe.sample(cond, uncond=uncond, guidance_scale=7.5, steps=run.args.steps,
+                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+        pipe.decode(latents)
+
+    with torch.no_grad():
+        ms = time_ms(once, run.device, warmup=1, repeats=run.args.picture_repeats)
+    run.rows.append([f"{label}: {run.args.steps} DDIM steps + guidance + decode", f"{n} pictures", f"{ms:.0f}", "", "",
+                     f"{n / (ms * 1e-3):.2f} pictures/s"])  # fmt: skip
+    log.info("%s %d pictures: %.0f ms", label, n, ms)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="markdown file for the table")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batches", default="2,16", help="UNet batch sizes (guided sampling: 2 x pictures)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--picture-repeats", type=int, default=2)
+    parser.add_argument("--compile-mode", default="default", help="e.g. max-autotune-no-cudagraphs if time allows")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-diffusers", dest="diffusers", action="store_false")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="skip optional compiles after this many s")
+    parser.add_argument("--tiny", action="store_true", help="small models (a smoke run, e.g. on the CPU)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ensure_importable()
+    from ldmkit import NoiseSchedule, Pipeline, ScheduleSpec
+
+    run = Run(args)
+    if run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        run.notes.append(f"device: {torch.cuda.get_device_name(run.device)}, torch {torch.__version__}")
+    n = 1024 if args.tiny else 8192
+    peak_dtype = torch.bfloat16 if run.device.type == "cuda" else torch.float32
+    run.peak = matmul_peak_tflops(run.device, peak_dtype, n)
+    run.notes.append(f"measured {peak_dtype} matmul peak ({n}^3): {run.peak:.3g} TFLOP/s")
+
+    unet, vae = build_models(run)
+    diff = build_diffusers(unet, vae, run) if args.diffusers else None
+    d_unet, d_vae = diff if diff is not None else (None, None)
+    if diff is not None:
+        check_equivalence(unet, vae, d_unet, d_vae, run)
+        d_unet.to(torch.bfloat16, memory_format=torch.channels_last)
+        d_vae.to(torch.bfloat16)
+
+    schedule = NoiseSchedule.from_spec(ScheduleSpec(linear_start=0.00085, linear_end=0.012))
+    side = 8 if args.tiny else 64
+    pipe = Pipeline(vae, unet, schedule=schedule, scale_factor=0.18215, latent_size=(side, side))
+    pictures = [max(1, int(b) // 2) for b in args.batches.split(",")]
+    for n_pics in pictures:
+        bench_pictures(pipe, run, n_pics, "ldmkit eager fp32")
+    pipe.optimize(precision="bf16", channels_last=True, compile=args.compile, cuda_graphs=run.device.type == "cuda",
+                  compile_mode=args.compile_mode)  # fmt: skip
+    for batch in (int(b) for b in args.batches.split(",")):
+        bench_unet(unet, d_unet, pipe, run, batch)
+    bench_vae(vae, d_vae, pipe, run)
+    for n_pics in pictures:
+        bench_pictures(pipe, run, n_pics, "ldmkit fast path")
+    run.notes.append(f"fast path: {pipe.fast.describe()}; total run time {run.elapsed():.0f} s")
+
+    header = ["what", "batch", "ms", "TFLOP/s", "share of matmul peak", "notes"]
+    text = "\n".join(
+        ["# GPU sampling benchmark (SD v1 UNet, KL-f8 VAE, random weights)", "", markdown_table(header, run.rows), ""]
+        + [f"- {note}" for note in run.notes]
+    )
+    print(text)
+    args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
