@@ -286,12 +286,20 @@ def generate(pipeline: Pipeline, task_name: str, inputs: dict[str, Any], options
 
 
 def save_pictures(
-    out_dir: str | Path, images: Tensor, *, task: str, inputs: dict[str, Any], options: SampleOptions, model: dict
+    out_dir: str | Path,
+    images: Tensor,
+    *,
+    task: str,
+    inputs: dict[str, Any],
+    options: SampleOptions,
+    model: dict,
+    first_index: int = 0,
 ) -> list[Path]:
     """Write ``DIR/000000.png`` ...; each records the whole batch's options and its index in it.
 
     Replaying regenerates the same batch (batched and single-picture float arithmetic may differ in
-    the last bit, so the batch is what reproduces a picture exactly).
+    the last bit, so the batch is what reproduces a picture exactly). ``first_index`` is the batch
+    index of ``images[0]`` (a replayed picture keeps its place in the batch it came from).
     """
     import ldmkit
 
@@ -310,7 +318,7 @@ def save_pictures(
             "task": task,
             "inputs": encode_inputs(inputs),
             "options": {**asdict(options), "progress": False},
-            "index": i,
+            "index": first_index + i,
             "model": model,
         }
         path = out / f"{i:06d}.png"

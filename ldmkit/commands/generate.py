@@ -65,6 +65,9 @@ def _read_inputs(args) -> dict:
 def run(args) -> int:
     from ldmkit.generation import decode_inputs, generate, open_pipeline, read_metadata, save_pictures, to_uint8
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # refuse before spending time on generation
+        raise InputError(f"--out {out}: exists and is not a folder; cannot create the output folder there")
     if args.replay:
         meta = read_metadata(args.replay)
         pipe, model = open_pipeline(meta["model"].get("source"))
@@ -78,7 +81,13 @@ def run(args) -> int:
         images, _ = generate(pipe, meta["task"], inputs, options)
         index = int(meta.get("index", 0))
         paths = save_pictures(
-            args.out, images[index : index + 1], task=meta["task"], inputs=inputs, options=options, model=model
+            args.out,
+            images[index : index + 1],
+            task=meta["task"],
+            inputs=inputs,
+            options=options,
+            model=model,
+            first_index=index,
         )
         from PIL import Image
 

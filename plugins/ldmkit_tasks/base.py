@@ -6,7 +6,7 @@ import io
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 import ldmkit
@@ -38,7 +38,11 @@ class ConditionedTask(ldmkit.Task):
         if missing:
             flags = ", ".join(f"--{m}" for m in missing)
             raise InputError(f"task {self.name!r} needs {flags}")
-        return self.Request(**{name: inputs[name] for name in self.inputs})
+        try:
+            return self.Request(**{name: inputs[name] for name in self.inputs})
+        except ValidationError as exc:  # e.g. an empty prompt: name the input, no pydantic traceback
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"task {self.name!r}: {problems}") from None
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         """The conditioner input for ``n`` copies of the request (None: unconditional)."""

@@ -1,0 +1,253 @@
+"""``ldmkit generate`` with the shipped Shapes model: every task, metadata, replay, seeds and bad input."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ldmkit.cli import main
+from ldmkit.generation import default_model_dir, read_metadata, weights_hash, write_png
+from ldmkit_shapes import CLASS_NAMES, ShapesDataset
+
+N = 2
+SEED = 1
+FAST = ["-n", str(N), "--seed", str(SEED), "--steps", "3", "--no-progress"]
+TASKS = ("uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _u8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, Path | str]:
+    """Input files of every task, made from a Shapes sample."""
+    d = tmp_path_factory.mktemp("inputs")
+    b = ShapesDataset.from_params({"seed": 3}).batch([0])
+    layout = [{"label": CLASS_NAMES[o["label"]], "box": o["box"]} for o in b["layout"][0]]
+    (d / "layout.json").write_text(json.dumps(layout))
+    Image.fromarray(b["segmentation"][0].to(torch.uint8).numpy(), "L").save(d / "seg.png")
+    Image.fromarray(_u8(b["lowres"][0]), "RGB").save(d / "low.png")
+    Image.fromarray(_u8(b["image"][0]), "RGB").save(d / "image.png")
+    Image.fromarray((b["mask"][0, 0] * 255).to(torch.uint8).numpy(), "L").save(d / "mask.png")
+    return {
+        "dir": d,
+        "label": CLASS_NAMES[int(b["class_label"][0])],
+        "prompt": b["caption"][0],
+        "layout": d / "layout.json",
+        "segmentation": d / "seg.png",
+        "lowres": d / "low.png",
+        "image": d / "image.png",
+        "mask": d / "mask.png",
+    }
+
+
+def task_args(task: str, inputs: dict) -> list[str]:
+    return {
+        "uncond": [],
+        "class2img": ["--label", inputs["label"]],
+        "text2img": ["--prompt", inputs["prompt"]],
+        "layout2img": ["--layout", str(inputs["layout"])],
+        "semantic2img": ["--segmentation", str(inputs["segmentation"])],
+        "superres": ["--image", str(inputs["lowres"])],
+        "inpaint": ["--image", str(inputs["image"]), "--mask", str(inputs["mask"])],
+    }[task]
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``ldmkit ARGV`` run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, inputs) -> Callable[[str], tuple[Path, str]]:
+    """Output folder (and stdout) of one generate run per task, made once for the module."""
+    root = tmp_path_factory.mktemp("generated")
+    cache: dict[str, tuple[Path, str]] = {}
+
+    def get(task: str) -> tuple[Path, str]:
+        if task not in cache:
+            out = root / task
+            argv = ["generate", "--task", task, *task_args(task, inputs), *FAST, "--out", str(out)]
+            code, stdout, stderr = run_cli(argv)
+            assert code == 0, stderr
+            cache[task] = (out, stdout)
+        return cache[task]
+
+    return get
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_task_writes_pictures_with_metadata(task, inputs, generated):
+    out, stdout = generated(task)
+    paths = sorted(out.iterdir())
+    assert [p.name for p in paths] == [f"{i:06d}.png" for i in range(N)]
+    assert stdout.split() == [str(p) for p in paths]
+    pictures = []
+    for i, path in enumerate(paths):
+        with Image.open(path) as img:
+            assert (img.size, img.mode) == ((64, 64), "RGB")
+        pictures.append(_pixels(path))
+        meta = read_metadata(path)
+        assert meta["task"] == task and meta["index"] == i
+        options = meta["options"]
+        assert (options["n"], options["seed"], options["steps"], options["sampler"]) == (N, SEED, 3, "ddim")
+        assert options["guidance_scale"] == 2.0  # the shipped spec's default
+        assert meta["model"] == {"source": "default", "weights_sha256": weights_hash(default_model_dir())}
+        recorded = meta["inputs"]
+        for key, value in zip(task_args(task, inputs)[::2], task_args(task, inputs)[1::2], strict=True):
+            key = key.removeprefix("--")
+            if key in ("label", "prompt"):
+                assert recorded[key] == value
+            else:  # file inputs travel inside the picture, so replay needs no other file
+                assert base64.b64decode(recorded[key]["base64"]) == Path(value).read_bytes()
+        assert set(recorded) == {k.removeprefix("--") for k in task_args(task, inputs)[::2]}
+    assert not np.array_equal(pictures[0], pictures[1]), "each picture of a batch has its own noise"
+
+
+@pytest.mark.parametrize("task", ["class2img", "inpaint", "layout2img"])
+def test_replay_is_identical(task, generated, tmp_path):
+    out, _ = generated(task)
+    original = out / "000001.png"  # not the first: the index inside the batch must be honoured
+    code, stdout, stderr = run_cli(["generate", "--replay", str(original), "--out", str(tmp_path / "replay")])
+    assert code == 0, stderr
+    assert "identical" in stdout and "DIFFERS" not in stdout
+    (replayed,) = sorted((tmp_path / "replay").iterdir())
+    assert np.array_equal(_pixels(replayed), _pixels(original))
+    # the replayed picture replays too: its metadata still points at the same picture of the batch
+    code, stdout, stderr = run_cli(["generate", "--replay", str(replayed), "--out", str(tmp_path / "again")])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+
+
+def test_replay_of_a_changed_picture_reports_the_difference(generated, tmp_path):
+    out, _ = generated("class2img")
+    meta = read_metadata(out / "000000.png")
+    pixels = torch.from_numpy(_pixels(out / "000000.png").copy())
+    pixels[0, 0] = 255 - pixels[0, 0]
+    write_png(tmp_path / "edited.png", pixels, meta)
+    code, stdout, _ = run_cli(["generate", "--replay", str(tmp_path / "edited.png"), "--out", str(tmp_path / "r")])
+    assert code == 1 and "DIFFERS" in stdout
+
+
+def test_replay_refuses_other_weights(generated, tmp_path):
+    out, _ = generated("class2img")
+    meta = read_metadata(out / "000000.png")
+    meta["model"]["weights_sha256"] = "0" * 64
+    write_png(tmp_path / "other.png", torch.from_numpy(_pixels(out / "000000.png").copy()), meta)
+    code, _, stderr = run_cli(["generate", "--replay", str(tmp_path / "other.png"), "--out", str(tmp_path / "r")])
+    assert code == 2 and "other weights" in stderr
+
+
+def test_same_seed_same_files_other_seed_other_pictures(generated, inputs, tmp_path):
+    out, _ = generated("class2img")
+    args = ["generate", "--task", "class2img", *task_args("class2img", inputs)]
+    assert run_cli([*args, *FAST, "--out", str(tmp_path / "same")])[0] == 0
+    for name in ("000000.png", "000001.png"):
+        assert (tmp_path / "same" / name).read_bytes() == (out / name).read_bytes()
+    other = ["-n", str(N), "--seed", str(SEED + 10), "--steps", "3", "--no-progress"]
+    assert run_cli([*args, *other, "--out", str(tmp_path / "other")])[0] == 0
+    for name in ("000000.png", "000001.png"):
+        assert not np.array_equal(_pixels(tmp_path / "other" / name), _pixels(out / name))
+
+
+def _bad_files(d: Path) -> dict[str, Path]:
+    """Input files that are wrong in one way each."""
+    files = {}
+    for name, boxes in {
+        "outside": [{"label": "red circle", "box": [0.1, 0.1, 1.5, 0.5]}],
+        "reversed": [{"label": "red circle", "box": [0.6, 0.1, 0.4, 0.5]}],
+        "unknown": [{"label": "purple circle", "box": [0.1, 0.1, 0.5, 0.5]}],
+    }.items():
+        files[name] = d / f"{name}.json"
+        files[name].write_text(json.dumps(boxes))
+    files["notjson"] = d / "notjson.json"
+    files["notjson"].write_text("[{label: red circle")
+    seg = np.zeros((64, 64), np.uint8)
+    seg[10:20, 10:20] = 4
+    files["seg4"] = d / "seg4.png"
+    Image.fromarray(seg, "L").save(files["seg4"])
+    files["seg32"] = d / "seg32.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(files["seg32"])
+    files["rgb32"] = d / "rgb32.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8), "RGB").save(files["rgb32"])
+    files["mask32"] = d / "mask32.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(files["mask32"])
+    files["text"] = d / "notes.png"
+    files["text"].write_text("this is not a picture\n")
+    files["plain"] = d / "plain.png"  # a PNG without ldmkit metadata
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8), "RGB").save(files["plain"])
+    files["afile"] = d / "afile"
+    files["afile"].write_text("a file where the output folder should go")
+    return files
+
+
+BAD = {
+    "unknown label": (["--task", "class2img", "--label", "purple circle"], "unknown label 'purple circle'"),
+    "label id out of range": (["--task", "class2img", "--label", "99"], "label 99 is out of range"),
+    "box outside [0,1]": (["--task", "layout2img", "--layout", "{outside}"], "outside [0, 1]"),
+    "x0 >= x1": (["--task", "layout2img", "--layout", "{reversed}"], "x0 < x1"),
+    "layout label unknown": (["--task", "layout2img", "--layout", "{unknown}"], "unknown label 'purple circle'"),
+    "layout not JSON": (["--task", "layout2img", "--layout", "{notjson}"], "not valid JSON"),
+    "segmentation value 4": (["--task", "semantic2img", "--segmentation", "{seg4}"], "value 4"),
+    "segmentation size": (["--task", "semantic2img", "--segmentation", "{seg32}"], "expected 64x64"),
+    "lowres size": (["--task", "superres", "--image", "{rgb32}"], "expected 16x16"),
+    "inpaint image size": (["--task", "inpaint", "--image", "{rgb32}", "--mask", "{mask32}"], "expected 64x64"),
+    "mask size": (["--task", "inpaint", "--image", "{image}", "--mask", "{mask32}"], "differ in size"),
+    "text as image": (["--task", "inpaint", "--image", "{text}", "--mask", "{mask}"], "not a readable image"),
+    "missing prompt": (["--task", "text2img"], "--prompt"),
+    "empty prompt": (["--task", "text2img", "--prompt", ""], "task 'text2img': prompt"),
+    "missing mask": (["--task", "inpaint", "--image", "{image}"], "--mask"),
+    "missing file": (["--task", "semantic2img", "--segmentation", "{dir}/absent.png"], "no such file"),
+    "unknown task": (["--task", "img2video"], "does not serve task 'img2video'"),
+    "unknown sampler": (["--task", "uncond", "--sampler", "nonesuch"], "nonesuch"),
+    "no pictures": (["--task", "uncond", "-n", "0"], "-n 0"),
+    "no steps": (["--task", "uncond", "--steps", "0"], "--steps 0"),
+    "no task": ([], "--task is required"),
+    "replay without metadata": (["--replay", "{plain}"], "carries no ldmkit metadata"),
+    "replay of a missing file": (["--replay", "{dir}/absent.png"], "no such file"),
+    "out is a file": (["--task", "uncond", "-n", "1", "--steps", "1", "--out", "{afile}"], "output folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_input_exits_2_with_a_message(case, inputs, tmp_path):
+    args, expected = BAD[case]
+    names = {**{k: str(v) for k, v in inputs.items()}, **{k: str(v) for k, v in _bad_files(tmp_path).items()}}
+    argv = ["generate", *[a.format(**names) for a in args]]
+    if "--replay" not in argv:  # keep any generation that should not happen cheap
+        for flag in ("-n", "--steps"):
+            if flag not in argv:
+                argv += [flag, "1"]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    code, stdout, stderr = run_cli(argv)
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("ldmkit: error:") and expected in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing is written on error"
