@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 import ldmkit
-from ldmkit.errors import InputError
+from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import SampleOptions
 
 
@@ -53,10 +53,12 @@ class ConditionedTask(ldmkit.Task):
 
     def conditioning(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
         """(cond, uncond) for ``n`` pictures; uncond is None when the pipeline has no conditioner."""
+        raw = self.raw_input(pipeline, request, n)
         if pipeline.conditioner is None:
+            if raw is not None:  # silently ignoring the input would hand back unconditional pictures
+                raise SpecError(f"task {self.name!r} needs a conditioner for its input; this pipeline has none")
             return ldmkit.Conditioning(), None
         uncond = pipeline.conditioner.unconditional(n)
-        raw = self.raw_input(pipeline, request, n)
         if raw is None:
             return uncond, None
         return pipeline.conditioner(self.wrap(raw)), uncond
