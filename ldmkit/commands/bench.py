@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated subset of tasks")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", dest="json_out", help="also write the rows as JSON to this file")
+    p.add_argument("--no-timing", action="store_true", help="skip the speed measurement (4 pictures, 50 steps)")
     p.set_defaults(run=run)
 
 
@@ -32,13 +33,17 @@ def run(args) -> int:
 
     if args.n < 1:
         raise InputError("-n must be at least 1")
+    if args.steps < 1:
+        raise InputError(f"--steps {args.steps}: expected at least 1")
     pipe, model = open_pipeline(args.spec)
     pipe.to(args.device)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     rows = run_bench(pipe, n=args.n, steps=args.steps, sampler=args.sampler, guidance=args.guidance, tasks=tasks)
     print(format_table(rows))
-    seconds = time_generation(pipe, n=4, steps=50)
-    print(f"\n4 pictures, 50 DDIM steps on {args.device}: {seconds:.2f} s")
+    seconds = None
+    if not args.no_timing:
+        seconds = time_generation(pipe, n=4, steps=50)
+        print(f"\n4 pictures, 50 DDIM steps on {args.device}: {seconds:.2f} s")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"rows": [asdict(r) for r in rows], "seconds_4x50": seconds, "model": model}, f, indent=2)

@@ -94,9 +94,18 @@ def run_bench(
     tasks: list[str] | None = None,
 ) -> list[BenchRow]:
     """Score the pipeline on each task with ``n`` held-out Shapes scenes."""
-    guidance = pipe.spec.sampling.guidance_scale if guidance is None and pipe.spec else (guidance or 1.0)
+    if guidance is None:  # an explicit 0.0 is a guidance scale too, so test for None only
+        guidance = pipe.spec.sampling.guidance_scale if pipe.spec is not None else 1.0
     served = set(pipe.spec.tasks) if pipe.spec is not None and pipe.spec.tasks else set(TARGETS)
-    tasks = [t for t in (tasks or list(TARGETS)) if t in served]
+    benchable = [t for t in TARGETS if t in served]
+    if tasks:
+        unknown = [t for t in tasks if t not in benchable]
+        if unknown:  # an explicit request is never dropped silently
+            raise InputError(
+                f"cannot bench {', '.join(map(repr, unknown))}; this pipeline's tasks: {', '.join(benchable)}"
+            )
+    else:
+        tasks = benchable
     single = ShapesDataset.from_params({"seed": BENCH_SEED, "single_object": True}).batch(range(n))
     multi = ShapesDataset.from_params({"seed": BENCH_SEED + 1}).batch(range(n))
     real_single, real_multi = single["image"], multi["image"]

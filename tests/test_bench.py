@@ -1,0 +1,89 @@
+"""The Shapes fidelity benchmark: ``run_bench`` rows, ``format_table`` and ``ldmkit bench shapes``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import ldmkit
+from ldmkit.cli import main
+from ldmkit.errors import InputError
+from ldmkit.generation import default_model_dir
+from ldmkit_shapes.bench import TARGETS, BenchRow, format_table, run_bench, time_generation
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> ldmkit.Pipeline:
+    return ldmkit.Pipeline.load(default_model_dir())
+
+
+@pytest.fixture(scope="module")
+def rows(shipped) -> list[BenchRow]:
+    return run_bench(shipped, n=2, steps=2, tasks=["class2img", "inpaint"])
+
+
+def test_rows_have_finite_metrics_and_real_pictures_score_well(rows):
+    assert [r.task for r in rows] == ["class2img", "inpaint"]
+    for row in rows:
+        assert row.n == 2 and row.seconds > 0
+        assert (row.metric, row.target) == TARGETS[row.task]
+        assert math.isfinite(row.generated) and math.isfinite(row.real)
+        assert row.passed == (row.generated >= row.target)
+    class_row, inpaint_row = rows
+    assert class_row.real == 1.0  # the parser classifies real Shapes pictures exactly
+    assert 0.0 <= class_row.generated <= 1.0
+    assert inpaint_row.real > 30.0  # PSNR (dB) of the autoencoder's reconstruction outside the mask
+
+
+def test_format_table_has_a_row_per_task(rows):
+    table = format_table(rows).splitlines()
+    assert table[0].startswith("| task | metric | generated | real pictures | target | n |")
+    assert len(table) == 2 + len(rows)
+    for row, line in zip(rows, table[2:], strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] == row.task and cells[1] == row.metric
+        assert cells[2].startswith(f"{row.generated:.3f}")
+        assert ("below target" in cells[2]) == (not row.passed)
+        assert cells[3] == f"{row.real:.3f}" and cells[5] == "2"
+
+
+def test_unknown_task_is_refused_not_dropped(shipped):
+    with pytest.raises(InputError, match="'img2video'.*class2img"):
+        run_bench(shipped, n=1, steps=1, tasks=["class2img", "img2video"])
+
+
+def test_time_generation_is_a_positive_duration(shipped):
+    seconds = time_generation(shipped, n=1, steps=1, repeats=1)
+    assert 0 < seconds < 60
+
+
+def test_cli_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "shapes", "-n", "2", "--steps", "2", "--tasks", "class2img", "--no-timing", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| class2img | class accuracy |" in printed and "| inpaint |" not in printed
+    saved = json.loads(out.read_text())
+    assert [r["task"] for r in saved["rows"]] == ["class2img"] and saved["rows"][0]["real"] == 1.0
+    assert saved["model"]["source"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["-n", "0"], "-n must be at least 1"), (["--steps", "0"], "--steps 0"), (["--tasks", "nonesuch"], "nonesuch")],
+)
+def test_cli_bad_arguments_exit_2(args, message, capsys):
+    assert main(["bench", "shapes", *args, "--no-timing"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ldmkit: error:") and message in err
