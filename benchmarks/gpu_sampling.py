@@ -158,10 +158,12 @@ def check_equivalence(unet, vae, d_unet, d_vae, run: Run) -> None:
         err_vae = rel_err(vae_b.decode(z), d_vae_b.decode(z).sample)
     unet.float(), vae.float(), d_unet.float(), d_vae.float()
     ok = err_unet < 2e-2 and err_vae < 2e-2
-    run.notes.append(
+    note = (
         f"equivalence ({dt}): UNet rel. error {err_unet:.2e}, VAE decode rel. error {err_vae:.2e} "
         f"({'same function' if ok else 'MISMATCH'})"
     )
+    log.info(note)  # logged at once: a run cut short still shows it
+    run.notes.append(note)
 
 
 def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     peak_dtype = torch.bfloat16 if run.device.type == "cuda" else torch.float32
     run.peak = matmul_peak_tflops(run.device, peak_dtype, n)
     run.notes.append(f"measured {peak_dtype} matmul peak ({n}^3): {run.peak:.3g} TFLOP/s")
+    log.info(run.notes[-1])
 
     unet, vae = build_models(run)
     diff = build_diffusers(unet, vae, run) if args.diffusers else None
