@@ -68,6 +68,8 @@ def _generate(
         raws = [task.raw_input(pipe, r, 1) for r in chunk]
         uncond = pipe.conditioner.unconditional(n) if pipe.conditioner is not None else None
         cond = uncond if raws[0] is None else pipe.conditioner(task.wrap(_combine(raws)))
+        # what the task adds to sampling (masked inpainting's known latents), as generate applies it
+        extra = _combine([task.sample_kwargs(pipe, r, 1) for r in chunk])
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
         latents = pipe.sample(
             cond,
@@ -77,6 +79,7 @@ def _generate(
             guidance_scale=guidance,
             generator=generators,
             batch_size=n,
+            **extra,
         )
         out.append(pipe.decode(latents).clamp(-1, 1).float().cpu())
     return torch.cat(out)
