@@ -155,7 +155,7 @@ def run_bench(
 
 
 def time_generation(pipe: Any, *, n: int = 4, steps: int = 50, repeats: int = 3) -> float:
-    """Best wall time (s) of ``n`` class-conditional pictures with ``steps`` DDIM steps."""
+    """Best wall time (s) of ``n`` class-conditional pictures with ``steps`` DDIM steps, guided as the spec says."""
     task = pipe.task("class2img") if pipe.spec and "class2img" in pipe.spec.tasks else pipe.task("uncond")
     request = task.Request(label=0) if task.name == "class2img" else task.Request()
     from ldmkit.interfaces import SampleOptions
@@ -163,7 +163,8 @@ def time_generation(pipe: Any, *, n: int = 4, steps: int = 50, repeats: int = 3)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        task.run(pipe, request, SampleOptions(n=n, steps=steps))
+        guidance = pipe.spec.sampling.guidance_scale if pipe.spec is not None else 1.0
+        task.run(pipe, request, SampleOptions(n=n, steps=steps, guidance_scale=guidance))
         best = min(best, time.perf_counter() - t0)
     return best
 

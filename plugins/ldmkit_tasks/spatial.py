@@ -123,10 +123,11 @@ class SuperresTask(ConditionedTask):
 
 
 class InpaintParams(TaskParams):
-    mode: Literal["concat", "masked-sampling"] = Field(
+    mode: Literal["concat", "masked-sampling", "concat+masked"] = Field(
         "concat",
         description="concat: an inpainting model conditioned on the masked image; "
-        "masked-sampling: any model, the known region is re-noised and kept at every step",
+        "masked-sampling: any model, the known region is re-noised and kept at every step; "
+        "concat+masked: both (an inpainting model whose known latents are also kept)",
     )
     paste_known: bool = Field(False, description="copy the known pixels of the input into the result")
 
@@ -160,13 +161,13 @@ class InpaintTask(ConditionedTask):
         return image, mask
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
-        if self.params.mode != "concat":
+        if self.params.mode == "masked-sampling":
             return None
         image, mask = self._batch(pipeline, request, n)
         return {"image": image, "mask": mask}
 
     def sample_kwargs(self, pipeline: Any, request: BaseModel, n: int) -> dict[str, Any]:
-        if self.params.mode != "masked-sampling":
+        if self.params.mode == "concat":
             return {}
         image, mask = self._batch(pipeline, request, n)
         x0 = pipeline.encode(image.to(pipeline.device, pipeline.dtype))  # (n, C, h, w)
