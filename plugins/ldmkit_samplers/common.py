@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import operator
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+import ldmkit
 from ldmkit.errors import InputError
 from ldmkit.interfaces import ModelFn, StepCallback
 from ldmkit.schedules import NoiseSchedule
@@ -245,3 +247,38 @@ def _check_mask(mask: Tensor | None, x0: Tensor | None, x_T: Tensor) -> tuple[Te
     if bool(((mask < 0) | (mask > 1)).any()):
         raise InputError("mask values must lie in [0, 1] (1 = known)")
     return mask, x0.to(device=x_T.device, dtype=x_T.dtype)
+
+
+class LoopSampler(ldmkit.Sampler):
+    """Base of the built-in samplers: the shared argument checks and per-call state, then :meth:`loop`.
+
+    ``uses_eta``: whether the algorithm has a stochasticity parameter (others refuse eta != 0).
+    """
+
+    uses_eta: ClassVar[bool] = False
+
+    def sample(
+        self,
+        model_fn: ModelFn,
+        schedule: NoiseSchedule,
+        x_T: Tensor,
+        *,
+        steps: int,
+        eta: float = 0.0,
+        generator: Generators = None,
+        callback: StepCallback | None = None,
+        mask: Tensor | None = None,
+        x0: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        steps = check_steps(steps, schedule.num_timesteps)
+        eta = check_eta(eta, self.name, uses_eta=self.uses_eta)
+        run = SamplingRun(
+            self.name, model_fn, schedule, x_T, generator=generator, callback=callback, mask=mask, x0=x0,
+            progress=progress,
+        )  # fmt: skip
+        return self.loop(run, schedule, x_T, steps, eta)
+
+    @abstractmethod
+    def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
+        """The algorithm: ``steps`` already checked, noise, masking and callbacks through ``run``."""

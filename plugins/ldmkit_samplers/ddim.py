@@ -9,9 +9,8 @@ import torch
 from torch import Tensor
 
 import ldmkit
-from ldmkit.interfaces import ModelFn, StepCallback
 from ldmkit.schedules import NoiseSchedule
-from ldmkit_samplers.common import Generators, SamplingRun, check_eta, check_steps, compvis_timesteps
+from ldmkit_samplers.common import LoopSampler, SamplingRun, compvis_timesteps
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def ddim_update(c: DDIMCoefficients, index: int, x: Tensor, eps: Tensor, noise: 
     return x_prev, pred_x0
 
 
-class DDIMSampler(ldmkit.Sampler):
+class DDIMSampler(LoopSampler):
     """Denoising Diffusion Implicit Models (Song et al. 2021, eq. 12), eta interpolating to DDPM-like noise.
 
     Timesteps are CompVis ``make_ddim_timesteps`` (``discretize``: "uniform" takes ``range(0, T, T // steps) + 1``,
@@ -77,36 +76,12 @@ class DDIMSampler(ldmkit.Sampler):
 
     name = "ddim"
 
+    uses_eta = True
+
     class Params(ldmkit.Params):
         discretize: Literal["uniform", "quad"] = "uniform"
 
-    def sample(
-        self,
-        model_fn: ModelFn,
-        schedule: NoiseSchedule,
-        x_T: Tensor,
-        *,
-        steps: int,
-        eta: float = 0.0,
-        generator: Generators = None,
-        callback: StepCallback | None = None,
-        mask: Tensor | None = None,
-        x0: Tensor | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        steps = check_steps(steps, schedule.num_timesteps)
-        eta = check_eta(eta, self.name, uses_eta=True)
-        run = SamplingRun(
-            self.name,
-            model_fn,
-            schedule,
-            x_T,
-            generator=generator,
-            callback=callback,
-            mask=mask,
-            x0=x0,
-            progress=progress,
-        )
+    def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(
             schedule, compvis_timesteps(self.params.discretize, steps, schedule.num_timesteps), eta
         )

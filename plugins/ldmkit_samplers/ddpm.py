@@ -6,9 +6,8 @@ import torch
 from torch import Tensor
 
 import ldmkit
-from ldmkit.interfaces import ModelFn, StepCallback
 from ldmkit.schedules import NoiseSchedule
-from ldmkit_samplers.common import Generators, SamplingRun, check_eta, check_steps, spaced_timesteps
+from ldmkit_samplers.common import LoopSampler, SamplingRun, spaced_timesteps
 
 
 def respaced_posterior(schedule: NoiseSchedule, timesteps: list[int]) -> dict[str, list[float]]:
@@ -40,7 +39,7 @@ def respaced_posterior(schedule: NoiseSchedule, timesteps: list[int]) -> dict[st
     return {name: value.tolist() for name, value in out.items()}
 
 
-class DDPMSampler(ldmkit.Sampler):
+class DDPMSampler(LoopSampler):
     """Ancestral sampling of DDPM (Ho et al. 2020, Algorithm 2) as LatentDiffusion ``p_sample`` runs it.
 
     Posterior variance "fixed_small" (``v_posterior = 0``), no clipping of the x_0 estimate, no noise on
@@ -53,33 +52,7 @@ class DDPMSampler(ldmkit.Sampler):
     class Params(ldmkit.Params):
         pass
 
-    def sample(
-        self,
-        model_fn: ModelFn,
-        schedule: NoiseSchedule,
-        x_T: Tensor,
-        *,
-        steps: int,
-        eta: float = 0.0,
-        generator: Generators = None,
-        callback: StepCallback | None = None,
-        mask: Tensor | None = None,
-        x0: Tensor | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        steps = check_steps(steps, schedule.num_timesteps)
-        check_eta(eta, self.name, uses_eta=False)
-        run = SamplingRun(
-            self.name,
-            model_fn,
-            schedule,
-            x_T,
-            generator=generator,
-            callback=callback,
-            mask=mask,
-            x0=x0,
-            progress=progress,
-        )
+    def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         timesteps = spaced_timesteps("leading", steps, schedule.num_timesteps)
         p = respaced_posterior(schedule, timesteps)
         x = x_T

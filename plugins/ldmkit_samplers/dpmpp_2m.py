@@ -8,20 +8,17 @@ import math
 from torch import Tensor
 
 import ldmkit
-from ldmkit.interfaces import ModelFn, StepCallback
 from ldmkit.schedules import NoiseSchedule
 from ldmkit_samplers.common import (
-    Generators,
+    LoopSampler,
     SamplingRun,
     Spacing,
     alphas_cumprod64,
-    check_eta,
-    check_steps,
     spaced_timesteps,
 )
 
 
-class DPMPP2MSampler(ldmkit.Sampler):
+class DPMPP2MSampler(LoopSampler):
     """DPM-Solver++(2M): multistep second-order solver of the data-prediction ODE (Lu et al. 2022, Algorithm 2).
 
     Works on ``x`` of the VP process with ``alpha_t = sqrt(a_t)``, ``sigma_t = sqrt(1 - a_t)`` and
@@ -36,33 +33,7 @@ class DPMPP2MSampler(ldmkit.Sampler):
     class Params(ldmkit.Params):
         spacing: Spacing = "linspace"
 
-    def sample(
-        self,
-        model_fn: ModelFn,
-        schedule: NoiseSchedule,
-        x_T: Tensor,
-        *,
-        steps: int,
-        eta: float = 0.0,
-        generator: Generators = None,
-        callback: StepCallback | None = None,
-        mask: Tensor | None = None,
-        x0: Tensor | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        steps = check_steps(steps, schedule.num_timesteps)
-        check_eta(eta, self.name, uses_eta=False)
-        run = SamplingRun(
-            self.name,
-            model_fn,
-            schedule,
-            x_T,
-            generator=generator,
-            callback=callback,
-            mask=mask,
-            x0=x0,
-            progress=progress,
-        )
+    def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         offset = 1 if self.params.spacing == "leading" else 0
         timesteps = spaced_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset)[::-1]  # descending
         ac = alphas_cumprod64(schedule)

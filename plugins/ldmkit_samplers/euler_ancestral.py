@@ -9,20 +9,17 @@ import math
 from torch import Tensor
 
 import ldmkit
-from ldmkit.interfaces import ModelFn, StepCallback
 from ldmkit.schedules import NoiseSchedule
 from ldmkit_samplers.common import (
-    Generators,
+    LoopSampler,
     SamplingRun,
     Spacing,
     alphas_cumprod64,
-    check_eta,
-    check_steps,
     spaced_timesteps,
 )
 
 
-class EulerAncestralSampler(ldmkit.Sampler):
+class EulerAncestralSampler(LoopSampler):
     """Euler ancestral sampling in the variance-exploding scale ``x / sqrt(a_t)``, ``sigma_t^2 = (1 - a_t) / a_t``.
 
     Each step takes an Euler step of the probability-flow ODE down to ``sigma_down`` and adds fresh noise of
@@ -37,33 +34,7 @@ class EulerAncestralSampler(ldmkit.Sampler):
     class Params(ldmkit.Params):
         spacing: Spacing = "leading"
 
-    def sample(
-        self,
-        model_fn: ModelFn,
-        schedule: NoiseSchedule,
-        x_T: Tensor,
-        *,
-        steps: int,
-        eta: float = 0.0,
-        generator: Generators = None,
-        callback: StepCallback | None = None,
-        mask: Tensor | None = None,
-        x0: Tensor | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        steps = check_steps(steps, schedule.num_timesteps)
-        check_eta(eta, self.name, uses_eta=False)
-        run = SamplingRun(
-            self.name,
-            model_fn,
-            schedule,
-            x_T,
-            generator=generator,
-            callback=callback,
-            mask=mask,
-            x0=x0,
-            progress=progress,
-        )
+    def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         offset = 1 if self.params.spacing == "leading" else 0
         timesteps = spaced_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset)[::-1]  # descending
         ac = alphas_cumprod64(schedule)

@@ -10,9 +10,8 @@ from typing import Literal
 from torch import Tensor
 
 import ldmkit
-from ldmkit.interfaces import ModelFn, StepCallback
 from ldmkit.schedules import NoiseSchedule
-from ldmkit_samplers.common import Generators, SamplingRun, check_eta, check_steps, compvis_timesteps
+from ldmkit_samplers.common import LoopSampler, SamplingRun, compvis_timesteps
 from ldmkit_samplers.ddim import DDIMCoefficients, ddim_update
 
 
@@ -25,7 +24,7 @@ def multistep_eps(eps: Tensor, old_eps: list[Tensor]) -> Tensor:
     return (55 * eps - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
 
 
-class PLMSSampler(ldmkit.Sampler):
+class PLMSSampler(LoopSampler):
     """Pseudo linear multistep (PLMS, Liu et al. 2022) with CompVis' warm-up.
 
     The first step is a pseudo improved Euler (2nd order, Heun-like) step: a DDIM step, a second model call
@@ -39,33 +38,7 @@ class PLMSSampler(ldmkit.Sampler):
     class Params(ldmkit.Params):
         discretize: Literal["uniform", "quad"] = "uniform"
 
-    def sample(
-        self,
-        model_fn: ModelFn,
-        schedule: NoiseSchedule,
-        x_T: Tensor,
-        *,
-        steps: int,
-        eta: float = 0.0,
-        generator: Generators = None,
-        callback: StepCallback | None = None,
-        mask: Tensor | None = None,
-        x0: Tensor | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        steps = check_steps(steps, schedule.num_timesteps)
-        check_eta(eta, self.name, uses_eta=False)
-        run = SamplingRun(
-            self.name,
-            model_fn,
-            schedule,
-            x_T,
-            generator=generator,
-            callback=callback,
-            mask=mask,
-            x0=x0,
-            progress=progress,
-        )
+    def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(
             schedule, compvis_timesteps(self.params.discretize, steps, schedule.num_timesteps), 0.0
         )
