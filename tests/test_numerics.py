@@ -7,28 +7,12 @@ import warnings
 
 import pytest
 import torch
+from tiny import TINY_SPEC
 
 from ldmkit import Pipeline, SampleOptions
 from ldmkit.errors import InputError, LdmkitError, NumericsError
 from ldmkit.generation import generate, save_pictures
 from ldmkit.numerics import CUBLAS_ENV, NonFiniteDecodeWarning, enable_determinism, safe_decode
-
-TINY_SPEC = {
-    "first_stage": {
-        "type": "kl-autoencoder",
-        "params": {"embed_dim": 4, "z_channels": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2]}
-        | {"num_res_blocks": 1, "attn_resolutions": []},
-    },
-    "denoiser": {
-        "type": "unet",
-        "params": {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2]}
-        | {"num_res_blocks": 1, "attention_resolutions": [2], "num_head_channels": 32}
-        | {"use_spatial_transformer": True, "context_dim": 32},
-    },
-    "conditioner": {"type": "class-embedder", "params": {"embed_dim": 32, "n_classes": 10, "null_class": 9}},
-    "latent_size": [8, 8],
-    "tasks": {"class2img": {"type": "class2img"}},
-}
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import TINY_SPEC
 
 from ldmkit import get_registry
 from ldmkit.errors import SpecError
@@ -27,18 +28,7 @@ MADE_UP = "ldmkit_madeup_mod"  # a module that must never even be looked for
 
 VALID: dict[str, Any] = {
     "version": 1,
-    "first_stage": {
-        "type": "kl-autoencoder",
-        "params": {"embed_dim": 4, "z_channels": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2]}
-        | {"num_res_blocks": 1, "attn_resolutions": []},
-    },
-    "denoiser": {
-        "type": "unet",
-        "params": {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2]}
-        | {"num_res_blocks": 1, "attention_resolutions": [2], "num_head_channels": 32}
-        | {"use_spatial_transformer": True, "context_dim": 32},
-    },
-    "conditioner": {"type": "class-embedder", "params": {"embed_dim": 32, "n_classes": 10, "null_class": 9}},
+    **{k: v for k, v in TINY_SPEC.items() if k not in ("latent_size", "tasks")},
     "schedule": {"beta_schedule": "linear", "linear_start": 0.0015, "linear_end": 0.0195, "timesteps": 1000},
     "scale_factor": 0.5,
     "latent_size": [8, 8],

@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from tiny import TINY_SPEC
 
 from ldmkit import Pipeline, SampleOptions
 from ldmkit.generation import generate
@@ -17,24 +18,6 @@ LOAD_SECONDS = 5.0
 SEEDS = range(6)
 # (sampler, eta, guidance): stochastic samplers draw from the per-call generator, guidance batches cond+uncond
 CONFIGS = [("ddim", 0.0, 1.0), ("ddim", 1.0, 3.0), ("euler-a", 0.0, 1.0), ("dpmpp-2m", 0.0, 2.0)]
-
-TINY_SPEC = {
-    "first_stage": {
-        "type": "kl-autoencoder",
-        "params": {"embed_dim": 4, "z_channels": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2]}
-        | {"num_res_blocks": 1, "attn_resolutions": []},
-    },
-    "denoiser": {
-        "type": "unet",
-        "params": {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2]}
-        | {"num_res_blocks": 1, "attention_resolutions": [2], "num_head_channels": 32}
-        | {"use_spatial_transformer": True, "context_dim": 32},
-    },
-    "conditioner": {"type": "class-embedder", "params": {"embed_dim": 32, "n_classes": 10, "null_class": 9}},
-    "latent_size": [8, 8],
-    "tasks": {"class2img": {"type": "class2img"}},
-}
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_intra_op_thread():
