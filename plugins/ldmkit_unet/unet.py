@@ -186,7 +186,9 @@ class UNet(ldmkit.Denoiser):
             if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype.is_complex:
                 got = f"{y.dtype} {tuple(y.shape)}"
                 raise InputError(f"cond.vector must hold (B={batch},) integer class ids, got {got}")
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+            # the range check reads values on the host: skipped while a CUDA graph is captured (it would sync)
+            capturing = y.is_cuda and torch.cuda.is_current_stream_capturing()
+            if y.numel() and not capturing and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise InputError(f"class ids must lie in [0, {self.num_classes}), got {y.tolist()}")
         elif y is not None:
             raise InputError("cond.vector was given but this UNet is not class-conditional (num_classes is unset)")
