@@ -629,3 +629,17 @@ def test_spatial_rescaler_one_hot_accepts_class_id_maps():
     assert resc(ids).concat.shape == (2, 4, 4, 4)
     with pytest.raises(ldmkit.InputError, match="class ids"):
         resc(torch.full((1, 16, 16), 4))
+
+
+def test_layout_separate_coordinates_tokens():
+    cls = ldmkit.get_registry().get("conditioner", "layout")
+    lay = cls.from_params(
+        {"n_classes": 4, "class_names": ["a", "b", "c", "d"], "coord_bins": 11, "max_objects": 2}
+        | {"n_embed": 16, "n_layer": 1, "coordinates": "separate"}
+    )
+    assert lay.vocab_size == 4 + 11 + 1 and lay.max_seq_len == 10
+    tokens = lay.tokenize([[{"label": "c", "box": [0.0, 0.5, 0.3, 1.0]}]])
+    assert tokens.tolist() == [[2, 4 + 0, 4 + 5, 4 + 3, 4 + 10] + [lay.none_token] * 5]
+    assert lay([[{"label": 1, "box": [0.1, 0.1, 0.2, 0.2]}]]).crossattn.shape == (1, 10, 16)
+    with pytest.raises(SpecError, match="encode_crop"):
+        cls.from_params({"n_classes": 4, "n_embed": 16, "n_layer": 1, "coordinates": "separate", "encode_crop": True})

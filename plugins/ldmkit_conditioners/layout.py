@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,11 @@ from ldmkit_conditioners.checks import check_batch, index_tensor
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 
 TOKENS_PER_OBJECT = 3
+
+
+def _ids_needed(n_classes: int, coord_bins: int, coordinates: str) -> int:
+    """Ids that classes and coordinates occupy (the 'none' token comes after them)."""
+    return max(n_classes, coord_bins**2) if coordinates == "corner-cells" else n_classes + coord_bins
 
 
 class LayoutObject(BaseModel):
@@ -57,6 +62,11 @@ class LayoutConditioner(Conditioner):
         coord_bins: int = Field(64, ge=2, description="grid cells per axis for box corners")
         max_objects: int = Field(30, gt=0)
         encode_crop: bool = Field(False, description="append the crop's corner tokens (the paper's models do)")
+        coordinates: Literal["corner-cells", "separate"] = Field(
+            "corner-cells",
+            description="corner-cells: the paper's tokens, one grid cell per box corner (coord_bins**2 ids); "
+            "separate: one token per coordinate (coord_bins ids after the classes), learned from less data",
+        )
         vocab_size: int | None = Field(None, gt=1, description="default: max(n_classes, coord_bins**2) + 1")
         n_embed: int = Field(512, gt=0)
         n_layer: int = Field(16, ge=1)
@@ -69,10 +79,13 @@ class LayoutConditioner(Conditioner):
                     raise ValueError(f"class_names has {len(self.class_names)} names but n_classes is {self.n_classes}")
                 if len({n.strip().lower() for n in self.class_names}) != self.n_classes:
                     raise ValueError("class_names must be distinct (case and surrounding spaces are ignored)")
-            if self.vocab_size is not None and self.vocab_size <= max(self.n_classes, self.coord_bins**2):
+            if self.coordinates == "separate" and self.encode_crop:
+                raise ValueError("encode_crop is part of the paper's corner-cell tokens; use coordinates: corner-cells")
+            needed = _ids_needed(self.n_classes, self.coord_bins, self.coordinates)
+            if self.vocab_size is not None and self.vocab_size <= needed:
                 raise ValueError(
-                    f"vocab_size {self.vocab_size} must exceed max(n_classes, coord_bins**2) = "
-                    f"{max(self.n_classes, self.coord_bins**2)} (the last id is the 'none' token)"
+                    f"vocab_size {self.vocab_size} must exceed {needed}, the ids classes and coordinates use "
+                    "(the last id is the 'none' token)"
                 )
             return self
 
@@ -81,9 +94,10 @@ class LayoutConditioner(Conditioner):
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)
         p = self.params
-        self.vocab_size = p.vocab_size or max(p.n_classes, p.coord_bins**2) + 1
+        self.vocab_size = p.vocab_size or _ids_needed(p.n_classes, p.coord_bins, p.coordinates) + 1
         self.none_token = self.vocab_size - 1
-        self.max_seq_len = p.max_objects * TOKENS_PER_OBJECT + (2 if p.encode_crop else 0)
+        self.tokens_per_object = TOKENS_PER_OBJECT if p.coordinates == "corner-cells" else 5
+        self.max_seq_len = p.max_objects * self.tokens_per_object + (2 if p.encode_crop else 0)
         self._names = {n.strip().lower(): i for i, n in enumerate(p.class_names or [])}
         self.transformer = TransformerWrapper(
             self.vocab_size, self.max_seq_len, p.n_embed, p.n_layer, p.embedding_dropout
@@ -94,6 +108,10 @@ class LayoutConditioner(Conditioner):
         """Grid cell of a point in [0, 1]^2 (Python's round, as the original)."""
         bins = self.params.coord_bins
         return int(round(y * (bins - 1))) * bins + int(round(x * (bins - 1)))
+
+    def coordinate_token(self, v: float) -> int:
+        """One coordinate in [0, 1] as an id after the class ids ('separate' coordinates)."""
+        return self.params.n_classes + int(round(v * (self.params.coord_bins - 1)))
 
     def label_id(self, label: int | str) -> int:
         """A class id, or a class name looked up in ``class_names``."""
@@ -125,8 +143,11 @@ class LayoutConditioner(Conditioner):
                 problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in exc.errors())
                 raise InputError(f"layout object {index}: {problems}") from None
             x0, y0, x1, y1 = obj.box
-            tokens += [self.label_id(obj.label), self.corner_token(x0, y0), self.corner_token(x1, y1)]
-        tokens += [self.none_token] * (TOKENS_PER_OBJECT * (p.max_objects - len(objects)))
+            if p.coordinates == "corner-cells":
+                tokens += [self.label_id(obj.label), self.corner_token(x0, y0), self.corner_token(x1, y1)]
+            else:  # [label, x0, y0, x1, y1], coordinates as ids after the class ids
+                tokens += [self.label_id(obj.label), *(self.coordinate_token(v) for v in obj.box)]
+        tokens += [self.none_token] * (self.tokens_per_object * (p.max_objects - len(objects)))
         if p.encode_crop:
             tokens += [self.corner_token(0.0, 0.0), self.corner_token(1.0, 1.0)]  # the whole image
         return tokens
