@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ldmkit import strict_json
 from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import SampleOptions
 from ldmkit.pipeline import SPEC_FILE, Pipeline
@@ -191,15 +192,6 @@ def _metadata_chunk(path: Path) -> bytes:
     return found[0]
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -263,7 +255,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if len(raw) > MAX_METADATA_BYTES:
         raise InputError(f"{path}: ldmkit metadata larger than {MAX_METADATA_BYTES} bytes")
     try:
-        meta = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+        meta = strict_json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InputError(f"{path}: ldmkit metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):

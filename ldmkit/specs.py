@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ldmkit import strict_json
 from ldmkit.errors import SpecError, UnknownComponentError
 from ldmkit.schedules import ScheduleSpec
 
@@ -121,22 +122,16 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _reject_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise SpecError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
     """Parse YAML (or JSON, a subset) safely into a mapping; raise SpecError naming ``source``."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
         raise SpecError(f"{source}: larger than {MAX_SPEC_BYTES} bytes; a spec is a small text file")
     try:
         if source.endswith(".json"):
-            data = json.loads(text, object_pairs_hook=_reject_duplicate_json_keys)
+            try:
+                data = strict_json.loads(text)
+            except strict_json.DuplicateKeyError as exc:
+                raise SpecError(str(exc)) from None
         else:
             data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except SpecError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ldmkit import strict_json
 from ldmkit.checkpoints.atomic import _atomic_target
 from ldmkit.checkpoints.detect import MAX_SAFETENSORS_HEADER, PathLike, _file_size, detect_format
 from ldmkit.errors import CheckpointError, CheckpointFormatError
@@ -28,15 +28,6 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _read_safetensors_header(path: Path) -> dict[str, Any]:
     """Parse and validate a safetensors header without touching the data area."""
     size = _file_size(path)
@@ -49,7 +40,7 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             raise CheckpointFormatError(f"{path}: safetensors header length {n} is larger than the file allows")
         blob = f.read(n)
     try:
-        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        header = strict_json.loads(blob.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({e})") from e
     if not isinstance(header, dict):

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ldmkit import strict_json
 from ldmkit.errors import CheckpointError, SpecError
 
 log = logging.getLogger(__name__)
@@ -22,15 +23,6 @@ PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
 DIFFUSERS_VERSION = "0.27.0"
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise SpecError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; SpecError naming the file when it is missing, too large or not an object."""
     if not path.is_file():
@@ -39,10 +31,10 @@ def read_json(path: Path) -> dict[str, Any]:
     if size > MAX_JSON_BYTES:
         raise SpecError(f"{path}: {size} bytes is larger than the {MAX_JSON_BYTES}-byte limit for a config file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except SpecError as exc:
+        data = strict_json.loads(path.read_text(encoding="utf-8"))
+    except strict_json.DuplicateKeyError as exc:
         raise SpecError(f"{path}: {exc}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SpecError(f"{path}: not a readable JSON file ({exc})") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: expected a JSON object, found {type(data).__name__}")

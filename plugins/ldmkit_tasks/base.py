@@ -34,15 +34,20 @@ class ConditionedTask(ldmkit.Task):
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
         """Build the request from CLI-style inputs: strings, or bytes of files."""
-        missing = [name for name in self.inputs if inputs.get(name) is None]
-        if missing:
-            flags = ", ".join(f"--{m}" for m in missing)
-            raise InputError(f"task {self.name!r} needs {flags}")
+        values = {name: self.require(inputs, name) for name in self.inputs}
         try:
-            return self.Request(**{name: inputs[name] for name in self.inputs})
+            return self.Request(**values)
         except ValidationError as exc:  # e.g. an empty prompt: name the input, no pydantic traceback
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise InputError(f"task {self.name!r}: {problems}") from None
+
+    def require(self, inputs: dict[str, Any], name: str) -> Any:
+        """The input ``name``, or InputError naming the missing flag."""
+        missing = [m for m in self.inputs if inputs.get(m) is None]
+        if name in missing:
+            flags = ", ".join(f"--{m}" for m in missing)
+            raise InputError(f"task {self.name!r} needs {flags}")
+        return inputs[name]
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         """The conditioner input for ``n`` copies of the request (None: unconditional)."""

@@ -40,9 +40,7 @@ class Layout2ImgTask(ConditionedTask):
     inputs = ("layout",)
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        data = inputs.get("layout")
-        if data is None:
-            raise InputError("task 'layout2img' needs --layout FILE.json")
+        data = self.require(inputs, "layout")
         try:
             objects = json.loads(data) if isinstance(data, (bytes, str)) else data
             return LayoutRequest(layout=objects)
@@ -74,9 +72,7 @@ class Semantic2ImgTask(ConditionedTask):
     inputs = ("segmentation",)
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        data = inputs.get("segmentation")
-        if data is None:
-            raise InputError("task 'semantic2img' needs --segmentation MAP.png")
+        data = self.require(inputs, "segmentation")
         seg = read_png(data, "segmentation", "L") if isinstance(data, bytes) else torch.as_tensor(data)
         if seg.dim() != 2:
             raise InputError(f"segmentation: expected a single-channel map, got shape {tuple(seg.shape)}")
@@ -109,9 +105,7 @@ class SuperresTask(ConditionedTask):
     inputs = ("image",)
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        data = inputs.get("image")
-        if data is None:
-            raise InputError("task 'superres' needs --image LOW.png")
+        data = self.require(inputs, "image")
         img = to_signed(read_png(data, "image", "RGB")) if isinstance(data, bytes) else torch.as_tensor(data)
         return ImageRequest(image=img)
 
@@ -146,8 +140,7 @@ class InpaintTask(ConditionedTask):
     inputs = ("image", "mask")
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        super().parse_request(inputs)  # reports missing inputs
-        image, mask = inputs["image"], inputs["mask"]
+        image, mask = self.require(inputs, "image"), self.require(inputs, "mask")
         img = to_signed(read_png(image, "image", "RGB")) if isinstance(image, bytes) else torch.as_tensor(image)
         m = (read_png(mask, "mask", "L") > 127).float()[None] if isinstance(mask, bytes) else torch.as_tensor(mask)
         if tuple(m.shape[-2:]) != tuple(img.shape[-2:]):
