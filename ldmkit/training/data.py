@@ -81,12 +81,14 @@ class IndexStream:
         if self.size > MAX_PERMUTED:
             gen = generator(derive_seed(self.seed, "batch", step))
             return torch.randint(0, self.size, (self.batch_size,), generator=gen).tolist()[self.shard]
-        out: list[int] = []
         first = step * self.batch_size
-        for pos in range(first + self.shard.start, first + self.shard.stop):
-            epoch, offset = divmod(pos, self.size)
-            out.append(int(self._permutation(epoch)[offset]))
-        return out
+        positions = torch.arange(first + self.shard.start, first + self.shard.stop)  # (b,)
+        epochs, offsets = positions // self.size, positions % self.size
+        out = torch.empty_like(positions)
+        for epoch in epochs.unique().tolist():  # one or two epochs per batch
+            where = epochs == epoch
+            out[where] = self._permutation(epoch)[offsets[where]]
+        return out.tolist()
 
 
 def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -176,9 +178,13 @@ class _Chunks(Dataset):
 
 
 class Preloaded:
-    """Samples ``0 .. n-1`` rendered once (in ``num_workers`` processes) and kept in memory, images as uint8."""
+    """Samples ``0 .. n-1`` rendered once (in ``num_workers`` processes) and kept in memory, images as uint8.
 
-    def __init__(self, dataset: Any, n: int, num_workers: int = 0) -> None:
+    With ``device`` the tensor fields live there: on a GPU, gathering and decoding a batch costs the host
+    nothing, which is what keeps a small model's training from waiting on the CPU.
+    """
+
+    def __init__(self, dataset: Any, n: int, num_workers: int = 0, device: torch.device | None = None) -> None:
         n = min(n, len(dataset))
         chunks = [list(range(i, min(i + PRELOAD_CHUNK, n))) for i in range(0, n, PRELOAD_CHUNK)]
         first = fetch(dataset, chunks[0])
@@ -199,13 +205,23 @@ class Preloaded:
             else:
                 self.store[key] = [item for p in parts for item in p[key]]
         self.size = n
-        log.info("preloaded %d samples (%s)", n, ", ".join(f"{k}: {e.kind}" for k, e in self.encodings.items()))
+        self.device = device or torch.device("cpu")
+        if self.device.type != "cpu":
+            self.store = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in self.store.items()}
+        nbytes = sum(v.numel() * v.element_size() for v in self.store.values() if isinstance(v, Tensor))
+        log.info(
+            "preloaded %d samples on %s, %.1f MB (%s)",
+            n,
+            self.device,
+            nbytes / 1e6,
+            ", ".join(f"{k}: {e.kind}" for k, e in self.encodings.items()),
+        )
 
     def __len__(self) -> int:
         return self.size
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        idx = torch.as_tensor(list(indices), dtype=torch.long).to(self.device, non_blocking=True)  # (B,)
         out: dict[str, Any] = {}
         for key, value in self.store.items():
             if isinstance(value, Tensor):

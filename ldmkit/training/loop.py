@@ -129,7 +129,8 @@ def _train(spec: TrainSpec, world, device, resume, progress, callbacks, registry
     try:
         data = dataset
         if spec.dataset.preload is not None:
-            data = Preloaded(dataset, spec.dataset.preload, spec.num_workers)
+            where = device if spec.dataset.preload_device == "auto" else torch.device("cpu")
+            data = Preloaded(dataset, spec.dataset.preload, spec.num_workers, where)
         stream = batches(
             data, spec.batch_size, spec.seed, start, spec.max_steps, spec.num_workers, world.rank, world.size
         )

@@ -23,6 +23,11 @@ class DatasetSpec(ComponentSpec):
     preload: int | None = Field(
         None, ge=1, description="render this many samples once into memory (uint8) and draw batches from them"
     )
+    preload_device: Literal["auto", "cpu"] = Field(
+        "auto",
+        description="where the preloaded samples live: 'auto' keeps them on the training device (a GPU gathers "
+        "and decodes a batch in microseconds), 'cpu' in host memory",
+    )
 
 
 class OptimizerSpec(_Strict):
