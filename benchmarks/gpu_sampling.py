@@ -94,12 +94,24 @@ class Run:
 
     def row(self, what: str, batch: str, ms: float | None, flops: int | None = None, extra: str = "") -> None:
         if ms is None:
-            self.rows.append([what, batch, "skipped", "", "", extra])
+            self.add([what, batch, "skipped", "", "", extra])
             return
         tflops = flops / (ms * 1e-3) / 1e12 if flops else float("nan")
         share = f"{100 * tflops / self.peak:.1f}%" if flops else ""
-        self.rows.append([what, batch, f"{ms:.2f}", f"{tflops:.3g}" if flops else "", share, extra])
+        self.add([what, batch, f"{ms:.2f}", f"{tflops:.3g}" if flops else "", share, extra])
         log.info("%s batch %s: %.2f ms %s", what, batch, ms, extra)
+
+    def add(self, row: list[str]) -> None:
+        """Record a row and rewrite the table: a run cut short keeps every row measured so far."""
+        self.rows.append(row)
+        self.write()
+
+    def write(self) -> str:
+        header = ["what", "batch", "ms", "TFLOP/s", "share of matmul peak", "notes"]
+        title = "# GPU sampling benchmark (SD v1 UNet, KL-f8 VAE, random weights)"
+        text = "\n".join([title, "", markdown_table(header, self.rows), ""] + [f"- {note}" for note in self.notes])
+        self.args.out.write_text(text + "\n")
+        return text
 
 
 def build_models(run: Run) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -189,8 +201,11 @@ def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
         fn(x32, t)
         sync(run.device)
         first = time.perf_counter() - t0
+        with torch.no_grad():
+            err = rel_err(fn(x32, t).float(), unet(x32, t, cond32).float())  # against the fp32 module
         run.row("ldmkit fast path", str(batch), time_ms(lambda: fn(x32, t), run.device, **reps), flops,
-                f"first call (compile/capture) {first:.1f} s; {pipe.fast.describe()}")  # fmt: skip
+                f"first call (compile/capture) {first:.1f} s; rel. error vs fp32 {err:.2e}; "
+                f"{pipe.fast.describe()}")  # fmt: skip
     if d_unet is not None:
         run.row("diffusers eager bf16 (SDPA)", str(batch),
                 time_ms(lambda: d_unet(x16, t, encoder_hidden_states=ctx16), run.device, **reps), flops)  # fmt: skip
@@ -242,8 +257,8 @@ def bench_pictures(pipe, run: Run, n: int, label: str) -> None:
 
     with torch.no_grad():
         ms = time_ms(once, run.device, warmup=1, repeats=run.args.picture_repeats)
-    run.rows.append([f"{label}: {run.args.steps} DDIM steps + guidance + decode", f"{n} pictures", f"{ms:.0f}", "", "",
-                     f"{n / (ms * 1e-3):.2f} pictures/s"])  # fmt: skip
+    run.add([f"{label}: {run.args.steps} DDIM steps + guidance + decode", f"{n} pictures", f"{ms:.0f}", "", "",
+             f"{n / (ms * 1e-3):.2f} pictures/s"])  # fmt: skip
     log.info("%s %d pictures: %.0f ms", label, n, ms)
 
 
@@ -301,13 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_pictures(pipe, run, n_pics, "ldmkit fast path")
     run.notes.append(f"fast path: {pipe.fast.describe()}; total run time {run.elapsed():.0f} s")
 
-    header = ["what", "batch", "ms", "TFLOP/s", "share of matmul peak", "notes"]
-    text = "\n".join(
-        ["# GPU sampling benchmark (SD v1 UNet, KL-f8 VAE, random weights)", "", markdown_table(header, run.rows), ""]
-        + [f"- {note}" for note in run.notes]
-    )
-    print(text)
-    args.out.write_text(text + "\n")
+    print(run.write())
     return 0
 
 
