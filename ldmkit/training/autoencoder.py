@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.errors import TrainingError
-from ldmkit.training import distributed
+from ldmkit.training import distributed, fsdp
 from ldmkit.training.ema import EMA
 from ldmkit.training.export import save_weights, write_component_spec
 from ldmkit.training.losses import NLayerDiscriminator, PerceptualLoss, adaptive_weight, disc_factor_at, hinge_d_loss
@@ -78,6 +78,17 @@ class AutoencoderStage(Stage):
             self.discriminator = nn.SyncBatchNorm.convert_sync_batchnorm(self.discriminator)
         elif world.enabled and self.spec.loss.disc_start < self.spec.max_steps:
             log.warning("on the CPU the discriminator's BatchNorm normalises each rank's shard on its own")
+        if fsdp.sharded(world):
+            done = fsdp.shard(
+                world, {"first_stage": self.model}, self.device, self.params, self.opt, self.sched, self.ema
+            )
+            self.run, self.params, self.opt, self.sched = done.run, done.params, done.opt, done.sched
+            disc = list(self.discriminator.parameters())
+            done = fsdp.shard(
+                world, {"discriminator": self.discriminator}, self.device, disc, self.opt_disc, self.sched_disc
+            )
+            self.run_disc, self.opt_disc, self.sched_disc = done.run, done.opt, done.sched
+            return
         self.run = distributed.wrap(world, {"first_stage": self.model}, self.device)
         self.run_disc = distributed.wrap(world, {"discriminator": self.discriminator}, self.device)
 
@@ -165,7 +176,7 @@ class AutoencoderStage(Stage):
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "first_stage": self.model.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -174,6 +185,7 @@ class AutoencoderStage(Stage):
             "disc_scheduler": scheduler_state(self.sched_disc),
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
+        return fsdp.gather_if_sharded(self.world, state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["first_stage"])
@@ -194,8 +206,10 @@ class AutoencoderStage(Stage):
             return adaptive_weight(nll_loss, g_loss, self.last_layer, disc_weight)
         import torch.distributed as dist
 
-        nll_grads = torch.autograd.grad(nll_loss, self.last_layer, retain_graph=True)[0]
-        g_grads = torch.autograd.grad(g_loss, self.last_layer, retain_graph=True)[0]
+        # FSDP puts the gathered weight in the module for the step: the one the graph used
+        last_layer = _last_layer(self.model) if fsdp.sharded(self.world) else self.last_layer
+        nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+        g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
         both = torch.stack([nll_grads, g_grads])  # (2, *last_layer.shape)
         dist.all_reduce(both)
         both /= self.world.size
@@ -209,10 +223,9 @@ class AutoencoderStage(Stage):
     def export(self, out_dir: Path) -> Path:
         """``first_stage.safetensors`` (EMA weights when kept) and ``first_stage.yaml`` (its component spec)."""
         path = out_dir / WEIGHTS_FILE
-        if self.ema is not None:
-            with self.ema.applied():
-                save_weights(self.model, path)
-        else:
+        with fsdp.full_weights(self.world, {"first_stage": self.model}, self.ema) as write:
+            if not write:
+                return path
             save_weights(self.model, path)
         write_component_spec(self.spec.first_stage, out_dir / SPEC_FILE)
         return path

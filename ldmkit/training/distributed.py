@@ -189,12 +189,14 @@ def direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def wrap(world: World, modules: dict[str, nn.Module], device: torch.device) -> Runner:
-    """A runner ``runner(fn, *args)`` that calls ``fn`` under DDP over ``modules`` (or directly, alone)."""
+    """A runner ``runner(fn, *args)`` that calls ``fn`` under DDP over ``modules`` (or directly, alone).
+
+    FSDP also reshapes the optimizer and the EMA: the stages call :func:`ldmkit.training.fsdp.shard` for it.
+    """
     if not world.enabled:
         return direct
     if world.strategy == "fsdp":
-        # sharded weights need the optimizer, EMA and checkpoints built over the shards: not wired up yet
-        raise TrainingError("distributed.strategy 'fsdp' is not supported yet; use 'ddp'")
+        raise TrainingError("distributed.wrap: strategy 'fsdp' goes through ldmkit.training.fsdp.shard")
     from torch.nn.parallel import DistributedDataParallel
 
     holder = _Forward(modules)

@@ -20,7 +20,7 @@ from ldmkit.errors import CheckpointError, SpecError, TrainingError
 from ldmkit.pipeline import Pipeline
 from ldmkit.prediction import target_for
 from ldmkit.specs import validate_spec
-from ldmkit.training import distributed
+from ldmkit.training import distributed, fsdp
 from ldmkit.training.ema import EMA
 from ldmkit.training.export import load_weights
 from ldmkit.training.optim import autocast, build_optimizer, load_scheduler_state, scheduler_state, step_optimizer
@@ -78,8 +78,15 @@ class LDMStage(Stage):
         self.run: distributed.Runner = distributed.direct
 
     def distribute(self, world: distributed.World) -> None:
-        """Train as one of ``world.size`` processes: gradients of the trained modules are averaged."""
+        """Train as one of ``world.size`` processes: gradients of the trained modules are averaged.
+
+        Under FSDP the trained modules, the optimizer and the EMA are cut to this rank's shards.
+        """
         self.world = world
+        if fsdp.sharded(world):
+            done = fsdp.shard(world, self._trained, self.device, self.params, self.opt, self.sched, self.ema)
+            self.run, self.params, self.opt, self.sched = done.run, done.params, done.opt, done.sched
+            return
         self.run = distributed.wrap(world, self._trained, self.device)
 
     def _init_from(self, directory: Path) -> None:
@@ -200,15 +207,18 @@ class LDMStage(Stage):
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "denoiser": self.denoiser.state_dict(),
-            "conditioner": self.conditioner.state_dict() if self.conditioner is not None else None,
-            "optimizer": self.opt.state_dict(),
-            "scheduler": scheduler_state(self.sched),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "scale_factor": self.scale_factor,
-            "latent_size": self.latent_size,
-        }
+        return fsdp.gather_if_sharded(
+            self.world,
+            {
+                "denoiser": self.denoiser.state_dict(),
+                "conditioner": self.conditioner.state_dict() if self.conditioner is not None else None,
+                "optimizer": self.opt.state_dict(),
+                "scheduler": scheduler_state(self.sched),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "scale_factor": self.scale_factor,
+                "latent_size": self.latent_size,
+            },
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.denoiser.load_state_dict(state["denoiser"])
@@ -234,14 +244,13 @@ class LDMStage(Stage):
         if pipe.spec is not None and pipe.spec.latent_size is None and self.latent_size is not None:
             pipe.spec = pipe.spec.model_copy(update={"latent_size": self.latent_size})
         directory = out_dir / PIPELINE_DIR
-        try:
-            if self.ema is not None:
-                with self.ema.applied():
-                    pipe.save(directory)
-            else:
+        with fsdp.full_weights(self.world, self._trained, self.ema) as write:
+            if not write:
+                return directory
+            try:
                 pipe.save(directory)
-        except (OSError, CheckpointError) as exc:
-            raise TrainingError(f"cannot write the pipeline to {directory} ({exc})") from None
+            except (OSError, CheckpointError) as exc:
+                raise TrainingError(f"cannot write the pipeline to {directory} ({exc})") from None
         return directory
 
 

@@ -136,9 +136,9 @@ def _train(spec: TrainSpec, world, device, resume, progress, callbacks, registry
         )
         show = (spec.progress if progress is None else progress) and world.is_main
         last_loss = _run_steps(spec, stage, stream, start, logger, show, callbacks, last, world)
-        if (state is None or start < spec.max_steps) and world.is_main:
-            _save(spec, stage, spec.max_steps, last)
-        export = stage.export(out_dir) if world.is_main else stage.export_path(out_dir)
+        if state is None or start < spec.max_steps:
+            _save(spec, stage, spec.max_steps, last, world)  # every rank: sharded state is gathered
+        export = stage.export(out_dir)  # every rank takes part; rank 0 writes
         distributed.barrier(world)  # no rank returns before the result is on disk
     finally:
         logger.close()
@@ -183,14 +183,15 @@ def _run_steps(
                 logger.write(done, {"loss": last_loss, "lr": lr, "images_per_s": rate, **values})
                 bar.set_postfix(loss=f"{last_loss:.4g}", img_s=f"{rate:.1f}")
             bar.update(1)
-            if done % spec.checkpoint_every == 0 and done < spec.max_steps and world.is_main:
-                _save(spec, stage, done, last)
+            if done % spec.checkpoint_every == 0 and done < spec.max_steps:
+                _save(spec, stage, done, last, world)
             for callback in callbacks:
                 callback(done, stage)
     return last_loss
 
 
-def _save(spec: TrainSpec, stage: Stage, step: int, path: Path) -> None:
+def _save(spec: TrainSpec, stage: Stage, step: int, path: Path, world=distributed.SINGLE) -> None:
+    """Called on every rank (gathering sharded state is collective); rank 0 writes."""
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -200,6 +201,8 @@ def _save(spec: TrainSpec, stage: Stage, step: int, path: Path) -> None:
         "stage": stage.state_dict(),
         "rng": rng_state(),
     }
+    if not world.is_main:
+        return
     save_state(state, path)
     log.debug("saved %s at step %d", path, step)
 

@@ -42,14 +42,20 @@ class Stage(ABC):
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs (weights, optimizer and scheduler states, EMA, measured values)."""
+        """Everything a resumed run needs (weights, optimizer and scheduler states, EMA, measured values).
+
+        Called on every rank (sharded weights are gathered); rank 0's full, unwrapped state is saved.
+        """
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
     @abstractmethod
     def export(self, out_dir: Path) -> Path:
-        """Write the trained result (EMA weights where kept) and return its path."""
+        """Write the trained result (EMA weights where kept) and return its path.
+
+        Called on every rank (sharded weights are gathered); rank 0 writes.
+        """
 
     def model_spec(self) -> dict[str, Any]:
         """The part of the spec that fixes the model's structure (a resumed run must not change it)."""
