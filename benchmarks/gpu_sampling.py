@@ -155,23 +155,26 @@ def inputs(batch: int, run: Run, dtype: torch.dtype) -> tuple[torch.Tensor, torc
 
 
 def check_equivalence(unet, vae, d_unet, d_vae, run: Run) -> None:
-    """ldmkit and diffusers compute the same function on the converted weights (bf16 tolerance)."""
+    """ldmkit and diffusers compute the same function on the converted weights.
+
+    Compared in float32 with TF32 off: two bf16 implementations of a deep random-weight network drift
+    apart by ~1e-2 from rounding alone, which would hide a real difference.
+    """
     from ldmkit import Conditioning
 
-    dt = torch.bfloat16 if run.device.type == "cuda" else torch.float32
-    unet_b, d_unet_b = unet.to(dt), d_unet.to(dt)
-    x, t, ctx = inputs(2, run, dt)
-    with torch.no_grad():
-        ours = unet_b(x, t, Conditioning(crossattn=ctx))
-        theirs = d_unet_b(x, t, encoder_hidden_states=ctx).sample
-        err_unet = rel_err(ours, theirs)
-        vae_b, d_vae_b = vae.to(dt), d_vae.to(dt)
-        z = torch.randn(1, 4, *([8] if run.args.tiny else [64]) * 2, device=run.device).to(dt)
-        err_vae = rel_err(vae_b.decode(z), d_vae_b.decode(z).sample)
-    unet.float(), vae.float(), d_unet.float(), d_vae.float()
-    ok = err_unet < 2e-2 and err_vae < 2e-2
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        x, t, ctx = inputs(2, run, torch.float32)
+        with torch.no_grad():
+            err_unet = rel_err(unet(x, t, Conditioning(crossattn=ctx)), d_unet(x, t, encoder_hidden_states=ctx).sample)
+            z = torch.randn(1, 4, *([8] if run.args.tiny else [64]) * 2, device=run.device)
+            err_vae = rel_err(vae.decode(z), d_vae.decode(z).sample)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    ok = err_unet < 1e-4 and err_vae < 1e-4
     note = (
-        f"equivalence ({dt}): UNet rel. error {err_unet:.2e}, VAE decode rel. error {err_vae:.2e} "
+        f"equivalence (float32, TF32 off): UNet rel. error {err_unet:.2e}, VAE decode rel. error {err_vae:.2e} "
         f"({'same function' if ok else 'MISMATCH'})"
     )
     log.info(note)  # logged at once: a run cut short still shows it

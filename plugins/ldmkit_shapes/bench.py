@@ -14,6 +14,7 @@ from torch import Tensor
 from ldmkit.errors import InputError
 from ldmkit_shapes import metrics
 from ldmkit_shapes.dataset import ShapesDataset
+from ldmkit_tasks.base import on_device
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def _generate(
         n = len(chunk)
         raws = [task.raw_input(pipe, r, 1) for r in chunk]
         uncond = pipe.conditioner.unconditional(n) if pipe.conditioner is not None else None
-        cond = uncond if raws[0] is None else pipe.conditioner(task.wrap(_combine(raws)))
+        cond = uncond if raws[0] is None else pipe.conditioner(task.wrap(on_device(_combine(raws), pipe.device)))
         # what the task adds to sampling (masked inpainting's known latents), as generate applies it
         extra = _combine([task.sample_kwargs(pipe, r, 1) for r in chunk])
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]

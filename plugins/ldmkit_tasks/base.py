@@ -58,7 +58,7 @@ class ConditionedTask(ldmkit.Task):
 
     def conditioning(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
         """(cond, uncond) for ``n`` pictures; uncond is None when the pipeline has no conditioner."""
-        raw = self.raw_input(pipeline, request, n)
+        raw = on_device(self.raw_input(pipeline, request, n), pipeline.device)
         if pipeline.conditioner is None:
             if raw is not None:  # silently ignoring the input would hand back unconditional pictures
                 raise SpecError(f"task {self.name!r} needs a conditioner for its input; this pipeline has none")
@@ -128,3 +128,14 @@ def to_signed(images_u8: Tensor) -> Tensor:
 def check_size(t: Tensor, expected: tuple[int, int], what: str) -> None:
     if tuple(t.shape[-2:]) != tuple(expected) and not (t.dim() == 3 and tuple(t.shape[:2]) == tuple(expected)):
         raise InputError(f"{what}: expected {expected[0]}x{expected[1]} pixels, got {tuple(t.shape)}")
+
+
+def on_device(raw: Any, device: torch.device) -> Any:
+    """A task's raw input with its tensors on ``device``: tasks build inputs on the CPU, the pipeline may be a GPU's."""
+    if isinstance(raw, Tensor):
+        return raw.to(device)
+    if isinstance(raw, dict):
+        return {key: on_device(value, device) for key, value in raw.items()}
+    if isinstance(raw, list):
+        return [on_device(value, device) for value in raw]
+    return raw
