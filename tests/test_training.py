@@ -118,6 +118,33 @@ def test_ldm_stage_writes_a_loadable_pipeline(tmp_path, first_stage_weights):
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
 
 
+
+def test_init_from_starts_from_saved_weights_except_skipped_ones(tmp_path, first_stage_weights):
+    # another seed: the source's weights differ from this run's fresh initialisation
+    source = train(ldm_spec(tmp_path / "a", first_stage_weights, max_steps=2, checkpoint_every=100, seed=1)).export
+    saved = ldmkit.Pipeline.load(source)
+    seen: dict[str, dict] = {}
+
+    def grab(done, stage):  # the weights the run starts from, before its first update
+        if "start" not in seen:
+            seen["start"] = {k: v.clone() for k, v in stage.conditioner.state_dict().items()}
+            seen["unet"] = {k: v.clone() for k, v in stage.denoiser.state_dict().items()}
+
+    skip = ["conditioner.parts.label."]
+    spec = ldm_spec(tmp_path / "b", first_stage_weights, max_steps=1, init_from=str(source), init_skip=skip)
+    spec = spec.model_copy(update={"optimizer": spec.optimizer.model_copy(update={"lr": 1e-12})})
+    train(spec, callbacks=[grab])
+    for key, value in saved.denoiser.state_dict().items():
+        assert torch.allclose(seen["unet"][key], value, atol=1e-9), key
+    label = "parts.label.embedding.weight"
+    assert label in seen["start"]
+    assert not torch.allclose(seen["start"][label], saved.conditioner.state_dict()[label])
+
+    for bad, words in [(["parts.label."], "must start with"), (["conditioner.parts.nothing"], "matches no weights")]:
+        with pytest.raises(SpecError, match=words):
+            train(ldm_spec(tmp_path / "c", first_stage_weights, max_steps=1, init_from=str(source), init_skip=bad))
+
+
 # -- resume ---------------------------------------------------------------------------------------------
 
 KILL_SCRIPT = textwrap.dedent(

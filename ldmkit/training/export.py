@@ -20,13 +20,16 @@ def save_weights(module: nn.Module, path: Path) -> None:
         raise TrainingError(str(exc)) from None
 
 
-def load_weights(module: nn.Module, path: Path, what: str) -> None:
-    """Load a safetensors state dict into ``module`` strictly; CheckpointError names what does not fit."""
+def load_weights(module: nn.Module, path: Path, what: str, skip: tuple[str, ...] = ()) -> None:
+    """Load a safetensors state dict into ``module`` strictly, except keys under ``skip`` (left as they are).
+
+    CheckpointError names what does not fit.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what}: {path}: no such file")
     try:
-        load_into(module, path, what=what)
+        load_into(module, path, what=what, ignore_prefixes=skip)
     except CheckpointError as exc:
         message = str(exc)
         raise type(exc)(message if message.startswith(what) else f"{what}: {message}") from None

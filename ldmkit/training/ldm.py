@@ -93,9 +93,13 @@ class LDMStage(Stage):
         """Start from the denoiser and conditioner weights of a saved pipeline folder."""
         if not directory.is_dir():
             raise TrainingError(f"init_from: {directory} is not a pipeline folder")
-        load_weights(self.pipe.denoiser, directory / "denoiser.safetensors", "init_from denoiser")
+        skip = _init_skip(self.spec.init_skip, {"denoiser": self.pipe.denoiser, "conditioner": self.pipe.conditioner})
+        load_weights(self.pipe.denoiser, directory / "denoiser.safetensors", "init_from denoiser", skip["denoiser"])
         if self.pipe.conditioner is not None and (directory / "conditioner.safetensors").is_file():
-            load_weights(self.pipe.conditioner, directory / "conditioner.safetensors", "init_from conditioner")
+            path = directory / "conditioner.safetensors"
+            load_weights(self.pipe.conditioner, path, "init_from conditioner", skip["conditioner"])
+        if self.spec.init_skip:
+            log.info("init_from %s; left fresh: %s", directory, ", ".join(self.spec.init_skip))
 
     def model_spec(self) -> dict[str, Any]:
         keep = {"first_stage", "denoiser", "conditioner", "schedule"}  # what fixes the weights' meaning
@@ -260,6 +264,20 @@ def _sample_shard(posterior: Any, gen: torch.Generator, world: distributed.World
     total = mean.shape[0] * world.size
     noise = torch.randn((total, *mean.shape[1:]), generator=gen, device=gen.device, dtype=mean.dtype)
     return mean + posterior.std * noise[world.part(total)].to(mean.device)
+
+
+def _init_skip(prefixes: list[str], modules: dict[str, nn.Module | None]) -> dict[str, tuple[str, ...]]:
+    """``init_skip`` entries split per component; each must name weights that exist (a typo fails)."""
+    out: dict[str, list[str]] = {name: [] for name in modules}
+    for entry in prefixes:
+        component, _, prefix = entry.partition(".")
+        module = modules.get(component)
+        if component not in modules or not prefix:
+            raise SpecError(f"init_skip: {entry!r} must start with 'denoiser.' or 'conditioner.' and name a prefix")
+        if module is None or not any(k.startswith(prefix) for k in module.state_dict()):
+            raise SpecError(f"init_skip: {entry!r} matches no weights of the {component}")
+        out[component].append(prefix)
+    return {name: tuple(found) for name, found in out.items()}
 
 
 def _composite_parts(conditioner: Any) -> list[str] | None:

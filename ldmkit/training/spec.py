@@ -124,6 +124,11 @@ class LDMTrainSpec(_TrainCommon):
     init_from: str | None = Field(
         None, description="a pipeline folder whose denoiser (and conditioner) weights start this run (fine-tuning)"
     )
+    init_skip: list[str] = Field(
+        default_factory=list,
+        description="weights init_from leaves at their fresh initialisation (e.g. a conditioner part whose "
+        "design changed): state-dict key prefixes written 'denoiser.<prefix>' or 'conditioner.<prefix>'",
+    )
     image_field: str = "image"
     conditioning: dict[str, str | dict[str, str]] = Field(
         default_factory=dict,
