@@ -72,12 +72,18 @@ def _max_steps_in_train_sh() -> list[int]:
 
 
 def test_training_logs_ship_and_end_where_train_sh_stops():
-    autoencoder, ldm = _log("autoencoder.log.csv"), _log("ldm.log.csv")
+    autoencoder = _log("autoencoder.log.csv")
     ae_spec = load_train_spec(ROOT / "examples" / "shapes" / "autoencoder.yaml")
-    ldm_steps = _max_steps_in_train_sh()[0]  # stage 2: the first LDM run
-    for rows, last in ((autoencoder, ae_spec.max_steps), (ldm, ldm_steps)):
+    stage_ends = _max_steps_in_train_sh()  # the LDM stages' --max-steps, in order
+    # stage 2, stage 3, and stage 4's second (resuming) command
+    ldm_logs = {
+        "ldm.log.csv": stage_ends[0],
+        "ldm-finetune.log.csv": stage_ends[1],
+        "ldm-finetune2.log.csv": stage_ends[-1],
+    }
+    for rows, last in [(autoencoder, ae_spec.max_steps)] + [(_log(name), end) for name, end in ldm_logs.items()]:
         steps = [r["step"] for r in rows]
-        assert steps == sorted(steps) and steps[-1] == last
+        assert steps == sorted(set(steps)) and steps[-1] == last
         assert all(math.isfinite(r["loss"]) for r in rows)
         assert rows[-1]["loss"] < rows[0]["loss"], "training lowered the loss"
     assert autoencoder[-1]["rec_loss"] < 0.05  # the reconstruction term itself, not the KL-weighted sum
