@@ -66,6 +66,18 @@ def open_pipeline(source: str | None) -> tuple[Pipeline, dict[str, Any]]:
     raise SpecError(f"{source}: no such spec file or pipeline folder")
 
 
+def default_guidance(pipe: Pipeline, task: str) -> float:
+    """The guidance scale a task samples with unless told otherwise.
+
+    The task's own ``guidance_scale`` param when it sets one (tasks differ in how much guidance they
+    need), else the spec's ``sampling.guidance_scale``, else 1.0 (no guidance).
+    """
+    own = getattr(getattr(pipe.task(task), "params", None), "guidance_scale", None)
+    if own is not None:
+        return float(own)
+    return pipe.spec.sampling.guidance_scale if pipe.spec is not None else 1.0
+
+
 def encode_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """JSON-safe copy of CLI inputs (file contents as base64)."""
     return {

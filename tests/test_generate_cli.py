@@ -14,8 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+import ldmkit
 from ldmkit.cli import main
-from ldmkit.generation import default_model_dir, read_metadata, weights_hash, write_png
+from ldmkit.errors import SpecError
+from ldmkit.generation import default_guidance, default_model_dir, read_metadata, weights_hash, write_png
+from ldmkit.pipeline import SPEC_FILE
+from ldmkit.specs import load_spec
 from ldmkit_shapes import CLASS_NAMES, ShapesDataset
 
 N = 2
@@ -77,6 +81,26 @@ def task_args(task: str, inputs: dict) -> list[str]:
     }[task]
 
 
+SHIPPED_SPEC = load_spec(default_model_dir() / SPEC_FILE)
+# tasks of the shipped spec that set their own default guidance (the others use sampling.guidance_scale)
+SHIPPED_GUIDANCE = {
+    name: task.params["guidance_scale"] for name, task in SHIPPED_SPEC.tasks.items() if "guidance_scale" in task.params
+}
+
+
+def test_a_task_guidance_default_overrides_the_spec_default():
+    spec = load_spec(default_model_dir() / SPEC_FILE).model_dump(mode="json")
+    spec["sampling"]["guidance_scale"] = 1.5
+    spec["tasks"]["class2img"]["params"]["guidance_scale"] = 3.25
+    spec["tasks"]["text2img"]["params"].pop("guidance_scale", None)
+    pipe = ldmkit.Pipeline.from_spec(spec)
+    assert default_guidance(pipe, "class2img") == 3.25
+    assert default_guidance(pipe, "text2img") == 1.5
+    spec["tasks"]["class2img"]["params"]["guidance_scale"] = -1.0
+    with pytest.raises(SpecError, match="guidance_scale"):
+        ldmkit.Pipeline.from_spec(spec)
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``ldmkit ARGV`` run in this process."""
     out, err = io.StringIO(), io.StringIO()
@@ -118,7 +142,7 @@ def test_each_task_writes_pictures_with_metadata(task, inputs, generated):
         assert meta["task"] == task and meta["index"] == i
         options = meta["options"]
         assert (options["n"], options["seed"], options["steps"], options["sampler"]) == (N, SEED, 3, "ddim")
-        assert options["guidance_scale"] == 2.0  # the shipped spec's default
+        assert options["guidance_scale"] == SHIPPED_GUIDANCE.get(task, SHIPPED_SPEC.sampling.guidance_scale)
         assert meta["model"] == {"source": "default", "weights_sha256": weights_hash(default_model_dir())}
         recorded = meta["inputs"]
         for key, value in zip(task_args(task, inputs)[::2], task_args(task, inputs)[1::2], strict=True):

@@ -134,7 +134,7 @@ def test_picture_i_of_seed_s_is_picture_0_of_seed_s_plus_i(shipped):
     batch = task.run(shipped, request, SampleOptions(n=3, seed=5, **opts))
     for i in range(3):
         single = task.run(shipped, request, SampleOptions(n=1, seed=5 + i, **opts))
-        torch.testing.assert_close(batch[i], single[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(batch[i], single[0], atol=1e-3, rtol=0)  # an 8-bit level is 2/255 = 7.8e-3
     assert torch.equal(batch, task.run(shipped, request, SampleOptions(n=3, seed=5, **opts)))
 
 

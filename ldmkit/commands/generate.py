@@ -63,7 +63,15 @@ def _read_inputs(args) -> dict:
 
 
 def run(args) -> int:
-    from ldmkit.generation import decode_inputs, generate, open_pipeline, read_metadata, save_pictures, to_uint8
+    from ldmkit.generation import (
+        decode_inputs,
+        default_guidance,
+        generate,
+        open_pipeline,
+        read_metadata,
+        save_pictures,
+        to_uint8,
+    )
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # refuse before spending time on generation
@@ -105,7 +113,7 @@ def run(args) -> int:
         sampler=args.sampler or (defaults.sampler if defaults else "ddim"),
         steps=args.steps if args.steps is not None else (defaults.steps if defaults else 50),
         eta=args.eta if args.eta is not None else (defaults.eta if defaults else 0.0),
-        guidance_scale=args.guidance if args.guidance is not None else (defaults.guidance_scale if defaults else 1.0),
+        guidance_scale=args.guidance if args.guidance is not None else default_guidance(pipe, args.task),
         progress=not args.no_progress,
     )
     if options.n < 1 or options.n > 1024:

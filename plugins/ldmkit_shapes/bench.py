@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ldmkit.errors import InputError
+from ldmkit.generation import default_guidance
 from ldmkit_shapes import metrics
 from ldmkit_shapes.dataset import ShapesDataset
 from ldmkit_tasks.base import on_device
@@ -39,6 +40,7 @@ class BenchRow:
     target: float
     n: int
     seconds: float
+    guidance: float = 1.0
 
     @property
     def passed(self) -> bool:
@@ -98,8 +100,6 @@ def run_bench(
     tasks: list[str] | None = None,
 ) -> list[BenchRow]:
     """Score the pipeline on each task with ``n`` held-out Shapes scenes."""
-    if guidance is None:  # an explicit 0.0 is a guidance scale too, so test for None only
-        guidance = pipe.spec.sampling.guidance_scale if pipe.spec is not None else 1.0
     served = set(pipe.spec.tasks) if pipe.spec is not None and pipe.spec.tasks else set(TARGETS)
     benchable = [t for t in TARGETS if t in served]
     if tasks:
@@ -116,7 +116,9 @@ def run_bench(
     rows = []
     for name in tasks:
         task = pipe.task(name)
-        kw = dict(steps=steps, sampler=sampler, guidance=guidance, seed=seed, batch=batch)
+        # an explicit 0.0 is a guidance scale too, so test for None only
+        scale = default_guidance(pipe, name) if guidance is None else guidance
+        kw = dict(steps=steps, sampler=sampler, guidance=scale, seed=seed, batch=batch)
         t0 = time.perf_counter()
         if name == "class2img":
             labels = single["class_label"].tolist()
@@ -150,7 +152,7 @@ def run_bench(
             pics = _generate(pipe, name, [None] * n, **kw)
             gen, real = metrics.valid_scene_rate(pics), metrics.valid_scene_rate(real_multi)
         metric, target = TARGETS[name]
-        rows.append(BenchRow(name, metric, gen, real, target, n, time.perf_counter() - t0))
+        rows.append(BenchRow(name, metric, gen, real, target, n, time.perf_counter() - t0, scale))
         log.info("%s: %s %.3f (real %.3f)", name, metric, gen, real)
     return rows
 
@@ -164,18 +166,18 @@ def time_generation(pipe: Any, *, n: int = 4, steps: int = 50, repeats: int = 3)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        guidance = pipe.spec.sampling.guidance_scale if pipe.spec is not None else 1.0
-        task.run(pipe, request, SampleOptions(n=n, steps=steps, guidance_scale=guidance))
+        task.run(pipe, request, SampleOptions(n=n, steps=steps, guidance_scale=default_guidance(pipe, task.name)))
         best = min(best, time.perf_counter() - t0)
     return best
 
 
 def format_table(rows: list[BenchRow]) -> str:
     lines = [
-        "| task | metric | generated | real pictures | target | n |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| task | metric | generated | real pictures | target | n | guidance |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         mark = "" if r.passed else " (below target)"
-        lines.append(f"| {r.task} | {r.metric} | {r.generated:.3f}{mark} | {r.real:.3f} | {r.target} | {r.n} |")
+        cells = f"{r.task} | {r.metric} | {r.generated:.3f}{mark} | {r.real:.3f} | {r.target} | {r.n} | {r.guidance:g}"
+        lines.append(f"| {cells} |")
     return "\n".join(lines)

@@ -18,6 +18,9 @@ class TaskParams(ldmkit.Params):
     part: str | None = Field(
         None, description="name of the composite conditioner's part this task fills (None: the whole conditioner)"
     )
+    guidance_scale: float | None = Field(
+        None, ge=0.0, description="this task's default guidance scale (None: the spec's sampling.guidance_scale)"
+    )
 
 
 class Request(BaseModel):
