@@ -19,6 +19,7 @@ SEEDS = range(6)
 # (sampler, eta, guidance): stochastic samplers draw from the per-call generator, guidance batches cond+uncond
 CONFIGS = [("ddim", 0.0, 1.0), ("ddim", 1.0, 3.0), ("euler-a", 0.0, 1.0), ("dpmpp-2m", 0.0, 2.0)]
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_intra_op_thread():
     # each Python thread runs its own ops; one intra-op thread keeps small shared CPUs from thrashing

@@ -118,7 +118,6 @@ def test_ldm_stage_writes_a_loadable_pipeline(tmp_path, first_stage_weights):
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
 
 
-
 def test_init_from_starts_from_saved_weights_except_skipped_ones(tmp_path, first_stage_weights):
     # another seed: the source's weights differ from this run's fresh initialisation
     source = train(ldm_spec(tmp_path / "a", first_stage_weights, max_steps=2, checkpoint_every=100, seed=1)).export
