@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
-    from ldmkit.generation import default_model_dir
+    from ldmkit.generation import default_guidance, default_model_dir
     from ldmkit.interfaces import SampleOptions
     from ldmkit.pipeline import Pipeline
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = Pipeline.load(default_model_dir())
     task = pipe.task("text2img")
     request = task.Request(prompt="a red circle and a blue square")
-    guidance = pipe.spec.sampling.guidance_scale if pipe.spec and pipe.spec.sampling else 1.0
+    guidance = default_guidance(pipe, "text2img")
 
     def generate(n: int, steps: int) -> None:
         task.run(pipe, request, SampleOptions(n=n, steps=steps, guidance_scale=guidance))

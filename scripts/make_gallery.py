@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 import ldmkit
-from ldmkit.generation import default_model_dir
+from ldmkit.generation import default_guidance, default_model_dir
 
 log = logging.getLogger("make_gallery")
 
@@ -124,13 +124,19 @@ def write_page(out_dir: Path, page: Path, args: argparse.Namespace, described: d
         f"({', '.join(f'`{s}`' for s in SAMPLERS)}, top to bottom), the first column is the task's input",
         f"and the other {args.n} columns are pictures for sampling seeds {args.seed} to {args.seed + args.n - 1}.",
         f"Inputs come from `ShapesDataset` (dataset seed {args.dataset_seed}, sample {args.index});",
-        f"every sampler runs {args.steps} steps with classifier-free guidance {args.guidance}.",
+        f"every sampler runs {args.steps} steps with classifier-free guidance "
+        + (
+            f"{args.guidance}."
+            if args.guidance is not None
+            else "as each task's spec sets it (`class2img` 4.5, `text2img` 3.0, the others 2.0)."
+        ),
         "",
         "The script that made this page and its pictures:",
         "",
         "```sh",
-        f"{COMMAND} --steps {args.steps} --n {args.n} --seed {args.seed} --guidance {args.guidance} "
-        f"--dataset-seed {args.dataset_seed} --index {args.index}",
+        f"{COMMAND} --steps {args.steps} --n {args.n} --seed {args.seed} "
+        + (f"--guidance {args.guidance} " if args.guidance is not None else "")
+        + f"--dataset-seed {args.dataset_seed} --index {args.index}",
         "```",
         "",
         "One task from the command line, for comparison:",
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="sampling steps of every sampler")
     parser.add_argument("--n", type=int, default=3, help="pictures per task and sampler")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of the first picture")
-    parser.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each task's own)")
     parser.add_argument("--dataset-seed", type=int, default=7, help="ShapesDataset seed the inputs come from")
     parser.add_argument("--index", type=int, default=8, help="dataset sample the inputs come from")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), help="only these tasks (none: only the page)")
@@ -178,11 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         task = pipe.task(task_name)
         request = task.parse_request(inputs[task_name])
+        guidance = default_guidance(pipe, task_name) if args.guidance is None else args.guidance
         rows = []
         for sampler in SAMPLERS:
             start = time.perf_counter()
             options = ldmkit.SampleOptions(
-                n=args.n, seed=args.seed, sampler=sampler, steps=args.steps, guidance_scale=args.guidance
+                n=args.n, seed=args.seed, sampler=sampler, steps=args.steps, guidance_scale=guidance
             )
             images = task.run(pipe, request, options)  # (n, 3, H, W) in [-1, 1]
             rows.append([input_tile(task_name, sample, size)] + [_unsigned(im) for im in images])

@@ -118,6 +118,7 @@ def run_bench(
         task = pipe.task(name)
         # an explicit 0.0 is a guidance scale too, so test for None only
         scale = default_guidance(pipe, name) if guidance is None else guidance
+        scale = 1.0 if name == "uncond" else scale  # nothing to guide by
         kw = dict(steps=steps, sampler=sampler, guidance=scale, seed=seed, batch=batch)
         t0 = time.perf_counter()
         if name == "class2img":
