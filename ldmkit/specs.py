@@ -119,7 +119,16 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     return out
 
 
+def _construct_timestamp(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
+    # PyYAML's own constructor assumes its pattern matched; an explicit !!timestamp tag on other text
+    # would end in an AttributeError instead of a parse error
+    if not loader.timestamp_regexp.match(str(node.value)):
+        raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not a timestamp", node.start_mark)
+    return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
+
+
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
 def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
@@ -136,7 +145,16 @@ def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
             data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except SpecError as exc:
         raise SpecError(f"{source}: {exc}") from None
-    except (yaml.YAMLError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+    except (
+        yaml.YAMLError,
+        json.JSONDecodeError,
+        RecursionError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+    ) as exc:
+        # PyYAML's constructors for explicit tags (!!bool, !!timestamp, ...) fail on odd text with plain errors
         detail = " ".join(str(exc).split())
         raise SpecError(f"{source}: not valid YAML/JSON ({detail})") from None
     if data is None:

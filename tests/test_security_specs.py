@@ -218,6 +218,22 @@ FRAGMENTS = [
 ]
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "x: !!timestamp 2001-12-14t21:59:43.10-05:00 - a - b",
+        "x: !!timestamp yesterday",
+        "x: !!bool maybe",
+        "x: !!int 12abc",
+        "x: !!float one",
+        "x: !!binary not-base64!",
+    ],
+)
+def test_explicit_tags_on_odd_text_are_spec_errors(line: str) -> None:
+    with pytest.raises(SpecError, match="^tagged.yaml: "):
+        parse_document("\n".join([*BASE_YAML, line]), "tagged.yaml")
+
+
 @SETTINGS
 @given(st.data())
 def test_yaml_text_with_hostile_lines(data) -> None:
