@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 
 import ldmkit
 from ldmkit.cli import main
@@ -15,13 +14,7 @@ from ldmkit.generation import default_model_dir
 from ldmkit.specs import ComponentSpec
 from ldmkit_shapes.bench import TARGETS, BenchRow, format_table, run_bench, time_generation
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
 CASES = ["txt2img-kl", "cin-vq"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the machine is shared); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -24,12 +24,7 @@ LDM_SPEC = ROOT / "examples" / "train" / "tiny-ldm.yaml"
 ATOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def free_port() -> int:
@@ -65,9 +60,13 @@ def _worker(rank: int, size: int, port: int, jobs: list[tuple]) -> None:
                     shutil.copytree(job[1], job[2])
                 dist.barrier()
                 continue
-            _, spec, stop_at = job
+            _, spec, stop_at, *extra = job
+            callbacks = [_stop_at(stop_at)] if stop_at is not None else []
+            if extra and extra[0] is not None:  # (make_callback, arg): a per-rank observer of the run
+                make_callback, arg = extra[0]
+                callbacks.insert(0, make_callback(rank, arg))
             try:
-                train(spec, callbacks=[_stop_at(stop_at)] if stop_at is not None else [])
+                train(spec, callbacks=callbacks)
             except Stop:
                 pass
     finally:
@@ -77,8 +76,9 @@ def _worker(rank: int, size: int, port: int, jobs: list[tuple]) -> None:
 def train_ranks(*jobs: tuple, size: int = 2) -> None:
     """Run jobs one after another in ``size`` spawned processes (starting processes is the slow part).
 
-    A job is ``("train", spec, stop_at)`` (a run, ended by an exception after step ``stop_at`` when given)
-    or ``("copy", src, dst)``.
+    A job is ``("train", spec, stop_at)`` (a run, ended by an exception after step ``stop_at`` when given),
+    optionally with a fourth item ``(make_callback, arg)`` that gives each rank an extra callback
+    ``make_callback(rank, arg)``, or ``("copy", src, dst)``.
     """
     mp.spawn(_worker, args=(size, free_port(), list(jobs)), nprocs=size, join=True)
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-from test_distributed import AE_SPEC, Stop, free_port, ldm_dict, single, trained, weights  # noqa: F401
+from test_distributed import AE_SPEC, ldm_dict, single, train_ranks, trained, weights  # noqa: F401
 
 from ldmkit.training import load_train_spec, train
 
@@ -18,16 +15,12 @@ FSDP = {"distributed.strategy": "fsdp"}
 GAN = {"loss.disc_start": 0, "ema": {"decay": 0.9, "start": 0}}  # the discriminator and the EMA from step 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _record_shards(path: Path):
+def _record_shards(rank: int, record: Path):
     """A callback that notes, after the first step, how much of the weights and moments this rank holds."""
+    path = Path(f"{record}.{rank}")
 
     def callback(done: int, stage) -> None:
         if done != 1:
@@ -42,45 +35,6 @@ def _record_shards(path: Path):
         path.write_text(f"{local} {sum(p.numel() for p in params)} {all_sharded}")
 
     return callback
-
-
-def _worker(rank: int, size: int, port: int, jobs: list[tuple]) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size)
-    )
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")
-    try:
-        for job in jobs:
-            if job[0] == "copy":  # keep a run's folder as it is now (rank 0 copies, the others wait)
-                if rank == 0:
-                    shutil.copytree(job[1], job[2])
-                dist.barrier()
-                continue
-            _, spec, stop_at, record = job
-            callbacks = []
-            if record is not None:
-                callbacks.append(_record_shards(Path(f"{record}.{rank}")))
-            if stop_at is not None:
-
-                def stop(done: int, stage, at=stop_at) -> None:
-                    if done == at:
-                        raise Stop(done)
-
-                callbacks.append(stop)
-            try:
-                train(spec, callbacks=callbacks)
-            except Stop:
-                pass
-    finally:
-        dist.destroy_process_group()
-
-
-def train_ranks(*jobs: tuple, size: int = 2) -> None:
-    """Jobs ``("train", spec, stop_at, record_path)`` or ``("copy", src, dst)`` in ``size`` processes."""
-    mp.spawn(_worker, args=(size, free_port(), list(jobs)), nprocs=size, join=True)
 
 
 def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 0.0) -> None:
@@ -100,7 +54,7 @@ def test_fsdp_equals_one_process_and_resumes_anywhere(tmp_path, weights, single)
     reference = trained(single)
     record = tmp_path / "shards"
     train_ranks(
-        ("train", ldm_dict(tmp_path / "two", weights, **FSDP), None, record),  # uninterrupted
+        ("train", ldm_dict(tmp_path / "two", weights, **FSDP), None, (_record_shards, record)),  # uninterrupted
         ("train", ldm_dict(tmp_path / "stopped", weights, **FSDP), 2, None),  # stopped after step 2's checkpoint ...
         ("copy", tmp_path / "stopped", tmp_path / "stopped-one"),
         ("copy", tmp_path / "stopped", tmp_path / "stopped-ddp"),

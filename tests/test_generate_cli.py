@@ -28,12 +28,7 @@ FAST = ["-n", str(N), "--seed", str(SEED), "--steps", "3", "--no-progress"]
 TASKS = ("uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _u8(image: torch.Tensor) -> np.ndarray:

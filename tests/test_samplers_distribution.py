@@ -18,8 +18,6 @@ intermediate states: mean within 0.03 of the exact std, std ratio within 3 %.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import Tensor
@@ -48,13 +46,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # elementwise work on a few thousand scalars: extra threads only contend for the CPU
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# elementwise work on a few thousand scalars: extra threads only contend for the CPU
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def cosine_schedule() -> NoiseSchedule:

@@ -30,13 +30,7 @@ AE_SPEC = ROOT / "examples" / "train" / "tiny-autoencoder.yaml"
 LDM_SPEC = ROOT / "examples" / "train" / "tiny-ldm.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One CPU thread: fast on a shared machine, and the same reduction order in every process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
