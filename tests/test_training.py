@@ -378,6 +378,27 @@ def test_batches_depend_only_on_seed_and_step():
     assert IndexStream(10, 4, 4).indices(0) != sequence[0] or IndexStream(10, 4, 4).indices(1) != sequence[1]
 
 
+def test_preload_keeps_samples_on_the_given_device():
+    dataset = build_dataset(DatasetSpec(type="shapes", params={"seed": 0, "size": 64}))
+    on_cpu = Preloaded(dataset, 16)
+    elsewhere = Preloaded(dataset, 16, device=torch.device("meta"))  # any device but the CPU
+    a, b = on_cpu.batch([3, 1, 4]), elsewhere.batch([3, 1, 4])
+    assert b["image"].device.type == "meta" and b["image"].shape == a["image"].shape == (3, 3, 64, 64)
+    assert b["image"].dtype == a["image"].dtype and b["caption"] == a["caption"]
+
+
+def test_preload_that_does_not_fit_the_device_is_a_training_error(monkeypatch):
+    import ldmkit.training.data as data
+
+    def out_of_memory(store, device):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(data, "_moved", out_of_memory)
+    dataset = build_dataset(DatasetSpec(type="shapes", params={"seed": 0, "size": 64}))
+    with pytest.raises(TrainingError, match="preload_device: cpu"):
+        Preloaded(dataset, 8, device=torch.device("meta"))
+
+
 def test_preload_keeps_samples_in_uint8(monkeypatch):
     import ldmkit.training.data as data
 

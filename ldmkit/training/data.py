@@ -207,7 +207,13 @@ class Preloaded:
         self.size = n
         self.device = device or torch.device("cpu")
         if self.device.type != "cpu":
-            self.store = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in self.store.items()}
+            try:
+                self.store = _moved(self.store, self.device)
+            except torch.OutOfMemoryError:
+                raise TrainingError(
+                    f"preload: {n} samples do not fit in the memory of {self.device}; "
+                    "set dataset.preload_device: cpu or preload fewer samples"
+                ) from None
         nbytes = sum(v.numel() * v.element_size() for v in self.store.values() if isinstance(v, Tensor))
         log.info(
             "preloaded %d samples on %s, %.1f MB (%s)",
@@ -221,7 +227,9 @@ class Preloaded:
         return self.size
 
     def batch(self, indices: Sequence[int]) -> dict[str, Any]:
-        idx = torch.as_tensor(list(indices), dtype=torch.long).to(self.device, non_blocking=True)  # (B,)
+        idx = torch.as_tensor(list(indices), dtype=torch.long)  # (B,)
+        if self.device.type == "cuda":  # a copy from pinned memory does not wait for the GPU to finish
+            idx = idx.pin_memory().to(self.device, non_blocking=True)
         out: dict[str, Any] = {}
         for key, value in self.store.items():
             if isinstance(value, Tensor):
@@ -229,6 +237,11 @@ class Preloaded:
             else:
                 out[key] = [value[i] for i in indices]
         return out
+
+
+def _moved(store: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The store with its tensor fields on ``device``."""
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in store.items()}
 
 
 def batches(
