@@ -643,3 +643,12 @@ def test_layout_separate_coordinates_tokens():
     assert lay([[{"label": 1, "box": [0.1, 0.1, 0.2, 0.2]}]]).crossattn.shape == (1, 10, 16)
     with pytest.raises(SpecError, match="encode_crop"):
         cls.from_params({"n_classes": 4, "n_embed": 16, "n_layer": 1, "coordinates": "separate", "encode_crop": True})
+
+
+def test_host_tensors_reach_the_device_unchanged():
+    from ldmkit_conditioners.checks import host_to_device
+
+    ids = torch.tensor([[3, 1, 4], [1, 5, 9]])
+    assert host_to_device(ids, None) is ids and host_to_device(ids, torch.device("cpu")) is ids
+    moved = host_to_device(ids, torch.device("meta"))  # any device but the CPU
+    assert moved.device.type == "meta" and moved.shape == ids.shape and moved.dtype == ids.dtype

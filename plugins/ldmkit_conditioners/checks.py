@@ -11,6 +11,19 @@ from torch import Tensor
 from ldmkit.errors import InputError
 
 
+def host_to_device(tensor: Tensor, device: torch.device | None) -> Tensor:
+    """A tensor made on the host (token ids, dropout masks) sent to ``device``.
+
+    A copy to a GPU from ordinary host memory first waits for the GPU to finish its queued work; from
+    pinned memory it does not, so the host can prepare the next step while the GPU computes this one.
+    """
+    if device is None or tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def check_device(tensor: Tensor, device: torch.device, what: str) -> None:
     """Refuse a tensor on another device than the conditioner (nothing is moved silently)."""
     if tensor.device.type != device.type or (

@@ -21,7 +21,7 @@ from ldmkit import (
 )
 from ldmkit.conditioning import SLOTS
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch
+from ldmkit_conditioners.checks import check_batch, host_to_device
 
 
 class PartSpec(BaseModel):
@@ -165,6 +165,7 @@ class CompositeConditioner(Conditioner):
 def _where(drop: Tensor, uncond: Conditioning, cond: Conditioning) -> Conditioning:
     """Per sample: ``uncond`` where ``drop`` else ``cond`` (both must fill the same slots with equal shapes)."""
     out: dict[str, Tensor | None] = {}
+    on_device: dict[torch.device, Tensor] = {}  # the mask sent once per device, not once per slot
     for slot in SLOTS:
         a, b = getattr(uncond, slot), getattr(cond, slot)
         if a is None or b is None:
@@ -177,6 +178,8 @@ def _where(drop: Tensor, uncond: Conditioning, cond: Conditioning) -> Conditioni
                 f"composite: a part's unconditional {slot} {tuple(a.shape)} and conditional {tuple(b.shape)} "
                 "differ in shape, so samples cannot be swapped"
             )
-        mask = drop.to(b.device).view(-1, *([1] * (b.ndim - 1)))  # (B, 1, ...)
+        if b.device not in on_device:
+            on_device[b.device] = host_to_device(drop, b.device)
+        mask = on_device[b.device].view(-1, *([1] * (b.ndim - 1)))  # (B, 1, ...)
         out[slot] = torch.where(mask, a, b)
     return Conditioning(**out)

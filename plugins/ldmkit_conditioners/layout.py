@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, index_tensor
+from ldmkit_conditioners.checks import check_batch, host_to_device, index_tensor
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 
 TOKENS_PER_OBJECT = 3
@@ -162,7 +162,7 @@ class LayoutConditioner(Conditioner):
         if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Sequence) or len(raw) == 0:
             raise InputError("layouts must be a non-empty list with one list of objects per image")
         rows = [self.tokenize_layout(objects) for objects in raw]
-        return torch.tensor(rows, dtype=torch.long, device=self.device)
+        return host_to_device(torch.tensor(rows, dtype=torch.long), self.device)  # (B, max_seq_len)
 
     # -- conditioning ---------------------------------------------------------------------------
     def forward(self, raw: Any) -> Conditioning:

@@ -8,6 +8,8 @@ import re
 import torch
 from torch import Tensor
 
+from ldmkit_conditioners.checks import host_to_device
+
 log = logging.getLogger(__name__)
 
 PAD_ID = 0
@@ -43,4 +45,4 @@ class WordTokenizer:
     def __call__(self, texts: list[str], device: torch.device | None = None) -> Tensor:
         """(B, max_len) LongTensor, padded with ``PAD_ID``."""
         rows = [ids + [PAD_ID] * (self.max_len - len(ids)) for ids in map(self.encode, texts)]
-        return torch.tensor(rows, dtype=torch.long, device=device)
+        return host_to_device(torch.tensor(rows, dtype=torch.long), device)  # (B, L)
