@@ -15,11 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-
-try:
-    from _common import count_flops, ensure_importable, markdown_table, matmul_peak_tflops
-except ImportError:  # imported as benchmarks.cpu_sampling
-    from benchmarks._common import count_flops, ensure_importable, markdown_table, matmul_peak_tflops
+from _common import count_flops, ensure_importable, markdown_table, matmul_peak_tflops  # this folder is on sys.path
 
 log = logging.getLogger("cpu_sampling")
 

@@ -20,29 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-try:
-    from _common import (
-        count_flops,
-        ensure_importable,
-        markdown_table,
-        matmul_peak_tflops,
-        randomize_zeroed,
-        rel_err,
-        sync,
-        time_ms,
-    )
-except ImportError:  # imported as benchmarks.gpu_sampling
-    from benchmarks._common import (
-        count_flops,
-        ensure_importable,
-        markdown_table,
-        matmul_peak_tflops,
-        randomize_zeroed,
-        rel_err,
-        sync,
-        time_ms,
-    )
+from _common import (  # this folder is on sys.path when the script runs
+    count_flops,
+    ensure_importable,
+    markdown_table,
+    matmul_peak_tflops,
+    randomize_zeroed,
+    rel_err,
+    sync,
+    time_ms,
+)
 
 log = logging.getLogger("gpu_sampling")
 

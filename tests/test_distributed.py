@@ -13,8 +13,6 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import ldmkit
-from ldmkit.checkpoints import save_state_dict
 from ldmkit.training import load_train_spec, train
 from ldmkit.training.data import IndexStream
 
@@ -119,22 +117,11 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    spec = load_train_spec(LDM_SPEC)
-    comp = spec.pipeline.first_stage
-    torch.manual_seed(0)
-    model = ldmkit.get_registry().create("first_stage", comp.type, comp.params)
-    path = tmp_path_factory.mktemp("fs") / "first_stage.safetensors"
-    save_state_dict(model.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def single(tmp_path_factory, weights) -> Path:
+def single(tmp_path_factory, first_stage_weights) -> Path:
     """The reference: 4 steps of the tiny LDM (global batch 4, dropout, scale_by_std, EMA) in one process."""
     out = tmp_path_factory.mktemp("single")
     torch.set_num_threads(1)
-    train(ldm_dict(out, weights))
+    train(ldm_dict(out, first_stage_weights))
     return out
 
 
@@ -146,7 +133,7 @@ def test_shards_cover_the_global_batch():
 
 
 @pytest.mark.slow
-def test_two_ranks_equal_one_resume_and_autoencoder(tmp_path, weights, single):
+def test_two_ranks_equal_one_resume_and_autoencoder(tmp_path, first_stage_weights, single):
     def ae(out: Path) -> dict:
         # Adam turns any gradient into a step of about lr, also the float noise of gradients that are zero
         # in exact arithmetic (biases in front of a GroupNorm); a larger eps keeps those steps negligible
@@ -155,10 +142,10 @@ def test_two_ranks_equal_one_resume_and_autoencoder(tmp_path, weights, single):
 
     reference = trained(single)
     train_ranks(
-        ("train", ldm_dict(tmp_path / "two", weights), None),  # uninterrupted
-        ("train", ldm_dict(tmp_path / "stopped", weights), 2),  # stopped after step 2's checkpoint ...
+        ("train", ldm_dict(tmp_path / "two", first_stage_weights), None),  # uninterrupted
+        ("train", ldm_dict(tmp_path / "stopped", first_stage_weights), 2),  # stopped after step 2's checkpoint ...
         ("copy", tmp_path / "stopped", tmp_path / "stopped-one"),
-        ("train", ldm_dict(tmp_path / "stopped", weights), None),  # ... resumed by 2 processes
+        ("train", ldm_dict(tmp_path / "stopped", first_stage_weights), None),  # ... resumed by 2 processes
         ("train", ae(tmp_path / "ae-two"), None),
     )
     assert_same(trained(tmp_path / "two"), reference)
@@ -173,7 +160,7 @@ def test_two_ranks_equal_one_resume_and_autoencoder(tmp_path, weights, single):
     assert ckpt["step"] == 2
     assert not any(k.startswith("module.") for k in ckpt["stage"]["denoiser"])  # unwrapped state
     assert_same(trained(tmp_path / "stopped"), reference)
-    train(ldm_dict(tmp_path / "stopped-one", weights))  # the 2-process checkpoint resumed by 1 process
+    train(ldm_dict(tmp_path / "stopped-one", first_stage_weights))  # the 2-process checkpoint resumed by 1 process
     assert_same(trained(tmp_path / "stopped-one"), reference)
 
     train(ae(tmp_path / "ae-one"))
@@ -200,11 +187,11 @@ def _cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProce
 
 
 @pytest.mark.slow
-def test_cli_nproc_two(tmp_path, weights, single):
+def test_cli_nproc_two(tmp_path, first_stage_weights, single):
     spec = tmp_path / "spec.yaml"
     import yaml
 
-    spec.write_text(yaml.safe_dump(ldm_dict(tmp_path / "cli", weights)))
+    spec.write_text(yaml.safe_dump(ldm_dict(tmp_path / "cli", first_stage_weights)))
     done = _cli("train", str(spec), "--nproc", "2", "--no-progress")
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same(trained(tmp_path / "cli"), trained(single))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import AE_SPEC, ldm_dict, single, train_ranks, trained, weights  # noqa: F401
+from test_distributed import AE_SPEC, ldm_dict, single, train_ranks, trained  # noqa: F401
 
 from ldmkit.training import load_train_spec, train
 
@@ -50,7 +50,8 @@ def ae_dict(out: Path, **overrides) -> dict:
 
 
 @pytest.mark.slow
-def test_fsdp_equals_one_process_and_resumes_anywhere(tmp_path, weights, single):  # noqa: F811
+def test_fsdp_equals_one_process_and_resumes_anywhere(tmp_path, first_stage_weights, single):  # noqa: F811
+    weights = first_stage_weights
     reference = trained(single)
     record = tmp_path / "shards"
     train_ranks(

@@ -33,18 +33,6 @@ LDM_SPEC = ROOT / "examples" / "train" / "tiny-ldm.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def first_stage_weights(tmp_path_factory) -> Path:
-    """Weights of the LDM example's (untrained, seeded) first stage."""
-    spec = load_train_spec(LDM_SPEC)
-    comp = spec.pipeline.first_stage
-    torch.manual_seed(0)
-    model = ldmkit.get_registry().create("first_stage", comp.type, comp.params)
-    path = tmp_path_factory.mktemp("fs") / "first_stage.safetensors"
-    save_state_dict(model.state_dict(), path)
-    return path
-
-
 def ae_spec(out_dir: Path, **overrides):
     return load_train_spec(AE_SPEC, {"out_dir": str(out_dir), "progress": False, **overrides})
 

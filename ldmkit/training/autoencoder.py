@@ -216,10 +216,6 @@ class AutoencoderStage(Stage):
         weight = torch.norm(both[0]) / (torch.norm(both[1]) + 1e-4)
         return torch.clamp(weight, 0.0, 1e4).detach() * disc_weight
 
-    def export_path(self, out_dir: Path) -> Path:
-        """Where :meth:`export` writes the weights."""
-        return out_dir / WEIGHTS_FILE
-
     def export(self, out_dir: Path) -> Path:
         """``first_stage.safetensors`` (EMA weights when kept) and ``first_stage.yaml`` (its component spec)."""
         path = out_dir / WEIGHTS_FILE

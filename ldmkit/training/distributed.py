@@ -153,17 +153,6 @@ def concat_batches(parts: Sequence[Any]) -> Any:
     raise TrainingError(f"cannot join a batch of {type(first).__name__} values across processes")
 
 
-def map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """``fn`` applied to every tensor in a nested structure of dicts and lists."""
-    if isinstance(value, Tensor):
-        return fn(value)
-    if isinstance(value, dict):
-        return {k: map_tensors(v, fn) for k, v in value.items()}
-    if isinstance(value, list):
-        return [map_tensors(v, fn) for v in value]
-    return value
-
-
 class _Forward(nn.Module):
     """Holds the trained modules so one wrapper synchronises them; ``forward(fn, ...)`` runs ``fn``.
 

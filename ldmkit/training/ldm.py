@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmkit.errors import CheckpointError, SpecError, TrainingError
+from ldmkit.nested import map_tensors
 from ldmkit.pipeline import Pipeline
 from ldmkit.prediction import target_for
 from ldmkit.specs import validate_spec
@@ -200,8 +201,8 @@ class LDMStage(Stage):
             if not self.world.enabled:
                 return forward_train(raw, generator=gen)
             # the draws are per sample of the global batch: condition it whole, keep this rank's rows
-            pieces = distributed.gather_objects(self.world, distributed.map_tensors(raw, lambda v: v.cpu()))
-            whole = distributed.map_tensors(distributed.concat_batches(pieces), lambda v: v.to(self.device))
+            pieces = distributed.gather_objects(self.world, map_tensors(raw, lambda v: v.cpu()))
+            whole = map_tensors(distributed.concat_batches(pieces), lambda v: v.to(self.device))
             cond = forward_train(whole, generator=gen)
             return cond[self.world.part(cond.batch_size)]
         return self.conditioner(raw)
@@ -237,10 +238,6 @@ class LDMStage(Stage):
         self.scale_factor = float(state["scale_factor"])
         self.pipe.scale_factor = self.scale_factor
         self.latent_size = state.get("latent_size")
-
-    def export_path(self, out_dir: Path) -> Path:
-        """Where :meth:`export` writes."""
-        return out_dir / PIPELINE_DIR
 
     def export(self, out_dir: Path) -> Path:
         """A pipeline folder (``Pipeline.save``): EMA weights where kept, the measured scale_factor."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ldmkit.errors import TrainingError
-from ldmkit.training import distributed
+from ldmkit.training import distributed, fsdp
 from ldmkit.training.checkpoint import FORMAT, FORMAT_VERSION, LAST, check_writable, load_state, save_state
 from ldmkit.training.data import Preloaded, batches, build_dataset
 from ldmkit.training.logging_ import make_logger
@@ -192,6 +192,8 @@ def _run_steps(
 
 def _save(spec: TrainSpec, stage: Stage, step: int, path: Path, world=distributed.SINGLE) -> None:
     """Called on every rank (gathering sharded state is collective); rank 0 writes."""
+    if not world.is_main and not fsdp.sharded(world):
+        return  # nothing to gather and nothing to write
     state = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

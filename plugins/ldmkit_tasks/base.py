@@ -12,6 +12,7 @@ from torch import Tensor
 import ldmkit
 from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import SampleOptions
+from ldmkit.nested import map_tensors
 
 
 class TaskParams(ldmkit.Params):
@@ -135,10 +136,4 @@ def check_size(t: Tensor, expected: tuple[int, int], what: str) -> None:
 
 def on_device(raw: Any, device: torch.device) -> Any:
     """A task's raw input with its tensors on ``device``: tasks build inputs on the CPU, the pipeline may be a GPU's."""
-    if isinstance(raw, Tensor):
-        return raw.to(device)
-    if isinstance(raw, dict):
-        return {key: on_device(value, device) for key, value in raw.items()}
-    if isinstance(raw, list):
-        return [on_device(value, device) for value in raw]
-    return raw
+    return map_tensors(raw, lambda tensor: tensor.to(device))
