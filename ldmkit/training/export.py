@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 from ldmkit.checkpoints import atomic_write_text, load_into, save_state_dict
 from ldmkit.errors import CheckpointError, TrainingError
@@ -20,16 +21,17 @@ def save_weights(module: nn.Module, path: Path) -> None:
         raise TrainingError(str(exc)) from None
 
 
-def load_weights(module: nn.Module, path: Path, what: str, skip: tuple[str, ...] = ()) -> None:
-    """Load a safetensors state dict into ``module`` strictly, except keys under ``skip`` (left as they are).
+def load_weights(module: nn.Module, source: Path | Mapping[str, Tensor], what: str, skip: tuple[str, ...] = ()) -> None:
+    """Load a safetensors file (or a state dict) into ``module`` strictly, except keys under ``skip``.
 
-    CheckpointError names what does not fit.
+    Skipped weights are left as they are. CheckpointError names what does not fit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what}: {path}: no such file")
+    if not isinstance(source, Mapping):
+        source = Path(source)
+        if not source.is_file():
+            raise CheckpointError(f"{what}: {source}: no such file")
     try:
-        load_into(module, path, what=what, ignore_prefixes=skip)
+        load_into(module, source, what=what, ignore_prefixes=skip)
     except CheckpointError as exc:
         message = str(exc)
         raise type(exc)(message if message.startswith(what) else f"{what}: {message}") from None

@@ -24,6 +24,7 @@ from ldmkit.specs import validate_spec
 from ldmkit.training import distributed, fsdp
 from ldmkit.training.ema import EMA
 from ldmkit.training.export import load_weights
+from ldmkit.training.grow import grown
 from ldmkit.training.optim import autocast, build_optimizer, load_scheduler_state, scheduler_state, step_optimizer
 from ldmkit.training.spec import LDMTrainSpec
 from ldmkit.training.stage import Stage, image_batch
@@ -95,7 +96,12 @@ class LDMStage(Stage):
         if not directory.is_dir():
             raise TrainingError(f"init_from: {directory} is not a pipeline folder")
         skip = _init_skip(self.spec.init_skip, {"denoiser": self.pipe.denoiser, "conditioner": self.pipe.conditioner})
-        load_weights(self.pipe.denoiser, directory / "denoiser.safetensors", "init_from denoiser", skip["denoiser"])
+        path = directory / "denoiser.safetensors"
+        if self.spec.init_grow:
+            state = grown(self.spec.init_grow, self.pipe.denoiser, path)
+            load_weights(self.pipe.denoiser, state, "init_from denoiser", skip["denoiser"])
+        else:
+            load_weights(self.pipe.denoiser, path, "init_from denoiser", skip["denoiser"])
         if self.pipe.conditioner is not None and (directory / "conditioner.safetensors").is_file():
             path = directory / "conditioner.safetensors"
             load_weights(self.pipe.conditioner, path, "init_from conditioner", skip["conditioner"])

@@ -129,6 +129,12 @@ class LDMTrainSpec(_TrainCommon):
         description="weights init_from leaves at their fresh initialisation (e.g. a conditioner part whose "
         "design changed): state-dict key prefixes written 'denoiser.<prefix>' or 'conditioner.<prefix>'",
     )
+    init_grow: list[str] = Field(
+        default_factory=list,
+        description="weights that are larger in this model than in init_from (a denoiser given new concat input "
+        "channels): full state-dict keys written 'denoiser.<key>'; the saved values fill the leading part of each "
+        "axis and the rest is zero, so the new inputs start with no effect",
+    )
     image_field: str = "image"
     conditioning: dict[str, str | dict[str, str]] = Field(
         default_factory=dict,

@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
 from ldmkit.interfaces import Slot
+from ldmkit_conditioners.box_map import box_map
 from ldmkit_conditioners.checks import check_batch, host_to_device, index_tensor
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 
@@ -71,6 +72,14 @@ class LayoutConditioner(Conditioner):
         n_embed: int = Field(512, gt=0)
         n_layer: int = Field(16, ge=1)
         embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        spatial_map: list[PositiveInt] | None = Field(
+            None,
+            min_length=2,
+            max_length=2,
+            description="(h, w), the latent size: also fill the concat slot with a map of the boxes, one channel "
+            "per class holding the share of each cell that boxes of that class cover (a denoiser learns where "
+            "to draw from such a map far sooner than from tokens alone)",
+        )
 
         @model_validator(mode="after")
         def _consistent(self):
@@ -99,6 +108,8 @@ class LayoutConditioner(Conditioner):
         self.tokens_per_object = TOKENS_PER_OBJECT if p.coordinates == "corner-cells" else 5
         self.max_seq_len = p.max_objects * self.tokens_per_object + (2 if p.encode_crop else 0)
         self._names = {n.strip().lower(): i for i, n in enumerate(p.class_names or [])}
+        if p.spatial_map is not None:
+            self.slots = ("crossattn", "concat")
         self.transformer = TransformerWrapper(
             self.vocab_size, self.max_seq_len, p.n_embed, p.n_layer, p.embedding_dropout
         )
@@ -128,26 +139,32 @@ class LayoutConditioner(Conditioner):
             raise InputError(f"label {label} is outside [0, n_classes={self.params.n_classes})")
         return label
 
-    def tokenize_layout(self, objects: Sequence[LayoutObject | Mapping[str, Any]]) -> list[int]:
-        """Tokens (max_seq_len,) of one image's layout."""
-        p = self.params
+    def layout_objects(self, objects: Sequence[LayoutObject | Mapping[str, Any]]) -> list[tuple[int, list[float]]]:
+        """One image's layout validated: ``(class id, box)`` per object."""
         if isinstance(objects, (str, bytes, Mapping)) or not isinstance(objects, Sequence):
             raise InputError(f"a layout must be a list of objects, not {type(objects).__name__}")
-        if len(objects) > p.max_objects:
-            raise InputError(f"a layout has {len(objects)} objects, more than max_objects={p.max_objects}")
-        tokens: list[int] = []
+        if len(objects) > self.params.max_objects:
+            raise InputError(f"a layout has {len(objects)} objects, more than max_objects={self.params.max_objects}")
+        out = []
         for index, obj in enumerate(objects):
             try:
                 obj = obj if isinstance(obj, LayoutObject) else LayoutObject.model_validate(obj)
             except ValidationError as exc:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in exc.errors())
                 raise InputError(f"layout object {index}: {problems}") from None
-            x0, y0, x1, y1 = obj.box
+            out.append((self.label_id(obj.label), list(obj.box)))
+        return out
+
+    def tokenize_layout(self, objects: Sequence[LayoutObject | Mapping[str, Any]]) -> list[int]:
+        """Tokens (max_seq_len,) of one image's layout."""
+        p = self.params
+        tokens: list[int] = []
+        for label, (x0, y0, x1, y1) in self.layout_objects(objects):
             if p.coordinates == "corner-cells":
-                tokens += [self.label_id(obj.label), self.corner_token(x0, y0), self.corner_token(x1, y1)]
+                tokens += [label, self.corner_token(x0, y0), self.corner_token(x1, y1)]
             else:  # [label, x0, y0, x1, y1], coordinates as ids after the class ids
-                tokens += [self.label_id(obj.label), *(self.coordinate_token(v) for v in obj.box)]
-        tokens += [self.none_token] * (self.tokens_per_object * (p.max_objects - len(objects)))
+                tokens += [label, *(self.coordinate_token(v) for v in (x0, y0, x1, y1))]
+        tokens += [self.none_token] * (self.tokens_per_object * p.max_objects - len(tokens))
         if p.encode_crop:
             tokens += [self.corner_token(0.0, 0.0), self.corner_token(1.0, 1.0)]  # the whole image
         return tokens
@@ -164,11 +181,49 @@ class LayoutConditioner(Conditioner):
         rows = [self.tokenize_layout(objects) for objects in raw]
         return host_to_device(torch.tensor(rows, dtype=torch.long), self.device)  # (B, max_seq_len)
 
+    def boxes_from_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Tokens (B, max_seq_len) -> class ids (B, max_objects), -1 where none, and boxes (B, max_objects, 4).
+
+        Coordinates come back at the token grid's precision (cell corners or bin values).
+        """
+        p = self.params
+        body = tokens[:, : p.max_objects * self.tokens_per_object].reshape(tokens.shape[0], p.max_objects, -1)
+        labels = body[..., 0]  # (B, K)
+        present = labels < p.n_classes
+        if p.coordinates == "corner-cells":
+            bins = p.coord_bins
+            corners = body[..., 1:3].clamp(max=bins * bins - 1)  # (B, K, 2): top-left, bottom-right cells
+            xy = torch.stack([corners % bins, corners // bins], dim=-1)  # (B, K, 2, 2): (corner, x|y)
+            boxes = xy.reshape(*labels.shape, 4).float() / (bins - 1)  # (B, K, 4): x0, y0, x1, y1
+        else:
+            boxes = (body[..., 1:5] - p.n_classes).clamp(0, p.coord_bins - 1).float() / (p.coord_bins - 1)
+        return torch.where(present, labels, -1), boxes
+
+    def _map(self, raw: Any, tokens: Tensor) -> Tensor:
+        """The concat map (B, n_classes, h, w) of a batch of layouts (exact boxes) or tokens (grid boxes)."""
+        p = self.params
+        assert p.spatial_map is not None
+        if isinstance(raw, Tensor):
+            labels, boxes = self.boxes_from_tokens(tokens)
+        else:
+            rows = [self.layout_objects(objects) for objects in raw]
+            labels = torch.full((len(rows), p.max_objects), -1, dtype=torch.long)  # (B, K)
+            boxes = torch.zeros(len(rows), p.max_objects, 4)  # (B, K, 4)
+            for i, row in enumerate(rows):
+                for k, (label, box) in enumerate(row):
+                    labels[i, k], boxes[i, k] = label, torch.tensor(box)
+            labels, boxes = host_to_device(labels, self.device), host_to_device(boxes, self.device)
+        return box_map(labels, boxes, p.n_classes, (p.spatial_map[0], p.spatial_map[1]))
+
     # -- conditioning ---------------------------------------------------------------------------
     def forward(self, raw: Any) -> Conditioning:
         """``raw``: ``[[{"label": ..., "box": [x0, y0, x1, y1]}, ...], ...]`` or tokens (B, max_seq_len)."""
-        return Conditioning(crossattn=self.transformer(self.tokenize(raw)))  # (B, max_seq_len, n_embed)
+        tokens = self.tokenize(raw)
+        context = self.transformer(tokens)  # (B, max_seq_len, n_embed)
+        if self.params.spatial_map is None:
+            return Conditioning(crossattn=context)
+        return Conditioning(crossattn=context, concat=self._map(raw, tokens).to(context.dtype))
 
     def unconditional(self, batch: int) -> Conditioning:
-        """The empty layout (every object slot 'none')."""
+        """The empty layout (every object slot 'none'; an all-zero map)."""
         return self.forward([[] for _ in range(check_batch(batch))])
