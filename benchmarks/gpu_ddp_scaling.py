@@ -1,6 +1,7 @@
 """Training throughput of a GPU-filling latent diffusion UNet on 1 vs 2 GPUs (DDP), and the scaling efficiency.
 
     python benchmarks/gpu_ddp_scaling.py [--batch-per-gpu 32] [--steps 30] [--channels 320] [--strategies ddp,fsdp]
+                                         [--bucket-mb 25]
 
 Each run is a real ``ldmkit train`` (torchrun when 2 GPUs) on Shapes pictures (64x64, preloaded so
 rendering is not the bottleneck) in the 32x32 latents of an untrained f=2 KL autoencoder, bf16;
@@ -25,7 +26,9 @@ import yaml
 log = logging.getLogger("gpu_ddp_scaling")
 
 
-def train_spec(out_dir: Path, batch: int, steps: int, channels: int, strategy: str = "ddp") -> dict:
+def train_spec(
+    out_dir: Path, batch: int, steps: int, channels: int, strategy: str = "ddp", bucket_mb: float = 25.0
+) -> dict:
     """A UNet of about SD size at ``channels`` model channels, on 32x32x4 latents."""
     first_stage = {
         "type": "kl-autoencoder",
@@ -68,7 +71,7 @@ def train_spec(out_dir: Path, batch: int, steps: int, channels: int, strategy: s
         "device": "cuda",
         "progress": False,
         "out_dir": str(out_dir),
-        "distributed": {"strategy": strategy},
+        "distributed": {"strategy": strategy} | ({"bucket_cap_mb": bucket_mb} if strategy == "ddp" else {}),
     }
 
 
@@ -99,6 +102,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--channels", type=int, default=320, help="UNet model_channels (320 is SD v1's)")
     parser.add_argument("--strategies", default="ddp", help="comma-separated: ddp, fsdp")
+    parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP gradient bucket size (MB)")
     args = parser.parse_args()
     import torch
 
@@ -113,10 +117,13 @@ def main() -> int:
         one = run(1, train_spec(work / "one", args.batch_per_gpu, args.steps, args.channels), work)
         rows.append(f"| 1 x {name} | - | {args.batch_per_gpu} | {one:.1f} | - |")
         for strategy in args.strategies.split(","):
-            spec = train_spec(work / strategy, 2 * args.batch_per_gpu, args.steps, args.channels, strategy)
+            spec = train_spec(
+                work / strategy, 2 * args.batch_per_gpu, args.steps, args.channels, strategy, args.bucket_mb
+            )
             two = run(2, spec, work)
             speedup = two / one
-            rows.append(f"| 2 x {name} | {strategy} | {2 * args.batch_per_gpu} | {two:.1f} | {speedup:.2f}x |")
+            label = f"{strategy} (buckets {args.bucket_mb:g} MB)" if strategy == "ddp" else strategy
+            rows.append(f"| 2 x {name} | {label} | {2 * args.batch_per_gpu} | {two:.1f} | {speedup:.2f}x |")
     log.info("| GPUs | strategy | global batch | images/s | speed-up over 1 GPU |")
     log.info("| --- | --- | --- | --- | --- |")
     for row in rows:

@@ -78,6 +78,20 @@ def default_guidance(pipe: Pipeline, task: str) -> float:
     return pipe.spec.sampling.guidance_scale if pipe.spec is not None else 1.0
 
 
+def default_sampling(pipe: Pipeline, task: str) -> tuple[str, int]:
+    """The sampler and number of steps a task samples with unless told otherwise.
+
+    The task's own ``sampler`` / ``steps`` params when it sets them (an unconditional model has no
+    guidance to lean on and gains from more, stochastic steps, as the paper samples its unconditional
+    models), else the spec's ``sampling``, else DDIM with 50 steps.
+    """
+    params = getattr(pipe.task(task), "params", None)
+    spec = pipe.spec.sampling if pipe.spec is not None else None
+    sampler = getattr(params, "sampler", None) or (spec.sampler if spec is not None else "ddim")
+    steps = getattr(params, "steps", None) or (spec.steps if spec is not None else 50)
+    return sampler, int(steps)
+
+
 def encode_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
     """JSON-safe copy of CLI inputs (file contents as base64)."""
     return {

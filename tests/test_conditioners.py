@@ -652,3 +652,26 @@ def test_host_tensors_reach_the_device_unchanged():
     assert host_to_device(ids, None) is ids and host_to_device(ids, torch.device("cpu")) is ids
     moved = host_to_device(ids, torch.device("meta"))  # any device but the CPU
     assert moved.device.type == "meta" and moved.shape == ids.shape and moved.dtype == ids.dtype
+
+
+def test_masked_image_blur_hole_is_painted_from_known_pixels():
+    from ldmkit_conditioners.hole_fill import blur_fill
+
+    first_stage = PoolFirstStage()
+    cond = create("masked-image", {"hole": "blur", "blur_sigma": 1.5})
+    cond.attach(first_stage)
+    image, mask = _inpaint_request()
+    out = cond({"image": image, "mask": mask}).concat
+    painted = first_stage.seen[-1]
+    torch.testing.assert_close(painted * (1 - mask), image * (1 - mask))  # known pixels kept
+    torch.testing.assert_close(out[:, 3:], F.interpolate(mask, size=(4, 4)) * 2 - 1)  # the paper's mask channel
+    # a flat known region paints a flat hole, whatever was under it
+    flat = torch.full_like(image, 0.3)
+    flat[:, :, 4:12, 0:8] = -0.9
+    torch.testing.assert_close(blur_fill(flat, mask, 2.0), torch.full_like(image, 0.3))
+    # nothing known near a pixel: the mean of the known pixels
+    wide = torch.ones(1, 1, 16, 16)
+    wide[..., :, 15:] = 0.0
+    picture = torch.zeros(1, 3, 16, 16)
+    picture[..., :, 15:] = torch.tensor([0.5, -0.5, 0.25]).view(1, 3, 1, 1)
+    torch.testing.assert_close(blur_fill(picture, wide, 0.5)[..., 0, 0], torch.tensor([[0.5, -0.5, 0.25]]))

@@ -17,7 +17,14 @@ from PIL import Image
 import ldmkit
 from ldmkit.cli import main
 from ldmkit.errors import SpecError
-from ldmkit.generation import default_guidance, default_model_dir, read_metadata, weights_hash, write_png
+from ldmkit.generation import (
+    default_guidance,
+    default_model_dir,
+    default_sampling,
+    read_metadata,
+    weights_hash,
+    write_png,
+)
 from ldmkit.pipeline import SPEC_FILE
 from ldmkit.specs import load_spec
 from ldmkit_shapes import CLASS_NAMES, ShapesDataset
@@ -96,6 +103,33 @@ def test_a_task_guidance_default_overrides_the_spec_default():
         ldmkit.Pipeline.from_spec(spec)
 
 
+def test_a_task_sampler_and_steps_override_the_spec_sampling():
+    spec = load_spec(default_model_dir() / SPEC_FILE).model_dump(mode="json")
+    spec["sampling"].update(sampler="plms", steps=30)
+    spec["tasks"]["uncond"]["params"] = {"sampler": "ddpm", "steps": 120}
+    spec["tasks"]["class2img"]["params"].pop("sampler", None)
+    spec["tasks"]["class2img"]["params"].pop("steps", None)
+    spec["tasks"]["text2img"]["params"]["steps"] = 10
+    pipe = ldmkit.Pipeline.from_spec(spec)
+    assert default_sampling(pipe, "uncond") == ("ddpm", 120)
+    assert default_sampling(pipe, "class2img") == ("plms", 30)
+    assert default_sampling(pipe, "text2img") == ("plms", 10)
+    spec["tasks"]["uncond"]["params"]["steps"] = 0
+    with pytest.raises(SpecError, match="steps"):
+        ldmkit.Pipeline.from_spec(spec)
+
+
+def test_generate_takes_the_task_sampler_unless_told(tmp_path):
+    own_sampler, _ = default_sampling(ldmkit.Pipeline.load(default_model_dir()), "uncond")
+    for i, (extra, expected) in enumerate([([], own_sampler), (["--sampler", "plms"], "plms")]):
+        out = tmp_path / str(i)
+        argv = ["generate", "--task", "uncond", "-n", "1", "--steps", "2", *extra, "--out", str(out)]
+        code, _, stderr = run_cli(argv)
+        assert code == 0, stderr
+        options = read_metadata(out / "000000.png")["options"]
+        assert (options["sampler"], options["steps"]) == (expected, 2)
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``ldmkit ARGV`` run in this process."""
     out, err = io.StringIO(), io.StringIO()
@@ -136,7 +170,8 @@ def test_each_task_writes_pictures_with_metadata(task, inputs, generated):
         meta = read_metadata(path)
         assert meta["task"] == task and meta["index"] == i
         options = meta["options"]
-        assert (options["n"], options["seed"], options["steps"], options["sampler"]) == (N, SEED, 3, "ddim")
+        sampler = SHIPPED_SPEC.tasks[task].params.get("sampler", SHIPPED_SPEC.sampling.sampler)
+        assert (options["n"], options["seed"], options["steps"], options["sampler"]) == (N, SEED, 3, sampler)
         assert options["guidance_scale"] == SHIPPED_GUIDANCE.get(task, SHIPPED_SPEC.sampling.guidance_scale)
         assert meta["model"] == {"source": "default", "weights_sha256": weights_hash(default_model_dir())}
         recorded = meta["inputs"]

@@ -75,11 +75,14 @@ def test_training_logs_ship_and_end_where_train_sh_stops():
     autoencoder = _log("autoencoder.log.csv")
     ae_spec = load_train_spec(ROOT / "examples" / "shapes" / "autoencoder.yaml")
     stage_ends = _max_steps_in_train_sh()  # the LDM stages' --max-steps, in order
-    # stage 2, stage 3, and stage 4's second (resuming) command
+    # stage 2, stage 3, stage 4's second (resuming) command, stages 5 and 6
+    assert len(stage_ends) == 6, stage_ends
     ldm_logs = {
         "ldm.log.csv": stage_ends[0],
         "ldm-finetune.log.csv": stage_ends[1],
-        "ldm-finetune2.log.csv": stage_ends[-1],
+        "ldm-finetune2.log.csv": stage_ends[3],
+        "ldm-finetune3.log.csv": stage_ends[4],
+        "ldm-finetune4.log.csv": stage_ends[5],
     }
     for rows, last in [(autoencoder, ae_spec.max_steps)] + [(_log(name), end) for name, end in ldm_logs.items()]:
         steps = [r["step"] for r in rows]

@@ -126,6 +126,40 @@ def test_init_from_starts_from_saved_weights_except_skipped_ones(tmp_path, first
             train(ldm_spec(tmp_path / "c", first_stage_weights, max_steps=1, init_from=str(source), init_skip=bad))
 
 
+def test_init_grow_adds_input_channels_that_start_at_zero(tmp_path, first_stage_weights):
+    # the source has no concat input; the new model adds a layout part whose box map is 18 concat channels
+    source = train(ldm_spec(tmp_path / "a", first_stage_weights, max_steps=2, checkpoint_every=100, seed=1)).export
+    saved = ldmkit.Pipeline.load(source).denoiser.state_dict()
+    layout = {"type": "layout", "params": {"n_classes": 18, "max_objects": 3, "coord_bins": 16, "n_embed": 32}}
+    layout["params"] |= {"n_layer": 1, "coordinates": "separate", "spatial_map": [8, 8]}
+    grow = ["denoiser.input_blocks.0.0.weight"]
+    overrides = {
+        "pipeline.denoiser.params.in_channels": 22,
+        "pipeline.conditioner.params.parts.layout": layout,
+        "conditioning": {"label": "class_label", "layout": "layout"},
+        "init_from": str(source),
+        "init_skip": ["conditioner.parts.layout."],
+        "init_grow": grow,
+        "optimizer.lr": 1e-12,
+    }
+    seen: dict[str, dict] = {}
+
+    def grab(done, stage):
+        seen.setdefault("unet", {k: v.clone() for k, v in stage.denoiser.state_dict().items()})
+
+    train(ldm_spec(tmp_path / "b", first_stage_weights, max_steps=1, **overrides), callbacks=[grab])
+    conv = seen["unet"]["input_blocks.0.0.weight"]  # (32, 22, 3, 3)
+    assert conv.shape[1] == 22
+    assert torch.allclose(conv[:, :4], saved["input_blocks.0.0.weight"], atol=1e-9)
+    assert conv[:, 4:].abs().max() < 1e-9  # the box-map channels start with no effect
+    for key, value in saved.items():
+        if key != "input_blocks.0.0.weight":
+            assert torch.allclose(seen["unet"][key], value, atol=1e-9), key
+    with pytest.raises(SpecError, match="init_grow"):
+        bad = overrides | {"init_grow": ["denoiser.input_blocks.0.0.nothing"]}
+        train(ldm_spec(tmp_path / "c", first_stage_weights, max_steps=1, **bad))
+
+
 # -- resume ---------------------------------------------------------------------------------------------
 
 KILL_SCRIPT = textwrap.dedent(

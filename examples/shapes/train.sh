@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The exact commands that produced the shipped Shapes model (plugins/ldmkit_shapes/model), run on NVIDIA H200s
 # from the repository root. Their logs ship beside the weights: autoencoder.log.csv (stage 1), ldm.log.csv
-# (stage 2), ldm-finetune.log.csv (stage 3), ldm-finetune2.log.csv (stage 4).
-# Stages 2 and 3 predate the current ldm.yaml (corner-cell layout tokens, batch 256): their --set lines restore
-# the settings they ran with. Stage 4 trains with ldm.yaml's architecture, the shipped one.
+# (stage 2), ldm-finetune.log.csv (stage 3), ldm-finetune2.log.csv (stage 4), ldm-finetune3.log.csv (stage 5),
+# ldm-finetune4.log.csv (stage 6).
+# The earlier stages predate the current ldm.yaml: their --set lines restore the architecture and settings
+# they ran with. Stage 6 trains with ldm.yaml as it is, the shipped architecture.
 set -euo pipefail
 
 # 1. the KL-f4 autoencoder: 4000 steps of batch 128 (about 3 minutes)
 ldmkit train examples/shapes/autoencoder.yaml --fresh --set dataset.preload=100000 --set num_workers=12
 
-OLD_LAYOUT="--set pipeline.conditioner.params.parts.layout.params.coordinates=corner-cells"
+# Stages 2 to 4: no box map (14 input channels), the paper's black inpainting hole, the old training mix
+BEFORE_STAGE5="--set pipeline.denoiser.params.in_channels=14
+  --set pipeline.conditioner.params.parts.layout.params.spatial_map=null
+  --set pipeline.conditioner.params.parts.inpaint.params.hole=constant
+  --set pipeline.conditioner.params.uncond_rate=0.1 --set pipeline.conditioner.params.parts.layout.weight=1.5
+  --set pipeline.conditioner.params.parts.inpaint.weight=1.0"
+OLD_LAYOUT="--set pipeline.conditioner.params.parts.layout.params.coordinates=corner-cells $BEFORE_STAGE5"
 
 # 2. the latent diffusion model: 2696 steps of batch 256 (about 6 minutes; the step count filled the time at hand)
 ldmkit train examples/shapes/ldm.yaml --fresh --max-steps 2696 --set dataset.preload=200000 --set num_workers=12 \
@@ -34,11 +41,36 @@ STAGE4="--set init_from=runs/shapes-ldm-stage3 --set init_skip=[conditioner.part
   --set scale_by_std=false --set pipeline.scale_factor=0.227872 --set precision=fp32
   --set batch_size=1024 --set optimizer.lr=2.0e-4 --set optimizer.warmup_steps=100
   --set ema.decay=0.995 --set ema.start=0 --set num_workers=14 --set checkpoint_every=100 --set log_every=50
-  --out-dir runs/shapes-ldm-stage4"
+  $BEFORE_STAGE5 --out-dir runs/shapes-ldm-stage4"
 ldmkit train examples/shapes/ldm.yaml --fresh --max-steps 1400 $STAGE4 --set dataset.preload=400000
 ldmkit train examples/shapes/ldm.yaml --max-steps 1900 $STAGE4 --set dataset.preload=150000
+python -c "import ldmkit, torch; ldmkit.Pipeline.load('runs/shapes-ldm-stage4/pipeline').save('runs/shapes-ldm-stage4-fp16', dtype=torch.float16)"
 
-# 5. the shipped copy: fp16 weights (26.5 MB), the spec, and the logs
-python -c "import ldmkit, torch; ldmkit.Pipeline.load('runs/shapes-ldm-stage4/pipeline').save('plugins/ldmkit_shapes/model', dtype=torch.float16)"
+# Stages 5 and 6 each ran under a wall-clock limit that stopped them after a checkpoint (steps 1300 and 1400);
+# a second command resumed at that step to write the pipeline. Resuming is exact, so one command with
+# that --max-steps gives the same weights. Both: float32, batch 1024, lr 2e-4, EMA 0.995, ~4,000 pictures/s.
+FINETUNE="--set scale_by_std=false --set pipeline.scale_factor=0.227872 --set precision=fp32
+  --set batch_size=1024 --set optimizer.lr=2.0e-4 --set optimizer.warmup_steps=100
+  --set ema.decay=0.995 --set ema.start=0 --set dataset.preload=300000 --set num_workers=7
+  --set checkpoint_every=100 --set log_every=50"
+
+# 5. the layout part also draws its boxes into concat (18 channels, one per class): the first convolution is
+#    grown from stage 4's with zeros for them (init_grow), so training starts from stage 4's function.
+#    Layout and inpainting weighted up, 15% unconditional samples; still the black inpainting hole.
+ldmkit train examples/shapes/ldm.yaml --fresh --max-steps 1300 $FINETUNE \
+  --set init_from=runs/shapes-ldm-stage4-fp16 --set init_grow=[denoiser.input_blocks.0.0.weight] \
+  --set pipeline.conditioner.params.uncond_rate=0.15 --set pipeline.conditioner.params.parts.inpaint.weight=1.5 \
+  --set pipeline.conditioner.params.parts.inpaint.params.hole=constant --out-dir runs/shapes-ldm-stage5
+python -c "import ldmkit, torch; ldmkit.Pipeline.load('runs/shapes-ldm-stage5/pipeline').save('runs/shapes-ldm-stage5-fp16', dtype=torch.float16)"
+
+# 6. the inpainting hole painted from the known pixels around it (hole: blur) instead of black, which the
+#    autoencoder's attention spreads over the known region; ldm.yaml's mix (25% unconditional samples).
+ldmkit train examples/shapes/ldm.yaml --fresh --max-steps 1400 $FINETUNE \
+  --set init_from=runs/shapes-ldm-stage5-fp16 --out-dir runs/shapes-ldm-stage6
+
+# 7. the shipped copy: fp16 weights (26.5 MB), the spec, and the logs
+python -c "import ldmkit, torch; ldmkit.Pipeline.load('runs/shapes-ldm-stage6/pipeline').save('plugins/ldmkit_shapes/model', dtype=torch.float16)"
 cp runs/shapes-autoencoder/log.csv plugins/ldmkit_shapes/model/autoencoder.log.csv
 cp runs/shapes-ldm-stage4/log.csv plugins/ldmkit_shapes/model/ldm-finetune2.log.csv
+cp runs/shapes-ldm-stage5/log.csv plugins/ldmkit_shapes/model/ldm-finetune3.log.csv
+cp runs/shapes-ldm-stage6/log.csv plugins/ldmkit_shapes/model/ldm-finetune4.log.csv

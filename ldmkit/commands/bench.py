@@ -16,8 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("suite", choices=["shapes"], help="benchmark suite")
     p.add_argument("--spec", help="pipeline folder (default: the shipped model)")
     p.add_argument("-n", type=int, default=64, help="scenes per task (default 64)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--steps", type=int, default=None, help="default: each task's, else the spec's")
+    p.add_argument("--sampler", default=None, help="default: each task's, else the spec's")
     p.add_argument("--guidance", type=float, default=None, help="default: the spec's")
     p.add_argument("--tasks", default=None, help="comma-separated subset of tasks")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -33,7 +33,7 @@ def run(args) -> int:
 
     if args.n < 1:
         raise InputError("-n must be at least 1")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps {args.steps}: expected at least 1")
     pipe, model = open_pipeline(args.spec)
     pipe.to(args.device)

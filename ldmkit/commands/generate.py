@@ -37,10 +37,17 @@ def add_parser(sub) -> None:
     p.add_argument("--mask", help="PNG mask, white = fill in (inpaint)")
     p.add_argument("-n", type=int, default=None, help="number of pictures (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first picture (default 0)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the spec's)")
-    p.add_argument("--sampler", default=None, help="ddim, plms, ddpm, dpmpp-2m, euler-a (default: the spec's)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the task's, else the spec's)")
+    p.add_argument(
+        "--sampler", default=None, help="ddim, plms, ddpm, dpmpp-2m, euler-a (default: the task's, else the spec's)"
+    )
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the spec's)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the spec's)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the task's, else the spec's)",
+    )
     p.add_argument("--replay", metavar="IMAGE.png", help="regenerate a picture from its metadata")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -66,6 +73,7 @@ def run(args) -> int:
     from ldmkit.generation import (
         decode_inputs,
         default_guidance,
+        default_sampling,
         generate,
         open_pipeline,
         read_metadata,
@@ -107,11 +115,12 @@ def run(args) -> int:
         raise InputError("--task is required (or --replay IMAGE.png)")
     pipe, model = open_pipeline(args.spec)
     defaults = pipe.spec.sampling if pipe.spec is not None else None
+    sampler, steps = default_sampling(pipe, args.task)
     options = SampleOptions(
         n=args.n if args.n is not None else 4,
         seed=args.seed if args.seed is not None else 0,
-        sampler=args.sampler or (defaults.sampler if defaults else "ddim"),
-        steps=args.steps if args.steps is not None else (defaults.steps if defaults else 50),
+        sampler=args.sampler or sampler,
+        steps=args.steps if args.steps is not None else steps,
         eta=args.eta if args.eta is not None else (defaults.eta if defaults else 0.0),
         guidance_scale=args.guidance if args.guidance is not None else default_guidance(pipe, args.task),
         progress=not args.no_progress,

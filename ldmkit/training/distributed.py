@@ -34,6 +34,7 @@ class World:
     local_rank: int = 0
     strategy: str = "ddp"
     find_unused_parameters: bool = False
+    bucket_cap_mb: float = 25.0
 
     @property
     def enabled(self) -> bool:
@@ -62,7 +63,9 @@ def env_world_size() -> int:
         raise TrainingError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a number") from None
 
 
-def setup(device: torch.device, strategy: str = "ddp", find_unused: bool = False) -> tuple[World, torch.device, bool]:
+def setup(
+    device: torch.device, strategy: str = "ddp", find_unused: bool = False, bucket_cap_mb: float = 25.0
+) -> tuple[World, torch.device, bool]:
     """Join the process group ``torchrun`` describes in the environment.
 
     Returns (world, this rank's device, whether this call created the group). Backend nccl on CUDA,
@@ -84,7 +87,7 @@ def setup(device: torch.device, strategy: str = "ddp", find_unused: bool = False
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         created = True
-    world = World(dist.get_rank(), dist.get_world_size(), local_rank, strategy, find_unused)
+    world = World(dist.get_rank(), dist.get_world_size(), local_rank, strategy, find_unused, bucket_cap_mb)
     log.info("rank %d of %d on %s (%s)", world.rank, world.size, device, strategy)
     return world, device, created
 
@@ -194,6 +197,8 @@ def wrap(world: World, modules: dict[str, nn.Module], device: torch.device) -> R
         device_ids=[device.index] if device.type == "cuda" else None,
         broadcast_buffers=False,  # buffers do not change in training (BatchNorm's running stats are never used)
         find_unused_parameters=world.find_unused_parameters,
+        bucket_cap_mb=world.bucket_cap_mb,
+        gradient_as_bucket_view=True,  # gradients live in the buckets: no copy in or out of them
     )
     return ddp
 

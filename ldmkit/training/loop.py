@@ -89,8 +89,9 @@ def train(
     if isinstance(spec, (str, Path)):
         spec = load_train_spec(spec)
     spec = validate_train_spec(spec)
+    dist_spec = spec.distributed
     world, device, created = distributed.setup(
-        resolve_device(spec.device), spec.distributed.strategy, spec.distributed.find_unused_parameters
+        resolve_device(spec.device), dist_spec.strategy, dist_spec.find_unused_parameters, dist_spec.bucket_cap_mb
     )
     try:
         return _train(spec, world, device, resume, progress, callbacks, registry)

@@ -84,6 +84,9 @@ class DistributedSpec(_Strict):
     find_unused_parameters: bool = Field(
         False, description="DDP: allow trained weights that get no gradient in a step (slower)"
     )
+    bucket_cap_mb: float = Field(
+        25.0, gt=0, description="DDP: gradients are all-reduced in buckets of this size while the backward runs"
+    )
 
 
 class _TrainCommon(_Strict):

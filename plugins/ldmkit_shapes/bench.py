@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ldmkit.errors import InputError
-from ldmkit.generation import default_guidance
+from ldmkit.generation import default_guidance, default_sampling
 from ldmkit_shapes import metrics
 from ldmkit_shapes.dataset import ShapesDataset
 from ldmkit_tasks.base import on_device
@@ -41,6 +41,8 @@ class BenchRow:
     n: int
     seconds: float
     guidance: float = 1.0
+    sampler: str = "ddim"
+    steps: int = 50
 
     @property
     def passed(self) -> bool:
@@ -92,14 +94,17 @@ def run_bench(
     pipe: Any,
     *,
     n: int = 64,
-    steps: int = 50,
-    sampler: str = "ddim",
+    steps: int | None = None,
+    sampler: str | None = None,
     guidance: float | None = None,
     seed: int = 0,
     batch: int = 64,
     tasks: list[str] | None = None,
 ) -> list[BenchRow]:
-    """Score the pipeline on each task with ``n`` held-out Shapes scenes."""
+    """Score the pipeline on each task with ``n`` held-out Shapes scenes.
+
+    ``steps``, ``sampler`` and ``guidance`` left as None are each task's defaults (its params, else the spec's).
+    """
     served = set(pipe.spec.tasks) if pipe.spec is not None and pipe.spec.tasks else set(TARGETS)
     benchable = [t for t in TARGETS if t in served]
     if tasks:
@@ -119,7 +124,9 @@ def run_bench(
         # an explicit 0.0 is a guidance scale too, so test for None only
         scale = default_guidance(pipe, name) if guidance is None else guidance
         scale = 1.0 if name == "uncond" else scale  # nothing to guide by
-        kw = dict(steps=steps, sampler=sampler, guidance=scale, seed=seed, batch=batch)
+        own_sampler, own_steps = default_sampling(pipe, name)
+        task_sampler, task_steps = sampler or own_sampler, steps or own_steps
+        kw = dict(steps=task_steps, sampler=task_sampler, guidance=scale, seed=seed, batch=batch)
         t0 = time.perf_counter()
         if name == "class2img":
             labels = single["class_label"].tolist()
@@ -153,7 +160,8 @@ def run_bench(
             pics = _generate(pipe, name, [None] * n, **kw)
             gen, real = metrics.valid_scene_rate(pics), metrics.valid_scene_rate(real_multi)
         metric, target = TARGETS[name]
-        rows.append(BenchRow(name, metric, gen, real, target, n, time.perf_counter() - t0, scale))
+        seconds = time.perf_counter() - t0
+        rows.append(BenchRow(name, metric, gen, real, target, n, seconds, scale, task_sampler, task_steps))
         log.info("%s: %s %.3f (real %.3f)", name, metric, gen, real)
     return rows
 
@@ -174,11 +182,12 @@ def time_generation(pipe: Any, *, n: int = 4, steps: int = 50, repeats: int = 3)
 
 def format_table(rows: list[BenchRow]) -> str:
     lines = [
-        "| task | metric | generated | real pictures | target | n | guidance |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| task | metric | generated | real pictures | target | n | guidance | sampler, steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         mark = "" if r.passed else " (below target)"
         cells = f"{r.task} | {r.metric} | {r.generated:.3f}{mark} | {r.real:.3f} | {r.target} | {r.n} | {r.guidance:g}"
+        cells += f" | {r.sampler} {r.steps}"
         lines.append(f"| {cells} |")
     return "\n".join(lines)

@@ -22,6 +22,8 @@ class TaskParams(ldmkit.Params):
     guidance_scale: float | None = Field(
         None, ge=0.0, description="this task's default guidance scale (None: the spec's sampling.guidance_scale)"
     )
+    sampler: str | None = Field(None, min_length=1, description="this task's default sampler (None: the spec's)")
+    steps: int | None = Field(None, ge=1, description="this task's default number of steps (None: the spec's)")
 
 
 class Request(BaseModel):
