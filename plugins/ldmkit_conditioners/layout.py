@@ -207,11 +207,10 @@ class LayoutConditioner(Conditioner):
             labels, boxes = self.boxes_from_tokens(tokens)
         else:
             rows = [self.layout_objects(objects) for objects in raw]
-            labels = torch.full((len(rows), p.max_objects), -1, dtype=torch.long)  # (B, K)
-            boxes = torch.zeros(len(rows), p.max_objects, 4)  # (B, K, 4)
-            for i, row in enumerate(rows):
-                for k, (label, box) in enumerate(row):
-                    labels[i, k], boxes[i, k] = label, torch.tensor(box)
+            empty = [(-1, [0.0, 0.0, 0.0, 0.0])]
+            padded = [row + empty * (p.max_objects - len(row)) for row in rows]  # one tensor, not one per box
+            labels = torch.tensor([[label for label, _ in row] for row in padded], dtype=torch.long)  # (B, K)
+            boxes = torch.tensor([[box for _, box in row] for row in padded], dtype=torch.float32)  # (B, K, 4)
             labels, boxes = host_to_device(labels, self.device), host_to_device(boxes, self.device)
         return box_map(labels, boxes, p.n_classes, (p.spatial_map[0], p.spatial_map[1]))
 
