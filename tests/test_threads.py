@@ -20,13 +20,8 @@ SEEDS = range(6)
 CONFIGS = [("ddim", 0.0, 1.0), ("ddim", 1.0, 3.0), ("euler-a", 0.0, 1.0), ("dpmpp-2m", 0.0, 2.0)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # each Python thread runs its own ops; one intra-op thread keeps small shared CPUs from thrashing
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# each Python thread runs its own ops; one intra-op thread keeps small shared CPUs from thrashing
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -97,11 +97,8 @@ class LDMStage(Stage):
             raise TrainingError(f"init_from: {directory} is not a pipeline folder")
         skip = _init_skip(self.spec.init_skip, {"denoiser": self.pipe.denoiser, "conditioner": self.pipe.conditioner})
         path = directory / "denoiser.safetensors"
-        if self.spec.init_grow:
-            state = grown(self.spec.init_grow, self.pipe.denoiser, path)
-            load_weights(self.pipe.denoiser, state, "init_from denoiser", skip["denoiser"])
-        else:
-            load_weights(self.pipe.denoiser, path, "init_from denoiser", skip["denoiser"])
+        source = grown(self.spec.init_grow, self.pipe.denoiser, path) if self.spec.init_grow else path
+        load_weights(self.pipe.denoiser, source, "init_from denoiser", skip["denoiser"])
         if self.pipe.conditioner is not None and (directory / "conditioner.safetensors").is_file():
             path = directory / "conditioner.safetensors"
             load_weights(self.pipe.conditioner, path, "init_from conditioner", skip["conditioner"])

@@ -41,7 +41,8 @@ class MaskedImageConditioner(Conditioner):
 
     ``hole: blur`` paints the hole from the known pixels around it instead of a constant: a first
     stage with attention sees a constant block everywhere, and the known region's latents drift from
-    the whole picture's (on the Shapes autoencoder a black hole costs the decoded known pixels 10 dB).
+    the whole picture's (on the Shapes autoencoder a black hole costs the decoded known pixels about
+    10 dB; docs/shapes.md).
     """
 
     name = "masked-image"

@@ -157,9 +157,13 @@ class LayoutConditioner(Conditioner):
 
     def tokenize_layout(self, objects: Sequence[LayoutObject | Mapping[str, Any]]) -> list[int]:
         """Tokens (max_seq_len,) of one image's layout."""
+        return self._tokens(self.layout_objects(objects))
+
+    def _tokens(self, objects: list[tuple[int, list[float]]]) -> list[int]:
+        """Tokens (max_seq_len,) of one validated layout."""
         p = self.params
         tokens: list[int] = []
-        for label, (x0, y0, x1, y1) in self.layout_objects(objects):
+        for label, (x0, y0, x1, y1) in objects:
             if p.coordinates == "corner-cells":
                 tokens += [label, self.corner_token(x0, y0), self.corner_token(x1, y1)]
             else:  # [label, x0, y0, x1, y1], coordinates as ids after the class ids
@@ -169,6 +173,16 @@ class LayoutConditioner(Conditioner):
             tokens += [self.corner_token(0.0, 0.0), self.corner_token(1.0, 1.0)]  # the whole image
         return tokens
 
+    def _validated(self, raw: Any) -> list[list[tuple[int, list[float]]]]:
+        """A batch of layouts validated, each a list of ``(class id, box)``."""
+        if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Sequence) or len(raw) == 0:
+            raise InputError("layouts must be a non-empty list with one list of objects per image")
+        return [self.layout_objects(objects) for objects in raw]
+
+    def _token_rows(self, rows: list[list[tuple[int, list[float]]]]) -> Tensor:
+        tokens = torch.tensor([self._tokens(row) for row in rows], dtype=torch.long)  # (B, max_seq_len)
+        return host_to_device(tokens, self.device)
+
     def tokenize(self, raw: Any) -> Tensor:
         """Layouts or ready tokens -> validated LongTensor (B, max_seq_len)."""
         if isinstance(raw, Tensor):
@@ -176,10 +190,7 @@ class LayoutConditioner(Conditioner):
             if tokens.shape[1] != self.max_seq_len:
                 raise InputError(f"layout tokens must have length {self.max_seq_len}, got {tokens.shape[1]}")
             return tokens
-        if isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Sequence) or len(raw) == 0:
-            raise InputError("layouts must be a non-empty list with one list of objects per image")
-        rows = [self.tokenize_layout(objects) for objects in raw]
-        return host_to_device(torch.tensor(rows, dtype=torch.long), self.device)  # (B, max_seq_len)
+        return self._token_rows(self._validated(raw))
 
     def boxes_from_tokens(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Tokens (B, max_seq_len) -> class ids (B, max_objects), -1 where none, and boxes (B, max_objects, 4).
@@ -199,29 +210,30 @@ class LayoutConditioner(Conditioner):
             boxes = (body[..., 1:5] - p.n_classes).clamp(0, p.coord_bins - 1).float() / (p.coord_bins - 1)
         return torch.where(present, labels, -1), boxes
 
-    def _map(self, raw: Any, tokens: Tensor) -> Tensor:
-        """The concat map (B, n_classes, h, w) of a batch of layouts (exact boxes) or tokens (grid boxes)."""
-        p = self.params
-        assert p.spatial_map is not None
-        if isinstance(raw, Tensor):
-            labels, boxes = self.boxes_from_tokens(tokens)
-        else:
-            rows = [self.layout_objects(objects) for objects in raw]
-            empty = [(-1, [0.0, 0.0, 0.0, 0.0])]
-            padded = [row + empty * (p.max_objects - len(row)) for row in rows]  # one tensor, not one per box
-            labels = torch.tensor([[label for label, _ in row] for row in padded], dtype=torch.long)  # (B, K)
-            boxes = torch.tensor([[box for _, box in row] for row in padded], dtype=torch.float32)  # (B, K, 4)
-            labels, boxes = host_to_device(labels, self.device), host_to_device(boxes, self.device)
-        return box_map(labels, boxes, p.n_classes, (p.spatial_map[0], p.spatial_map[1]))
+    def _boxes(self, rows: list[list[tuple[int, list[float]]]]) -> tuple[Tensor, Tensor]:
+        """Exact class ids (B, max_objects), -1 where none, and boxes (B, max_objects, 4) of validated layouts."""
+        empty = [(-1, [0.0, 0.0, 0.0, 0.0])]
+        padded = [row + empty * (self.params.max_objects - len(row)) for row in rows]  # one tensor, not one per box
+        labels = torch.tensor([[label for label, _ in row] for row in padded], dtype=torch.long)  # (B, K)
+        boxes = torch.tensor([[box for _, box in row] for row in padded], dtype=torch.float32)  # (B, K, 4)
+        return host_to_device(labels, self.device), host_to_device(boxes, self.device)
 
     # -- conditioning ---------------------------------------------------------------------------
     def forward(self, raw: Any) -> Conditioning:
-        """``raw``: ``[[{"label": ..., "box": [x0, y0, x1, y1]}, ...], ...]`` or tokens (B, max_seq_len)."""
-        tokens = self.tokenize(raw)
+        """``raw``: ``[[{"label": ..., "box": [x0, y0, x1, y1]}, ...], ...]`` or tokens (B, max_seq_len).
+
+        With ``spatial_map``, layouts give a map of their exact boxes, tokens one of the boxes at the
+        token grid's precision.
+        """
+        p = self.params
+        rows = None if isinstance(raw, Tensor) else self._validated(raw)  # validated once, for both outputs
+        tokens = self.tokenize(raw) if rows is None else self._token_rows(rows)
         context = self.transformer(tokens)  # (B, max_seq_len, n_embed)
-        if self.params.spatial_map is None:
+        if p.spatial_map is None:
             return Conditioning(crossattn=context)
-        return Conditioning(crossattn=context, concat=self._map(raw, tokens).to(context.dtype))
+        labels, boxes = self.boxes_from_tokens(tokens) if rows is None else self._boxes(rows)
+        box_channels = box_map(labels, boxes, p.n_classes, (p.spatial_map[0], p.spatial_map[1]))  # (B, C, h, w)
+        return Conditioning(crossattn=context, concat=box_channels.to(context.dtype))
 
     def unconditional(self, batch: int) -> Conditioning:
         """The empty layout (every object slot 'none'; an all-zero map)."""
