@@ -16,6 +16,7 @@ from ldmkit.errors import SpecError
 from ldmkit.testing import DenoiserConformance
 from ldmkit_unet.attention import AttentionBlock, QKVAttention, QKVAttentionLegacy
 from ldmkit_unet.embeddings import timestep_embedding
+from ldmkit_unet.layers import concat_channels
 from ldmkit_unet.resblocks import Downsample, ResBlock, Upsample
 from ldmkit_unet.transformer import SpatialTransformer
 from ldmkit_unet.unet import UNet
@@ -374,6 +375,26 @@ def test_deterministic_and_batch_independent() -> None:
         assert torch.equal(out, m2(x, t, Conditioning()))
         single = m1(x[1:], t[1:], Conditioning())
     torch.testing.assert_close(single, out[1:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_skip_concatenation_keeps_the_input_layout(layout: torch.memory_format) -> None:
+    a = torch.randn(2, 3, 4, 5).contiguous(memory_format=layout)
+    b = torch.randn(2, 6, 4, 5).contiguous(memory_format=layout)
+    joined = concat_channels(a, b)
+    assert torch.equal(joined, torch.cat([a, b], dim=1))
+    assert joined.is_contiguous(memory_format=layout)
+
+
+def test_channels_last_model_computes_the_same_function() -> None:
+    model = build(use_spatial_transformer=True, context_dim=8)
+    x, t = inputs()
+    cond = Conditioning(crossattn=torch.randn(2, 5, 8))
+    with torch.no_grad():
+        reference = model(x, t, cond)
+        model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last), t, cond)
+    torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_scalar_timestep_is_broadcast() -> None:

@@ -25,6 +25,18 @@ def normalization(channels: int) -> GroupNorm32:
     return GroupNorm32(32, channels)
 
 
+def concat_channels(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.cat([a, b], dim=1)``; channels_last inputs are joined along their last memory dimension.
+
+    Same values and layout in eager mode; torch.compile otherwise lays a 4-D concatenation out
+    channels-first, and every later kernel then reads it across the grain.
+    """
+    if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous():
+        joined = torch.cat([a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)], dim=-1)  # (B, h, w, Ca + Cb)
+        return joined.permute(0, 3, 1, 2)  # (B, Ca + Cb, h, w), channels_last
+    return torch.cat([a, b], dim=1)
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a module's parameters in place (output layers start as the identity residual)."""
     with torch.no_grad():

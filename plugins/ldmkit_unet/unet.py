@@ -15,7 +15,7 @@ import ldmkit
 from ldmkit.errors import InputError
 from ldmkit_unet.attention import AttentionBlock
 from ldmkit_unet.embeddings import timestep_embedding
-from ldmkit_unet.layers import TimestepEmbedSequential, normalization, zero_module
+from ldmkit_unet.layers import TimestepEmbedSequential, concat_channels, normalization, zero_module
 from ldmkit_unet.params import UNetParams, attention_heads
 from ldmkit_unet.resblocks import Downsample, ResBlock, Upsample
 from ldmkit_unet.transformer import SpatialTransformer
@@ -136,7 +136,7 @@ class UNet(ldmkit.Denoiser):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for module in self.output_blocks:
-            h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, h', w')
+            h = concat_channels(h, skips.pop())  # (B, C + C_skip, h', w')
             h = module(h, emb, context)
         return self.out(h)  # (B, out_channels, h, w)
 
