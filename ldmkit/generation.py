@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 import zlib
 from dataclasses import asdict
@@ -27,6 +28,10 @@ METADATA_KEY = "ldmkit"
 METADATA_FORMAT = 1
 MAX_METADATA_BYTES = 1 << 20
 DEFAULT_MODEL = "default"
+# what a picture without a ``runtime`` entry (written before it existed) was made with
+DEFAULT_RUNTIME: dict[str, Any] = {"device": "cpu", "fast": False}
+DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
+_CUDA_DEVICE = re.compile(r"cuda(?::(0|[1-9][0-9]*))?")
 
 
 def default_model_dir() -> Path:
@@ -64,6 +69,38 @@ def open_pipeline(source: str | None) -> tuple[Pipeline, dict[str, Any]]:
         torch.manual_seed(0)  # random weights, but the same ones each time
         return Pipeline.from_spec(path), {"source": str(path), "weights_sha256": None}
     raise SpecError(f"{source}: no such spec file or pipeline folder")
+
+
+def resolve_device(value: str, *, what: str = "--device", hint: str = "use --device cpu") -> torch.device:
+    """The device ``value`` names (cpu, cuda, cuda:N, auto), refused with :class:`InputError` if unusable.
+
+    Checked before any model is loaded, so a typo costs no loading time. ``what`` and ``hint`` word
+    the message for where the value came from (the command line, or a picture's metadata).
+    """
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cpu":
+        return torch.device("cpu")
+    match = _CUDA_DEVICE.fullmatch(value)
+    if match is None:
+        raise InputError(f"{what} {value!r}: not a device; expected {DEVICE_CHOICES}")
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise InputError(f"{what} {value!r}: CUDA is not available ({why}); {hint}")
+    count = torch.cuda.device_count()
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise InputError(f"{what} {value!r}: no such CUDA device ({count} visible: cuda:0 to cuda:{count - 1}); {hint}")
+    return torch.device(value)
+
+
+def runtime_of(pipe: Pipeline) -> dict[str, Any]:
+    """The ``runtime`` metadata entry of pictures made by ``pipe``: its device and whether the fast path is on."""
+    return {"device": str(pipe.device), "fast": pipe.fast is not None}
+
+
+def recorded_runtime(meta: dict[str, Any]) -> dict[str, Any]:
+    """The runtime a picture was made with; pictures from before the entry existed were made on the CPU, not fast."""
+    return {**DEFAULT_RUNTIME, **meta.get("runtime", {})}
 
 
 def default_guidance(pipe: Pipeline, task: str) -> float:
@@ -260,6 +297,13 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     for key in ("source", "weights_sha256"):
         if model.get(key) is not None and not isinstance(model[key], str):
             raise InputError(f"{path}: metadata model.{key} must be text")
+    runtime = meta.get("runtime", {})  # optional: older pictures lack it
+    if not isinstance(runtime, dict):
+        raise InputError(f"{path}: metadata runtime must be a mapping")
+    if "device" in runtime and not isinstance(runtime["device"], str):
+        raise InputError(f"{path}: metadata runtime.device must be text, got {runtime['device']!r}")
+    if "fast" in runtime and not isinstance(runtime["fast"], bool):
+        raise InputError(f"{path}: metadata runtime.fast must be true or false, got {runtime['fast']!r}")
     if "spec" in model:
         if not isinstance(model["spec"], dict):
             raise SpecError(f"{path}: metadata model.spec: a spec must be a mapping")
@@ -312,12 +356,15 @@ def save_pictures(
     options: SampleOptions,
     model: dict,
     first_index: int = 0,
+    runtime: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write ``DIR/000000.png`` ...; each records the whole batch's options and its index in it.
 
     Replaying regenerates the same batch (batched and single-picture float arithmetic may differ in
     the last bit, so the batch is what reproduces a picture exactly). ``first_index`` is the batch
     index of ``images[0]`` (a replayed picture keeps its place in the batch it came from).
+    ``runtime`` (see :func:`runtime_of`) records the device and fast path, which replay reuses; left
+    out, the pictures replay as made on the CPU without the fast path.
     """
     import ldmkit
 
@@ -339,6 +386,8 @@ def save_pictures(
             "index": first_index + i,
             "model": model,
         }
+        if runtime is not None:
+            meta["runtime"] = runtime
         path = out / f"{i:06d}.png"
         write_png(path, pixels[i], meta)
         paths.append(path)

@@ -174,6 +174,7 @@ def test_each_task_writes_pictures_with_metadata(task, inputs, generated):
         assert (options["n"], options["seed"], options["steps"], options["sampler"]) == (N, SEED, 3, sampler)
         assert options["guidance_scale"] == SHIPPED_GUIDANCE.get(task, SHIPPED_SPEC.sampling.guidance_scale)
         assert meta["model"] == {"source": "default", "weights_sha256": weights_hash(default_model_dir())}
+        assert meta["runtime"] == {"device": "cpu", "fast": False}  # the defaults: CPU, no fast path
         recorded = meta["inputs"]
         for key, value in zip(task_args(task, inputs)[::2], task_args(task, inputs)[1::2], strict=True):
             key = key.removeprefix("--")
@@ -305,3 +306,131 @@ def test_bad_input_exits_2_with_a_message(case, inputs, tmp_path):
     assert stderr.startswith("ldmkit: error:") and expected in stderr, stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing is written on error"
+
+
+# -- --device and --fast -------------------------------------------------------------------------
+
+ONE = ["-n", "1", "--steps", "2", "--no-progress"]  # the cheapest generation that still samples
+
+
+def _refuse_loading(monkeypatch) -> None:
+    """Make loading a model fail the test: device checks must come before it."""
+
+    def fail(source):
+        raise AssertionError(f"the model was loaded ({source}) before the device was checked")
+
+    monkeypatch.setattr("ldmkit.generation.open_pipeline", fail)
+
+
+@pytest.mark.parametrize("value", ["gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "cuda:01", "cuda0", "cpu:0", ""])
+def test_a_malformed_device_exits_2_before_loading(value, monkeypatch, tmp_path):
+    _refuse_loading(monkeypatch)
+    code, stdout, stderr = run_cli(["generate", "--task", "uncond", "--device", value, *ONE, "--out", str(tmp_path)])
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("ldmkit: error:") and "Traceback" not in stderr, stderr
+    assert f"--device {value!r}: not a device; expected cpu, cuda, cuda:N or auto" in stderr, stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_exits_2(monkeypatch, tmp_path):
+    _refuse_loading(monkeypatch)
+    for value in ("cuda", "cuda:0"):
+        code, _, stderr = run_cli(["generate", "--task", "uncond", "--device", value, *ONE, "--out", str(tmp_path)])
+        assert code == 2 and f"--device {value!r}: CUDA is not available" in stderr, stderr
+        assert "Traceback" not in stderr
+
+
+def test_a_cuda_index_past_the_devices_exits_2(monkeypatch, tmp_path):
+    _refuse_loading(monkeypatch)
+    # one visible GPU, real or pretended, so the index check runs on any machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code, _, stderr = run_cli(["generate", "--task", "uncond", "--device", "cuda:1", *ONE, "--out", str(tmp_path)])
+    assert code == 2 and "--device 'cuda:1': no such CUDA device (1 visible: cuda:0 to cuda:0)" in stderr, stderr
+
+
+def test_auto_picks_cuda_only_where_it_is_available(tmp_path):
+    code, _, stderr = run_cli(["generate", "--task", "uncond", "--device", "auto", *ONE, "--out", str(tmp_path)])
+    assert code == 0, stderr
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert read_metadata(tmp_path / "000000.png")["runtime"] == {"device": expected, "fast": False}
+
+
+def test_fast_on_the_cpu_gives_the_same_pictures(generated, inputs, tmp_path, caplog):
+    out, _ = generated("class2img")  # made on the CPU without --fast
+    argv = ["generate", "--task", "class2img", *task_args("class2img", inputs), *FAST, "--device", "cpu", "--fast"]
+    with caplog.at_level("INFO"):
+        code, _, stderr = run_cli([*argv, "--out", str(tmp_path / "fast")])
+    assert code == 0, stderr
+    assert "fast path on cpu" in caplog.text, "the fast path was not switched on"
+    assert "--fast on the CPU" in caplog.text
+    for i in range(N):
+        name = f"{i:06d}.png"
+        assert np.array_equal(_pixels(tmp_path / "fast" / name), _pixels(out / name))
+        assert read_metadata(tmp_path / "fast" / name)["runtime"] == {"device": "cpu", "fast": True}
+        assert read_metadata(out / name)["runtime"] == {"device": "cpu", "fast": False}
+
+
+def test_replay_uses_the_recorded_fast_path_unless_told(tmp_path, caplog):
+    argv = ["generate", "--task", "class2img", "--label", "red circle", *ONE, "--fast", "--out", str(tmp_path / "a")]
+    assert run_cli(argv)[0] == 0
+    original = tmp_path / "a" / "000000.png"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        code, stdout, stderr = run_cli(["generate", "--replay", str(original), "--out", str(tmp_path / "r")])
+    assert code == 0 and "identical" in stdout and "DIFFERS" not in stdout, stdout + stderr
+    assert "fast path on cpu" in caplog.text, "the replay did not take the recorded fast path"
+    assert read_metadata(tmp_path / "r" / "000000.png")["runtime"] == {"device": "cpu", "fast": True}
+    # --no-fast and --device override what was recorded
+    code, stdout, stderr = run_cli(
+        ["generate", "--replay", str(original), "--no-fast", "--device", "cpu", "--out", str(tmp_path / "plain")]
+    )
+    assert code == 0 and "identical" in stdout, stdout + stderr
+    assert read_metadata(tmp_path / "plain" / "000000.png")["runtime"] == {"device": "cpu", "fast": False}
+
+
+def test_a_picture_without_runtime_replays_on_the_cpu_without_fast(generated, tmp_path):
+    out, _ = generated("class2img")
+    meta = read_metadata(out / "000001.png")
+    del meta["runtime"]  # as written before the entry existed
+    old = tmp_path / "old.png"
+    write_png(old, torch.from_numpy(_pixels(out / "000001.png").copy()), meta)
+    assert "runtime" not in read_metadata(old)
+    code, stdout, stderr = run_cli(["generate", "--replay", str(old), "--out", str(tmp_path / "r")])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+    assert read_metadata(tmp_path / "r" / "000000.png")["runtime"] == {"device": "cpu", "fast": False}
+
+
+def test_replay_on_an_unusable_recorded_device_exits_2_unless_told_another(generated, monkeypatch, tmp_path):
+    out, _ = generated("class2img")
+    meta = read_metadata(out / "000000.png")
+    meta["runtime"] = {"device": "cuda:999", "fast": False}
+    elsewhere = tmp_path / "elsewhere.png"
+    write_png(elsewhere, torch.from_numpy(_pixels(out / "000000.png").copy()), meta)
+    code, _, stderr = run_cli(["generate", "--replay", str(elsewhere), "--out", str(tmp_path / "r")])
+    assert code == 2 and f"{elsewhere}: recorded device 'cuda:999'" in stderr and "pass --device" in stderr, stderr
+    assert not (tmp_path / "r").exists()
+    code, stdout, stderr = run_cli(
+        ["generate", "--replay", str(elsewhere), "--device", "cpu", "--out", str(tmp_path / "r")]
+    )
+    assert code == 0 and "identical" in stdout, stdout + stderr
+
+
+@pytest.mark.parametrize(
+    ("runtime", "expected"),
+    [
+        ("cpu", "metadata runtime must be a mapping"),
+        ({"device": 0, "fast": False}, "metadata runtime.device must be text"),
+        ({"device": "cpu", "fast": "yes"}, "metadata runtime.fast must be true or false"),
+        ({"device": "tpu", "fast": False}, "recorded device 'tpu': not a device"),
+    ],
+)
+def test_replay_refuses_a_bad_runtime_entry(runtime, expected, generated, tmp_path):
+    out, _ = generated("class2img")
+    meta = read_metadata(out / "000000.png")
+    meta["runtime"] = runtime
+    bad = tmp_path / "bad.png"
+    write_png(bad, torch.from_numpy(_pixels(out / "000000.png").copy()), meta)
+    code, _, stderr = run_cli(["generate", "--replay", str(bad), "--out", str(tmp_path / "r")])
+    assert code == 2 and expected in stderr and "Traceback" not in stderr, stderr

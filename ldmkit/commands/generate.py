@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ldmkit.errors import InputError
 from ldmkit.interfaces import SampleOptions
+
+if TYPE_CHECKING:  # torch and the pipeline load only when the command runs
+    import torch
+
+    from ldmkit.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +31,9 @@ def add_parser(sub) -> None:
   ldmkit generate --task text2img --prompt "a red circle and a blue square" --out out/
   ldmkit generate --task layout2img --layout boxes.json --out out/
   ldmkit generate --task inpaint --image pic.png --mask mask.png --out out/
+  ldmkit generate --task text2img --prompt "a blue triangle" --device cuda --fast --out out/
   ldmkit generate --replay out/000000.png --out replay/""",
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--spec", help="pipeline folder (spec.yaml + weights) or spec file; default: the shipped model")
     p.add_argument("--task", help="uncond, class2img, text2img, layout2img, semantic2img, superres, inpaint")
@@ -48,6 +56,18 @@ def add_parser(sub) -> None:
         default=None,
         help="classifier-free guidance scale (default: the task's, else the spec's)",
     )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N or auto (cuda if available, else cpu); default: cpu, or the recorded one with --replay",
+    )
+    p.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the fast inference path (on CUDA: bf16, torch.compile, CUDA graphs; the first call compiles); "
+        "default: off, or the recorded setting with --replay",
+    )
     p.add_argument("--replay", metavar="IMAGE.png", help="regenerate a picture from its metadata")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -69,6 +89,18 @@ def _read_inputs(args) -> dict:
     return inputs
 
 
+def _prepare(pipe: Pipeline, device: torch.device, fast: bool) -> None:
+    """Move ``pipe`` to ``device`` and, if asked, switch on the fast path (its settings follow the device)."""
+    pipe.to(device)
+    if not fast:
+        return
+    pipe.optimize()
+    if device.type == "cpu":
+        log.info("--fast on the CPU: every fast-path setting resolves to off, so the pictures match a run without it")
+    else:
+        log.info("--fast on %s: the first sampling call compiles the model (about a minute)", device)
+
+
 def run(args) -> int:
     from ldmkit.generation import (
         decode_inputs,
@@ -77,6 +109,9 @@ def run(args) -> int:
         generate,
         open_pipeline,
         read_metadata,
+        recorded_runtime,
+        resolve_device,
+        runtime_of,
         save_pictures,
         to_uint8,
     )
@@ -86,6 +121,13 @@ def run(args) -> int:
         raise InputError(f"--out {out}: exists and is not a folder; cannot create the output folder there")
     if args.replay:
         meta = read_metadata(args.replay)
+        recorded = recorded_runtime(meta)
+        if args.device is not None:
+            device = resolve_device(args.device)
+        else:  # the recorded device, checked before loading like one given on the command line
+            hint = "pass --device to replay on another (the pictures may then differ)"
+            device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
+        fast = recorded["fast"] if args.fast is None else args.fast
         pipe, model = open_pipeline(meta["model"].get("source"))
         if model["weights_sha256"] != meta["model"].get("weights_sha256"):
             raise InputError(f"{args.replay}: made with other weights than {model['source']} holds now")
@@ -94,6 +136,7 @@ def run(args) -> int:
         except TypeError as exc:
             raise InputError(f"{args.replay}: bad options in metadata ({exc})") from None
         inputs = decode_inputs(meta["inputs"])
+        _prepare(pipe, device, fast)
         images, _ = generate(pipe, meta["task"], inputs, options)
         index = int(meta.get("index", 0))
         paths = save_pictures(
@@ -104,6 +147,7 @@ def run(args) -> int:
             options=options,
             model=model,
             first_index=index,
+            runtime=runtime_of(pipe),
         )
         from PIL import Image
 
@@ -113,6 +157,7 @@ def run(args) -> int:
         return 0 if same else 1
     if not args.task:
         raise InputError("--task is required (or --replay IMAGE.png)")
+    device = resolve_device(args.device if args.device is not None else "cpu")
     pipe, model = open_pipeline(args.spec)
     defaults = pipe.spec.sampling if pipe.spec is not None else None
     sampler, steps = default_sampling(pipe, args.task)
@@ -130,6 +175,7 @@ def run(args) -> int:
     if options.steps < 1:
         raise InputError(f"--steps {options.steps}: expected at least 1")
     inputs = _read_inputs(args)
+    _prepare(pipe, device, bool(args.fast))
     from ldmkit.distributed_generate import generate_sharded, world_size
 
     if world_size() > 1:  # launched by torchrun: each rank makes its share, rank 0 writes them all
@@ -139,7 +185,9 @@ def run(args) -> int:
         images = sharded
     else:
         images, _ = generate(pipe, args.task, inputs, options)
-    paths = save_pictures(args.out, images, task=args.task, inputs=inputs, options=options, model=model)
+    paths = save_pictures(
+        args.out, images, task=args.task, inputs=inputs, options=options, model=model, runtime=runtime_of(pipe)
+    )
     for path in paths:
         print(path)
     return 0
