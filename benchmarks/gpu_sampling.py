@@ -202,7 +202,11 @@ def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
                 time_ms(lambda: d_unet(x16, t, encoder_hidden_states=ctx16), run.device, **reps), flops)  # fmt: skip
         if args.compile and not run.over_budget():
             # the inductor options of ldmkit's fast path (frozen weights included), for a like-for-like comparison
-            compiled = torch.compile(d_unet, dynamic=False, options=compile_options(args.compile_mode))
+            options = compile_options(args.compile_mode)
+            compiled = torch.compile(d_unet, dynamic=False, options=options)
+            note = f"diffusers and ldmkit's fast path compile with the same inductor options: {options}"
+            if note not in run.notes:
+                run.notes.append(note)
             t0 = time.perf_counter()
             with torch.no_grad():
                 compiled(x16, t, encoder_hidden_states=ctx16)

@@ -35,7 +35,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "conv1x1-mm": ("default", {"conv_1x1_as_mm": True}),
     # coordinate-descent tuning of every Triton kernel: measured at over 7 minutes of compilation here
     "coordinate-descent": ("default", {"coordinate_descent_tuning": True}),
-    # what ldmkit's fast path compiles with (ldmkit.fast.modules.compile_options)
+    # weights as constants of the compiled code
     "freezing": ("default", {"freezing": True}),
     # includes coordinate-descent tuning, as the mode does
     "autotune": ("max-autotune-no-cudagraphs", {}),

@@ -44,15 +44,10 @@ def prepare_module(module: nn.Module, settings: Resolved) -> nn.Module:
 
 
 def compile_options(mode: str) -> dict[str, Any]:
-    """Inductor options of a ``torch.compile`` mode, plus frozen weights.
-
-    Frozen weights are constants of the compiled inference code, which folds them into the kernels'
-    preparation once (measured 2% faster on the SD v1 UNet at batch 16); the code then holds the
-    weights of the moment it was compiled, like the fast path's reduced-precision copy.
-    """
+    """Inductor options of a ``torch.compile`` mode (one dict, so benchmarks can give a peer the same)."""
     import torch._inductor
 
-    return {**torch._inductor.list_mode_options(mode), "freezing": True}
+    return dict(torch._inductor.list_mode_options(mode))
 
 
 def maybe_compile(fn: Callable, settings: Resolved) -> Callable:

@@ -29,8 +29,8 @@ class FastPath:
     The pipeline's own components are not changed (except for an in-place channels_last layout
     when their dtype is already the requested one), so encoding, conditioning, training and saving
     work as before. Built for the pipeline's current device; :meth:`Pipeline.to` rebuilds it.
-    It computes with the weights of the moment it was built (a reduced-precision copy, compiled
-    code with frozen weights): after changing weights, call :meth:`Pipeline.optimize` again.
+    With a reduced precision it computes with a copy of the weights made when it was built: after
+    changing weights, call :meth:`Pipeline.optimize` again.
     """
 
     def __init__(self, pipeline: Pipeline, config: FastConfig) -> None:
