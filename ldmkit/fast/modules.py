@@ -47,7 +47,7 @@ def compile_options(mode: str) -> dict[str, Any]:
     """Inductor options of a ``torch.compile`` mode (one dict, so benchmarks can give a peer the same)."""
     import torch._inductor
 
-    return dict(torch._inductor.list_mode_options(mode))
+    return dict(torch._inductor.list_mode_options(mode, dynamic=False))  # the fast path compiles static shapes
 
 
 def maybe_compile(fn: Callable, settings: Resolved) -> Callable:
