@@ -28,6 +28,26 @@ def world_size() -> int:
         return 1
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """The device this process samples on: a bare ``cuda`` under torchrun means this rank's own GPU.
+
+    ``torchrun`` sets ``LOCAL_RANK``; with several processes on one host, ``cuda`` alone would put
+    them all on the first GPU. An explicit ``cuda:N`` is kept as given.
+    """
+    if device.type != "cuda" or device.index is not None or world_size() <= 1:
+        return device
+    try:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        local_rank = 0
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        from ldmkit.errors import InputError
+
+        raise InputError(f"--device cuda: local rank {local_rank} has no GPU of its own ({count} visible)")
+    return torch.device("cuda", local_rank)
+
+
 def share(n: int, rank: int, size: int) -> tuple[int, int]:
     """The pictures ``[start, stop)`` of ``n`` that rank ``rank`` of ``size`` makes (sizes differ by at most 1)."""
     base, extra = divmod(n, size)

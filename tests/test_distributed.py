@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ldmkit.errors import InputError
 from ldmkit.training import load_train_spec, train
 from ldmkit.training.data import IndexStream
 
@@ -229,3 +230,31 @@ def test_generate_across_two_ranks_equals_one(tmp_path):
         with Image.open(tmp_path / "one" / name) as a, Image.open(tmp_path / "two" / name) as b:
             assert a.tobytes() == b.tobytes()
             assert a.text["ldmkit"] == b.text["ldmkit"]  # the same replay record (full batch, global index)
+
+
+@pytest.mark.parametrize(
+    ("device", "env", "expected"),
+    [
+        ("cuda", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cuda:1"),  # each rank on its own GPU
+        ("cuda:0", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cuda:0"),  # an explicit index is kept
+        ("cpu", {"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "cpu"),
+        ("cuda", {"WORLD_SIZE": "1"}, "cuda"),  # one process: the current CUDA device
+    ],
+)
+def test_generate_rank_device(monkeypatch, device: str, env: dict, expected: str) -> None:
+    from ldmkit.distributed_generate import rank_device
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert rank_device(torch.device(device)) == torch.device(expected)
+
+
+def test_generate_rank_without_a_gpu_of_its_own_is_refused(monkeypatch) -> None:
+    from ldmkit.distributed_generate import rank_device
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(InputError, match="local rank 3 has no GPU of its own"):
+        rank_device(torch.device("cuda"))

@@ -175,8 +175,9 @@ def run(args) -> int:
     if options.steps < 1:
         raise InputError(f"--steps {options.steps}: expected at least 1")
     inputs = _read_inputs(args)
-    _prepare(pipe, device, bool(args.fast))
-    from ldmkit.distributed_generate import generate_sharded, world_size
+    from ldmkit.distributed_generate import generate_sharded, rank_device, world_size
+
+    _prepare(pipe, rank_device(device), bool(args.fast))
 
     if world_size() > 1:  # launched by torchrun: each rank makes its share, rank 0 writes them all
         sharded = generate_sharded(pipe, args.task, inputs, options)
