@@ -162,7 +162,8 @@ def test_tiled_decode_matches_untiled_on_a_small_autoencoder():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_gpu_fast_unet_within_1e2_of_fp32():
+@pytest.mark.parametrize("precision", [None, "fp16"])  # None: the CUDA default, bf16
+def test_gpu_fast_unet_within_1e2_of_fp32(precision):
     from ldmkit.generation import default_model_dir
 
     pipe = Pipeline.load(default_model_dir(), device="cuda")
@@ -172,7 +173,7 @@ def test_gpu_fast_unet_within_1e2_of_fp32():
     t = torch.tensor([500], device="cuda")
     with torch.no_grad():
         ref = pipe.model_fn(cond)(x, t)  # the UNet itself, unguided
-        pipe.optimize()  # CUDA defaults: bf16, channels_last, compile, CUDA graphs
+        pipe.optimize(precision)  # CUDA defaults otherwise: channels_last, compile, CUDA graphs
         for _ in range(3):  # capture, then replays
             out = pipe.model_fn(cond)(x, t)
     assert ((out - ref).norm() / ref.norm()).item() < 1e-2
@@ -180,7 +181,8 @@ def test_gpu_fast_unet_within_1e2_of_fp32():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-def test_gpu_fast_images_within_2_of_255_after_50_steps():
+@pytest.mark.parametrize("precision", [None, "fp16"])
+def test_gpu_fast_images_within_2_of_255_after_50_steps(precision):
     from ldmkit.generation import default_model_dir
     from ldmkit.interfaces import SampleOptions
 
@@ -189,7 +191,7 @@ def test_gpu_fast_images_within_2_of_255_after_50_steps():
     request = task.Request(prompt="a red circle and a blue square")
     options = SampleOptions(n=2, steps=50, guidance_scale=2.0, seed=5)
     ref = task.run(pipe, request, options).clamp(-1, 1)
-    pipe.optimize()
+    pipe.optimize(precision)
     fast = task.run(pipe, request, options).clamp(-1, 1)
     assert pipe.fast.describe()["graph_failures"] == 0
     assert ((fast - ref).abs().mean() * 127.5).item() < 2.0
