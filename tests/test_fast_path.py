@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from ldmkit.fast import FastConfig, tile_starts, tiled_decode
 from ldmkit.registry import get_registry
 
 CUDA = torch.cuda.is_available()
+C_COMPILER = shutil.which("cc") or shutil.which("gcc")
 
 
 def _randomize_zeroed(module: torch.nn.Module) -> None:
@@ -93,6 +96,25 @@ def test_bf16_fast_path_on_cpu_within_bf16_tolerance():
     assert next(pipe.fast.denoiser.module.parameters()).dtype == torch.bfloat16
     pipe.fast = None
     assert torch.equal(_sample(pipe), ref_images)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not C_COMPILER, reason="torch.compile on a CPU needs a C compiler")
+def test_compiled_channels_last_fast_path_on_cpu_computes_the_same():
+    """torch.compile (with the fast path's options) of the channels_last denoiser and decoder, in float32."""
+    pipe = tiny_pipeline()
+    cond, uncond = _conds()
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([700, 300])
+    with torch.no_grad():
+        ref_eps = pipe.model_fn(cond, uncond, guidance_scale=3.0)(x, t)
+        ref_images = pipe.decode(x)
+        pipe.optimize(precision="fp32", channels_last=True, compile=True)
+        eps = pipe.model_fn(cond, uncond, guidance_scale=3.0)(x, t)
+        images = pipe.decode(x)
+    assert pipe.fast.settings.compile and pipe.fast.settings.channels_last
+    torch.testing.assert_close(eps, ref_eps, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(images, ref_images, rtol=1e-4, atol=1e-5)
 
 
 def test_to_rebuilds_the_fast_path():
