@@ -59,6 +59,10 @@ def _conds(batch: int = 2) -> tuple[Conditioning, Conditioning]:
     )
 
 
+def _latents() -> torch.Tensor:
+    return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))  # (B, C, h, w)
+
+
 def _sample(pipe: Pipeline, steps: int = 4) -> torch.Tensor:
     cond, uncond = _conds()
     latents = pipe.sample(
@@ -78,9 +82,8 @@ def test_fp32_fast_path_on_cpu_changes_nothing():
 
 def test_bf16_fast_path_on_cpu_within_bf16_tolerance():
     pipe = tiny_pipeline()
-    cond, uncond = _conds()
-    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    t = torch.tensor([700, 700])
+    cond, _ = _conds()
+    x, t = _latents(), torch.tensor([700, 700])
     with torch.no_grad():
         ref_eps = pipe.model_fn(cond)(x, t)  # the UNet itself, unguided
         ref_images = _sample(pipe)
@@ -104,8 +107,7 @@ def test_compiled_channels_last_fast_path_on_cpu_computes_the_same():
     """torch.compile (with the fast path's options) of the channels_last denoiser and decoder, in float32."""
     pipe = tiny_pipeline()
     cond, uncond = _conds()
-    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    t = torch.tensor([700, 300])
+    x, t = _latents(), torch.tensor([700, 300])
     with torch.no_grad():
         ref_eps = pipe.model_fn(cond, uncond, guidance_scale=3.0)(x, t)
         ref_images = pipe.decode(x)
