@@ -37,6 +37,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "coordinate-descent": ("default", {"coordinate_descent_tuning": True}),
     # weights as constants of the compiled code
     "freezing": ("default", {"freezing": True}),
+    # Triton matmul templates with fused epilogues, chosen per shape against cuBLAS
+    "autotune-gemm": ("default", {"max_autotune_gemm": True}),
     # includes coordinate-descent tuning, as the mode does
     "autotune": ("max-autotune-no-cudagraphs", {}),
 }
