@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from ldmkit import __version__
 from ldmkit.errors import LdmkitError
 
 # subcommand modules, each with add_parser(subparsers) and run(args) -> int; imported when the CLI starts
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ldmkit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:

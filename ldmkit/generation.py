@@ -347,6 +347,35 @@ def generate(pipeline: Pipeline, task_name: str, inputs: dict[str, Any], options
     return images, request
 
 
+def check_output_folder(out_dir: str | Path) -> Path:
+    """``out_dir`` if it is a folder or could be made one; :class:`InputError` if not. Creates nothing.
+
+    Lets a command refuse an unusable ``--out`` before it spends time loading and sampling, while a
+    run that fails later still leaves no empty folder behind.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"{out}: exists and is not a folder; cannot create the output folder there")
+        return out
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot create the output folder ({ancestor} is not a writable folder)")
+    return out
+
+
+def ensure_output_folder(out_dir: str | Path) -> Path:
+    """``out_dir``, created with its parents if missing; :class:`InputError` if it cannot be."""
+    out = check_output_folder(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    return out
+
+
 def save_pictures(
     out_dir: str | Path,
     images: Tensor,
@@ -368,11 +397,7 @@ def save_pictures(
     """
     import ldmkit
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    out = ensure_output_folder(out_dir)
     pixels = to_uint8(images)
     paths = []
     for i in range(pixels.shape[0]):

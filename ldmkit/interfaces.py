@@ -24,9 +24,9 @@ Slot = Literal["crossattn", "concat", "vector"]
 
 
 class Params(BaseModel):
-    """Base of every component's ``Params``: strict, unknown keys rejected, immutable."""
+    """Base of every component's ``Params``: strict, unknown keys rejected, immutable, finite numbers only."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class _Configurable:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ldmkit.conditioning import Conditioning
-from ldmkit.errors import SpecError
+from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
 from ldmkit.numerics import OnNonFinite
 from ldmkit.prediction import to_eps
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.yaml"
 COMPONENT_FIELDS = ("first_stage", "denoiser", "conditioner")
+
+
+def check_guidance_scale(scale: object) -> float:
+    """``scale`` as a float, refused with :class:`InputError` unless a finite number (NaN would only show at decode)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise InputError(f"guidance_scale must be a finite number, got {scale!r}")
+    return float(scale)
 
 
 class Pipeline:
@@ -183,6 +191,7 @@ class Pipeline:
 
     def model_fn(self, cond: Conditioning, uncond: Conditioning | None = None, guidance_scale: float = 1.0) -> ModelFn:
         """``model_fn(x, t) -> eps`` with classifier-free guidance as one batched call."""
+        guidance_scale = check_guidance_scale(guidance_scale)
         if self.fast is not None:
             return self.fast.model_fn(self.schedule, cond, uncond, guidance_scale)
         ac = self.schedule.alphas_cumprod

@@ -287,6 +287,9 @@ BAD = {
     "replay without metadata": (["--replay", "{plain}"], "carries no ldmkit metadata"),
     "replay of a missing file": (["--replay", "{dir}/absent.png"], "no such file"),
     "out is a file": (["--task", "uncond", "-n", "1", "--steps", "1", "--out", "{afile}"], "output folder"),
+    "out under a file": (["--task", "uncond", "--out", "{afile}/pictures"], "cannot create the output folder"),
+    "guidance NaN": (["--task", "text2img", "--prompt", "a red circle", "--guidance", "nan"], "guidance_scale"),
+    "guidance infinite": (["--task", "text2img", "--prompt", "a red circle", "--guidance", "inf"], "finite"),
 }
 
 
@@ -348,6 +351,23 @@ def test_a_cuda_index_past_the_devices_exits_2(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     code, _, stderr = run_cli(["generate", "--task", "uncond", "--device", "cuda:1", *ONE, "--out", str(tmp_path)])
     assert code == 2 and "--device 'cuda:1': no such CUDA device (1 visible: cuda:0 to cuda:0)" in stderr, stderr
+
+
+def test_an_unusable_output_folder_exits_2_before_loading(monkeypatch, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file where a parent folder should be")
+    _refuse_loading(monkeypatch)
+    code, stdout, stderr = run_cli(["generate", "--task", "uncond", *ONE, "--out", str(blocker / "pictures")])
+    assert code == 2 and "cannot create the output folder" in stderr, (stdout, stderr)
+
+
+def test_version_names_the_package():
+    import ldmkit
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exited:  # argparse's version action
+        main(["--version"])
+    assert exited.value.code == 0 and out.getvalue().strip() == f"ldmkit {ldmkit.__version__}"
 
 
 def test_auto_picks_cuda_only_where_it_is_available(tmp_path):

@@ -71,6 +71,19 @@ def test_guidance_is_one_batched_call_with_the_reference_formula(pipe):
     torch.testing.assert_close(guided, e_u + 3.0 * (e_c - e_u), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "3", True, None])
+def test_a_scale_that_is_not_a_finite_number_is_refused_before_sampling(pipe, scale):
+    cond, uncond = pipe.conditioner(_labels(0)), pipe.conditioner.unconditional(1)
+    calls = []
+    handle = pipe.denoiser.register_forward_hook(lambda m, args, out: calls.append(1))
+    try:
+        with pytest.raises(ldmkit.InputError, match="guidance_scale must be a finite number"):
+            pipe.sample(cond, steps=5, uncond=uncond, guidance_scale=scale)
+    finally:
+        handle.remove()
+    assert calls == []  # refused before the first denoiser call
+
+
 def test_negative_conditioning_changes_the_result(pipe):
     cond = pipe.conditioner(_labels(0))
     x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -165,6 +165,16 @@ def test_builtin_unet_names_the_field_path() -> None:
         validate_spec(_spec(denoiser={"type": "unet", "params": {"model_channels": "64"}}))
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_component_params_take_finite_numbers_only(value) -> None:
+    registry = ldmkit.get_registry()
+    if "unet" not in registry.names("denoiser"):
+        pytest.skip("the built-in unet plugin is not installed")
+    params = {"model_channels": 8, "dropout": value}
+    with pytest.raises(SpecError, match=r"denoiser\.params\.dropout: Input should be a finite number"):
+        validate_spec(_spec(denoiser={"type": "unet", "params": params}))
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [

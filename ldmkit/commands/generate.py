@@ -103,6 +103,7 @@ def _prepare(pipe: Pipeline, device: torch.device, fast: bool) -> None:
 
 def run(args) -> int:
     from ldmkit.generation import (
+        check_output_folder,
         decode_inputs,
         default_guidance,
         default_sampling,
@@ -116,9 +117,7 @@ def run(args) -> int:
         to_uint8,
     )
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():  # refuse before spending time on generation
-        raise InputError(f"--out {out}: exists and is not a folder; cannot create the output folder there")
+    check_output_folder(args.out)  # refused before any time goes into loading and sampling
     if args.replay:
         meta = read_metadata(args.replay)
         recorded = recorded_runtime(meta)
