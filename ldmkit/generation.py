@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ldmkit import strict_json
 from ldmkit.errors import InputError, SpecError
+from ldmkit.fast.config import DTYPES
 from ldmkit.interfaces import SampleOptions
 from ldmkit.pipeline import SPEC_FILE, Pipeline
 
@@ -30,6 +31,7 @@ MAX_METADATA_BYTES = 1 << 20
 DEFAULT_MODEL = "default"
 # what a picture without a ``runtime`` entry (written before it existed) was made with
 DEFAULT_RUNTIME: dict[str, Any] = {"device": "cpu", "fast": False}
+PRECISION_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
 _CUDA_DEVICE = re.compile(r"cuda(?::(0|[1-9][0-9]*))?")
 
@@ -94,8 +96,14 @@ def resolve_device(value: str, *, what: str = "--device", hint: str = "use --dev
 
 
 def runtime_of(pipe: Pipeline) -> dict[str, Any]:
-    """The ``runtime`` metadata entry of pictures made by ``pipe``: its device and whether the fast path is on."""
-    return {"device": str(pipe.device), "fast": pipe.fast is not None}
+    """The ``runtime`` metadata entry of pictures made by ``pipe``.
+
+    Its device, whether the fast path is on and, when it is, the precision it computes in.
+    """
+    runtime: dict[str, Any] = {"device": str(pipe.device), "fast": pipe.fast is not None}
+    if pipe.fast is not None:
+        runtime["precision"] = PRECISION_NAMES[pipe.fast.settings.dtype]
+    return runtime
 
 
 def recorded_runtime(meta: dict[str, Any]) -> dict[str, Any]:
@@ -304,6 +312,9 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
         raise InputError(f"{path}: metadata runtime.device must be text, got {runtime['device']!r}")
     if "fast" in runtime and not isinstance(runtime["fast"], bool):
         raise InputError(f"{path}: metadata runtime.fast must be true or false, got {runtime['fast']!r}")
+    if runtime.get("precision") is not None and runtime["precision"] not in DTYPES:
+        choices = ", ".join(DTYPES)
+        raise InputError(f"{path}: metadata runtime.precision must be one of {choices}, got {runtime['precision']!r}")
     if "spec" in model:
         if not isinstance(model["spec"], dict):
             raise SpecError(f"{path}: metadata model.spec: a spec must be a mapping")

@@ -388,7 +388,11 @@ def test_fast_on_the_cpu_gives_the_same_pictures(generated, inputs, tmp_path, ca
     for i in range(N):
         name = f"{i:06d}.png"
         assert np.array_equal(_pixels(tmp_path / "fast" / name), _pixels(out / name))
-        assert read_metadata(tmp_path / "fast" / name)["runtime"] == {"device": "cpu", "fast": True}
+        assert read_metadata(tmp_path / "fast" / name)["runtime"] == {
+            "device": "cpu",
+            "fast": True,
+            "precision": "fp32",
+        }
         assert read_metadata(out / name)["runtime"] == {"device": "cpu", "fast": False}
 
 
@@ -401,13 +405,41 @@ def test_replay_uses_the_recorded_fast_path_unless_told(tmp_path, caplog):
         code, stdout, stderr = run_cli(["generate", "--replay", str(original), "--out", str(tmp_path / "r")])
     assert code == 0 and "identical" in stdout and "DIFFERS" not in stdout, stdout + stderr
     assert "fast path on cpu" in caplog.text, "the replay did not take the recorded fast path"
-    assert read_metadata(tmp_path / "r" / "000000.png")["runtime"] == {"device": "cpu", "fast": True}
+    assert read_metadata(tmp_path / "r" / "000000.png")["runtime"] == {
+        "device": "cpu",
+        "fast": True,
+        "precision": "fp32",
+    }
     # --no-fast and --device override what was recorded
     code, stdout, stderr = run_cli(
         ["generate", "--replay", str(original), "--no-fast", "--device", "cpu", "--out", str(tmp_path / "plain")]
     )
     assert code == 0 and "identical" in stdout, stdout + stderr
     assert read_metadata(tmp_path / "plain" / "000000.png")["runtime"] == {"device": "cpu", "fast": False}
+
+
+def test_precision_is_recorded_and_replayed_unless_told(tmp_path, caplog):
+    argv = ["generate", "--task", "class2img", "--label", "red circle", *ONE, "--fast", "--precision", "bf16"]
+    assert run_cli([*argv, "--out", str(tmp_path / "a")])[0] == 0
+    original = tmp_path / "a" / "000000.png"
+    assert read_metadata(original)["runtime"] == {"device": "cpu", "fast": True, "precision": "bf16"}
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        code, stdout, stderr = run_cli(["generate", "--replay", str(original), "--out", str(tmp_path / "r")])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+    assert "dtype=torch.bfloat16" in caplog.text, "the replay did not take the recorded precision"
+    code, stdout, _ = run_cli(
+        ["generate", "--replay", str(original), "--precision", "fp32", "--out", str(tmp_path / "f")]
+    )
+    assert code in (0, 1) and str(original) in stdout  # another precision may or may not round to the same pixels
+    assert read_metadata(tmp_path / "f" / "000000.png")["runtime"]["precision"] == "fp32"
+
+
+def test_precision_without_the_fast_path_exits_2(tmp_path):
+    argv = ["generate", "--task", "uncond", *ONE, "--precision", "fp16", "--out", str(tmp_path / "out")]
+    code, stdout, stderr = run_cli(argv)
+    assert code == 2 and "--precision fp16 sets the fast path's precision; add --fast" in stderr, (stdout, stderr)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_picture_without_runtime_replays_on_the_cpu_without_fast(generated, tmp_path):
@@ -444,6 +476,7 @@ def test_replay_on_an_unusable_recorded_device_exits_2_unless_told_another(gener
         ({"device": 0, "fast": False}, "metadata runtime.device must be text"),
         ({"device": "cpu", "fast": "yes"}, "metadata runtime.fast must be true or false"),
         ({"device": "tpu", "fast": False}, "recorded device 'tpu': not a device"),
+        ({"device": "cpu", "fast": True, "precision": "fp8"}, "metadata runtime.precision must be one of"),
     ],
 )
 def test_replay_refuses_a_bad_runtime_entry(runtime, expected, generated, tmp_path):

@@ -68,6 +68,13 @@ def add_parser(sub) -> None:
         help="the fast inference path (on CUDA: bf16, torch.compile, CUDA graphs; the first call compiles); "
         "default: off, or the recorded setting with --replay",
     )
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp16", "fp32"),
+        default=None,
+        help="the fast path's precision (needs --fast); default: bf16 on CUDA, fp32 on the CPU, "
+        "or the recorded one with --replay",
+    )
     p.add_argument("--replay", metavar="IMAGE.png", help="regenerate a picture from its metadata")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -89,16 +96,27 @@ def _read_inputs(args) -> dict:
     return inputs
 
 
-def _prepare(pipe: Pipeline, device: torch.device, fast: bool) -> None:
-    """Move ``pipe`` to ``device`` and, if asked, switch on the fast path (its settings follow the device)."""
+def _prepare(pipe: Pipeline, device: torch.device, fast: bool, precision: str | None) -> None:
+    """Move ``pipe`` to ``device`` and, if asked, switch on the fast path (unset settings follow the device)."""
     pipe.to(device)
     if not fast:
         return
-    pipe.optimize()
-    if device.type == "cpu":
+    pipe.optimize(precision=precision)
+    if device.type == "cpu" and precision in (None, "fp32"):
         log.info("--fast on the CPU: every fast-path setting resolves to off, so the pictures match a run without it")
+    elif device.type == "cpu":
+        log.info(
+            "--fast on the CPU computes in %s (not compiled): slower than float32 there, for checking only", precision
+        )
     else:
         log.info("--fast on %s: the first sampling call compiles the model (about a minute)", device)
+
+
+def _fast_precision(precision: str | None, fast: bool, *, told: str | None) -> str | None:
+    """The fast path's precision; a ``--precision`` given without the fast path is refused."""
+    if told is not None and not fast:
+        raise InputError(f"--precision {told} sets the fast path's precision; add --fast")
+    return precision if fast else None
 
 
 def run(args) -> int:
@@ -127,6 +145,7 @@ def run(args) -> int:
             hint = "pass --device to replay on another (the pictures may then differ)"
             device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
         fast = recorded["fast"] if args.fast is None else args.fast
+        precision = _fast_precision(args.precision or recorded.get("precision"), fast, told=args.precision)
         pipe, model = open_pipeline(meta["model"].get("source"))
         if model["weights_sha256"] != meta["model"].get("weights_sha256"):
             raise InputError(f"{args.replay}: made with other weights than {model['source']} holds now")
@@ -135,7 +154,7 @@ def run(args) -> int:
         except TypeError as exc:
             raise InputError(f"{args.replay}: bad options in metadata ({exc})") from None
         inputs = decode_inputs(meta["inputs"])
-        _prepare(pipe, device, fast)
+        _prepare(pipe, device, fast, precision)
         images, _ = generate(pipe, meta["task"], inputs, options)
         index = int(meta.get("index", 0))
         paths = save_pictures(
@@ -157,6 +176,7 @@ def run(args) -> int:
     if not args.task:
         raise InputError("--task is required (or --replay IMAGE.png)")
     device = resolve_device(args.device if args.device is not None else "cpu")
+    precision = _fast_precision(args.precision, bool(args.fast), told=args.precision)
     pipe, model = open_pipeline(args.spec)
     defaults = pipe.spec.sampling if pipe.spec is not None else None
     sampler, steps = default_sampling(pipe, args.task)
@@ -176,7 +196,7 @@ def run(args) -> int:
     inputs = _read_inputs(args)
     from ldmkit.distributed_generate import generate_sharded, rank_device, world_size
 
-    _prepare(pipe, rank_device(device), bool(args.fast))
+    _prepare(pipe, rank_device(device), bool(args.fast), precision)
 
     if world_size() > 1:  # launched by torchrun: each rank makes its share, rank 0 writes them all
         sharded = generate_sharded(pipe, args.task, inputs, options)
