@@ -7,6 +7,8 @@ model that validates its spec parameters; it is built with ``Cls(params)`` or
 
 from __future__ import annotations
 
+import numbers
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from ldmkit.conditioning import Conditioning
+from ldmkit.errors import InputError
 from ldmkit.schedules import NoiseSchedule
 
 Prediction = Literal["eps", "x0", "v"]
@@ -191,6 +194,23 @@ class SampleOptions:
     eta: float = 0.0
     guidance_scale: float = 1.0
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse values of the wrong kind here, rather than deep inside sampling; numpy scalars become Python ones."""
+        for name in ("n", "seed", "steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not hasattr(value, "__index__"):
+                raise InputError(f"SampleOptions.{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, operator.index(value))
+        for name in ("eta", "guidance_scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"SampleOptions.{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not isinstance(self.sampler, str) or not self.sampler:
+            raise InputError(f"SampleOptions.sampler must be a sampler name, got {self.sampler!r}")
+        if not isinstance(self.progress, bool):
+            raise InputError(f"SampleOptions.progress must be True or False, got {self.progress!r}")
 
 
 class Task(_Configurable, ABC):

@@ -204,3 +204,27 @@ def test_run_refuses_an_empty_batch(tiny):
     task = tiny.task("uncond")
     with pytest.raises(InputError, match="at least 1"):
         task.run(tiny, task.parse_request({}), SampleOptions(n=0, steps=1))
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"n": 2.5}, "n"),
+        ({"n": True}, "n"),
+        ({"seed": "7"}, "seed"),
+        ({"steps": None}, "steps"),
+        ({"eta": "0"}, "eta"),
+        ({"guidance_scale": [3.0]}, "guidance_scale"),
+        ({"sampler": ""}, "sampler"),
+        ({"progress": 1}, "progress"),
+    ],
+)
+def test_sample_options_of_the_wrong_kind_are_refused(options, field):
+    with pytest.raises(InputError, match=rf"SampleOptions\.{field} must be"):
+        SampleOptions(**options)
+
+
+def test_sample_options_take_numpy_scalars_as_python_numbers():
+    options = SampleOptions(n=np.int64(2), steps=np.int32(5), guidance_scale=np.float32(3.5), eta=0)
+    assert (options.n, options.steps, options.guidance_scale, options.eta) == (2, 5, 3.5, 0.0)
+    assert type(options.n) is int and type(options.guidance_scale) is float and type(options.eta) is float
