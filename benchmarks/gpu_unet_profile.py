@@ -37,8 +37,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "coordinate-descent": ("default", {"coordinate_descent_tuning": True}),
     # weights as constants of the compiled code
     "freezing": ("default", {"freezing": True}),
-    # Triton matmul templates with fused epilogues, chosen per shape against cuBLAS
+    # Triton matmul templates with fused epilogues, chosen per shape against cuBLAS (over 7 min to compile)
     "autotune-gemm": ("default", {"max_autotune_gemm": True}),
+    # cheaper settings that change how the normalisation and activation kernels are fused and tiled
+    "aggressive-fusion": ("default", {"aggressive_fusion": True}),
+    "nd-tiling": ("default", {"triton.prefer_nd_tiling": True}),
+    "multi-kernel": ("default", {"triton.multi_kernel": 1}),
     # includes coordinate-descent tuning, as the mode does
     "autotune": ("max-autotune-no-cudagraphs", {}),
 }
@@ -46,16 +50,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 @contextlib.contextmanager
 def inductor_settings(values: dict[str, Any]) -> Iterator[None]:
+    """Inductor config ``values`` (dotted names allowed) for the duration of the block."""
     import torch._inductor.config as cfg
 
-    old = {name: getattr(cfg, name) for name in values}
-    for name, value in values.items():
-        setattr(cfg, name, value)
-    try:
+    with cfg.patch(values):
         yield
-    finally:
-        for name, value in old.items():
-            setattr(cfg, name, value)
 
 
 def category(kernel: str) -> str:
