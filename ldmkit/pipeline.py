@@ -35,6 +35,20 @@ def check_guidance_scale(scale: object) -> float:
     return float(scale)
 
 
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device, refused with :class:`InputError` if it names none or one that is absent."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"{device!r} is not a device; expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: CUDA is not available to this torch")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return resolved
+
+
 class Pipeline:
     """Holds the components and samples latents; ``decode`` turns latents into images in [-1, 1]."""
 
@@ -84,6 +98,11 @@ class Pipeline:
         return {name: m for name in COMPONENT_FIELDS if (m := getattr(self, name)) is not None}
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Pipeline:
+        """Move every component to ``device`` and/or ``dtype`` (the fast path, if on, is rebuilt there)."""
+        if device is not None:
+            device = check_device(device)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise InputError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
         with self.lock:
             for module in self.modules().values():
                 module.to(device=device, dtype=dtype)
@@ -256,6 +275,12 @@ class Pipeline:
         uncond = self.condition(uncond) if uncond is not None else None
         if isinstance(sampler, str):
             sampler = get_registry().create("sampler", sampler)
+        elif not callable(getattr(sampler, "sample", None)):
+            raise InputError(f"sampler must be a registered sampler's name or a Sampler, got {type(sampler).__name__}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size}")
         if x_T is None:
             batch = cond.batch_size or batch_size or (len(generator) if isinstance(generator, list) else 1)
             x_T = self.initial_noise(batch, generator)

@@ -329,3 +329,15 @@ def test_compvis_config_translation():
         first_stage_from_compvis({**config, "params": {"ddconfig": {**TINY, "attn_type": "linear"}}})
     with pytest.raises(SpecError, match="not a supported first stage"):
         first_stage_from_compvis({"target": "my.module.Anything"})
+
+
+@pytest.mark.parametrize("cls", [KLAutoencoder, VQAutoencoder])
+def test_encoding_a_size_the_encoder_would_crop_is_refused(cls):
+    params = {**TINY, "embed_dim": 4} if cls is KLAutoencoder else {**TINY, "double_z": False, "embed_dim": 3}
+    model = cls.from_params(params).eval()
+    f = model.downsample
+    assert f > 1
+    with torch.no_grad():
+        assert model.encode(torch.zeros(1, 3, 4 * f, 2 * f)).shape[-2:] == (4, 2)
+        with pytest.raises(InputError, match=rf"17x{2 * f} pixels; height and width must be multiples of {f}"):
+            model.encode(torch.zeros(1, 3, 17, 2 * f))

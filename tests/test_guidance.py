@@ -112,3 +112,36 @@ def test_guided_batch_equals_samples_drawn_one_at_a_time(pipe, sampler, eta):
         )
         # batched and single float arithmetic differ in the last bits, not more
         torch.testing.assert_close(batch[i : i + 1], single, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampler": 3}, "sampler must be a registered sampler's name or a Sampler"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": 1.5}, "batch_size must be a positive integer"),
+    ],
+)
+def test_sample_refuses_a_bad_sampler_or_batch_size(pipe, kwargs, message):
+    with pytest.raises(ldmkit.InputError, match=message):
+        pipe.sample(None, steps=2, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("gpu",), "'gpu' is not a device"),
+        ((3.5,), "is not a device"),
+        ((None, torch.int64), "dtype must be a floating-point torch.dtype"),
+    ],
+)
+def test_to_refuses_what_is_not_a_device_or_float_dtype(pipe, args, message):
+    with pytest.raises(ldmkit.InputError, match=message):
+        pipe.to(*args)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_to_cuda_without_cuda_says_so(pipe):
+    with pytest.raises(ldmkit.InputError, match="CUDA is not available"):
+        pipe.to("cuda")
+    assert pipe.device.type == "cpu"

@@ -45,7 +45,7 @@ class KLAutoencoder(ldmkit.FirstStage):
 
     def encode_distribution(self, images: Tensor) -> DiagonalGaussian:
         """Images (B, in_channels, H, W) in [-1, 1] -> the posterior over latents (B, embed_dim, H/f, W/f)."""
-        check_nchw(images, self.params.in_channels, "images", self.name)
+        check_nchw(images, self.params.in_channels, "images", self.name, multiple_of=self.downsample)
         moments = self.quant_conv(self.encoder(images))  # (B, 2*embed_dim, H/f, W/f)
         return DiagonalGaussian(moments)
 

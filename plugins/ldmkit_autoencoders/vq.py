@@ -77,7 +77,7 @@ class VQAutoencoder(ldmkit.FirstStage):
 
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, in_channels, H, W) -> pre-quantization latents (B, embed_dim, H/f, W/f)."""
-        check_nchw(images, self.params.in_channels, "images", self.name)
+        check_nchw(images, self.params.in_channels, "images", self.name, multiple_of=self.downsample)
         return self.quant_conv(self.encoder(images))
 
     def quantize_latents(
