@@ -288,6 +288,7 @@ BAD = {
     "replay of a missing file": (["--replay", "{dir}/absent.png"], "no such file"),
     "out is a file": (["--task", "uncond", "-n", "1", "--steps", "1", "--out", "{afile}"], "output folder"),
     "out under a file": (["--task", "uncond", "--out", "{afile}/pictures"], "cannot create the output folder"),
+    "input the task does not read": (["--task", "uncond", "--prompt", "a red circle"], "does not read prompt"),
     "guidance NaN": (["--task", "text2img", "--prompt", "a red circle", "--guidance", "nan"], "guidance_scale"),
     "guidance infinite": (["--task", "text2img", "--prompt", "a red circle", "--guidance", "inf"], "finite"),
 }

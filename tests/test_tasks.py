@@ -228,3 +228,17 @@ def test_sample_options_take_numpy_scalars_as_python_numbers():
     options = SampleOptions(n=np.int64(2), steps=np.int32(5), guidance_scale=np.float32(3.5), eta=0)
     assert (options.n, options.steps, options.guidance_scale, options.eta) == (2, 5, 3.5, 0.0)
     assert type(options.n) is int and type(options.guidance_scale) is float and type(options.eta) is float
+
+
+@pytest.mark.parametrize(
+    ("task", "inputs", "message"),
+    [
+        ("uncond", {"prompt": "a red circle"}, "task 'uncond' takes no inputs; it does not read prompt"),
+        ("class2img", {"label": "red circle", "mask": b""}, "task 'class2img' takes label; it does not read mask"),
+        ("text2img", "a red circle", "task 'text2img': inputs must be a dict \\(prompt\\), got str"),
+    ],
+)
+def test_inputs_a_task_does_not_read_are_refused(task, inputs, message):
+    pipe = ldmkit.Pipeline.load(default_model_dir())
+    with pytest.raises(InputError, match=message):
+        pipe.task(task).parse_request(inputs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +41,7 @@ class ConditionedTask(ldmkit.Task):
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
         """Build the request from CLI-style inputs: strings, or bytes of files."""
+        inputs = self.check_inputs(inputs)
         values = {name: self.require(inputs, name) for name in self.inputs}
         try:
             return self.Request(**values)
@@ -47,8 +49,21 @@ class ConditionedTask(ldmkit.Task):
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise InputError(f"task {self.name!r}: {problems}") from None
 
+    def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``inputs`` as a dict; refused unless a mapping of only the inputs this task reads (None: none)."""
+        if inputs is None:
+            return {}
+        takes = ", ".join(self.inputs) or "no inputs"
+        if not isinstance(inputs, Mapping):
+            raise InputError(f"task {self.name!r}: inputs must be a dict ({takes}), got {type(inputs).__name__}")
+        unknown = sorted(str(key) for key, value in inputs.items() if key not in self.inputs and value is not None)
+        if unknown:
+            raise InputError(f"task {self.name!r} takes {takes}; it does not read {', '.join(unknown)}")
+        return dict(inputs)
+
     def require(self, inputs: dict[str, Any], name: str) -> Any:
         """The input ``name``, or InputError naming the missing flag."""
+        inputs = self.check_inputs(inputs)
         missing = [m for m in self.inputs if inputs.get(m) is None]
         if name in missing:
             flags = ", ".join(f"--{m}" for m in missing)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ldmkit.errors import InputError
-from ldmkit_tasks.base import ConditionedTask, Request, TaskParams, check_size, image_size, read_png, to_signed
+from ldmkit_tasks.base import ConditionedTask, Request, TaskParams, check_size, image_size
+from ldmkit_tasks.inputs import class_map_input, image_input, mask_input
 
 
 class LayoutObject(BaseModel):
@@ -60,7 +60,7 @@ class SemanticParams(TaskParams):
 
 
 class SemanticRequest(Request):
-    segmentation: Any  # (H, W) uint8 tensor of class ids
+    segmentation: Any  # (H, W) int64 tensor of class ids
 
 
 class Semantic2ImgTask(ConditionedTask):
@@ -72,14 +72,8 @@ class Semantic2ImgTask(ConditionedTask):
     inputs = ("segmentation",)
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        data = self.require(inputs, "segmentation")
-        seg = read_png(data, "segmentation", "L") if isinstance(data, bytes) else torch.as_tensor(data)
-        if seg.dim() != 2:
-            raise InputError(f"segmentation: expected a single-channel map, got shape {tuple(seg.shape)}")
-        top = int(seg.max())
-        if top >= self.params.n_classes:
-            raise InputError(f"segmentation: value {top} found; classes are 0..{self.params.n_classes - 1}")
-        return SemanticRequest(segmentation=seg.long())
+        seg = class_map_input(self.require(inputs, "segmentation"), self.params.n_classes)
+        return SemanticRequest(segmentation=seg)
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         seg = request.segmentation
@@ -105,9 +99,7 @@ class SuperresTask(ConditionedTask):
     inputs = ("image",)
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        data = self.require(inputs, "image")
-        img = to_signed(read_png(data, "image", "RGB")) if isinstance(data, bytes) else torch.as_tensor(data)
-        return ImageRequest(image=img)
+        return ImageRequest(image=image_input(self.require(inputs, "image")))
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         h, w = image_size(pipeline)
@@ -140,9 +132,8 @@ class InpaintTask(ConditionedTask):
     inputs = ("image", "mask")
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        image, mask = self.require(inputs, "image"), self.require(inputs, "mask")
-        img = to_signed(read_png(image, "image", "RGB")) if isinstance(image, bytes) else torch.as_tensor(image)
-        m = (read_png(mask, "mask", "L") > 127).float()[None] if isinstance(mask, bytes) else torch.as_tensor(mask)
+        img = image_input(self.require(inputs, "image"))
+        m = mask_input(self.require(inputs, "mask"))
         if tuple(m.shape[-2:]) != tuple(img.shape[-2:]):
             raise InputError(f"mask {tuple(m.shape[-2:])} and image {tuple(img.shape[-2:])} differ in size")
         return InpaintRequest(image=img, mask=m)
