@@ -161,8 +161,9 @@ class Pipeline:
 
         if self.spec is None:
             raise SpecError("this pipeline has no spec; build it with Pipeline.from_spec to save it")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        from ldmkit.folders import ensure_output_folder
+
+        directory = ensure_output_folder(directory)
         for name, module in self.modules().items():
             state = module.state_dict()
             if dtype is not None:

@@ -145,3 +145,15 @@ def test_to_cuda_without_cuda_says_so(pipe):
     with pytest.raises(ldmkit.InputError, match="CUDA is not available"):
         pipe.to("cuda")
     assert pipe.device.type == "cpu"
+
+
+def test_save_where_a_file_stands_is_refused_and_keeps_the_file(pipe, tmp_path):
+    if pipe.spec is None:
+        pytest.skip("this pipeline was not built from a spec")
+    blocker = tmp_path / "pipeline"
+    blocker.write_text("not a folder")
+    with pytest.raises(ldmkit.InputError, match="exists and is not a folder"):
+        pipe.save(blocker)
+    with pytest.raises(ldmkit.InputError, match="cannot create the output folder"):
+        pipe.save(blocker / "inside")
+    assert blocker.read_text() == "not a folder"

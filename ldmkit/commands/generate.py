@@ -120,8 +120,8 @@ def _fast_precision(precision: str | None, fast: bool, *, told: str | None) -> s
 
 
 def run(args) -> int:
+    from ldmkit.folders import check_output_folder
     from ldmkit.generation import (
-        check_output_folder,
         decode_inputs,
         default_guidance,
         default_sampling,
