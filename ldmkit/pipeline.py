@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ COMPONENT_FIELDS = ("first_stage", "denoiser", "conditioner")
 
 def check_guidance_scale(scale: object) -> float:
     """``scale`` as a float, refused with :class:`InputError` unless a finite number (NaN would only show at decode)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
         raise InputError(f"guidance_scale must be a finite number, got {scale!r}")
     return float(scale)
 

@@ -157,3 +157,13 @@ def test_save_where_a_file_stands_is_refused_and_keeps_the_file(pipe, tmp_path):
     with pytest.raises(ldmkit.InputError, match="cannot create the output folder"):
         pipe.save(blocker / "inside")
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_numpy_scale_guides_like_the_same_python_float(pipe):
+    import numpy as np
+
+    cond, uncond = pipe.conditioner(_labels(0)), pipe.conditioner.unconditional(1)
+    x_T = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    as_float = pipe.sample(cond, steps=3, x_T=x_T, uncond=uncond, guidance_scale=2.5)
+    as_numpy = pipe.sample(cond, steps=3, x_T=x_T, uncond=uncond, guidance_scale=np.float32(2.5))
+    assert torch.equal(as_float, as_numpy)

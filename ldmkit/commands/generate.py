@@ -105,9 +105,7 @@ def _prepare(pipe: Pipeline, device: torch.device, fast: bool, precision: str | 
     if device.type == "cpu" and precision in (None, "fp32"):
         log.info("--fast on the CPU: every fast-path setting resolves to off, so the pictures match a run without it")
     elif device.type == "cpu":
-        log.info(
-            "--fast on the CPU computes in %s (not compiled): slower than float32 there, for checking only", precision
-        )
+        log.info("--fast on the CPU computes in %s, not compiled (the pictures differ from float32 ones)", precision)
     else:
         log.info("--fast on %s: the first sampling call compiles the model (about a minute)", device)
 
