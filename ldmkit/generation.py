@@ -22,7 +22,7 @@ from ldmkit.errors import InputError, SpecError
 from ldmkit.fast.config import DTYPES
 from ldmkit.folders import ensure_output_folder
 from ldmkit.interfaces import SampleOptions
-from ldmkit.pipeline import SPEC_FILE, Pipeline
+from ldmkit.pipeline import SPEC_FILE, Pipeline, check_device
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,9 @@ def resolve_device(value: str, *, what: str = "--device", hint: str = "use --dev
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if value == "cpu":
         return torch.device("cpu")
-    match = _CUDA_DEVICE.fullmatch(value)
-    if match is None:
+    if _CUDA_DEVICE.fullmatch(value) is None:  # stricter than torch.device: no other device types, no spaces
         raise InputError(f"{what} {value!r}: not a device; expected {DEVICE_CHOICES}")
-    if not torch.cuda.is_available():
-        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
-        raise InputError(f"{what} {value!r}: CUDA is not available ({why}); {hint}")
-    count = torch.cuda.device_count()
-    if match.group(1) is not None and int(match.group(1)) >= count:
-        raise InputError(f"{what} {value!r}: no such CUDA device ({count} visible: cuda:0 to cuda:{count - 1}); {hint}")
-    return torch.device(value)
+    return check_device(value, what=what, hint=hint)
 
 
 def runtime_of(pipe: Pipeline) -> dict[str, Any]:

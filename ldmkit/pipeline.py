@@ -36,17 +36,26 @@ def check_guidance_scale(scale: object) -> float:
     return float(scale)
 
 
-def check_device(device: torch.device | str) -> torch.device:
-    """``device`` as a torch.device, refused with :class:`InputError` if it names none or one that is absent."""
+def check_device(device: torch.device | str, *, what: str = "device", hint: str | None = None) -> torch.device:
+    """``device`` as a torch.device, refused with :class:`InputError` if it names none or one that is absent.
+
+    ``what`` and ``hint`` word the message for where the value came from (an argument, a command-line
+    flag, a picture's metadata).
+    """
+    advice = f"; {hint}" if hint else ""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise InputError(f"{device!r} is not a device; expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {device!r}: CUDA is not available to this torch")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise InputError(f"{what} {device!r}: not a device; expected e.g. 'cpu', 'cuda' or 'cuda:1'") from None
+    if resolved.type != "cuda":
+        return resolved
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise InputError(f"{what} {device!r}: CUDA is not available ({why}){advice}")
+    count = torch.cuda.device_count()
+    if resolved.index is not None and resolved.index >= count:
+        visible = f"{count} visible: cuda:0 to cuda:{count - 1}"
+        raise InputError(f"{what} {device!r}: no such CUDA device ({visible}){advice}")
     return resolved
 
 

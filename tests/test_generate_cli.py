@@ -429,10 +429,12 @@ def test_precision_is_recorded_and_replayed_unless_told(tmp_path, caplog):
         code, stdout, stderr = run_cli(["generate", "--replay", str(original), "--out", str(tmp_path / "r")])
     assert code == 0 and "identical" in stdout, stdout + stderr
     assert "dtype=torch.bfloat16" in caplog.text, "the replay did not take the recorded precision"
-    code, stdout, _ = run_cli(
-        ["generate", "--replay", str(original), "--precision", "fp32", "--out", str(tmp_path / "f")]
-    )
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        argv = ["generate", "--replay", str(original), "--precision", "fp32", "--out", str(tmp_path / "f")]
+        code, stdout, _ = run_cli(argv)
     assert code in (0, 1) and str(original) in stdout  # another precision may or may not round to the same pixels
+    assert "dtype=torch.float32" in caplog.text, "--precision did not override the recorded precision"
     assert read_metadata(tmp_path / "f" / "000000.png")["runtime"]["precision"] == "fp32"
 
 

@@ -130,8 +130,8 @@ def test_sample_refuses_a_bad_sampler_or_batch_size(pipe, kwargs, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("gpu",), "'gpu' is not a device"),
-        ((3.5,), "is not a device"),
+        (("gpu",), "device 'gpu': not a device"),
+        ((3.5,), "device 3.5: not a device"),
         ((None, torch.int64), "dtype must be a floating-point torch.dtype"),
     ],
 )

@@ -110,11 +110,11 @@ def _prepare(pipe: Pipeline, device: torch.device, fast: bool, precision: str | 
         log.info("--fast on %s: the first sampling call compiles the model (about a minute)", device)
 
 
-def _fast_precision(precision: str | None, fast: bool, *, told: str | None) -> str | None:
-    """The fast path's precision; a ``--precision`` given without the fast path is refused."""
+def _fast_precision(told: str | None, fast: bool, recorded: str | None = None) -> str | None:
+    """The fast path's precision: ``--precision``, else the recorded one; refused without the fast path."""
     if told is not None and not fast:
         raise InputError(f"--precision {told} sets the fast path's precision; add --fast")
-    return precision if fast else None
+    return (told or recorded) if fast else None
 
 
 def run(args) -> int:
@@ -143,7 +143,7 @@ def run(args) -> int:
             hint = "pass --device to replay on another (the pictures may then differ)"
             device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
         fast = recorded["fast"] if args.fast is None else args.fast
-        precision = _fast_precision(args.precision or recorded.get("precision"), fast, told=args.precision)
+        precision = _fast_precision(args.precision, fast, recorded.get("precision"))
         pipe, model = open_pipeline(meta["model"].get("source"))
         if model["weights_sha256"] != meta["model"].get("weights_sha256"):
             raise InputError(f"{args.replay}: made with other weights than {model['source']} holds now")
@@ -174,7 +174,7 @@ def run(args) -> int:
     if not args.task:
         raise InputError("--task is required (or --replay IMAGE.png)")
     device = resolve_device(args.device if args.device is not None else "cpu")
-    precision = _fast_precision(args.precision, bool(args.fast), told=args.precision)
+    precision = _fast_precision(args.precision, bool(args.fast))
     pipe, model = open_pipeline(args.spec)
     defaults = pipe.spec.sampling if pipe.spec is not None else None
     sampler, steps = default_sampling(pipe, args.task)

@@ -39,9 +39,15 @@ class ConditionedTask(ldmkit.Task):
     inputs: ClassVar[tuple[str, ...]] = ()
     """Names of the CLI inputs (``--label``, ``--prompt`` ...) this task reads."""
 
-    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
-        """Build the request from CLI-style inputs: strings, or bytes of files."""
-        inputs = self.check_inputs(inputs)
+    def parse_request(self, inputs: Mapping[str, Any] | None) -> BaseModel:
+        """Build the request from CLI-style inputs (strings, or bytes of files) or Python objects.
+
+        Checks that ``inputs`` holds only what this task reads, then calls :meth:`build_request`.
+        """
+        return self.build_request(self.check_inputs(inputs))
+
+    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
+        """The request from checked inputs; tasks with inputs other than plain fields override this."""
         values = {name: self.require(inputs, name) for name in self.inputs}
         try:
             return self.Request(**values)
@@ -63,7 +69,6 @@ class ConditionedTask(ldmkit.Task):
 
     def require(self, inputs: dict[str, Any], name: str) -> Any:
         """The input ``name``, or InputError naming the missing flag."""
-        inputs = self.check_inputs(inputs)
         missing = [m for m in self.inputs if inputs.get(m) is None]
         if name in missing:
             flags = ", ".join(f"--{m}" for m in missing)

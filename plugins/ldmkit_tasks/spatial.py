@@ -39,7 +39,7 @@ class Layout2ImgTask(ConditionedTask):
     Request = LayoutRequest
     inputs = ("layout",)
 
-    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
         data = self.require(inputs, "layout")
         try:
             objects = json.loads(data) if isinstance(data, (bytes, str)) else data
@@ -71,7 +71,7 @@ class Semantic2ImgTask(ConditionedTask):
     Request = SemanticRequest
     inputs = ("segmentation",)
 
-    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
         seg = class_map_input(self.require(inputs, "segmentation"), self.params.n_classes)
         return SemanticRequest(segmentation=seg)
 
@@ -98,7 +98,7 @@ class SuperresTask(ConditionedTask):
     Request = ImageRequest
     inputs = ("image",)
 
-    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
         return ImageRequest(image=image_input(self.require(inputs, "image")))
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
@@ -131,7 +131,7 @@ class InpaintTask(ConditionedTask):
     Request = InpaintRequest
     inputs = ("image", "mask")
 
-    def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
+    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
         img = image_input(self.require(inputs, "image"))
         m = mask_input(self.require(inputs, "mask"))
         if tuple(m.shape[-2:]) != tuple(img.shape[-2:]):
