@@ -201,7 +201,7 @@ def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
         run.row("diffusers eager bf16 (SDPA)", str(batch),
                 time_ms(lambda: d_unet(x16, t, encoder_hidden_states=ctx16), run.device, **reps), flops)  # fmt: skip
         if args.compile and not run.over_budget():
-            # the inductor options of ldmkit's fast path (frozen weights included), for a like-for-like comparison
+            # the inductor options of ldmkit's fast path, for a like-for-like comparison
             options = compile_options(args.compile_mode)
             compiled = torch.compile(d_unet, dynamic=False, options=options)
             note = f"diffusers and ldmkit's fast path compile with the same inductor options: {options}"
