@@ -2,7 +2,8 @@
 
 One run on one GPU, random weights (the same weights in both libraries, converted with
 ``ldmkit.diffusers_interop``): an equivalence check, ms per UNet call (ldmkit eager fp32 / bf16,
-ldmkit fast path, diffusers eager bf16 with SDPA, diffusers torch.compile), achieved TFLOP/s and
+ldmkit fast path, the fast path's guided step, diffusers eager bf16 with SDPA, diffusers
+torch.compile), achieved TFLOP/s and
 share of the measured bf16 matmul peak, VAE decode ms of a 512x512 picture, and pictures/s for
 50 DDIM steps with classifier-free guidance, decode included. Prints a markdown table and writes
 it to ``--out``.
@@ -197,6 +198,8 @@ def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
         run.row("ldmkit fast path", str(batch), time_ms(lambda: fn(x32, t), run.device, **reps), flops,
                 f"first call (compile/capture) {first:.1f} s; rel. error vs fp32 {err:.2e}; "
                 f"{pipe.fast.describe()}")  # fmt: skip
+        if batch % 2 == 0:
+            bench_guided(unet, pipe, run, x32[: batch // 2], t[: batch // 2], ctx32)
     if d_unet is not None:
         run.row("diffusers eager bf16 (SDPA)", str(batch),
                 time_ms(lambda: d_unet(x16, t, encoder_hidden_states=ctx16), run.device, **reps), flops)  # fmt: skip
@@ -217,6 +220,40 @@ def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
                     f"first call (compile) {first:.1f} s")  # fmt: skip
         else:
             run.row("diffusers bf16 channels_last torch.compile", str(batch), None, extra="time budget or --no-compile")
+
+
+def bench_guided(unet, pipe, run: Run, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> None:
+    """One guided step of x's pictures (UNet batch 2B, as a sampler calls it) on the fast path.
+
+    Its rows before the first cross-attention are computed once for both halves, so it counts
+    fewer FLOPs than a plain call of batch 2B; the TFLOP/s column counts the FLOPs it executes.
+    """
+    from ldmkit import Conditioning
+
+    n = x.shape[0]
+    uncond, cond = Conditioning(crossattn=ctx[:n]), Conditioning(crossattn=ctx[n:])
+    both = Conditioning.cat([uncond, cond])
+    scale = 7.5
+    fn = pipe.fast.denoiser.model_fn(pipe.schedule.alphas_cumprod, cond, uncond, scale)
+    t0 = time.perf_counter()
+    fn(x, t)
+    sync(run.device)
+    first = time.perf_counter() - t0
+    # the guided eps magnifies the UNet's rounding by the scale: compare it with the same
+    # combination of the fast path's unshared batch-2B call, both against float32
+    plain = pipe.fast.denoiser.model_fn(pipe.schedule.alphas_cumprod, both, None, 1.0)
+    with torch.no_grad():
+        e_u, e_c = unet(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)  # float32, no sharing
+        reference = e_u + scale * (e_c - e_u)
+        err = rel_err(fn(x, t).float(), reference)
+        e_u, e_c = plain(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
+        err_unshared = rel_err(e_u + scale * (e_c - e_u), reference)
+    flops = count_flops(lambda: unet.forward_guided(x, t, both))
+    run.row("ldmkit fast path, guided step", f"{2 * n} ({n} pictures)", time_ms(lambda: fn(x, t), run.device,
+            warmup=run.args.warmup, repeats=run.args.repeats), flops,
+            f"first call (compile/capture) {first:.1f} s; guided eps (scale {scale}) rel. error vs fp32 "
+            f"{err:.2e}, unshared batch-{2 * n} call {err_unshared:.2e}; "
+            f"{flops / 1e12:.2f} TFLOP executed")  # fmt: skip
 
 
 def bench_vae(vae, d_vae, pipe, run: Run) -> None:

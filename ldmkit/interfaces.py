@@ -119,6 +119,14 @@ class Denoiser(Component, ABC):
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """x_t (B, C, h, w), t (B,) integer timesteps -> (B, C_out, h, w) in the ``prediction`` parameterization."""
 
+    def forward_guided(self, x_t: Tensor, t: Tensor, both: Conditioning) -> Tensor:
+        """Both halves of a classifier-free-guided call: ``forward([x_t; x_t], [t; t], both)``.
+
+        x_t (B, C, h, w), t (B,), ``both`` with 2B rows, the unconditional ones first ->
+        (2B, C_out, h, w). Denoisers may override it to compute once what the two halves share.
+        """
+        return self(torch.cat([x_t, x_t]), torch.cat([t, t]), both)
+
 
 class Conditioner(Component, ABC):
     """Turns a raw input into :class:`Conditioning`; declares the slots it fills."""

@@ -227,13 +227,13 @@ class Pipeline:
         ac = self.schedule.alphas_cumprod
         prediction = self.denoiser.prediction
         guided = uncond is not None and guidance_scale != 1.0
+        both = Conditioning.cat([uncond, cond]) if guided else cond
 
         def fn(x: Tensor, t: Tensor) -> Tensor:
             if not guided:
                 out = self.denoiser(x, t, cond)
                 return to_eps(out, x, t, ac, prediction)
-            both = Conditioning.cat([uncond, cond])
-            out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), both)  # (2B, C, h, w)
+            out = self.denoiser.forward_guided(x, t, both)  # (2B, C, h, w)
             out = to_eps(out, torch.cat([x, x]), torch.cat([t, t]), ac, prediction)
             e_uncond, e_cond = out.chunk(2)
             return e_uncond + guidance_scale * (e_cond - e_uncond)

@@ -58,13 +58,19 @@ def test_guidance_is_one_batched_call_with_the_reference_formula(pipe):
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     t = torch.tensor([500, 500])
     calls = []
-    handle = pipe.denoiser.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    forward_guided = pipe.denoiser.forward_guided
+
+    def recording(x, t, both):
+        calls.append((x.shape[0], both.crossattn.shape[0]))
+        return forward_guided(x, t, both)
+
+    pipe.denoiser.forward_guided = recording
     try:
         with torch.no_grad():
             guided = pipe.model_fn(cond, uncond, 3.0)(x, t)
     finally:
-        handle.remove()
-    assert calls == [4]  # conditional and unconditional halves in one call
+        del pipe.denoiser.forward_guided
+    assert calls == [(2, 4)]  # conditional and unconditional halves in one call
     with torch.no_grad():
         e_c = pipe.denoiser(x, t, cond)
         e_u = pipe.denoiser(x, t, uncond)

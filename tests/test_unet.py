@@ -84,6 +84,19 @@ class TestConditionedUNetConformance(DenoiserConformance):
         )
 
 
+class TestCrossAttentionUNetConformance(DenoiserConformance):
+    """Cross-attention only: guided calls share the rows before the first cross-attention."""
+
+    component_cls = UNet
+    params = {**TINY, "use_spatial_transformer": True, "context_dim": 8}
+
+    def make_component(self) -> UNet:
+        return build(self.seed, **self.params)
+
+    def make_cond(self, batch: int) -> Conditioning:
+        return Conditioning(crossattn=torch.randn(batch, 3, 8, generator=torch.Generator().manual_seed(batch)))
+
+
 # -- CompVis parity -------------------------------------------------------------------------------
 
 
@@ -458,3 +471,52 @@ def test_params_accept_the_compvis_config_and_ignore_runtime_flags() -> None:
     model = UNet(params)
     assert model.params.use_checkpoint and model.params.dropout == 0.0
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+# -- guided calls ---------------------------------------------------------------------------------
+
+
+def _rows_seen(model: UNet, module: torch.nn.Module, call) -> list[int]:
+    rows: list[int] = []
+    handle = module.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            call()
+    finally:
+        handle.remove()
+    return rows
+
+
+@pytest.mark.parametrize("attention_resolutions", [[1, 2], [2]])
+def test_guided_call_runs_the_shared_prefix_once(attention_resolutions: list[int]) -> None:
+    model = build(use_spatial_transformer=True, context_dim=8, attention_resolutions=attention_resolutions)
+    x, t = inputs(batch=3)
+    both = Conditioning(crossattn=torch.randn(6, 5, 8))
+    first_res, last_block = model.input_blocks[1][0], model.output_blocks[-1]
+    call = lambda: model.forward_guided(x, t, both)  # noqa: E731
+    # the first residual block precedes every cross-attention: it sees the 3 shared rows
+    assert _rows_seen(model, first_res, call) == [3]
+    assert _rows_seen(model, last_block, call) == [6]
+    with torch.no_grad():
+        guided = model.forward_guided(x, t, both)
+        plain = model(torch.cat([x, x]), torch.cat([t, t]), both)
+    torch.testing.assert_close(guided, plain, rtol=1e-4, atol=1e-5)
+    assert rel_err(guided[:3], guided[3:]) > 1e-4  # the halves' contexts differ, and so do their outputs
+
+
+def test_guided_call_with_class_ids_runs_all_rows() -> None:
+    # the class embedding differs between the halves from the first residual block on
+    model = build(num_classes=5)
+    x, t = inputs(batch=2)
+    both = Conditioning(vector=torch.tensor([4, 4, 0, 1]))
+    assert _rows_seen(model, model.input_blocks[1][0], lambda: model.forward_guided(x, t, both)) == [4]
+    with torch.no_grad():
+        guided = model.forward_guided(x, t, both)
+    torch.testing.assert_close(guided, model(torch.cat([x, x]), torch.cat([t, t]), both))
+
+
+def test_guided_call_checks_the_conditioning_rows() -> None:
+    model = build(use_spatial_transformer=True, context_dim=8)
+    x, t = inputs(batch=2)
+    with pytest.raises(InputError, match=r"cond.crossattn must be \(B=4"):
+        model.forward_guided(x, t, Conditioning(crossattn=torch.randn(2, 5, 8)))

@@ -65,12 +65,19 @@ class FastDenoiser:
         self.module = prepare_module(denoiser, settings)
         self.prediction = denoiser.prediction
         self._net = maybe_compile(self._forward, settings)
+        self._net_guided = maybe_compile(self._forward_guided, settings)
         self.graphs = GraphCache(settings.max_graphs) if settings.cuda_graphs else None
         self._alphas: tuple[Tensor, Tensor] | None = None  # (schedule tensor, its copy on the device)
 
     def _forward(self, x: Tensor, t: Tensor, crossattn: Tensor | None, concat: Tensor | None, vector: Tensor | None):
         """The denoiser on plain tensors (what torch.compile traces)."""
         return self.module(x, t, Conditioning(crossattn=crossattn, concat=concat, vector=vector))
+
+    def _forward_guided(
+        self, x: Tensor, t: Tensor, crossattn: Tensor | None, concat: Tensor | None, vector: Tensor | None
+    ):
+        """Both halves of a guided call (the conditioning holds 2B rows) on plain tensors."""
+        return self.module.forward_guided(x, t, Conditioning(crossattn=crossattn, concat=concat, vector=vector))
 
     def _device_alphas(self, alphas_cumprod: Tensor, device: torch.device) -> Tensor:
         """The schedule's alphas_cumprod on ``device``, copied once rather than at every step."""
@@ -99,15 +106,12 @@ class FastDenoiser:
         scale: float | None,
     ) -> Tensor:
         """Epsilon (in x's dtype) at (x, t); with ``scale`` the conditioning holds [uncond; cond] (2B rows)."""
-        if scale is not None:
-            x_in, t_in = torch.cat([x, x]), torch.cat([t, t])  # (2B, C, h, w), (2B,)
-        else:
-            x_in, t_in = x, t
-        h = x_in.to(self.settings.dtype).contiguous(memory_format=self.settings.memory_format)
-        out = self._net(h, t_in, crossattn, concat, vector).to(x.dtype)  # (2B or B, C, h, w)
-        out = to_eps(out, x_in, t_in, alphas, self.prediction)
+        h = x.to(self.settings.dtype).contiguous(memory_format=self.settings.memory_format)
         if scale is None:
-            return out.contiguous()
+            out = self._net(h, t, crossattn, concat, vector).to(x.dtype)  # (B, C, h, w)
+            return to_eps(out, x, t, alphas, self.prediction).contiguous()
+        out = self._net_guided(h, t, crossattn, concat, vector).to(x.dtype)  # (2B, C, h, w)
+        out = to_eps(out, torch.cat([x, x]), torch.cat([t, t]), alphas, self.prediction)
         e_uncond, e_cond = out.chunk(2)  # (B, C, h, w) each
         return (e_uncond + scale * (e_cond - e_uncond)).contiguous()
 

@@ -81,3 +81,13 @@ class DenoiserConformance(ComponentConformance):
         changed = x.clone()
         changed[1:] = -changed[1:] * 3
         torch.testing.assert_close(component(changed, t, cond)[0], full[0], atol=self.atol, rtol=1e-4)
+
+    @torch.no_grad()
+    def test_forward_guided_equals_forward_on_both_halves(self) -> None:
+        component = self._built()
+        x, t, _ = self._inputs(self.batch_size)
+        both = self.make_cond(2 * self.batch_size)  # [uncond; cond] rows for a guided call
+        guided = component.forward_guided(x, t, both)  # (2B, C_out, h, w)
+        plain = component(torch.cat([x, x]), torch.cat([t, t]), both)
+        assert guided.shape == plain.shape
+        torch.testing.assert_close(guided, plain, atol=self.atol, rtol=1e-4)

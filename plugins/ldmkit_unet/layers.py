@@ -37,6 +37,19 @@ def concat_channels(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat([a, b], dim=1)
 
 
+def repeat_rows(x: Tensor, rows: int) -> Tensor:
+    """``x`` with its batch repeated up to ``rows`` rows (``[x; x]`` for two halves); unchanged if it has them.
+
+    A guided call runs the rows that its unconditional and conditional halves share only once
+    (:meth:`UNet.forward_guided`) and widens them where the conditioning first differs.
+    """
+    if x.shape[0] == rows:
+        return x
+    if rows % x.shape[0]:
+        raise ValueError(f"cannot repeat {x.shape[0]} rows up to {rows}")
+    return x.repeat(rows // x.shape[0], *(1,) * (x.dim() - 1))
+
+
 def zero_module(module: nn.Module) -> nn.Module:
     """Zero a module's parameters in place (output layers start as the identity residual)."""
     with torch.no_grad():
@@ -59,7 +72,7 @@ class TimestepEmbedSequential(nn.Sequential):
     def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None) -> Tensor:  # type: ignore[override]
         for layer in self:
             if isinstance(layer, TimestepBlock):
-                x = layer(x, emb)
+                x = layer(x, emb[: x.shape[0]])  # x may hold only the rows a guided call shares
             elif isinstance(layer, ContextBlock):
                 x = layer(x, context)
             else:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ldmkit_unet.layers import ContextBlock, zero_module
+from ldmkit_unet.layers import ContextBlock, repeat_rows, zero_module
 
 
 class CrossAttention(nn.Module):
@@ -74,8 +74,13 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """x (B, N, dim), context (B, L, context_dim) -> (B, N, dim)."""
+        """x (B, N, dim), context (B, L, context_dim) -> (B, N, dim).
+
+        Context with k * B rows widens x to k * B rows after self-attention (guided calls).
+        """
         x = x + self.attn1(self.norm1(x))
+        if context is not None:
+            x = repeat_rows(x, context.shape[0])  # a guided call's halves differ from here on
         x = x + self.attn2(self.norm2(x), context=context)
         return x + self.ff(self.norm3(x))
 
@@ -115,4 +120,4 @@ class SpatialTransformer(ContextBlock):
         for block in self.transformer_blocks:
             h = block(h, context=context)
         h = rearrange(h, "b (h w) c -> b c h w", h=height, w=width)  # (B, inner, h, w)
-        return self.proj_out(h) + x
+        return self.proj_out(h) + repeat_rows(x, h.shape[0])

@@ -15,7 +15,13 @@ import ldmkit
 from ldmkit.errors import InputError
 from ldmkit_unet.attention import AttentionBlock
 from ldmkit_unet.embeddings import timestep_embedding
-from ldmkit_unet.layers import TimestepEmbedSequential, concat_channels, normalization, zero_module
+from ldmkit_unet.layers import (
+    TimestepEmbedSequential,
+    concat_channels,
+    normalization,
+    repeat_rows,
+    zero_module,
+)
 from ldmkit_unet.params import UNetParams, attention_heads
 from ldmkit_unet.resblocks import Downsample, ResBlock, Upsample
 from ldmkit_unet.transformer import SpatialTransformer
@@ -122,30 +128,50 @@ class UNet(ldmkit.Denoiser):
 
     def forward(self, x_t: Tensor, t: Tensor, cond: ldmkit.Conditioning) -> Tensor:
         """x_t (B, C, h, w), t (B,) timesteps, cond -> (B, out_channels, h, w)."""
-        x, context, y = self._inputs(x_t, cond)
+        x, context, y = self._inputs(x_t, cond, x_t.shape[0])
+        return self._run(x, self._timesteps(t, x.shape[0]), context, y)
+
+    def forward_guided(self, x_t: Tensor, t: Tensor, both: ldmkit.Conditioning) -> Tensor:
+        """x_t (B, C, h, w), t (B,), ``both`` with 2B rows [uncond; cond] -> (2B, out_channels, h, w).
+
+        The two halves see the same x_t and t, so with only cross-attention context (no concat or
+        class ids) they agree until the first cross-attention: that prefix (the stem, the first
+        residual block, the first self-attention) runs once on B rows instead of 2B.
+        """
+        if both.concat is not None or both.vector is not None or both.crossattn is None:
+            return super().forward_guided(x_t, t, both)
+        x, context, _ = self._inputs(x_t, both, 2 * x_t.shape[0])
         t = self._timesteps(t, x.shape[0])
-        t_emb = timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)  # (B, mc)
-        emb = self.time_embed(t_emb)  # (B, 4 * mc)
+        return self._run(x, torch.cat([t, t]), context, None)
+
+    def _run(self, x: Tensor, t: Tensor, context: Tensor | None, y: Tensor | None) -> Tensor:
+        """The network on checked inputs: x (B, C, h, w), t (R,) with R = B, or R = k * B when k
+        context rows share each row of x (blocks before the first cross-attention then run on B rows).
+        """
+        t_emb = timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)  # (R, mc)
+        emb = self.time_embed(t_emb)  # (R, 4 * mc)
         if y is not None:
-            emb = emb + self.label_emb(y)  # (B, 4 * mc)
+            emb = emb + self.label_emb(y)  # (R, 4 * mc)
 
         skips = []
         h = x
         for module in self.input_blocks:
-            h = module(h, emb, context)
+            h = module(h, emb, context)  # (B or R, C, h', w')
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for module in self.output_blocks:
-            h = concat_channels(h, skips.pop())  # (B, C + C_skip, h', w')
+            h = concat_channels(h, repeat_rows(skips.pop(), h.shape[0]))  # (B or R, C + C_skip, h', w')
             h = module(h, emb, context)
-        return self.out(h)  # (B, out_channels, h, w)
+        return repeat_rows(self.out(h), emb.shape[0])  # (R, out_channels, h, w)
 
     # -- input checks --------------------------------------------------------------------------
-    def _inputs(self, x_t: Tensor, cond: ldmkit.Conditioning) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Assemble the network input, context and class ids from ``cond``; raise InputError on a mismatch."""
+    def _inputs(
+        self, x_t: Tensor, cond: ldmkit.Conditioning, batch: int
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The network input, context and class ids from ``cond`` (``batch`` rows); InputError on a mismatch."""
         if x_t.dim() != 4:
             raise InputError(f"x_t must be (B, C, h, w), got shape {tuple(x_t.shape)}")
-        batch, _, height, width = x_t.shape
+        _, _, height, width = x_t.shape
         if height % self._downsample or width % self._downsample:
             raise InputError(
                 f"spatial size {height}x{width} is not divisible by {self._downsample}, "
