@@ -103,19 +103,23 @@ def bench_attention(batch: int, device: torch.device, out: Path, peak: float) ->
               ("cross 64x64", 4096, 77, 40), ("self 64x64, head 64", 4096, 4096, 64)]  # fmt: skip
     backends = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}  # fmt: skip
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention, dynamic=False)  # Triton kernels generated for each shape
     rows = []
     for label, t_q, t_k, d in shapes:
         q = torch.randn(batch, 8, t_q, d, device=device, dtype=torch.bfloat16)
         k = torch.randn(batch, 8, t_k, d, device=device, dtype=torch.bfloat16)
         v = torch.randn_like(k)
         flops = 4 * batch * 8 * t_q * t_k * d
-        for name, backend in backends.items():
-            ctx = contextlib.nullcontext() if backend is None else sdpa_kernel([backend])
+        for name, backend in [*backends.items(), ("flex (Triton)", "flex")]:
+            ctx = contextlib.nullcontext() if backend in (None, "flex") else sdpa_kernel([backend])
             try:
                 with ctx:
-                    attend = functools.partial(F.scaled_dot_product_attention, q, k, v)
+                    op = flex if backend == "flex" else F.scaled_dot_product_attention
+                    attend = functools.partial(op, q, k, v)
                     ms = time_ms(attend, device, warmup=3, repeats=20)
-            except RuntimeError as exc:
+            except Exception as exc:  # a backend that refuses the shape (or fails to compile) is reported
                 rows.append([label, str(d), name, "n/a", "", str(exc).splitlines()[0][:60]])
                 continue
             tflops = flops / (ms * 1e-3) / 1e12
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--libraries", default="ldmkit,diffusers")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--no-attention", dest="attention", action="store_false")
+    parser.add_argument("--attention-only", action="store_true", help="only the attention table")
     parser.add_argument("--tiny", action="store_true", help="a small UNet on the CPU (a smoke run of the script)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -222,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info(header)
     if args.attention and not args.tiny:
         bench_attention(args.batch, device, args.out_dir / "attention.md", peak)
+    if args.attention_only:
+        return 0
 
     torch.manual_seed(0)
     unet = UNet.from_params(TINY_UNET if args.tiny else SD_UNET)
