@@ -4,7 +4,8 @@ One run on one GPU, random weights, bf16 and channels_last like the fast path. W
 
 - ``attention.md``: scaled_dot_product_attention per backend at the UNet's attention shapes;
 - ``profile.md``: kernel time of one compiled ldmkit UNet call by category (convolution, matmul,
-  attention, fused Triton kernels, other) with the FLOPs of each category, and the top kernels;
+  attention, fused Triton kernels, other) with the FLOPs of each category, and the top kernels
+  (``profile-<library>.md``; every kernel in ``profile-<library>.csv``);
 - ``variants.md``: ms per UNet call of ldmkit and diffusers (same weights) under each
   torch.compile setting named in ``--variants`` (see ``VARIANTS``); "ldmkit-oldcat" is ldmkit with
   the skip concatenation of earlier versions (a plain ``torch.cat``).
@@ -167,6 +168,9 @@ def profile_call(fn: Callable[[], object], flops: dict[str, int], device: torch.
         "## Top kernels", "", markdown_table(["ms per call", "launches per call", "category", "kernel"], top_rows),
     ])  # fmt: skip
     out.write_text(text + "\n")
+    every = ["us per call,launches per call,category,kernel"]
+    every += [f"{us:.2f},{n},{cat},{name.replace(',', ';')}" for us, n, cat, name in sorted(kernels, reverse=True)]
+    out.with_suffix(".csv").write_text("\n".join(every) + "\n")  # every kernel, for grouping by fused operation
     log.info("profile:\n%s", markdown_table(["category", "ms", "share", "TFLOP", "TFLOP/s", "of peak"], rows))
 
 
