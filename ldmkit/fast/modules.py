@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ldmkit.conditioning import Conditioning
 from ldmkit.fast.config import Resolved
 from ldmkit.fast.graphs import GraphCache
+from ldmkit.fast.norms import with_channels_last_group_norms
 from ldmkit.fast.tiling import tiled_decode
 from ldmkit.interfaces import Denoiser, FirstStage, ModelFn
 from ldmkit.prediction import to_eps
@@ -34,12 +35,17 @@ def weights_dtype(module: nn.Module) -> torch.dtype | None:
 
 
 def prepare_module(module: nn.Module, settings: Resolved) -> nn.Module:
-    """``module`` in the compute dtype and memory format: a copy if the dtype must change, else itself."""
+    """``module`` in the compute dtype and memory format, its GroupNorms compiled along channels_last.
+
+    The weights are copied only if the dtype must change; otherwise they are shared.
+    """
     current = weights_dtype(module)
     if current is not None and current != settings.dtype:
         module = copy.deepcopy(module).to(dtype=settings.dtype)
     if settings.channels_last:
         module.to(memory_format=torch.channels_last)
+    if settings.channels_last and settings.compile:
+        module = with_channels_last_group_norms(module)  # a structural copy: the caller's module keeps its norms
     return module.eval()
 
 
