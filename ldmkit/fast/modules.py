@@ -34,18 +34,19 @@ def weights_dtype(module: nn.Module) -> torch.dtype | None:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
 
-def prepare_module(module: nn.Module, settings: Resolved) -> nn.Module:
-    """``module`` in the compute dtype and memory format, its GroupNorms compiled along channels_last.
+def prepare_module(module: nn.Module, settings: Resolved, channels_last_norms: bool = False) -> nn.Module:
+    """``module`` in the compute dtype and memory format; the weights are copied only if the dtype changes.
 
-    The weights are copied only if the dtype must change; otherwise they are shared.
+    ``channels_last_norms`` swaps its GroupNorms for :class:`~ldmkit.fast.norms.ChannelsLastGroupNorm`
+    when it is compiled in channels_last (in a structural copy: the caller's module keeps its own).
     """
     current = weights_dtype(module)
     if current is not None and current != settings.dtype:
         module = copy.deepcopy(module).to(dtype=settings.dtype)
     if settings.channels_last:
         module.to(memory_format=torch.channels_last)
-    if settings.channels_last and settings.compile:
-        module = with_channels_last_group_norms(module)  # a structural copy: the caller's module keeps its norms
+    if channels_last_norms and settings.channels_last and settings.compile:
+        module = with_channels_last_group_norms(module)
     return module.eval()
 
 
@@ -153,7 +154,9 @@ class FastDecoder:
 
     def __init__(self, first_stage: FirstStage, settings: Resolved) -> None:
         self.settings = settings
-        self.module = prepare_module(first_stage, settings)
+        # On an H200 this decoded a 512x512 picture in 7.0 ms against 8.0-9.1 ms with the compiler's
+        # own GroupNorm; the UNet measured the same either way, so the denoiser keeps the original.
+        self.module = prepare_module(first_stage, settings, channels_last_norms=True)
         self._decode = maybe_compile(self.module.decode, settings)
 
     def __call__(self, latents: Tensor) -> Tensor:
