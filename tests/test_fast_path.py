@@ -124,6 +124,21 @@ def test_compiled_channels_last_fast_path_on_cpu_computes_the_same():
     torch.testing.assert_close(images, ref_images, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not C_COMPILER, reason="torch.compile on a CPU needs a C compiler")
+def test_compiled_bf16_decoder_with_channels_last_norms_stays_within_2_of_255():
+    """The GPU settings of the decoder (bf16, channels_last, compiled, its GroupNorms swapped) on the CPU."""
+    pipe = tiny_pipeline()
+    x = _latents() * 3
+    with torch.no_grad():
+        reference = pipe.decode(x)  # float32, the first stage's own GroupNorms
+        pipe.optimize(precision="bf16", channels_last=True, compile=True)
+        images = pipe.decode(x)
+    assert any(isinstance(m, ChannelsLastGroupNorm) for m in pipe.fast.decoder.module.modules())
+    assert images.dtype == reference.dtype
+    assert (images - reference).abs().mean().item() * 255 / 2 < 2.0  # images in [-1, 1]: 2/255 of the range
+
+
 def test_to_rebuilds_the_fast_path():
     pipe = tiny_pipeline().optimize(precision="bf16")
     first = pipe.fast
