@@ -72,3 +72,17 @@ class Conditioning:
             if item.filled() != first:
                 raise ValueError(f"cannot batch conditionings with slots {first} and {item.filled()}")
         return Conditioning(**{name: torch.cat([getattr(i, name) for i in items]) for name in first})
+
+
+def guided_pair(uncond: Conditioning, cond: Conditioning) -> Conditioning:
+    """``[uncond; cond]`` (2B rows) for one guided denoiser call.
+
+    A ``concat`` that both halves hold alike (a text prompt's empty map, say) is kept once, with B
+    rows: :meth:`ldmkit.Denoiser.forward_guided` accepts that, and the UNet can then share more
+    work between the halves. The comparison reads the values once per call of this function.
+    """
+    both = Conditioning.cat([uncond, cond])
+    u, c = uncond.concat, cond.concat
+    if u is not None and c is not None and u.shape == c.shape and u.device == c.device and torch.equal(u, c):
+        return replace(both, concat=c)
+    return both

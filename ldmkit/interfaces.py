@@ -11,7 +11,7 @@ import numbers
 import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -122,9 +122,13 @@ class Denoiser(Component, ABC):
     def forward_guided(self, x_t: Tensor, t: Tensor, both: Conditioning) -> Tensor:
         """Both halves of a classifier-free-guided call: ``forward([x_t; x_t], [t; t], both)``.
 
-        x_t (B, C, h, w), t (B,), ``both`` with 2B rows, the unconditional ones first ->
-        (2B, C_out, h, w). Denoisers may override it to compute once what the two halves share.
+        x_t (B, C, h, w), t (B,), ``both`` with 2B rows, the unconditional ones first, except that
+        ``both.concat`` may hold B rows that both halves share -> (2B, C_out, h, w). Denoisers may
+        override it to compute once what the two halves share.
         """
+        concat = both.concat
+        if concat is not None and concat.shape[0] == x_t.shape[0]:
+            both = replace(both, concat=torch.cat([concat, concat]))  # (2B, C_c, h, w)
         return self(torch.cat([x_t, x_t]), torch.cat([t, t]), both)
 
 

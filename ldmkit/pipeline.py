@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ldmkit.conditioning import Conditioning
+from ldmkit.conditioning import Conditioning, guided_pair
 from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
 from ldmkit.numerics import OnNonFinite
@@ -227,7 +227,7 @@ class Pipeline:
         ac = self.schedule.alphas_cumprod
         prediction = self.denoiser.prediction
         guided = uncond is not None and guidance_scale != 1.0
-        both = Conditioning.cat([uncond, cond]) if guided else cond
+        both = guided_pair(uncond, cond) if guided else cond
 
         def fn(x: Tensor, t: Tensor) -> Tensor:
             if not guided:

@@ -204,10 +204,24 @@ def test_replay_of_a_changed_picture_reports_the_difference(generated, tmp_path)
     out, _ = generated("class2img")
     meta = read_metadata(out / "000000.png")
     pixels = torch.from_numpy(_pixels(out / "000000.png").copy())
+    before = pixels[0, 0].clone()
     pixels[0, 0] = 255 - pixels[0, 0]
     write_png(tmp_path / "edited.png", pixels, meta)
     code, stdout, _ = run_cli(["generate", "--replay", str(tmp_path / "edited.png"), "--out", str(tmp_path / "r")])
     assert code == 1 and "DIFFERS" in stdout
+    largest = int((255 - 2 * before.int()).abs().max())
+    assert f"3 of {pixels.numel()} values, by at most {largest}/255" in stdout, stdout
+    assert "versions" not in stdout  # made and replayed by the same versions
+
+
+def test_replay_names_the_versions_when_they_differ(generated, tmp_path):
+    out, _ = generated("class2img")
+    meta = {**read_metadata(out / "000000.png"), "ldmkit": "0.0.1"}
+    pixels = torch.from_numpy(_pixels(out / "000000.png").copy())
+    pixels[1, 2, 0] = (int(pixels[1, 2, 0]) + 1) % 256
+    write_png(tmp_path / "old.png", pixels, meta)
+    code, stdout, _ = run_cli(["generate", "--replay", str(tmp_path / "old.png"), "--out", str(tmp_path / "r")])
+    assert code == 1 and "1 of" in stdout and "recorded with ldmkit 0.0.1" in stdout, stdout
 
 
 def test_replay_refuses_other_weights(generated, tmp_path):

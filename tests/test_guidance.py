@@ -173,3 +173,22 @@ def test_a_numpy_scale_guides_like_the_same_python_float(pipe):
     as_float = pipe.sample(cond, steps=3, x_T=x_T, uncond=uncond, guidance_scale=2.5)
     as_numpy = pipe.sample(cond, steps=3, x_T=x_T, uncond=uncond, guidance_scale=np.float32(2.5))
     assert torch.equal(as_float, as_numpy)
+
+
+def test_guided_pair_keeps_a_concat_both_halves_share_once():
+    from ldmkit.conditioning import guided_pair
+
+    ctx_u, ctx_c, maps = torch.zeros(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 5, 8, 8)
+    shared = guided_pair(
+        ldmkit.Conditioning(crossattn=ctx_u, concat=maps), ldmkit.Conditioning(crossattn=ctx_c, concat=maps.clone())
+    )
+    assert shared.crossattn.shape[0] == 4 and torch.equal(shared.crossattn, torch.cat([ctx_u, ctx_c]))
+    assert torch.equal(shared.concat, maps)  # (B, C, h, w): one copy for both halves
+    other = maps.clone()
+    other[1, 0, 0, 0] += 1.0
+    both = guided_pair(
+        ldmkit.Conditioning(crossattn=ctx_u, concat=maps), ldmkit.Conditioning(crossattn=ctx_c, concat=other)
+    )
+    assert torch.equal(both.concat, torch.cat([maps, other]))  # they differ: each half keeps its own
+    plain = guided_pair(ldmkit.Conditioning(crossattn=ctx_u), ldmkit.Conditioning(crossattn=ctx_c))
+    assert plain.concat is None and plain.crossattn.shape[0] == 4

@@ -84,6 +84,23 @@ class TestConditionedUNetConformance(DenoiserConformance):
         )
 
 
+class TestCrossAttentionConcatUNetConformance(DenoiserConformance):
+    """Cross-attention and concatenated channels: guided calls share the prefix when the concat is shared."""
+
+    component_cls = UNet
+    params = {**TINY, "in_channels": 6, "use_spatial_transformer": True, "context_dim": 8}
+
+    def make_component(self) -> UNet:
+        return build(self.seed, **self.params)
+
+    def make_cond(self, batch: int) -> Conditioning:
+        g = torch.Generator().manual_seed(batch)
+        return Conditioning(
+            crossattn=torch.randn(batch, 3, 8, generator=g),
+            concat=torch.randn(batch, 2, self.latent_size, self.latent_size, generator=g),
+        )
+
+
 class TestCrossAttentionUNetConformance(DenoiserConformance):
     """Cross-attention only: guided calls share the rows before the first cross-attention."""
 
@@ -520,3 +537,22 @@ def test_guided_call_checks_the_conditioning_rows() -> None:
     x, t = inputs(batch=2)
     with pytest.raises(InputError, match=r"cond.crossattn must be \(B=4"):
         model.forward_guided(x, t, Conditioning(crossattn=torch.randn(2, 5, 8)))
+
+
+def test_guided_call_with_a_shared_concat_runs_the_shared_prefix_once() -> None:
+    model = build(in_channels=6, use_spatial_transformer=True, context_dim=8)
+    x, t = inputs(batch=2)
+    concat, context = torch.randn(2, 2, 8, 8), torch.randn(4, 5, 8)
+    shared = Conditioning(crossattn=context, concat=concat)  # the halves share the concat: B rows
+    call = lambda: model.forward_guided(x, t, shared)  # noqa: E731
+    assert _rows_seen(model, model.input_blocks[1][0], call) == [2]
+    with torch.no_grad():
+        guided = model.forward_guided(x, t, shared)
+        plain = model(
+            torch.cat([x, x]), torch.cat([t, t]), Conditioning(crossattn=context, concat=concat.repeat(2, 1, 1, 1))
+        )
+        # concat rows of their own (2B) are not shared: every row runs from the stem
+        both = Conditioning(crossattn=context, concat=concat.repeat(2, 1, 1, 1))
+        assert _rows_seen(model, model.input_blocks[1][0], lambda: model.forward_guided(x, t, both)) == [4]
+        torch.testing.assert_close(model.forward_guided(x, t, both), plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(guided, plain, rtol=1e-4, atol=1e-5)

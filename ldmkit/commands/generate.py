@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from ldmkit.errors import InputError
 from ldmkit.interfaces import SampleOptions
 
-if TYPE_CHECKING:  # torch and the pipeline load only when the command runs
+if TYPE_CHECKING:  # torch, numpy and the pipeline load only when the command runs
+    import numpy as np
     import torch
 
     from ldmkit.pipeline import Pipeline
@@ -117,6 +118,27 @@ def _fast_precision(told: str | None, fast: bool, recorded: str | None = None) -
     return (told or recorded) if fast else None
 
 
+def _difference(replayed: np.ndarray, recorded: np.ndarray, meta: dict) -> str:
+    """How a replayed picture differs from the recorded one, and the versions that made each."""
+    import numpy as np
+    import torch
+
+    import ldmkit
+
+    if replayed.shape != recorded.shape:
+        text = f": size {replayed.shape[1]}x{replayed.shape[0]} against {recorded.shape[1]}x{recorded.shape[0]}"
+    else:
+        differ = replayed != recorded
+        text = f": {int(differ.sum())} of {differ.size} values, by at most {int(np.abs(replayed - recorded).max())}/255"
+    made = (meta.get("ldmkit"), meta.get("torch"))
+    if made != (ldmkit.__version__, torch.__version__):
+        text += (
+            f" (recorded with ldmkit {made[0]}, torch {made[1]}; replayed with ldmkit {ldmkit.__version__}, "
+            f"torch {torch.__version__}: versions may round differently)"
+        )
+    return text
+
+
 def run(args) -> int:
     from ldmkit.folders import check_output_folder
     from ldmkit.generation import (
@@ -165,12 +187,17 @@ def run(args) -> int:
             first_index=index,
             runtime=runtime_of(pipe),
         )
+        import numpy as np
         from PIL import Image
 
         with Image.open(args.replay) as original:
-            same = bool((to_uint8(images[index : index + 1])[0].numpy() == original.convert("RGB")).all())
-        print(f"{paths[0]}: {'identical to' if same else 'DIFFERS from'} {args.replay}")
-        return 0 if same else 1
+            recorded = np.asarray(original.convert("RGB"), dtype=np.int16)  # (H, W, 3)
+        replayed = to_uint8(images[index : index + 1])[0].numpy().astype(np.int16)  # (H, W, 3)
+        if replayed.shape == recorded.shape and (replayed == recorded).all():
+            print(f"{paths[0]}: identical to {args.replay}")
+            return 0
+        print(f"{paths[0]}: DIFFERS from {args.replay}{_difference(replayed, recorded, meta)}")
+        return 1
     if not args.task:
         raise InputError("--task is required (or --replay IMAGE.png)")
     device = resolve_device(args.device if args.device is not None else "cpu")

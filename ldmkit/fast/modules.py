@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ldmkit.conditioning import Conditioning
+from ldmkit.conditioning import Conditioning, guided_pair
 from ldmkit.fast.config import Resolved
 from ldmkit.fast.graphs import GraphCache
 from ldmkit.fast.norms import with_channels_last_group_norms
@@ -127,7 +127,7 @@ class FastDenoiser:
     ) -> ModelFn:
         """``model_fn(x, t) -> eps`` as :meth:`ldmkit.Pipeline.model_fn` defines it, on the fast path."""
         guided = uncond is not None and guidance_scale != 1.0
-        both = Conditioning.cat([uncond, cond]) if guided else cond
+        both = guided_pair(uncond, cond) if guided else cond
         scale = float(guidance_scale) if guided else None
         prepared: dict[torch.device, tuple[Tensor | None, ...]] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -91,3 +92,8 @@ class DenoiserConformance(ComponentConformance):
         plain = component(torch.cat([x, x]), torch.cat([t, t]), both)
         assert guided.shape == plain.shape
         torch.testing.assert_close(guided, plain, atol=self.atol, rtol=1e-4)
+        if both.concat is not None:  # a concat that both halves share may come with B rows
+            shared = both.concat[: self.batch_size]  # (B, C_c, h, w)
+            guided = component.forward_guided(x, t, replace(both, concat=shared))
+            plain = component(torch.cat([x, x]), torch.cat([t, t]), replace(both, concat=torch.cat([shared, shared])))
+            torch.testing.assert_close(guided, plain, atol=self.atol, rtol=1e-4)

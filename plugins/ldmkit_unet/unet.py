@@ -134,11 +134,13 @@ class UNet(ldmkit.Denoiser):
     def forward_guided(self, x_t: Tensor, t: Tensor, both: ldmkit.Conditioning) -> Tensor:
         """x_t (B, C, h, w), t (B,), ``both`` with 2B rows [uncond; cond] -> (2B, out_channels, h, w).
 
-        The two halves see the same x_t and t, so with only cross-attention context (no concat or
-        class ids) they agree until the first cross-attention: that prefix (the stem, the first
-        residual block, the first self-attention) runs once on B rows instead of 2B.
+        The two halves see the same x_t and t, so when they differ only in cross-attention context
+        (no class ids, and a concat of B rows that they share) they agree until the first
+        cross-attention: that prefix (the stem, the first residual block, the first
+        self-attention) runs once on B rows instead of 2B.
         """
-        if both.concat is not None or both.vector is not None or both.crossattn is None:
+        shared_concat = both.concat is None or both.concat.shape[0] == x_t.shape[0]
+        if not shared_concat or both.vector is not None or both.crossattn is None:
             return super().forward_guided(x_t, t, both)
         x, context, _ = self._inputs(x_t, both, 2 * x_t.shape[0])
         t = self._timesteps(t, x.shape[0])
@@ -179,9 +181,10 @@ class UNet(ldmkit.Denoiser):
             )
         x = x_t
         if cond.concat is not None:
-            if cond.concat.dim() != 4 or cond.concat.shape[0] != batch or cond.concat.shape[2:] != x_t.shape[2:]:
+            rows = x_t.shape[0]  # concat joins x_t, row by row
+            if cond.concat.dim() != 4 or cond.concat.shape[0] != rows or cond.concat.shape[2:] != x_t.shape[2:]:
                 raise InputError(
-                    f"cond.concat must be (B={batch}, C, {height}, {width}), got shape {tuple(cond.concat.shape)}"
+                    f"cond.concat must be (B={rows}, C, {height}, {width}), got shape {tuple(cond.concat.shape)}"
                 )
             x = torch.cat([x_t, cond.concat], dim=1)  # (B, C + C_concat, h, w)
         if x.shape[1] != self.in_channels:
