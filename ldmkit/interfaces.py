@@ -126,6 +126,9 @@ class Denoiser(Component, ABC):
         ``both.concat`` may hold B rows that both halves share -> (2B, C_out, h, w). Denoisers may
         override it to compute once what the two halves share.
         """
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.dim() == 0:
+            t = t.expand(x_t.shape[0])  # (B,)
         concat = both.concat
         if concat is not None and concat.shape[0] == x_t.shape[0]:
             both = replace(both, concat=torch.cat([concat, concat]))  # (2B, C_c, h, w)

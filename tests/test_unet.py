@@ -493,7 +493,7 @@ def test_params_accept_the_compvis_config_and_ignore_runtime_flags() -> None:
 # -- guided calls ---------------------------------------------------------------------------------
 
 
-def _rows_seen(model: UNet, module: torch.nn.Module, call) -> list[int]:
+def _rows_seen(module: torch.nn.Module, call) -> list[int]:
     rows: list[int] = []
     handle = module.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
     try:
@@ -512,8 +512,8 @@ def test_guided_call_runs_the_shared_prefix_once(attention_resolutions: list[int
     first_res, last_block = model.input_blocks[1][0], model.output_blocks[-1]
     call = lambda: model.forward_guided(x, t, both)  # noqa: E731
     # the first residual block precedes every cross-attention: it sees the 3 shared rows
-    assert _rows_seen(model, first_res, call) == [3]
-    assert _rows_seen(model, last_block, call) == [6]
+    assert _rows_seen(first_res, call) == [3]
+    assert _rows_seen(last_block, call) == [6]
     with torch.no_grad():
         guided = model.forward_guided(x, t, both)
         plain = model(torch.cat([x, x]), torch.cat([t, t]), both)
@@ -526,7 +526,7 @@ def test_guided_call_with_class_ids_runs_all_rows() -> None:
     model = build(num_classes=5)
     x, t = inputs(batch=2)
     both = Conditioning(vector=torch.tensor([4, 4, 0, 1]))
-    assert _rows_seen(model, model.input_blocks[1][0], lambda: model.forward_guided(x, t, both)) == [4]
+    assert _rows_seen(model.input_blocks[1][0], lambda: model.forward_guided(x, t, both)) == [4]
     with torch.no_grad():
         guided = model.forward_guided(x, t, both)
     torch.testing.assert_close(guided, model(torch.cat([x, x]), torch.cat([t, t]), both))
@@ -545,7 +545,7 @@ def test_guided_call_with_a_shared_concat_runs_the_shared_prefix_once() -> None:
     concat, context = torch.randn(2, 2, 8, 8), torch.randn(4, 5, 8)
     shared = Conditioning(crossattn=context, concat=concat)  # the halves share the concat: B rows
     call = lambda: model.forward_guided(x, t, shared)  # noqa: E731
-    assert _rows_seen(model, model.input_blocks[1][0], call) == [2]
+    assert _rows_seen(model.input_blocks[1][0], call) == [2]
     with torch.no_grad():
         guided = model.forward_guided(x, t, shared)
         plain = model(
@@ -553,6 +553,19 @@ def test_guided_call_with_a_shared_concat_runs_the_shared_prefix_once() -> None:
         )
         # concat rows of their own (2B) are not shared: every row runs from the stem
         both = Conditioning(crossattn=context, concat=concat.repeat(2, 1, 1, 1))
-        assert _rows_seen(model, model.input_blocks[1][0], lambda: model.forward_guided(x, t, both)) == [4]
+        assert _rows_seen(model.input_blocks[1][0], lambda: model.forward_guided(x, t, both)) == [4]
         torch.testing.assert_close(model.forward_guided(x, t, both), plain, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(guided, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes", [None, 5])
+def test_guided_call_takes_a_scalar_timestep(num_classes: int | None) -> None:
+    # with class ids the UNet runs every row (the default forward_guided), without them it shares rows
+    model = build(use_spatial_transformer=True, context_dim=8, num_classes=num_classes)
+    x, _ = inputs(batch=2)
+    labels = None if num_classes is None else torch.tensor([4, 4, 0, 1])
+    both = Conditioning(crossattn=torch.randn(4, 5, 8), vector=labels)
+    with torch.no_grad():
+        guided = model.forward_guided(x, 500, both)
+        plain = model(torch.cat([x, x]), 500, both)
     torch.testing.assert_close(guided, plain, rtol=1e-4, atol=1e-5)
