@@ -16,7 +16,7 @@ from ldmkit.conditioning import Conditioning, guided_pair
 from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
 from ldmkit.numerics import OnNonFinite
-from ldmkit.prediction import to_eps
+from ldmkit.prediction import guided_eps, to_eps
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
 
@@ -234,9 +234,7 @@ class Pipeline:
                 out = self.denoiser(x, t, cond)
                 return to_eps(out, x, t, ac, prediction)
             out = self.denoiser.forward_guided(x, t, both)  # (2B, C, h, w)
-            out = to_eps(out, torch.cat([x, x]), torch.cat([t, t]), ac, prediction)
-            e_uncond, e_cond = out.chunk(2)
-            return e_uncond + guidance_scale * (e_cond - e_uncond)
+            return guided_eps(out, x, t, ac, prediction, guidance_scale)
 
         return fn
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ldmkit.interfaces import Prediction
@@ -22,6 +23,15 @@ def to_eps(pred: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, predict
     if prediction == "v":
         return sqrt_a * pred + sqrt_1ma * x_t
     raise ValueError(f"unknown prediction type {prediction!r}; expected eps, x0 or v")
+
+
+def guided_eps(
+    pred: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction: Prediction, scale: float
+) -> Tensor:
+    """Classifier-free-guided epsilon (B, ...) from a guided call's output (2B, ...), [uncond; cond] rows."""
+    eps = to_eps(pred, torch.cat([x_t, x_t]), torch.cat([t, t]), alphas_cumprod, prediction)  # (2B, ...)
+    e_uncond, e_cond = eps.chunk(2)  # (B, ...) each
+    return e_uncond + scale * (e_cond - e_uncond)
 
 
 def eps_to_x0(eps: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:

@@ -192,3 +192,21 @@ def test_guided_pair_keeps_a_concat_both_halves_share_once():
     assert torch.equal(both.concat, torch.cat([maps, other]))  # they differ: each half keeps its own
     plain = guided_pair(ldmkit.Conditioning(crossattn=ctx_u), ldmkit.Conditioning(crossattn=ctx_c))
     assert plain.concat is None and plain.crossattn.shape[0] == 4
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_guided_eps_guides_the_epsilon_each_half_implies(prediction):
+    from ldmkit.prediction import guided_eps, target_for
+
+    schedule = ldmkit.NoiseSchedule.from_spec(ldmkit.ScheduleSpec())
+    ac = schedule.alphas_cumprod
+    g = torch.Generator().manual_seed(4)
+    x0_u, x0_c, noise_u, noise_c = (torch.randn(2, 3, 4, 4, generator=g) for _ in range(4))
+    t = torch.tensor([10, 900])
+    a = ac[t].view(-1, 1, 1, 1)
+    # one x_t that a perfect model explains two ways: by (x0_u, noise_u) and by (x0_c, noise_c)
+    x_t = a.sqrt() * x0_u + (1 - a).sqrt() * noise_u
+    noise_c = (x_t - a.sqrt() * x0_c) / (1 - a).sqrt()
+    out = torch.cat([target_for(prediction, x0_u, noise_u, t, ac), target_for(prediction, x0_c, noise_c, t, ac)])
+    guided = guided_eps(out, x_t, t, ac, prediction, 4.0)
+    torch.testing.assert_close(guided, noise_u + 4.0 * (noise_c - noise_u), rtol=1e-4, atol=1e-4)

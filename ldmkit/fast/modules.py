@@ -24,7 +24,7 @@ from ldmkit.fast.graphs import GraphCache
 from ldmkit.fast.norms import with_channels_last_group_norms
 from ldmkit.fast.tiling import tiled_decode
 from ldmkit.interfaces import Denoiser, FirstStage, ModelFn
-from ldmkit.prediction import to_eps
+from ldmkit.prediction import guided_eps, to_eps
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,7 @@ class FastDenoiser:
             out = self._net(h, t, crossattn, concat, vector).to(x.dtype)  # (B, C, h, w)
             return to_eps(out, x, t, alphas, self.prediction).contiguous()
         out = self._net_guided(h, t, crossattn, concat, vector).to(x.dtype)  # (2B, C, h, w)
-        out = to_eps(out, torch.cat([x, x]), torch.cat([t, t]), alphas, self.prediction)
-        e_uncond, e_cond = out.chunk(2)  # (B, C, h, w) each
-        return (e_uncond + scale * (e_cond - e_uncond)).contiguous()
+        return guided_eps(out, x, t, alphas, self.prediction, scale).contiguous()
 
     def model_fn(
         self, alphas_cumprod: Tensor, cond: Conditioning, uncond: Conditioning | None, guidance_scale: float
