@@ -3,10 +3,9 @@
 One run on one GPU, random weights (the same weights in both libraries, converted with
 ``ldmkit.diffusers_interop``): an equivalence check, ms per UNet call (ldmkit eager fp32 / bf16,
 ldmkit fast path, the fast path's guided step, diffusers eager bf16 with SDPA, diffusers
-torch.compile), achieved TFLOP/s and
-share of the measured bf16 matmul peak, VAE decode ms of a 512x512 picture, and pictures/s for
-50 DDIM steps with classifier-free guidance, decode included. Prints a markdown table and writes
-it to ``--out``.
+torch.compile), achieved TFLOP/s and share of the measured bf16 matmul peak, VAE decode ms of a
+512x512 picture, and pictures/s for 50 DDIM steps with classifier-free guidance, decode included.
+Prints a markdown table and writes it to ``--out``.
 
     python benchmarks/gpu_sampling.py --out gpu_sampling.md
     python benchmarks/gpu_sampling.py --tiny --device cpu --out /tmp/t.md   # a quick smoke run
