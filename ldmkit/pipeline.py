@@ -128,14 +128,15 @@ class Pipeline:
         cuda_graphs: bool | None = None,
         *,
         compile_mode: str = "default",
+        norm_kernels: bool | None = None,
         tile_size: int | None = None,
         tile_overlap: int = 8,
     ) -> Pipeline:
         """Switch sampling and decoding to the fast path (:mod:`ldmkit.fast`) and return ``self``.
 
         ``precision`` is "fp32", "bf16" or "fp16"; ``None`` settings follow the device: all on for CUDA
-        (bf16, channels_last, torch.compile with static shapes, CUDA graphs), all off elsewhere.
-        ``tile_size`` (latent pixels) decodes larger latents in blended tiles. The components keep
+        (bf16, channels_last, torch.compile with static shapes, CUDA graphs, the Triton GroupNorm
+        kernels when Triton is installed), all off elsewhere. ``tile_size`` (latent pixels) decodes larger latents in blended tiles. The components keep
         their weights; a reduced-precision copy is made where needed. ``pipeline.fast = None`` turns
         the fast path off again.
         """
@@ -148,6 +149,7 @@ class Pipeline:
             compile,
             cuda_graphs,
             compile_mode=compile_mode,
+            norm_kernels=norm_kernels,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
         )

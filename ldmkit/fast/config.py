@@ -24,6 +24,10 @@ class FastConfig:
     other device it turns everything off (float32, no compile), so the fast path computes exactly
     what the plain pipeline computes unless asked otherwise.
 
+    ``norm_kernels`` computes the denoiser's GroupNorms (with the SiLU after them) by Triton
+    kernels written for channels_last tensors (:mod:`ldmkit.fast.group_norm_kernels`); ``None``
+    uses them on CUDA with channels_last when Triton is installed.
+
     ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
     overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.
     """
@@ -33,6 +37,7 @@ class FastConfig:
     compile: bool | None = None
     cuda_graphs: bool | None = None
     compile_mode: str = "default"
+    norm_kernels: bool | None = None
     tile_size: int | None = None
     tile_overlap: int = 8
     max_graphs: int = 4
@@ -40,7 +45,7 @@ class FastConfig:
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in DTYPES:
             raise InputError(f"precision must be one of {sorted(DTYPES)} or None, got {self.precision!r}")
-        for name in ("channels_last", "compile", "cuda_graphs"):
+        for name in ("channels_last", "compile", "cuda_graphs", "norm_kernels"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise InputError(f"{name} must be True, False or None, got {value!r}")
@@ -70,16 +75,28 @@ class FastConfig:
         compile_ = cuda if self.compile is None else self.compile
         if graphs and compile_ and self.compile_mode in _MODES_WITH_GRAPHS:
             graphs = False
+        channels_last = cuda if self.channels_last is None else self.channels_last
         return Resolved(
             dtype=DTYPES[precision],
-            channels_last=cuda if self.channels_last is None else self.channels_last,
+            channels_last=channels_last,
             compile=compile_,
             compile_mode=self.compile_mode,
             cuda_graphs=graphs,
+            norm_kernels=self._norm_kernels(cuda and channels_last),
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
             max_graphs=self.max_graphs,
         )
+
+
+    def _norm_kernels(self, useful: bool) -> bool:
+        from ldmkit.fast.group_norm_kernels import triton_available
+
+        if self.norm_kernels is None:
+            return useful and triton_available()
+        if self.norm_kernels and not triton_available():
+            raise InputError("norm_kernels=True needs Triton (it comes with CUDA builds of torch); it is not installed")
+        return self.norm_kernels
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,7 @@ class Resolved:
     compile: bool
     compile_mode: str
     cuda_graphs: bool
+    norm_kernels: bool
     tile_size: int | None
     tile_overlap: int
     max_graphs: int

@@ -67,12 +67,75 @@ class ChannelsLastGroupNorm(nn.Module):
         return y.type(x.dtype)
 
 
+class KernelGroupNorm(nn.Module):
+    """GroupNorm (and the SiLU after it when ``silu``) by the Triton kernels of
+    :mod:`ldmkit.fast.group_norm_kernels` on CUDA channels_last inputs; float32 statistics, the
+    input's dtype out. Other inputs take the same computation in torch operations. Shares
+    ``weight`` and ``bias`` with the GroupNorm it replaces.
+    """
+
+    def __init__(self, source: nn.GroupNorm, silu: bool = False) -> None:
+        super().__init__()
+        self.num_groups = source.num_groups
+        self.num_channels = source.num_channels
+        self.eps = source.eps
+        self.weight = source.weight
+        self.bias = source.bias
+        self.silu = silu
+
+    def forward(self, x: Tensor) -> Tensor:
+        from ldmkit.fast import group_norm_kernels as kernels
+
+        if x.is_cuda and kernels.kernels_apply(x, self.num_groups):
+            return kernels.group_norm_nhwc(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
+        return kernels.group_norm_nhwc_reference(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, silu={self.silu}"
+
+
+def _structural_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s structure that shares its parameters and buffers."""
+    memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return copy.deepcopy(module, memo)
+
+
 def with_channels_last_group_norms(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose GroupNorms are :class:`ChannelsLastGroupNorm` (weights shared, not copied)."""
-    memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
-    module = copy.deepcopy(module, memo)
+    module = _structural_copy(module)
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.GroupNorm):
                 setattr(parent, name, ChannelsLastGroupNorm(child))
     return module
+
+
+def with_kernel_group_norms(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose GroupNorms are :class:`KernelGroupNorm` (weights shared, not copied).
+
+    A GroupNorm directly followed by ``nn.SiLU`` in an ``nn.Sequential`` takes the activation into
+    its kernel and the SiLU becomes an ``nn.Identity``, unless the module that owns the Sequential
+    sets ``fuse_norm_activation = False`` (one that calls the norm on its own, between the two).
+    """
+    module = _structural_copy(module)
+    if isinstance(module, nn.Sequential):  # a Sequential at the top has no owner to ask
+        _swap_in_sequential(module, fuse=True)
+    for owner in list(module.modules()):
+        fuse = getattr(owner, "fuse_norm_activation", True)
+        for name, child in list(owner.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(owner, name, KernelGroupNorm(child))
+            elif isinstance(child, nn.Sequential):
+                _swap_in_sequential(child, fuse=fuse)
+    return module
+
+
+def _swap_in_sequential(seq: nn.Sequential, fuse: bool) -> None:
+    layers = list(seq)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.GroupNorm):
+            continue
+        silu = fuse and i + 1 < len(layers) and type(layers[i + 1]) is nn.SiLU
+        seq[i] = KernelGroupNorm(layer, silu=silu)
+        if silu:
+            seq[i + 1] = nn.Identity()

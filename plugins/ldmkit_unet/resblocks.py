@@ -71,6 +71,9 @@ class ResBlock(TimestepBlock):
         self.channels = channels
         self.out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
+        # forward() calls out_layers[0] on its own before the scale and shift: a fast path must not
+        # fold the SiLU that follows it into the norm
+        self.fuse_norm_activation = not use_scale_shift_norm
         out_ch = self.out_channels
 
         self.in_layers = nn.Sequential(

@@ -1,0 +1,155 @@
+"""The Triton GroupNorm kernels of the fast path and the module swap that uses them.
+
+Structural checks run everywhere (off CUDA the swapped norms compute with torch operations). The
+kernels themselves run on a GPU, and on the CPU through Triton's interpreter when Triton is
+installed (it does not come with CPU builds of torch, so CI skips those).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from ldmkit import InputError
+from ldmkit.fast import FastConfig
+from ldmkit.fast.group_norm_kernels import group_norm_nhwc_reference, triton_available
+from ldmkit.fast.norms import KernelGroupNorm, with_kernel_group_norms
+from ldmkit_unet.resblocks import ResBlock
+
+CUDA = torch.cuda.is_available()
+
+
+def _float64_group_norm(x: torch.Tensor, norm: nn.GroupNorm, silu: bool) -> torch.Tensor:
+    w = None if norm.weight is None else norm.weight.double()
+    b = None if norm.bias is None else norm.bias.double()
+    y = nn.functional.group_norm(x.double(), norm.num_groups, w, b, norm.eps)
+    return nn.functional.silu(y) if silu else y
+
+
+def _res_block(scale_shift: bool) -> ResBlock:
+    torch.manual_seed(0)
+    block = ResBlock(64, 32, 0.0, out_channels=96, use_scale_shift_norm=scale_shift).eval()
+    for m in block.modules():  # the last convolution starts at zero; give it weights so it matters
+        if isinstance(m, nn.Conv2d) and not m.weight.any():
+            m.reset_parameters()
+    return block
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_swapped_res_block_computes_the_same(scale_shift: bool) -> None:
+    block = _res_block(scale_shift)
+    swapped = with_kernel_group_norms(block)
+    x = torch.randn(2, 64, 8, 8).contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(x, emb), block(x, emb), rtol=1e-5, atol=1e-5)
+
+
+def test_norm_and_silu_fuse_only_where_the_owner_allows_it() -> None:
+    plain = with_kernel_group_norms(_res_block(scale_shift=False))
+    assert isinstance(plain.in_layers[0], KernelGroupNorm) and plain.in_layers[0].silu
+    assert isinstance(plain.in_layers[1], nn.Identity)
+    assert plain.out_layers[0].silu and isinstance(plain.out_layers[1], nn.Identity)
+    # use_scale_shift_norm applies the embedding between a norm and its SiLU: the block opts out
+    film = with_kernel_group_norms(_res_block(scale_shift=True))
+    assert isinstance(film.out_layers[0], KernelGroupNorm) and not film.out_layers[0].silu
+    assert isinstance(film.out_layers[1], nn.SiLU) and isinstance(film.in_layers[1], nn.SiLU)
+
+
+def test_swap_shares_weights_and_leaves_the_original_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 32, 1), nn.GroupNorm(8, 32), nn.SiLU(), nn.GroupNorm(4, 32))
+    swapped = with_kernel_group_norms(model)
+    assert isinstance(model[1], nn.GroupNorm) and isinstance(model[2], nn.SiLU)
+    assert swapped[1].weight is model[1].weight and swapped[0].weight is model[0].weight
+    assert swapped[1].silu and not swapped[3].silu  # a norm not followed by SiLU keeps its output
+
+
+def test_off_cuda_the_module_computes_float32_group_norm_in_the_input_dtype() -> None:
+    norm = nn.GroupNorm(4, 16)
+    nn.init.normal_(norm.weight)
+    x = (torch.randn(2, 16, 5, 5) * 4 + 30).to(torch.bfloat16)
+    y = KernelGroupNorm(norm, silu=True)(x)
+    assert y.dtype == torch.bfloat16
+    expected = _float64_group_norm(x, norm, silu=True)
+    assert (y.double() - expected).abs().max() < 0.04  # bf16 rounding of outputs up to about 4
+
+
+@pytest.mark.skipif(triton_available(), reason="Triton is installed here")
+def test_asking_for_the_kernels_without_triton_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="Triton"):
+        FastConfig(norm_kernels=True).resolve(torch.device("cpu"))
+    assert not FastConfig().resolve(torch.device("cpu")).norm_kernels
+
+
+# (batch, channels, height, width, groups): odd sizes exercise the tile masks
+SHAPES = [(2, 64, 8, 8, 32), (3, 320, 9, 7, 32), (1, 960, 16, 16, 32), (2, 96, 40, 40, 32), (1, 12, 3, 130, 3)]
+
+
+def _check_kernels(device: str) -> None:
+    from ldmkit.fast.group_norm_kernels import group_norm_nhwc
+
+    torch.manual_seed(0)
+    for batch, channels, height, width, groups in SHAPES:
+        for dtype, silu, affine in [(torch.float32, True, True), (torch.bfloat16, False, True), (torch.float32, False, False)]:
+            norm = nn.GroupNorm(groups, channels, affine=affine)
+            if affine:
+                nn.init.normal_(norm.weight)
+                nn.init.normal_(norm.bias)
+            # a mean far from zero against the spread: the moments must not lose the variance
+            x = (torch.randn(batch, channels, height, width) * 3 + 50).to(device, dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+            norm = norm.to(device)
+            y = group_norm_nhwc(x, norm.weight, norm.bias, groups, norm.eps, silu)
+            assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+            expected = _float64_group_norm(x, norm, silu)
+            torch_ref = group_norm_nhwc_reference(x, norm.weight, norm.bias, groups, norm.eps, silu)
+            err = (y.double() - expected).abs().max().item()
+            ref_err = (torch_ref.double() - expected).abs().max().item()
+            # as close to float64 as torch's own float32 GroupNorm, give or take one rounding of the output
+            rounding = torch.finfo(dtype).eps * expected.abs().max().item()
+            assert err <= 2 * ref_err + rounding, (batch, channels, height, width, dtype, err, ref_err)
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (its interpreter runs the kernels on the CPU)")
+def test_kernels_in_the_triton_interpreter_match_float64() -> None:
+    code = textwrap.dedent(
+        """
+        import test_group_norm_kernels as t
+        t._check_kernels("cpu")
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_kernels_match_float64() -> None:
+    _check_kernels("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_gpu_compiled_and_graphed_block_with_kernels_matches_the_original() -> None:
+    from ldmkit.fast.graphs import GraphCache
+
+    block = _res_block(scale_shift=False).cuda().to(memory_format=torch.channels_last)
+    swapped = with_kernel_group_norms(block)
+    compiled = torch.compile(swapped, dynamic=False)
+    x = torch.randn(4, 64, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    emb = torch.randn(4, 32, device="cuda")
+    graphs = GraphCache()
+    with torch.no_grad():
+        expected = block(x, emb)
+        out = graphs("block", compiled, x, emb)
+        again = graphs("block", compiled, x * 2, emb)
+        assert graphs.captures == 1 and graphs.failures == 0
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(again, block(x * 2, emb), rtol=1e-4, atol=1e-4)
