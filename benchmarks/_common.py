@@ -47,6 +47,31 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
     return statistics.median(times)
 
 
+def graphed_us(fn: Callable[[], object], calls: int, repeats: int = 5) -> float:
+    """Microseconds per call of ``fn``, from replays of a CUDA graph of ``calls`` calls (median)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of one call of ``fn`` (matmuls, convolutions, attention) by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode

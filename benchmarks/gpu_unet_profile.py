@@ -8,7 +8,8 @@ One run on one GPU, random weights, bf16 and channels_last like the fast path. W
   (``profile-<library>.md``; every kernel in ``profile-<library>.csv``);
 - ``variants.md``: ms per UNet call of ldmkit and diffusers (same weights) under each
   torch.compile setting named in ``--variants`` (see ``VARIANTS``); "ldmkit-oldcat" is ldmkit with
-  the skip concatenation of earlier versions (a plain ``torch.cat``).
+  the skip concatenation of earlier versions (a plain ``torch.cat``), "ldmkit-normkernels" ldmkit
+  with the fast path's Triton GroupNorm kernels.
 
     python benchmarks/gpu_unet_profile.py --batch 16 --out-dir prof
 """
@@ -264,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     unet16 = unet.to(torch.bfloat16, memory_format=torch.channels_last)
     libraries = args.libraries.split(",")
     for lib in libraries:
-        if lib.startswith("ldmkit"):
+        if lib == "ldmkit-normkernels":  # the fast path's Triton GroupNorm kernels
+            from ldmkit.fast.norms import with_kernel_group_norms
+
+            models[lib] = (with_kernel_group_norms(unet16), lambda m: m(x16, t, cond16))
+        elif lib.startswith("ldmkit"):
             models[lib] = (unet16, lambda m: m(x16, t, cond16))
 
     rows = []

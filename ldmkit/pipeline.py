@@ -136,9 +136,9 @@ class Pipeline:
 
         ``precision`` is "fp32", "bf16" or "fp16"; ``None`` settings follow the device: all on for CUDA
         (bf16, channels_last, torch.compile with static shapes, CUDA graphs, the Triton GroupNorm
-        kernels when Triton is installed), all off elsewhere. ``tile_size`` (latent pixels) decodes larger latents in blended tiles. The components keep
-        their weights; a reduced-precision copy is made where needed. ``pipeline.fast = None`` turns
-        the fast path off again.
+        kernels when Triton is installed), all off elsewhere. ``tile_size`` (latent pixels) decodes
+        larger latents in blended tiles. The components keep their weights; a reduced-precision copy
+        is made where needed. ``pipeline.fast = None`` turns the fast path off again.
         """
         from ldmkit.fast import optimize
 

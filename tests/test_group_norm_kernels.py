@@ -96,7 +96,8 @@ def _check_kernels(device: str) -> None:
 
     torch.manual_seed(0)
     for batch, channels, height, width, groups in SHAPES:
-        for dtype, silu, affine in [(torch.float32, True, True), (torch.bfloat16, False, True), (torch.float32, False, False)]:
+        cases = [(torch.float32, True, True), (torch.bfloat16, False, True), (torch.float32, False, False)]
+        for dtype, silu, affine in cases:
             norm = nn.GroupNorm(groups, channels, affine=affine)
             if affine:
                 nn.init.normal_(norm.weight)

@@ -88,7 +88,6 @@ class FastConfig:
             max_graphs=self.max_graphs,
         )
 
-
     def _norm_kernels(self, useful: bool) -> bool:
         from ldmkit.fast.group_norm_kernels import triton_available
 

@@ -127,7 +127,16 @@ def _kernels():  # noqa: ANN202 - the jitted functions have no useful static typ
 
     @triton.jit
     def scale_shift_apply(
-        x_ptr, scale_ptr, shift_ptr, y_ptr, HW, C, n_hw, SILU: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr
+        x_ptr,
+        scale_ptr,
+        shift_ptr,
+        y_ptr,
+        HW,
+        C,
+        n_hw,
+        SILU: tl.constexpr,
+        BLOCK_HW: tl.constexpr,
+        BLOCK_C: tl.constexpr,
     ):
         # grid (B * n_hw, n_c)
         pid = tl.program_id(0)
