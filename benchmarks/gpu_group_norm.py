@@ -30,9 +30,7 @@ SHAPES = [
     ("UNet 64x64, 960 ch (skip concat)", 16, 960, 64, 64, True),
     ("UNet 32x32, 640 ch", 16, 640, 32, 32, True),
     ("UNet 16x16, 1280 ch", 16, 1280, 16, 16, True),
-    ("UNet 8x8, 1280 ch", 16, 1280, 8, 8, True),
     ("UNet 64x64, 320 ch, transformer norm", 16, 320, 64, 64, False),
-    ("decoder 128x128, 512 ch", 1, 512, 128, 128, True),
     ("decoder 256x256, 256 ch", 1, 256, 256, 256, True),
     ("decoder 512x512, 128 ch", 1, 128, 512, 512, True),
 ]
