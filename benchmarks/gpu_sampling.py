@@ -221,7 +221,9 @@ def bench_unet(unet, d_unet, pipe, run: Run, batch: int) -> None:
             run.row("diffusers bf16 channels_last torch.compile", str(batch), None, extra="time budget or --no-compile")
 
 
-def bench_guided(unet, pipe, run: Run, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> None:
+def bench_guided(
+    unet, pipe, run: Run, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, label: str = "ldmkit fast path"
+) -> None:
     """One guided step of x's pictures (UNet batch 2B, as a sampler calls it) on the fast path.
 
     Its rows before the first cross-attention are computed once for both halves, so it counts
@@ -248,7 +250,7 @@ def bench_guided(unet, pipe, run: Run, x: torch.Tensor, t: torch.Tensor, ctx: to
         e_u, e_c = plain(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
         err_unshared = rel_err(e_u + scale * (e_c - e_u), reference)
     flops = count_flops(lambda: unet.forward_guided(x, t, both))
-    run.row("ldmkit fast path, guided step", f"{2 * n} ({n} pictures)", time_ms(lambda: fn(x, t), run.device,
+    run.row(f"{label}, guided step", f"{2 * n} ({n} pictures)", time_ms(lambda: fn(x, t), run.device,
             warmup=run.args.warmup, repeats=run.args.repeats), flops,
             f"first call (compile/capture) {first:.1f} s; guided eps (scale {scale}) rel. error vs fp32 "
             f"{err:.2e}, unshared batch-{2 * n} call {err_unshared:.2e}; "
@@ -308,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-diffusers", dest="diffusers", action="store_false")
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip optional compiles after this many s")
     parser.add_argument("--tiny", action="store_true", help="small models (a smoke run, e.g. on the CPU)")
+    parser.add_argument("--ab-norm-kernels", action="store_true", help="also time guided steps without them")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
@@ -346,6 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     bench_vae(vae, d_vae, pipe, run)
     for n_pics in pictures:
         bench_pictures(pipe, run, n_pics, "ldmkit fast path")
+    if args.ab_norm_kernels and pipe.fast.settings.norm_kernels:
+        # the same guided steps with the compiler's GroupNorm, for an A/B on this machine
+        pipe.optimize(precision="bf16", channels_last=True, compile=args.compile, cuda_graphs=True,
+                      compile_mode=args.compile_mode, norm_kernels=False)  # fmt: skip
+        for batch in (int(b) for b in args.batches.split(",") if int(b) % 2 == 0):
+            x, t, ctx = inputs(batch, run, torch.float32)
+            bench_guided(
+                unet, pipe, run, x[: batch // 2], t[: batch // 2], ctx, "ldmkit fast path, compiler's GroupNorm"
+            )
     run.notes.append(f"fast path: {pipe.fast.describe()}; total run time {run.elapsed():.0f} s")
 
     print(run.write())

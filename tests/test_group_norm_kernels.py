@@ -152,5 +152,6 @@ def test_gpu_compiled_and_graphed_block_with_kernels_matches_the_original() -> N
         out = graphs("block", compiled, x, emb)
         again = graphs("block", compiled, x * 2, emb)
         assert graphs.captures == 1 and graphs.failures == 0
-        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(again, block(x * 2, emb), rtol=1e-4, atol=1e-4)
+        # convolutions may use TF32 on the GPU, in both modules alike but not in the same order
+        torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(again, block(x * 2, emb), rtol=1e-3, atol=1e-3)

@@ -24,9 +24,10 @@ import functools
 import torch
 from torch import Tensor
 
-# Tile of the moment and apply kernels: BLOCK_HW spatial positions x BLOCK_C channels.
-BLOCK_HW = 64
-BLOCK_C = 64
+# Tile of the moment and apply kernels: BLOCK_HW spatial positions x BLOCK_C channels. The
+# fastest or within 3% of it at every SD v1 UNet shape on an H200 (benchmarks/RESULTS.md).
+BLOCK_HW = 128
+BLOCK_C = 32
 APPLY_WARPS = 4
 
 
