@@ -53,7 +53,7 @@ def candidates(x: torch.Tensor, norm: torch.nn.GroupNorm, silu: bool) -> dict[st
     }
     for block_hw, block_c, warps in TILES:
         found[f"Triton {block_hw}x{block_c}, {warps} warps"] = functools.partial(
-            launch_group_norm, x, norm.weight, norm.bias, 32, norm.eps, silu, block_hw, block_c, warps
+            launch_group_norm, x, norm.weight, norm.bias, 32, norm.eps, silu, None, block_hw, block_c, warps
         )
     return found
 

@@ -51,6 +51,17 @@ def test_swapped_res_block_computes_the_same(scale_shift: bool) -> None:
         torch.testing.assert_close(swapped(x, emb), block(x, emb), rtol=1e-5, atol=1e-5)
 
 
+def test_res_block_hands_its_embedding_to_a_norm_that_takes_it() -> None:
+    block = _res_block(scale_shift=False)
+    swapped = with_kernel_group_norms(block)
+    seen = []
+    swapped.out_layers[0].register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs), with_kwargs=True)
+    x, emb = torch.randn(2, 64, 8, 8), torch.randn(2, 32)
+    with torch.no_grad():
+        swapped(x, emb)
+    assert seen[0]["add"].shape == (2, 96, 1, 1)  # the embedding, not added to h beforehand
+
+
 def test_norm_and_silu_fuse_only_where_the_owner_allows_it() -> None:
     plain = with_kernel_group_norms(_res_block(scale_shift=False))
     assert isinstance(plain.in_layers[0], KernelGroupNorm) and plain.in_layers[0].silu
@@ -96,8 +107,12 @@ def _check_kernels(device: str) -> None:
 
     torch.manual_seed(0)
     for batch, channels, height, width, groups in SHAPES:
-        cases = [(torch.float32, True, True), (torch.bfloat16, False, True), (torch.float32, False, False)]
-        for dtype, silu, affine in cases:
+        cases = [
+            (torch.float32, True, True, False),
+            (torch.bfloat16, False, True, True),
+            (torch.float32, False, False, True),
+        ]
+        for dtype, silu, affine, with_add in cases:
             norm = nn.GroupNorm(groups, channels, affine=affine)
             if affine:
                 nn.init.normal_(norm.weight)
@@ -106,10 +121,13 @@ def _check_kernels(device: str) -> None:
             x = (torch.randn(batch, channels, height, width) * 3 + 50).to(device, dtype)
             x = x.contiguous(memory_format=torch.channels_last)
             norm = norm.to(device)
-            y = group_norm_nhwc(x, norm.weight, norm.bias, groups, norm.eps, silu)
+            # a per-(B, C) term (a residual block's embedding) that the kernels add in float32
+            add = torch.randn(batch, channels, device=device) * 20 if with_add else None
+            y = group_norm_nhwc(x, norm.weight, norm.bias, groups, norm.eps, silu, add)
             assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
-            expected = _float64_group_norm(x, norm, silu)
-            torch_ref = group_norm_nhwc_reference(x, norm.weight, norm.bias, groups, norm.eps, silu)
+            total = x.double() if add is None else x.double() + add.double()[:, :, None, None]
+            expected = _float64_group_norm(total, norm, silu)
+            torch_ref = group_norm_nhwc_reference(x, norm.weight, norm.bias, groups, norm.eps, silu, add)
             err = (y.double() - expected).abs().max().item()
             ref_err = (torch_ref.double() - expected).abs().max().item()
             # as close to float64 as torch's own float32 GroupNorm, give or take one rounding of the output

@@ -12,6 +12,9 @@ about a third of the memory bandwidth on an H200. These kernels read whole rows 
 3. ``scale_shift_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)`` when asked), written
    in the input's dtype and layout.
 
+An optional per-(B, C) ``add`` (a residual block's timestep embedding) is added to x in float32
+inside both passes, so the sum is never rounded to the input's dtype before it is normalised.
+
 Statistics and arithmetic are float32 whatever the input's dtype, as in the UNet's GroupNorm32.
 The op is registered as ``ldmkit::group_norm_nhwc`` so ``torch.compile`` calls it as one opaque
 operation and CUDA graphs capture its launches.
@@ -51,8 +54,19 @@ def _kernels():  # noqa: ANN202 - the jitted functions have no useful static typ
     import triton.language as tl
 
     @triton.jit
-    def partial_moments(x_ptr, mean_ptr, m2_ptr, HW, C, n_hw, BLOCK_HW: tl.constexpr, BLOCK_C: tl.constexpr):
-        # grid (B * n_hw, n_c); partials are laid out (B, n_hw, C)
+    def partial_moments(
+        x_ptr,
+        add_ptr,
+        mean_ptr,
+        m2_ptr,
+        HW,
+        C,
+        n_hw,
+        HAS_ADD: tl.constexpr,
+        BLOCK_HW: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        # grid (B * n_hw, n_c); partials are laid out (B, n_hw, C); ``add`` (B, C) is added to x first
         pid = tl.program_id(0)
         b = pid // n_hw
         blk = pid % n_hw
@@ -61,6 +75,9 @@ def _kernels():  # noqa: ANN202 - the jitted functions have no useful static typ
         mask = (rows < HW)[:, None] & (cols < C)[None, :]
         offsets = b.to(tl.int64) * HW * C + rows[:, None] * C + cols[None, :]
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_HW, BLOCK_C)
+        if HAS_ADD:
+            add = tl.load(add_ptr + b * C + cols, mask=cols < C, other=0.0).to(tl.float32)  # (BLOCK_C,)
+            x = tl.where(mask, x + add[None, :], 0.0)  # masked positions must stay out of the sums
         count = tl.minimum(HW - blk * BLOCK_HW, BLOCK_HW).to(tl.float32)
         mean = tl.sum(x, axis=0) / count  # (BLOCK_C,)
         dev = tl.where(mask, x - mean[None, :], 0.0)
@@ -129,12 +146,14 @@ def _kernels():  # noqa: ANN202 - the jitted functions have no useful static typ
     @triton.jit
     def scale_shift_apply(
         x_ptr,
+        add_ptr,
         scale_ptr,
         shift_ptr,
         y_ptr,
         HW,
         C,
         n_hw,
+        HAS_ADD: tl.constexpr,
         SILU: tl.constexpr,
         BLOCK_HW: tl.constexpr,
         BLOCK_C: tl.constexpr,
@@ -149,6 +168,8 @@ def _kernels():  # noqa: ANN202 - the jitted functions have no useful static typ
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_HW, BLOCK_C)
         scale = tl.load(scale_ptr + b * C + cols, mask=cols < C, other=0.0)  # (BLOCK_C,)
         shift = tl.load(shift_ptr + b * C + cols, mask=cols < C, other=0.0)
+        if HAS_ADD:  # (x + add) * scale + shift
+            shift += scale * tl.load(add_ptr + b * C + cols, mask=cols < C, other=0.0).to(tl.float32)
         y = x * scale[None, :] + shift[None, :]
         if SILU:
             y = y * tl.sigmoid(y)
@@ -158,12 +179,19 @@ def _kernels():  # noqa: ANN202 - the jitted functions have no useful static typ
 
 
 def group_norm_nhwc_reference(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float, silu: bool
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    groups: int,
+    eps: float,
+    silu: bool,
+    add: Tensor | None = None,
 ) -> Tensor:
-    """What the kernels compute, in torch operations: float32 GroupNorm (+ SiLU), in x's dtype."""
+    """What the kernels compute, in torch operations: float32 GroupNorm (+ SiLU) of x (+ add), in x's dtype."""
     w = None if weight is None else weight.float()
     b = None if bias is None else bias.float()
-    y = torch.nn.functional.group_norm(x.float(), groups, w, b, eps)
+    xf = x.float() if add is None else x.float() + add.float()[:, :, None, None]
+    y = torch.nn.functional.group_norm(xf, groups, w, b, eps)
     if silu:
         y = torch.nn.functional.silu(y)
     return y.to(x.dtype)
@@ -176,11 +204,12 @@ def launch_group_norm(
     groups: int,
     eps: float,
     silu: bool,
+    add: Tensor | None = None,
     block_hw: int = BLOCK_HW,
     block_c: int = BLOCK_C,
     warps: int = APPLY_WARPS,
 ) -> Tensor:
-    """The three kernels on a 4-D channels_last ``x`` with the given tile (benchmarks try others)."""
+    """The three kernels on a 4-D channels_last ``x`` (plus ``add`` (B, C), if given) with the given tile."""
     partial_moments, group_scale_shift, scale_shift_apply = _kernels()
     batch, channels, height, width = x.shape
     hw = height * width
@@ -189,7 +218,9 @@ def launch_group_norm(
     means = torch.empty((batch, n_hw, channels), device=x.device, dtype=torch.float32)
     m2s = torch.empty_like(means)
     tile = dict(BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=warps)
-    partial_moments[(batch * n_hw, n_c)](x, means, m2s, hw, channels, n_hw, **tile)
+    add_arg = add if add is not None else x  # a placeholder pointer when there is nothing to add
+    has_add = add is not None
+    partial_moments[(batch * n_hw, n_c)](x, add_arg, means, m2s, hw, channels, n_hw, HAS_ADD=has_add, **tile)
     scale = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     group_scale_shift[(batch * groups,)](
@@ -211,20 +242,36 @@ def launch_group_norm(
         BLOCK_CPG=_next_power_of_2(channels // groups),
     )
     y = torch.empty_like(x)  # keeps the channels_last strides
-    scale_shift_apply[(batch * n_hw, n_c)](x, scale, shift, y, hw, channels, n_hw, SILU=silu, **tile)
+    scale_shift_apply[(batch * n_hw, n_c)](
+        x, add_arg, scale, shift, y, hw, channels, n_hw, HAS_ADD=has_add, SILU=silu, **tile
+    )
     return y
 
 
 @torch.library.custom_op("ldmkit::group_norm_nhwc", mutates_args=())
 def group_norm_nhwc(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float, silu: bool
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    groups: int,
+    eps: float,
+    silu: bool,
+    add: Tensor | None = None,
 ) -> Tensor:
-    """GroupNorm (+ SiLU) of a 4-D channels_last tensor by the Triton kernels; float32 statistics."""
-    return launch_group_norm(x, weight, bias, groups, eps, silu)
+    """GroupNorm (+ SiLU) of a 4-D channels_last tensor (+ ``add`` (B, C)) by the Triton kernels, in float32."""
+    return launch_group_norm(x, weight, bias, groups, eps, silu, add)
 
 
 @group_norm_nhwc.register_fake
-def _(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float, silu: bool) -> Tensor:
+def _(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    groups: int,
+    eps: float,
+    silu: bool,
+    add: Tensor | None = None,
+) -> Tensor:
     return torch.empty_like(x)
 
 

@@ -72,7 +72,12 @@ class KernelGroupNorm(nn.Module):
     :mod:`ldmkit.fast.group_norm_kernels` on CUDA channels_last inputs; float32 statistics, the
     input's dtype out. Other inputs take the same computation in torch operations. Shares
     ``weight`` and ``bias`` with the GroupNorm it replaces.
+
+    ``forward(x, add=...)`` normalises ``x + add`` for a per-(B, C) ``add`` without rounding the
+    sum to x's dtype first; modules that add such a term just before a norm may check ``takes_add``.
     """
+
+    takes_add = True
 
     def __init__(self, source: nn.GroupNorm, silu: bool = False) -> None:
         super().__init__()
@@ -83,12 +88,15 @@ class KernelGroupNorm(nn.Module):
         self.bias = source.bias
         self.silu = silu
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         from ldmkit.fast import group_norm_kernels as kernels
 
+        if add is not None:
+            add = add.reshape(x.shape[0], x.shape[1]).contiguous()  # (B, C)
+        args = (self.weight, self.bias, self.num_groups, self.eps, self.silu, add)
         if x.is_cuda and kernels.kernels_apply(x, self.num_groups):
-            return kernels.group_norm_nhwc(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
-        return kernels.group_norm_nhwc_reference(x, self.weight, self.bias, self.num_groups, self.eps, self.silu)
+            return kernels.group_norm_nhwc(x, *args)
+        return kernels.group_norm_nhwc_reference(x, *args)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, silu={self.silu}"

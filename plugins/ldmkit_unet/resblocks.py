@@ -119,6 +119,9 @@ class ResBlock(TimestepBlock):
             scale, shift = torch.chunk(emb_out, 2, dim=1)  # (B, C_out, 1, 1) each
             h = self.out_layers[0](h) * (1 + scale) + shift
             h = self.out_layers[1:](h)
+        elif getattr(self.out_layers[0], "takes_add", False):
+            # a norm that adds the embedding itself, in float32 (the fast path's GroupNorm kernels)
+            h = self.out_layers[1:](self.out_layers[0](h, add=emb_out))
         else:
             h = self.out_layers(h + emb_out)
         return self.skip_connection(x) + h  # (B, C_out, h', w')
