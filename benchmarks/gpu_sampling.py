@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-diffusers", dest="diffusers", action="store_false")
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip optional compiles after this many s")
     parser.add_argument("--tiny", action="store_true", help="small models (a smoke run, e.g. on the CPU)")
-    parser.add_argument("--ab-norm-kernels", action="store_true", help="also time guided steps without them")
+    parser.add_argument("--norm-kernels", action="store_true", help="also time guided steps with norm_kernels=True")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()

@@ -128,17 +128,18 @@ class Pipeline:
         cuda_graphs: bool | None = None,
         *,
         compile_mode: str = "default",
-        norm_kernels: bool | None = None,
+        norm_kernels: bool = False,
         tile_size: int | None = None,
         tile_overlap: int = 8,
     ) -> Pipeline:
         """Switch sampling and decoding to the fast path (:mod:`ldmkit.fast`) and return ``self``.
 
         ``precision`` is "fp32", "bf16" or "fp16"; ``None`` settings follow the device: all on for CUDA
-        (bf16, channels_last, torch.compile with static shapes, CUDA graphs, the Triton GroupNorm
-        kernels when Triton is installed), all off elsewhere. ``tile_size`` (latent pixels) decodes
-        larger latents in blended tiles. The components keep their weights; a reduced-precision copy
-        is made where needed. ``pipeline.fast = None`` turns the fast path off again.
+        (bf16, channels_last, torch.compile with static shapes, CUDA graphs), all off elsewhere.
+        ``norm_kernels`` asks for Triton GroupNorm kernels (see :class:`~ldmkit.fast.FastConfig`).
+        ``tile_size`` (latent pixels) decodes larger latents in blended tiles. The components keep
+        their weights; a reduced-precision copy is made where needed. ``pipeline.fast = None``
+        turns the fast path off again.
         """
         from ldmkit.fast import optimize
 

@@ -98,6 +98,12 @@ def test_asking_for_the_kernels_without_triton_is_an_input_error() -> None:
     assert not FastConfig().resolve(torch.device("cpu")).norm_kernels
 
 
+def test_norm_kernels_are_off_unless_asked_for() -> None:
+    assert not FastConfig().resolve(torch.device("cuda")).norm_kernels
+    with pytest.raises(InputError, match="norm_kernels"):
+        FastConfig(norm_kernels=None)  # type: ignore[arg-type]
+
+
 # (batch, channels, height, width, groups): odd sizes exercise the tile masks
 SHAPES = [(2, 64, 8, 8, 32), (3, 320, 9, 7, 32), (1, 960, 16, 16, 32), (2, 96, 40, 40, 32), (1, 12, 3, 130, 3)]
 

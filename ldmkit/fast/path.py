@@ -93,7 +93,7 @@ def optimize(
     cuda_graphs: bool | None = None,
     *,
     compile_mode: str = "default",
-    norm_kernels: bool | None = None,
+    norm_kernels: bool = False,
     tile_size: int | None = None,
     tile_overlap: int = 8,
     max_graphs: int = 4,
