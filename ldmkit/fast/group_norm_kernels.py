@@ -276,11 +276,11 @@ def _(
 
 
 def kernels_apply(x: Tensor, groups: int) -> bool:
-    """Whether ``group_norm_nhwc`` takes ``x``: a 4-D channels_last tensor, C divisible by ``groups``, Triton."""
+    """Whether ``group_norm_nhwc`` takes ``x``: a 4-D channels_last CUDA tensor, C divisible by ``groups``."""
     return (
-        x.dim() == 4
+        x.is_cuda
+        and x.dim() == 4
         and x.shape[1] % groups == 0
         and x.is_contiguous(memory_format=torch.channels_last)
         and x.numel() > 0
-        and triton_available()
     )

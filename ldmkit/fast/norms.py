@@ -87,6 +87,9 @@ class KernelGroupNorm(nn.Module):
         self.weight = source.weight
         self.bias = source.bias
         self.silu = silu
+        from ldmkit.fast.group_norm_kernels import triton_available
+
+        self.triton = triton_available()  # asked once here, not inside compiled code
 
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         from ldmkit.fast import group_norm_kernels as kernels
@@ -94,7 +97,7 @@ class KernelGroupNorm(nn.Module):
         if add is not None:
             add = add.reshape(x.shape[0], x.shape[1]).contiguous()  # (B, C)
         args = (self.weight, self.bias, self.num_groups, self.eps, self.silu, add)
-        if x.is_cuda and kernels.kernels_apply(x, self.num_groups):
+        if self.triton and kernels.kernels_apply(x, self.num_groups):
             return kernels.group_norm_nhwc(x, *args)
         return kernels.group_norm_nhwc_reference(x, *args)
 
