@@ -3,7 +3,7 @@
 One run on one GPU, bf16, 16 rows of latents (8 guided pictures). For each transformer level it
 times, as CUDA graphs (host overhead does not count): the UNet's GEGLU module compiled by inductor
 (cuBLAS for the projection, a fused kernel for ``value * gelu(gate)``), and the Triton kernel of
-:mod:`ldmkit.fast.geglu_kernels` under each tile in ``TILES``. Errors are relative (Frobenius) to
+``geglu_kernel.py`` (next to this script) under each tile in ``TILES``. Errors are relative (Frobenius) to
 the float32 module.
 
     python benchmarks/gpu_geglu.py --out geglu.md
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
-    from ldmkit.fast.geglu_kernels import launch_geglu
+    from geglu_kernel import launch_geglu
+
     from ldmkit_unet.transformer import GEGLU
 
     device = torch.device("cuda")
