@@ -27,9 +27,8 @@ class FastConfig:
     ``norm_kernels`` (off unless asked) computes the denoiser's GroupNorms, with the SiLU after
     them, by Triton kernels written for channels_last tensors
     (:mod:`ldmkit.fast.group_norm_kernels`). On an H200 they made a batch-16 guided SD v1 step
-    1.8% faster, but moved the bf16 UNet from 0.96e-2 to 1.06e-2 relative error against float32:
-    they normalise sums that were rounded to bf16, where the compiler fuses those sums into its own
-    GroupNorm in float32 (benchmarks/RESULTS.md).
+    1.8% faster, but the bf16 UNet's relative error against float32 measured 1.05e-2 to 1.06e-2
+    with them against 0.96e-2 to 0.97e-2 without (benchmarks/RESULTS.md).
 
     ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
     overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.
