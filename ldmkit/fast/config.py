@@ -79,10 +79,9 @@ class FastConfig:
         compile_ = cuda if self.compile is None else self.compile
         if graphs and compile_ and self.compile_mode in _MODES_WITH_GRAPHS:
             graphs = False
-        channels_last = cuda if self.channels_last is None else self.channels_last
         return Resolved(
             dtype=DTYPES[precision],
-            channels_last=channels_last,
+            channels_last=cuda if self.channels_last is None else self.channels_last,
             compile=compile_,
             compile_mode=self.compile_mode,
             cuda_graphs=graphs,
