@@ -35,12 +35,8 @@ def channels_last_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
     return mean_g, var_c.view(b, groups, c // groups).mean(dim=-1) + spread
 
 
-class ChannelsLastGroupNorm(nn.Module):
-    """A GroupNorm that computes in float32 and returns the input's dtype (like the UNet's GroupNorm32).
-
-    Shares ``weight`` and ``bias`` with the GroupNorm it replaces. Inputs that are not 4-D
-    channels_last tensors take ``F.group_norm`` (in float32).
-    """
+class _GroupNormReplacement(nn.Module):
+    """Holds a GroupNorm's settings and shares its ``weight`` and ``bias`` (not copies)."""
 
     def __init__(self, source: nn.GroupNorm) -> None:
         super().__init__()
@@ -49,6 +45,14 @@ class ChannelsLastGroupNorm(nn.Module):
         self.eps = source.eps
         self.weight = source.weight
         self.bias = source.bias
+
+
+class ChannelsLastGroupNorm(_GroupNormReplacement):
+    """A GroupNorm that computes in float32 and returns the input's dtype (like the UNet's GroupNorm32).
+
+    Shares ``weight`` and ``bias`` with the GroupNorm it replaces. Inputs that are not 4-D
+    channels_last tensors take ``F.group_norm`` (in float32).
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         weight = None if self.weight is None else self.weight.float()
@@ -67,7 +71,7 @@ class ChannelsLastGroupNorm(nn.Module):
         return y.type(x.dtype)
 
 
-class KernelGroupNorm(nn.Module):
+class KernelGroupNorm(_GroupNormReplacement):
     """GroupNorm (and the SiLU after it when ``silu``) by the Triton kernels of
     :mod:`ldmkit.fast.group_norm_kernels` on CUDA channels_last inputs; float32 statistics, the
     input's dtype out. Other inputs take the same computation in torch operations. Shares
@@ -80,12 +84,7 @@ class KernelGroupNorm(nn.Module):
     takes_add = True
 
     def __init__(self, source: nn.GroupNorm, silu: bool = False) -> None:
-        super().__init__()
-        self.num_groups = source.num_groups
-        self.num_channels = source.num_channels
-        self.eps = source.eps
-        self.weight = source.weight
-        self.bias = source.bias
+        super().__init__(source)
         self.silu = silu
         from ldmkit.fast.group_norm_kernels import triton_available
 
