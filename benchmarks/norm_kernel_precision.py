@@ -1,0 +1,101 @@
+"""Why the Triton GroupNorm kernels move the bf16 UNet further from float32: a CPU experiment.
+
+The SD v1 UNet (random weights) in bf16 against itself in float32, four ways: eager; eager with
+the norm kernels' arithmetic (:class:`ldmkit.fast.norms.KernelGroupNorm` off CUDA computes it in
+torch operations); compiled with that arithmetic behind an opaque custom op (as the kernels are
+on a GPU); compiled as it is (the compiler may fuse the sums feeding each GroupNorm into it).
+Runs on the CPU, no Triton needed; minutes at 32x32 latents on two cores.
+
+    python benchmarks/norm_kernel_precision.py --side 32 --out norm_precision.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from _common import ensure_importable, markdown_table, randomize_zeroed, rel_err
+
+log = logging.getLogger("norm_kernel_precision")
+
+
+def opaque_norm_forward():  # noqa: ANN201 - a replacement for KernelGroupNorm.forward
+    """KernelGroupNorm.forward with its torch arithmetic behind a custom op the compiler cannot fuse into."""
+    from ldmkit.fast.group_norm_kernels import group_norm_nhwc_reference
+
+    @torch.library.custom_op("ldmkit_bench::group_norm_reference", mutates_args=())
+    def reference(
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        groups: int,
+        eps: float,
+        silu: bool,
+        add: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        y = group_norm_nhwc_reference(x, weight, bias, groups, eps, silu, add)
+        return y.contiguous(memory_format=torch.channels_last)
+
+    @reference.register_fake
+    def _(x, weight, bias, groups, eps, silu, add=None):  # noqa: ANN001, ANN202
+        return torch.empty_like(x)
+
+    def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
+        if add is not None:
+            add = add.reshape(x.shape[0], x.shape[1]).contiguous()
+        return reference(x, self.weight, self.bias, self.num_groups, self.eps, self.silu, add)
+
+    return forward
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--side", type=int, default=32, help="latent height and width")
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ensure_importable()
+    from gpu_sampling import SD_UNET
+
+    from ldmkit import Conditioning
+    from ldmkit.fast import norms
+    from ldmkit_unet.unet import UNet
+
+    torch.manual_seed(0)
+    unet = UNet.from_params(SD_UNET)
+    randomize_zeroed(unet)
+    unet.eval()
+    x = torch.randn(args.batch, 4, args.side, args.side)
+    t = torch.full((args.batch,), 500)
+    ctx = torch.randn(args.batch, 77, 768)
+    results: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        reference = unet(x, t, Conditioning(crossattn=ctx))
+        unet16 = unet.to(torch.bfloat16, memory_format=torch.channels_last)
+        x16 = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        cond16 = Conditioning(crossattn=ctx.to(torch.bfloat16))
+        results["eager"] = unet16(x16, t, cond16)
+        swapped = norms.with_kernel_group_norms(unet16)
+        results["eager, the norm kernels' arithmetic"] = swapped(x16, t, cond16)
+        original_forward = norms.KernelGroupNorm.forward
+        norms.KernelGroupNorm.forward = opaque_norm_forward()
+        try:
+            compiled = torch.compile(swapped, dynamic=False)
+            results["compiled, the norm kernels' arithmetic as an opaque op"] = compiled(x16, t, cond16)
+        finally:
+            norms.KernelGroupNorm.forward = original_forward
+        torch._dynamo.reset()
+        results["compiled (what the fast path runs by default)"] = torch.compile(unet16, dynamic=False)(x16, t, cond16)
+    rows = [[name, f"{rel_err(out, reference):.3e}"] for name, out in results.items()]
+    text = markdown_table(["bf16 UNet", "rel. error vs float32"], rows)
+    header = f"SD v1 UNet, random weights, {args.batch} x 4 x {args.side} x {args.side}, CPU, torch {torch.__version__}"
+    args.out.write_text(f"# {header}\n\n{text}\n")
+    print(args.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
