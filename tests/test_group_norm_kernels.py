@@ -179,3 +179,48 @@ def test_gpu_compiled_and_graphed_block_with_kernels_matches_the_original() -> N
         # convolutions may use TF32 on the GPU, in both modules alike but not in the same order
         torch.testing.assert_close(out, expected, rtol=1e-3, atol=1e-3)
         torch.testing.assert_close(again, block(x * 2, emb), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (it compiles for a GPU it need not have)")
+def test_kernels_compile_for_hopper_without_a_gpu() -> None:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ldmkit.fast import group_norm_triton as kernels
+
+    def signature(fn, types: dict[str, str]) -> dict[str, str]:  # noqa: ANN001
+        return {name: types.get(name, "i32") for name in fn.arg_names}
+
+    bf16, f32 = "*bf16", "*fp32"
+    tile = {"BLOCK_HW": 128, "BLOCK_C": 32}
+    jobs = [
+        (
+            kernels.partial_moments,
+            {"x_ptr": bf16, "add_ptr": bf16, "mean_ptr": f32, "m2_ptr": f32},
+            {"HAS_ADD": True, **tile},
+        ),
+        (
+            kernels.scale_shift_apply,
+            {"x_ptr": bf16, "add_ptr": bf16, "scale_ptr": f32, "shift_ptr": f32, "y_ptr": bf16},
+            {"HAS_ADD": True, "SILU": True, **tile},
+        ),
+        (
+            kernels.group_scale_shift,
+            {
+                "mean_ptr": f32,
+                "m2_ptr": f32,
+                "weight_ptr": bf16,
+                "bias_ptr": bf16,
+                "scale_ptr": f32,
+                "shift_ptr": f32,
+                "eps": "fp32",
+            },
+            {"HAS_WEIGHT": True, "HAS_BIAS": True, "BLOCK_HW": 128, "BLOCK_N": 32, "BLOCK_CPG": 16},
+        ),
+    ]
+    for fn, pointers, constants in jobs:
+        types = {**pointers, **{name: "constexpr" for name in constants}}
+        source = ASTSource(fn=fn, signature=signature(fn, types), constexprs=constants)
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], fn.__name__
