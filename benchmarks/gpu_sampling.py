@@ -14,6 +14,7 @@ Prints a markdown table and writes it to ``--out``.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
 from pathlib import Path
@@ -342,22 +343,20 @@ def main(argv: list[str] | None = None) -> int:
     pictures = [max(1, int(b) // 2) for b in args.batches.split(",")]
     for n_pics in pictures:
         bench_pictures(pipe, run, n_pics, "ldmkit eager fp32")
-    pipe.optimize(precision="bf16", channels_last=True, compile=args.compile, cuda_graphs=run.device.type == "cuda",
-                  compile_mode=args.compile_mode)  # fmt: skip
+    optimize = functools.partial(pipe.optimize, precision="bf16", channels_last=True, compile=args.compile,
+                                 cuda_graphs=run.device.type == "cuda", compile_mode=args.compile_mode)  # fmt: skip
+    optimize()
     for batch in (int(b) for b in args.batches.split(",")):
         bench_unet(unet, d_unet, pipe, run, batch)
     bench_vae(vae, d_vae, pipe, run)
     for n_pics in pictures:
         bench_pictures(pipe, run, n_pics, "ldmkit fast path")
-    if args.ab_norm_kernels and pipe.fast.settings.norm_kernels:
-        # the same guided steps with the compiler's GroupNorm, for an A/B on this machine
-        pipe.optimize(precision="bf16", channels_last=True, compile=args.compile, cuda_graphs=True,
-                      compile_mode=args.compile_mode, norm_kernels=False)  # fmt: skip
+    if args.norm_kernels:
+        # the same guided steps with the Triton GroupNorm kernels, for an A/B on this machine
+        optimize(norm_kernels=True)
         for batch in (int(b) for b in args.batches.split(",") if int(b) % 2 == 0):
             x, t, ctx = inputs(batch, run, torch.float32)
-            bench_guided(
-                unet, pipe, run, x[: batch // 2], t[: batch // 2], ctx, "ldmkit fast path, compiler's GroupNorm"
-            )
+            bench_guided(unet, pipe, run, x[: batch // 2], t[: batch // 2], ctx, "ldmkit fast path, norm kernels")
     run.notes.append(f"fast path: {pipe.fast.describe()}; total run time {run.elapsed():.0f} s")
 
     print(run.write())

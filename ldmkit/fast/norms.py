@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldmkit.fast import group_norm_kernels as kernels
+
 
 def channels_last_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
     """Float32 mean and variance (B, G) of each group of a channels_last (B, C, H, W) tensor.
@@ -86,13 +88,9 @@ class KernelGroupNorm(_GroupNormReplacement):
     def __init__(self, source: nn.GroupNorm, silu: bool = False) -> None:
         super().__init__(source)
         self.silu = silu
-        from ldmkit.fast.group_norm_kernels import triton_available
-
-        self.triton = triton_available()  # asked once here, not inside compiled code
+        self.triton = kernels.triton_available()  # asked once here, not inside compiled code
 
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
-        from ldmkit.fast import group_norm_kernels as kernels
-
         if add is not None:
             add = add.reshape(x.shape[0], x.shape[1]).contiguous()  # (B, C)
         args = (self.weight, self.bias, self.num_groups, self.eps, self.silu, add)
