@@ -2,9 +2,12 @@
 
 One run on one GPU, bf16, 16 rows of latents (8 guided pictures). For each transformer level it
 times, as CUDA graphs (host overhead does not count): the UNet's GEGLU module compiled by inductor
-(cuBLAS for the projection, a fused kernel for ``value * gelu(gate)``), and the Triton kernel of
-``geglu_kernel.py`` (next to this script) under each tile in ``TILES``. Errors are relative (Frobenius) to
-the float32 module.
+(cuBLAS for the projection, a fused kernel for ``value * gelu(gate)``), the plain Triton kernel of
+``geglu_kernel.py`` (next to this script) under each tile in ``TILES``, and its persistent TMA kernel
+for Hopper (one product of the interleaved weight per tile) under each tile in ``TMA_TILES``. The
+weight is interleaved once per layout, outside the timed calls. A tile that fails (shared memory,
+registers, a GPU without TMA) is logged and skipped. Errors are relative (Frobenius) to the float32
+module.
 
     python benchmarks/gpu_geglu.py --out geglu.md
 """
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
-    from geglu_kernel import launch_geglu
+    from geglu_kernel import TMA_TILES, interleave_geglu_weight, launch_geglu, launch_geglu_tma
 
     from ldmkit_unet.transformer import GEGLU
 
@@ -61,15 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         flops = 2 * m * k * 2 * n
         compiled = torch.compile(module16, dynamic=False)
         candidates = {"compiled GEGLU module (cuBLAS + fused gate)": functools.partial(compiled, x)}
+        proj = module16.proj
         for tile in TILES:
-            proj = module16.proj
             candidates[f"Triton {tile}"] = functools.partial(launch_geglu, x, proj.weight, proj.bias, tile)
+        interleaved = {}  # interleave block -> (weight (2N, K), bias (2N,)), made once, ahead of the timed calls
+        for tile in TMA_TILES:
+            try:
+                if tile.interleave not in interleaved:
+                    with torch.no_grad():
+                        interleaved[tile.interleave] = interleave_geglu_weight(proj.weight, proj.bias, tile.interleave)
+            except ValueError as exc:  # N is no multiple of a blocked tile's half width
+                log.warning("%s TMA %s: %s", label, tile.label, exc)
+                continue
+            weight_i, bias_i = interleaved[tile.interleave]
+            candidates[f"Triton TMA {tile.label}"] = functools.partial(launch_geglu_tma, x, weight_i, bias_i, tile)
         for name, fn in candidates.items():
             try:
                 with torch.no_grad():
                     err = rel_err(fn(), expected)
                     us = graphed_us(fn, args.calls)
-            except Exception as exc:  # a tile that does not fit the GPU's shared memory
+            except Exception as exc:  # a tile that does not fit the GPU's shared memory, or a GPU without TMA
                 log.warning("%s %s: %s", label, name, exc)
                 continue
             rows.append([label, name, f"{us:.1f}", f"{flops / (us * 1e-6) / 1e12:.0f}", f"{err:.2e}"])

@@ -45,6 +45,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "aggressive-fusion": ("default", {"aggressive_fusion": True}),
     "nd-tiling": ("default", {"triton.prefer_nd_tiling": True}),
     "multi-kernel": ("default", {"triton.multi_kernel": 1}),
+    # the hardware exp (ex2.approx) instead of libdevice's exact one: SiLU's exp bounds the norm + SiLU kernels
+    "fast-math": ("default", {"use_fast_math": True}),
+    "fast-math-coop": ("default", {"use_fast_math": True, "triton.cooperative_reductions": True}),
+    "fast-math-pointwise-tuning": ("default", {"use_fast_math": True, "max_autotune_pointwise": True}),
     # includes coordinate-descent tuning, as the mode does
     "autotune": ("max-autotune-no-cudagraphs", {}),
 }
