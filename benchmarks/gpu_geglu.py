@@ -1,13 +1,12 @@
-"""The GEGLU projection at the SD v1 UNet's shapes: compiled linear + gate against one Triton kernel.
+"""The GEGLU projection at the SD v1 UNet's shapes: compiled linear + gate against the fast path's fused kernel.
 
-One run on one GPU, bf16, 16 rows of latents (8 guided pictures). For each transformer level it
-times, as CUDA graphs (host overhead does not count): the UNet's GEGLU module compiled by inductor
-(cuBLAS for the projection, a fused kernel for ``value * gelu(gate)``), the plain Triton kernel of
-``geglu_kernel.py`` (next to this script) under each tile in ``TILES``, and its persistent TMA kernel
-for Hopper (one product of the interleaved weight per tile) under each tile in ``TMA_TILES``. The
-weight is interleaved once per layout, outside the timed calls. A tile that fails (shared memory,
-registers, a GPU without TMA) is logged and skipped. Errors are relative (Frobenius) to the float32
-module.
+One run on one Hopper GPU, bf16, 16 rows of latents (8 guided pictures). For each transformer level
+it times, as CUDA graphs (host overhead does not count): the UNet's GEGLU module compiled by
+inductor (cuBLAS for the projection, a fused kernel for ``value * gelu(gate)``), and the persistent
+TMA kernel of :mod:`ldmkit.fast.geglu_kernels` (one product of the row-interleaved weight per tile)
+under each tile in ``TILES``. The weight is interleaved once, outside the timed calls. A tile that
+fails (shared memory, registers) is logged and skipped. Errors are relative (Frobenius) to the
+float32 module.
 
     python benchmarks/gpu_geglu.py --out geglu.md
 """
@@ -26,16 +25,32 @@ log = logging.getLogger("gpu_geglu")
 
 # (label, rows of tokens, width in, width out): SD v1 at 64x64 latents, 16 UNet rows
 SHAPES = [("64x64", 16 * 4096, 320, 1280), ("32x32", 16 * 1024, 640, 2560), ("16x16", 16 * 256, 1280, 5120)]
-# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, stages, warps)
-TILES = [
-    (128, 128, 64, 8, 3, 8),
-    (128, 64, 64, 8, 4, 4),
-    (64, 128, 64, 8, 4, 4),
-    (128, 128, 32, 8, 4, 4),
-    (128, 256, 64, 8, 3, 8),
-    (256, 128, 64, 8, 3, 8),
-    (64, 64, 64, 8, 4, 4),
-]
+
+
+def tiles() -> list:
+    """Candidates for H100 and H200 (227 KiB of shared memory per program, 64K registers per SM).
+
+    Shared memory is stages * (BM + BN) * BK * 2 bytes of operands plus BM * BN bytes for the output
+    tile of the TMA store; two programs per SM let one's epilogue overlap the other's products.
+    """
+    from ldmkit.fast.geglu_kernels import TILE, GegluTile
+
+    return [
+        TILE,  # 177 KiB: two warpgroups of m64n256 products (the library's choice)
+        GegluTile(128, 256, 64, 8, 4, 8),  # 225 KiB: one more stage in flight
+        GegluTile(256, 128, 64, 8, 3, 8),  # each weight tile serves twice the rows
+        GegluTile(128, 128, 64, 8, 3, 4, per_sm=2),  # 2 x 113 KiB
+        GegluTile(128, 128, 64, 8, 3, 8, per_sm=2, maxnreg=128),  # the same with 8 warps, registers capped
+        GegluTile(64, 256, 64, 8, 2, 4, per_sm=2),  # 2 x 97 KiB: one warpgroup of m64n256 per program
+        GegluTile(128, 128, 64, 8, 4, 8),  # one program per SM: the control for the two above
+    ]
+
+
+def label(tile: tuple) -> str:
+    """A short name for tables, e.g. ``128x256x64 g8 s3 w8 x2/SM r128``."""
+    bm, bn, bk, group, stages, warps, per_sm, maxnreg = tile
+    extra = (f" x{per_sm}/SM" if per_sm > 1 else "") + (f" r{maxnreg}" if maxnreg else "")
+    return f"{bm}x{bn}x{bk} g{group} s{stages} w{warps}{extra}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,14 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
-    from geglu_kernel import TMA_TILES, interleave_geglu_weight, launch_geglu, launch_geglu_tma
-
+    from ldmkit.fast.geglu_kernels import interleave_geglu_weight, launch_geglu
     from ldmkit_unet.transformer import GEGLU
 
     device = torch.device("cuda")
     header = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, bf16"
     rows = []
-    for label, m, k, n in SHAPES:
+    for level, m, k, n in SHAPES:
         torch.manual_seed(0)
         module = GEGLU(k, n).to(device)
         x32 = torch.randn(16, m // 16, k, device=device)
@@ -64,30 +78,20 @@ def main(argv: list[str] | None = None) -> int:
         flops = 2 * m * k * 2 * n
         compiled = torch.compile(module16, dynamic=False)
         candidates = {"compiled GEGLU module (cuBLAS + fused gate)": functools.partial(compiled, x)}
-        proj = module16.proj
-        for tile in TILES:
-            candidates[f"Triton {tile}"] = functools.partial(launch_geglu, x, proj.weight, proj.bias, tile)
-        interleaved = {}  # interleave block -> (weight (2N, K), bias (2N,)), made once, ahead of the timed calls
-        for tile in TMA_TILES:
-            try:
-                if tile.interleave not in interleaved:
-                    with torch.no_grad():
-                        interleaved[tile.interleave] = interleave_geglu_weight(proj.weight, proj.bias, tile.interleave)
-            except ValueError as exc:  # N is no multiple of a blocked tile's half width
-                log.warning("%s TMA %s: %s", label, tile.label, exc)
-                continue
-            weight_i, bias_i = interleaved[tile.interleave]
-            candidates[f"Triton TMA {tile.label}"] = functools.partial(launch_geglu_tma, x, weight_i, bias_i, tile)
+        with torch.no_grad():
+            weight_i, bias_i = interleave_geglu_weight(module16.proj.weight, module16.proj.bias)
+        for tile in tiles():
+            candidates[f"fused kernel {label(tile)}"] = functools.partial(launch_geglu, x, weight_i, bias_i, tile)
         for name, fn in candidates.items():
             try:
                 with torch.no_grad():
                     err = rel_err(fn(), expected)
                     us = graphed_us(fn, args.calls)
-            except Exception as exc:  # a tile that does not fit the GPU's shared memory, or a GPU without TMA
-                log.warning("%s %s: %s", label, name, exc)
+            except Exception as exc:  # a tile that does not fit the GPU's shared memory or registers
+                log.warning("%s %s: %s", level, name, exc)
                 continue
-            rows.append([label, name, f"{us:.1f}", f"{flops / (us * 1e-6) / 1e12:.0f}", f"{err:.2e}"])
-            log.info("%s | %s: %.1f us, rel. error %.2e", label, name, us, err)
+            rows.append([level, name, f"{us:.1f}", f"{flops / (us * 1e-6) / 1e12:.0f}", f"{err:.2e}"])
+            log.info("%s | %s: %.1f us, rel. error %.2e", level, name, us, err)
             text = markdown_table(["level", "kernel", "us per call", "TFLOP/s", "rel. error vs fp32"], rows)
             args.out.write_text(f"# GEGLU projection, M x K -> N: {header}\n\n{text}\n")
     print(args.out.read_text())

@@ -297,6 +297,18 @@ def bench_pictures(pipe, run: Run, n: int, label: str) -> None:
     log.info("%s %d pictures: %.0f ms", label, n, ms)
 
 
+def fast_settings(text: str) -> dict[str, bool | None]:
+    """``"norm_kernels=True,geglu_kernel=False"`` -> keyword arguments of ``Pipeline.optimize``."""
+    values = {"True": True, "False": False, "None": None}
+    settings = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if value not in values:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=True, NAME=False or NAME=None")
+        settings[name.strip()] = values[value]
+    return settings
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="markdown file for the table")
@@ -311,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-diffusers", dest="diffusers", action="store_false")
     parser.add_argument("--budget-s", type=float, default=270.0, help="skip optional compiles after this many s")
     parser.add_argument("--tiny", action="store_true", help="small models (a smoke run, e.g. on the CPU)")
-    parser.add_argument("--norm-kernels", action="store_true", help="also time guided steps with norm_kernels=True")
+    parser.add_argument("--ab", action="append", default=[], type=fast_settings, metavar="NAME=VALUE[,NAME=VALUE]",
+                        help="also time guided steps with these optimize() settings, e.g. norm_kernels=True "
+                        "(repeatable: one A/B row each)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
@@ -351,12 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     bench_vae(vae, d_vae, pipe, run)
     for n_pics in pictures:
         bench_pictures(pipe, run, n_pics, "ldmkit fast path")
-    if args.norm_kernels:
-        # the same guided steps with the Triton GroupNorm kernels, for an A/B on this machine
-        optimize(norm_kernels=True)
+    for settings in args.ab:
+        # the same guided steps with other fast-path settings, for an A/B on this machine
+        optimize(**settings)
+        label = "ldmkit fast path, " + ", ".join(f"{k}={v}" for k, v in settings.items())
         for batch in (int(b) for b in args.batches.split(",") if int(b) % 2 == 0):
             x, t, ctx = inputs(batch, run, torch.float32)
-            bench_guided(unet, pipe, run, x[: batch // 2], t[: batch // 2], ctx, "ldmkit fast path, norm kernels")
+            bench_guided(unet, pipe, run, x[: batch // 2], t[: batch // 2], ctx, label)
     run.notes.append(f"fast path: {pipe.fast.describe()}; total run time {run.elapsed():.0f} s")
 
     print(run.write())

@@ -129,6 +129,7 @@ class Pipeline:
         *,
         compile_mode: str = "default",
         norm_kernels: bool = False,
+        geglu_kernel: bool | None = None,
         tile_size: int | None = None,
         tile_overlap: int = 8,
     ) -> Pipeline:
@@ -136,7 +137,8 @@ class Pipeline:
 
         ``precision`` is "fp32", "bf16" or "fp16"; ``None`` settings follow the device: all on for CUDA
         (bf16, channels_last, torch.compile with static shapes, CUDA graphs), all off elsewhere.
-        ``norm_kernels`` asks for Triton GroupNorm kernels (see :class:`~ldmkit.fast.FastConfig`).
+        ``norm_kernels`` asks for Triton GroupNorm kernels, ``geglu_kernel`` (on where it runs) for
+        the fused Hopper GEGLU kernel (see :class:`~ldmkit.fast.FastConfig`).
         ``tile_size`` (latent pixels) decodes larger latents in blended tiles. The components keep
         their weights; a reduced-precision copy is made where needed. ``pipeline.fast = None``
         turns the fast path off again.
@@ -151,6 +153,7 @@ class Pipeline:
             cuda_graphs,
             compile_mode=compile_mode,
             norm_kernels=norm_kernels,
+            geglu_kernel=geglu_kernel,
             tile_size=tile_size,
             tile_overlap=tile_overlap,
         )

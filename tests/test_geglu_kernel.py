@@ -1,179 +1,208 @@
-"""The fused GEGLU kernels of benchmarks/geglu_kernel.py (a benchmark, not used by the library).
+"""The fused GEGLU kernel of the fast path (ldmkit.fast.geglu_kernels) and the swap that uses it.
 
-The weight interleaving is checked everywhere with torch operations. The TMA kernel runs on the CPU
-through Triton's interpreter and is compiled for sm_90 (Hopper) without a GPU when Triton is
-installed (it does not come with CPU builds of torch, so CI skips those); on a Hopper GPU it runs
-for real.
+Everything but the kernel runs everywhere (off Hopper the swapped module computes with torch
+operations on the interleaved weights). The kernel runs on the CPU through Triton's interpreter
+and is compiled for sm_90 without a GPU when Triton is installed (it does not come with CPU builds
+of torch, so CI skips those); on a Hopper GPU it runs for real.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import copy
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
+from torch import nn
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-CUDA = torch.cuda.is_available()
-HOPPER = CUDA and torch.cuda.get_device_capability()[0] >= 9
-TRITON = importlib.util.find_spec("triton") is not None
+from ldmkit import InputError
+from ldmkit.fast import FastConfig
+from ldmkit.fast.geglu import KernelGEGLU, with_kernel_geglu
+from ldmkit.fast.geglu_kernels import (
+    TILE,
+    GegluTile,
+    geglu_interleaved_reference,
+    interleave_geglu_weight,
+    kernel_supported,
+)
+from ldmkit.fast.group_norm_kernels import triton_available
+from ldmkit_unet.transformer import GEGLU, BasicTransformerBlock
 
-
-def _geglu_kernel() -> ModuleType:
-    """benchmarks/geglu_kernel.py, loaded from its path (benchmarks/ is no package)."""
-    if "geglu_kernel" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("geglu_kernel", BENCHMARKS / "geglu_kernel.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["geglu_kernel"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["geglu_kernel"]
+HOPPER = torch.cuda.is_available() and kernel_supported(torch.device("cuda"))
 
 
 def _float64_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return _geglu_kernel().geglu_reference(x.double(), weight.double(), bias.double())
+    value, gate = nn.functional.linear(x.double(), weight.double(), bias.double()).chunk(2, dim=-1)
+    return value * nn.functional.gelu(gate)
 
 
-@pytest.mark.parametrize("block", [1, 4, 16])
-def test_interleaved_weight_gives_the_same_geglu(block: int) -> None:
-    gk = _geglu_kernel()
+def test_interleaved_weights_alternate_value_and_gate_rows() -> None:
     torch.manual_seed(0)
-    m, k, n = 10, 24, 32
-    x, weight, bias = torch.randn(m, k), torch.randn(2 * n, k), torch.randn(2 * n)
-    weight_i, bias_i = gk.interleave_geglu_weight(weight, bias, block)
-    assert weight_i.shape == weight.shape and weight_i.is_contiguous() and bias_i.shape == bias.shape
-    # rows 2*block*j ... hold value rows block*j ..., then as many gate rows
-    assert torch.equal(weight_i[block : 2 * block], weight[n : n + block])
-    assert torch.equal(bias_i[2 * block : 3 * block], bias[block : 2 * block])
-    y = torch.nn.functional.linear(x.double(), weight_i.double(), bias_i.double())  # (M, 2N) interleaved
-    pairs = y.view(m, n // block, 2, block)  # (M, N/block, value|gate, block)
-    value, gate = pairs[:, :, 0].reshape(m, n), pairs[:, :, 1].reshape(m, n)
-    torch.testing.assert_close(value * torch.nn.functional.gelu(gate), _float64_geglu(x, weight, bias))
+    weight, bias = torch.randn(64, 24), torch.randn(64)
+    weight_i, bias_i = interleave_geglu_weight(weight, bias)
+    assert weight_i.is_contiguous() and weight_i.shape == weight.shape
+    assert torch.equal(weight_i[0::2], weight[:32]) and torch.equal(weight_i[1::2], weight[32:])
+    assert torch.equal(bias_i[0::2], bias[:32]) and torch.equal(bias_i[1::2], bias[32:])
+    x = torch.randn(3, 5, 24, dtype=torch.float64)
+    torch.testing.assert_close(
+        geglu_interleaved_reference(x, weight_i.double(), bias_i.double()), _float64_geglu(x, weight, bias)
+    )
+    with pytest.raises(ValueError, match="no GEGLU projection"):
+        interleave_geglu_weight(torch.zeros(15, 4), torch.zeros(15))
 
 
-def test_interleaving_refuses_what_is_no_geglu_weight() -> None:
-    gk = _geglu_kernel()
-    with pytest.raises(ValueError, match="blocks of 3"):
-        gk.interleave_geglu_weight(torch.zeros(16, 4), torch.zeros(16), 3)
-    with pytest.raises(ValueError):
-        gk.interleave_geglu_weight(torch.zeros(16, 4), torch.zeros(8))
+def test_swapped_transformer_block_computes_the_same_and_shares_the_rest() -> None:
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(64, 4, 16, context_dim=32).eval()
+    swapped = with_kernel_geglu(block)
+    geglu = swapped.ff.net[0]
+    assert isinstance(geglu, KernelGEGLU) and not geglu.supported  # no Hopper here: torch operations
+    assert isinstance(block.ff.net[0], GEGLU)  # the original keeps its module
+    assert swapped.attn1.to_q.weight is block.attn1.to_q.weight  # everything else is shared
+    x, ctx = torch.randn(2, 10, 64), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(x, ctx), block(x, ctx), rtol=1e-5, atol=1e-5)
 
 
-def test_tile_labels_and_interleave_blocks() -> None:
-    gk = _geglu_kernel()
-    assert len(gk.TMA_TILES) <= 8  # the GPU benchmark compiles each one
-    tile = gk.TmaTile(128, 256, 64, 8, 3, 8, per_sm=2, blocked=True, maxnreg=128)
-    assert tile.interleave == 128 and gk.TmaTile(*tile[:6]).interleave == 1
-    assert tile.label == "128x256x64 g8 s3 w8 x2/SM blocked r128"
+def test_only_modules_that_declare_geglu_are_swapped() -> None:
+    class Gated(nn.Module):  # the same shape as a GEGLU, but not declared one
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 32)
+
+    model = nn.Sequential(Gated(), GEGLU(16, 8))
+    swapped = with_kernel_geglu(model)
+    assert type(swapped[0]) is Gated and isinstance(swapped[1], KernelGEGLU)
+    assert isinstance(with_kernel_geglu(GEGLU(16, 8)), KernelGEGLU)  # a GEGLU on its own
+    broken = GEGLU(16, 8)
+    broken.proj = nn.Linear(16, 16, bias=False)
+    with pytest.raises(ValueError, match="bias"):
+        KernelGEGLU(broken)
 
 
-# (tile, programs): small tiles so that the interpreter runs each shape's several tiles quickly; a
-# grid of fewer programs than tiles makes each program loop over several
-INTERPRETER_CASES = [((32, 32, 32, 2, 2, 4), 3), ((64, 64, 32, 8, 3, 4), 2), ((32, 64, 32, 2, 2, 4, 1, True), 3)]
+def test_geglu_kernel_setting_follows_the_device() -> None:
+    cpu = torch.device("cpu")
+    assert not FastConfig().resolve(cpu).geglu_kernel
+    assert not FastConfig(geglu_kernel=False).resolve(torch.device("cuda")).geglu_kernel
+    with pytest.raises(InputError, match="geglu_kernel=True needs a Hopper GPU"):
+        FastConfig(geglu_kernel=True).resolve(cpu)
+    with pytest.raises(InputError, match="geglu_kernel"):
+        FastConfig(geglu_kernel="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU with Triton")
+def test_geglu_kernel_is_on_by_default_on_hopper_in_bf16_only() -> None:
+    cuda = torch.device("cuda")
+    assert FastConfig().resolve(cuda).geglu_kernel
+    assert not FastConfig(precision="fp32").resolve(cuda).geglu_kernel
+    with pytest.raises(InputError, match="bf16 or fp16"):
+        FastConfig(precision="fp32", geglu_kernel=True).resolve(cuda)
+
+
+# (tile, programs): small tiles so that the interpreter runs quickly; a grid of fewer programs than
+# tiles makes each program loop over several
+INTERPRETER_CASES = [(GegluTile(32, 32, 32, 2, 2, 4), 3), (GegluTile(64, 64, 32, 8, 3, 4), 2)]
 # (M, K, N): sizes that are no multiples of the tiles exercise the TMA boxes' edges
 INTERPRETER_SHAPES = [(100, 80, 48), (62, 40, 96)]
 
 
-def _check_tma_kernel(device: str, dtype: torch.dtype, cases: list, shapes: list) -> None:
-    gk = _geglu_kernel()
+def _check_kernel(device: str, dtype: torch.dtype, cases: list, shapes: list) -> None:
+    from ldmkit.fast.geglu_kernels import launch_geglu
+
     torch.manual_seed(0)
     for m, k, n in shapes:
         x = torch.randn(2, m // 2, k).to(device, dtype)
         weight = (torch.randn(2 * n, k) / k**0.5).to(device, dtype)
         bias = torch.randn(2 * n).to(device, dtype)
         expected = _float64_geglu(x, weight, bias)
+        weight_i, bias_i = interleave_geglu_weight(weight, bias)
         for tile, programs in cases:
-            block = gk.TmaTile(*tile).interleave
-            if n % block:  # a blocked tile needs N in whole half tiles
-                continue
-            weight_i, bias_i = gk.interleave_geglu_weight(weight, bias, block)
-            y = gk.launch_geglu_tma(x, weight_i, bias_i, tile, programs=programs)
+            y = launch_geglu(x, weight_i, bias_i, tile, programs=programs)
             assert y.shape == (2, m // 2, n) and y.dtype == dtype
             # the same rounded inputs and a float32 accumulator: the output's rounding dominates
             err = (y.double() - expected).abs() - torch.finfo(dtype).eps * expected.abs()
             assert err.max().item() <= 1e-3, (m, k, n, tile, err.max().item())
 
 
-def _interpreter_runs_tensor_descriptors() -> bool:
-    from triton.runtime.interpreter import InterpreterBuilder
-
-    return hasattr(InterpreterBuilder, "create_descriptor_load")
-
-
-@pytest.mark.skipif(not TRITON, reason="needs Triton (its interpreter runs the kernel on the CPU)")
-def test_tma_kernel_in_the_triton_interpreter_matches_float64() -> None:
-    if not _interpreter_runs_tensor_descriptors():
-        pytest.skip("this Triton's interpreter does not run tensor descriptors (TMA loads and stores)")
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (its interpreter runs the kernel on the CPU)")
+def test_kernel_in_the_triton_interpreter_matches_float64() -> None:
     # float16, not bfloat16: Triton 3.6's interpreter multiplies bfloat16 dot operands as their raw
-    # uint16 bits (the kernel code is the same for both; the GPU test below runs bfloat16)
+    # bits (the kernel code is the same for both; the GPU test below runs bfloat16)
     code = textwrap.dedent(
         """
         import torch
         import test_geglu_kernel as t
-        t._check_tma_kernel("cpu", torch.float16, t.INTERPRETER_CASES, t.INTERPRETER_SHAPES)
+        t._check_kernel("cpu", torch.float16, t.INTERPRETER_CASES, t.INTERPRETER_SHAPES)
         """
     )
-    path = os.pathsep.join([os.path.dirname(__file__), *sys.path])
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _compile_for_hopper(tile: tuple) -> object:
+@pytest.mark.skipif(not triton_available(), reason="needs Triton (it compiles for a GPU it need not have)")
+def test_kernel_compiles_for_hopper_without_a_gpu() -> None:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    gk = _geglu_kernel()
-    cfg = gk.TmaTile(*tile)
-    constants = {
-        "BLOCK_M": cfg.block_m,
-        "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k,
-        "GROUP_M": cfg.group_m,
-        "NUM_PROGRAMS": 132 * cfg.per_sm,  # an H100 SXM
-        "BLOCKED": cfg.blocked,
-        "WARP_SPECIALIZE": cfg.warp_specialize,
-    }
+    from ldmkit.fast.geglu_kernels import _kernel
+
+    t = TILE
+    constants = {"BLOCK_M": t.block_m, "BLOCK_N": t.block_n, "BLOCK_K": t.block_k, "GROUP_M": t.group_m}
+    constants["NUM_PROGRAMS"] = 132  # an H100 SXM
     signature = {
-        "x_desc": f"tensordesc<bf16[{cfg.block_m}, {cfg.block_k}]>",
-        "w_desc": f"tensordesc<bf16[{cfg.block_n}, {cfg.block_k}]>",
+        "x_desc": f"tensordesc<bf16[{t.block_m}, {t.block_k}]>",
+        "w_desc": f"tensordesc<bf16[{t.block_n}, {t.block_k}]>",
         "b_ptr": "*bf16",
-        "y_desc": f"tensordesc<bf16[{cfg.block_m}, {cfg.block_n // 2}]>",
-        "M": "i32",
-        "N": "i32",
-        "K": "i32",
+        "y_desc": f"tensordesc<bf16[{t.block_m}, {t.block_n // 2}]>",
+        **{name: "i32" for name in ("M", "N", "K")},
         **{name: "constexpr" for name in constants},
     }
-    options = {"num_warps": cfg.warps, "num_stages": cfg.stages}
-    if cfg.maxnreg:
-        options["maxnreg"] = cfg.maxnreg
-    source = ASTSource(fn=gk._tma_kernel(), signature=signature, constexprs=constants)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-
-
-@pytest.mark.skipif(not TRITON, reason="needs Triton (it compiles for a GPU it need not have)")
-@pytest.mark.parametrize("index", [0, 2, 5])  # interleaved rows; blocked halves; two programs per SM, capped registers
-def test_tma_kernel_compiles_for_hopper_without_a_gpu(index: int) -> None:
-    tile = _geglu_kernel().TMA_TILES[index]
-    compiled = _compile_for_hopper(tile)
-    assert compiled.asm["cubin"], tile
+    source = ASTSource(fn=_kernel(), signature=signature, constexprs=constants)
+    options = {"num_warps": t.warps, "num_stages": t.stages}
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     ptx = compiled.asm["ptx"]
     # the Hopper paths, not a fallback: TMA bulk copies in and out, and warpgroup MMA
-    assert "cp.async.bulk.tensor" in ptx and "wgmma.mma_async" in ptx, tile
-    # a program may have 227 KiB; an SM has 228 KiB, of which each resident program reserves 1 KiB
-    shared = compiled.metadata.shared
-    assert shared <= 227 * 1024 and (shared + 1024) * tile.per_sm <= 228 * 1024, (tile, shared)
+    assert compiled.asm["cubin"] and "cp.async.bulk.tensor" in ptx and "wgmma.mma_async" in ptx
+    assert compiled.metadata.shared <= 227 * 1024  # what Hopper allows one program
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HOPPER, reason="needs a CUDA device with TMA (sm_90 or newer)")
-def test_gpu_tma_kernel_matches_float64() -> None:
-    gk = _geglu_kernel()
-    cases = [(tile, None) for tile in gk.TMA_TILES[:3]] + [(gk.TMA_TILES[0], 7)]
-    _check_tma_kernel("cuda", torch.bfloat16, cases, [(1000, 320, 1280), (256, 72, 200)])
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU with Triton")
+def test_gpu_kernel_matches_float64() -> None:
+    cases = [(TILE, None), (GegluTile(128, 128, 64, 8, 3, 4, per_sm=2), None), (TILE, 7)]
+    _check_kernel("cuda", torch.bfloat16, cases, [(1000, 320, 1280), (256, 72, 200)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU with Triton")
+def test_gpu_compiled_and_graphed_block_with_the_kernel_matches_float32() -> None:
+    from ldmkit.fast.graphs import GraphCache
+
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(320, 8, 40, context_dim=768).cuda().eval()
+    block16 = copy.deepcopy(block).to(torch.bfloat16)
+    swapped = with_kernel_geglu(block16)
+    assert swapped.ff.net[0].supported
+    plain = torch.compile(block16, dynamic=False)
+    compiled = torch.compile(swapped, dynamic=False)
+    x, ctx = torch.randn(4, 1024, 320, device="cuda"), torch.randn(4, 77, 768, device="cuda")
+    x16, ctx16 = x.bfloat16(), ctx.bfloat16()
+    graphs = GraphCache()
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    with torch.no_grad():
+        expected = block(x, ctx)
+        out = graphs("block", compiled, x16, ctx16)
+        assert graphs.captures == 1 and graphs.failures == 0
+        # no further from float32 than the compiled module without the kernel (a bf16 margin)
+        err, plain_err = rel(out, expected), rel(plain(x16, ctx16), expected)
+        assert err <= plain_err * 1.05 + 1e-4, (err, plain_err)
+        again = graphs("block", compiled, x16 * 2, ctx16)  # a replay with new inputs
+        assert rel(again, block(x * 2, ctx)) <= plain_err * 2 + 1e-3

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ldmkit.conditioning import Conditioning, guided_pair
 from ldmkit.fast.config import Resolved
+from ldmkit.fast.geglu import with_kernel_geglu
 from ldmkit.fast.graphs import GraphCache
 from ldmkit.fast.norms import with_channels_last_group_norms, with_kernel_group_norms
 from ldmkit.fast.tiling import tiled_decode
@@ -42,7 +43,8 @@ def prepare_module(module: nn.Module, settings: Resolved, norms: NormChoice = "m
     ``norms`` may swap its GroupNorms, in a structural copy (the caller's module keeps its own):
     "channels_last" for :class:`~ldmkit.fast.norms.ChannelsLastGroupNorm` when it is compiled in
     channels_last, "kernels" for :class:`~ldmkit.fast.norms.KernelGroupNorm` when the settings ask
-    for the norm kernels.
+    for the norm kernels (and, with "kernels", GEGLUs for :class:`~ldmkit.fast.geglu.KernelGEGLU`
+    when the settings ask for the GEGLU kernel).
     """
     current = weights_dtype(module)
     if current is not None and current != settings.dtype:
@@ -53,6 +55,8 @@ def prepare_module(module: nn.Module, settings: Resolved, norms: NormChoice = "m
         module = with_channels_last_group_norms(module)
     elif norms == "kernels" and settings.norm_kernels:
         module = with_kernel_group_norms(module)
+    if norms == "kernels" and settings.geglu_kernel:
+        module = with_kernel_geglu(module)
     return module.eval()
 
 

@@ -102,7 +102,7 @@ class KernelGroupNorm(_GroupNormReplacement):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, silu={self.silu}"
 
 
-def _structural_copy(module: nn.Module) -> nn.Module:
+def structural_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module``'s structure that shares its parameters and buffers."""
     memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return copy.deepcopy(module, memo)
@@ -110,7 +110,7 @@ def _structural_copy(module: nn.Module) -> nn.Module:
 
 def with_channels_last_group_norms(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose GroupNorms are :class:`ChannelsLastGroupNorm` (weights shared, not copied)."""
-    module = _structural_copy(module)
+    module = structural_copy(module)
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.GroupNorm):
@@ -125,7 +125,7 @@ def with_kernel_group_norms(module: nn.Module) -> nn.Module:
     its kernel and the SiLU becomes an ``nn.Identity``, unless the module that owns the Sequential
     sets ``fuse_norm_activation = False`` (one that calls the norm on its own, between the two).
     """
-    module = _structural_copy(module)
+    module = structural_copy(module)
     if isinstance(module, nn.Sequential):  # a Sequential at the top has no owner to ask
         _swap_in_sequential(module, fuse=True)
     for owner in list(module.modules()):

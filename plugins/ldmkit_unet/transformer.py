@@ -38,6 +38,8 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     """Gated GELU projection: ``a * gelu(b)`` where ``[a, b] = proj(x)``."""
 
+    computes_geglu = True  # the fast path may swap in its fused GEGLU kernel (ldmkit.fast.geglu)
+
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
         self.proj = nn.Linear(dim_in, dim_out * 2)

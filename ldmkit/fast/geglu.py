@@ -1,0 +1,57 @@
+"""The fast path's GEGLU: the fused Hopper kernel of :mod:`ldmkit.fast.geglu_kernels` swapped into a denoiser.
+
+A denoiser meets it by declaring ``computes_geglu = True`` on its GEGLU modules: a module with a
+``proj`` (``nn.Linear`` of 2N outputs) whose forward is ``value * gelu(gate)`` with ``[value,
+gate] = proj(x).chunk(2, -1)`` and the exact (erf) GELU.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ldmkit.fast import geglu_kernels as kernels
+from ldmkit.fast.norms import structural_copy
+
+
+class KernelGEGLU(nn.Module):
+    """GEGLU by the fused kernel on Hopper GPUs, with weights interleaved once (a copy of ``proj``'s).
+
+    Off Hopper, or for inputs the kernel does not take, the same computation runs in torch
+    operations on the interleaved weights.
+    """
+
+    def __init__(self, source: nn.Module) -> None:
+        super().__init__()
+        proj = source.proj
+        if not isinstance(proj, nn.Linear) or proj.bias is None or proj.out_features % 2:
+            raise ValueError(f"{type(source).__name__}.proj must be an nn.Linear with a bias and an even output width")
+        weight_i, bias_i = kernels.interleave_geglu_weight(proj.weight.detach(), proj.bias.detach())
+        self.register_buffer("weight_i", weight_i)  # (2N, K): row 2i value i, row 2i + 1 gate i
+        self.register_buffer("bias_i", bias_i)  # (2N,)
+        self.supported = kernels.kernel_supported(proj.weight.device)  # asked once, not inside compiled code
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., K) -> (..., N)."""
+        if self.supported and kernels.kernel_applies(x, self.weight_i):
+            return kernels.geglu_interleaved(x, self.weight_i, self.bias_i)
+        return kernels.geglu_interleaved_reference(x, self.weight_i, self.bias_i)
+
+    def extra_repr(self) -> str:
+        n2, k = self.weight_i.shape
+        return f"{k} -> {n2 // 2}, fused kernel: {self.supported}"
+
+
+def with_kernel_geglu(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose ``computes_geglu`` modules are :class:`KernelGEGLU`.
+
+    Other parameters are shared with ``module``, not copied; each GEGLU's projection is held once
+    more, interleaved (for the SD v1 UNet about 200 MB in bf16).
+    """
+    if getattr(module, "computes_geglu", False):  # a GEGLU at the top has no parent to swap it in
+        return KernelGEGLU(module)
+    module = structural_copy(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if getattr(child, "computes_geglu", False):
+                setattr(parent, name, KernelGEGLU(child))
+    return module

@@ -1,0 +1,219 @@
+"""A fused GEGLU projection for Hopper GPUs: one persistent Triton kernel with TMA loads and stores.
+
+GEGLU computes ``value * gelu(gate)`` where ``[value, gate] = x @ W.T + b``. Compiled as it is, a
+GPU runs it as a cuBLAS product that writes the (M, 2N) pre-activation and a second pass that
+reads it back to apply the gate: at the SD v1 UNet's 64x64 level and 16 rows, 670 MB of memory
+traffic per transformer block for nothing. Here the weight's rows are interleaved once, ahead of
+time (row 2i is value i, row 2i+1 is gate i), so each output tile of one matrix product holds
+matching value and gate columns; the gate is applied in float32 before the tile is stored, and
+only the (M, N) result reaches memory. On an H200 this took 264 us against 321 us for cuBLAS plus
+the compiler's fused gate at 64x64, and the result is closer to float32 because the pre-activation
+is never rounded to bf16 (benchmarks/RESULTS.md).
+
+The kernel is registered as ``ldmkit::geglu_interleaved``, a custom op that ``torch.compile``
+calls as one opaque operation and that CUDA graphs capture.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ldmkit.fast.group_norm_kernels import triton_available
+
+
+class GegluTile(NamedTuple):
+    """One configuration of the kernel: tile sizes, pipeline depth, warps, programs per SM.
+
+    ``block_n`` counts interleaved columns, so a tile stores ``block_n // 2`` outputs. With
+    ``per_sm`` two, one program's epilogue (erf and the store) can run while the other's tensor
+    cores work; ``maxnreg`` caps registers per thread so that both fit.
+    """
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    stages: int
+    warps: int
+    per_sm: int = 1
+    maxnreg: int | None = None
+
+
+# Within 1-2% of the fastest of eight tiles at each SD v1 level on an H200 (benchmarks/RESULTS.md);
+# 177 KiB of shared memory, which Hopper's 227 KiB per program allows.
+TILE = GegluTile(128, 256, 64, 8, 3, 8)
+
+
+@functools.cache
+def _hopper(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] == 9
+
+
+def kernel_supported(device: torch.device) -> bool:
+    """Whether the kernel can run on ``device``: a Hopper (sm_90) CUDA device, with Triton installed.
+
+    Other GPUs lack TMA or have less shared memory per program than the tile needs, and the kernel
+    was measured only on Hopper, so they keep the compiled module.
+    """
+    if device.type != "cuda" or not triton_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _hopper(index)
+
+
+def interleave_geglu_weight(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """A GEGLU projection's (2N, K) ``weight`` and (2N,) ``bias`` with value and gate rows alternating.
+
+    The inputs hold the N value rows first and the N gate rows second (what ``chunk(2, -1)`` of
+    the product reads); in the result row 2i is value i and row 2i + 1 is gate i.
+    """
+    two_n, k = weight.shape
+    if two_n % 2 or bias.shape != (two_n,):
+        raise ValueError(f"weight {tuple(weight.shape)} and bias {tuple(bias.shape)} are no GEGLU projection")
+    n = two_n // 2
+    weight_i = torch.stack((weight[:n], weight[n:]), dim=1).reshape(two_n, k)  # (N, 2, K) -> (2N, K)
+    bias_i = torch.stack((bias[:n], bias[n:]), dim=1).reshape(two_n)  # (N, 2) -> (2N,)
+    return weight_i.contiguous(), bias_i.contiguous()
+
+
+def geglu_interleaved_reference(x: Tensor, weight_i: Tensor, bias_i: Tensor) -> Tensor:
+    """What the kernel computes, in torch operations: GEGLU of x (..., K) with interleaved weights."""
+    pairs = torch.nn.functional.linear(x, weight_i, bias_i).unflatten(-1, (-1, 2))  # (..., N, 2)
+    value, gate = pairs.unbind(-1)  # (..., N) each
+    return value * torch.nn.functional.gelu(gate)
+
+
+@functools.cache
+def _kernel():  # noqa: ANN202 - the jitted function has no useful static type
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def geglu_tma_persistent(
+        x_desc,
+        w_desc,
+        b_ptr,
+        y_desc,
+        M,
+        N,
+        K,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr,
+        NUM_PROGRAMS: tl.constexpr,
+    ):
+        # x_desc: (M, K) in (BLOCK_M, BLOCK_K) boxes; w_desc: the interleaved weight (2N, K) in
+        # (BLOCK_N, BLOCK_K) boxes; b_ptr: the interleaved bias (2N,); y_desc: (M, N) in
+        # (BLOCK_M, BLOCK_N // 2) boxes. Grid (NUM_PROGRAMS,); program p does tiles p, p + NUM_PROGRAMS, ...
+        HALF: tl.constexpr = BLOCK_N // 2
+        start = tl.program_id(0)
+        n_m = tl.cdiv(M, BLOCK_M)
+        n_n = tl.cdiv(2 * N, BLOCK_N)
+        k_tiles = tl.cdiv(K, BLOCK_K)
+        n_tiles = n_m * n_n
+        per_group = GROUP_M * n_n
+        # the epilogue keeps a tile counter of its own: sharing the loop's index between the
+        # prologue of one tile and the epilogue of another hinders the flattened pipeline
+        out_tile = start - NUM_PROGRAMS
+        for tile in tl.range(start, n_tiles, NUM_PROGRAMS, flatten=True):
+            # groups of GROUP_M row tiles walk the columns together, so their weight tiles stay in L2
+            first_m = (tile // per_group) * GROUP_M
+            group_rows = tl.minimum(n_m - first_m, GROUP_M)
+            off_m = (first_m + (tile % per_group) % group_rows) * BLOCK_M
+            off_w = ((tile % per_group) // group_rows) * BLOCK_N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for ki in range(k_tiles):
+                a = x_desc.load([off_m, ki * BLOCK_K])  # (BLOCK_M, BLOCK_K); rows past M read as zeros
+                w = w_desc.load([off_w, ki * BLOCK_K])  # (BLOCK_N, BLOCK_K)
+                acc = tl.dot(a, w.T, acc)  # (BLOCK_M, BLOCK_N) float32, value and gate columns alternating
+
+            out_tile += NUM_PROGRAMS
+            first_m = (out_tile // per_group) * GROUP_M
+            group_rows = tl.minimum(n_m - first_m, GROUP_M)
+            pid_m = first_m + (out_tile % per_group) % group_rows
+            pid_n = (out_tile % per_group) // group_rows
+            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) rows of the interleaved weight
+            acc += tl.load(b_ptr + cols, mask=cols < 2 * N, other=0.0).to(tl.float32)[None, :]
+            value, gate = tl.split(tl.reshape(acc, (BLOCK_M, HALF, 2)))  # (BLOCK_M, HALF) each
+            out = value * (0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476)))  # exact (erf) GELU
+            y_desc.store([pid_m * BLOCK_M, pid_n * HALF], out.to(y_desc.dtype))  # rows past M are not written
+
+    return geglu_tma_persistent
+
+
+def launch_geglu(
+    x: Tensor, weight_i: Tensor, bias_i: Tensor, tile: GegluTile = TILE, programs: int | None = None
+) -> Tensor:
+    """GEGLU of ``x`` (..., K) with a weight (2N, K) and bias (2N,) from :func:`interleave_geglu_weight`.
+
+    ``programs`` overrides the persistent grid (``tile.per_sm`` programs per SM on a GPU; tests in
+    Triton's interpreter pass a few so that each program loops over several tiles). TMA needs rows
+    of whole 16-byte units: K and N must be multiples of 8; M, N and K need be no multiple of the tile.
+    """
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    rows = x.reshape(-1, x.shape[-1]).contiguous()  # (M, K)
+    m, k = rows.shape
+    two_n = weight_i.shape[0]
+    n = two_n // 2
+    if k % 8 or n % 8 or weight_i.shape != (two_n, k) or bias_i.shape != (two_n,):
+        raise ValueError(f"x {tuple(x.shape)}, weight {tuple(weight_i.shape)}: K and N must be multiples of 8")
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)  # (M, N)
+    x_desc = TensorDescriptor.from_tensor(rows, [tile.block_m, tile.block_k])
+    w_desc = TensorDescriptor.from_tensor(weight_i, [tile.block_n, tile.block_k])
+    y_desc = TensorDescriptor.from_tensor(y, [tile.block_m, tile.block_n // 2])
+    if programs is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+        programs = tile.per_sm * sms
+    tiles = -(-m // tile.block_m) * -(-two_n // tile.block_n)
+    programs = max(1, min(programs, tiles))
+    _kernel()[(programs,)](
+        x_desc,
+        w_desc,
+        bias_i,
+        y_desc,
+        m,
+        n,
+        k,
+        BLOCK_M=tile.block_m,
+        BLOCK_N=tile.block_n,
+        BLOCK_K=tile.block_k,
+        GROUP_M=tile.group_m,
+        NUM_PROGRAMS=programs,
+        num_stages=tile.stages,
+        num_warps=tile.warps,
+        **({"maxnreg": tile.maxnreg} if tile.maxnreg else {}),
+    )
+    return y.view(*x.shape[:-1], n)
+
+
+@torch.library.custom_op("ldmkit::geglu_interleaved", mutates_args=())
+def geglu_interleaved(x: Tensor, weight_i: Tensor, bias_i: Tensor) -> Tensor:
+    """GEGLU of ``x`` (..., K) with interleaved weights by the TMA kernel (float32 accumulation and gate)."""
+    return launch_geglu(x, weight_i, bias_i)
+
+
+@geglu_interleaved.register_fake
+def _(x: Tensor, weight_i: Tensor, bias_i: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight_i.shape[0] // 2))
+
+
+def kernel_applies(x: Tensor, weight_i: Tensor) -> bool:
+    """Whether :func:`geglu_interleaved` takes ``x``: a bf16/fp16 CUDA tensor of the weight's dtype, K and N in 8s.
+
+    Only tensor properties, so compiled code can ask; whether the device is a Hopper is for
+    :func:`kernel_supported`, asked once, outside compiled code.
+    """
+    return (
+        x.is_cuda
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and x.dtype == weight_i.dtype
+        and x.shape[-1] % 8 == 0
+        and weight_i.shape[0] % 16 == 0
+        and x.numel() > 0
+    )
