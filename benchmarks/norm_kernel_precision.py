@@ -1,10 +1,12 @@
 """Why the Triton GroupNorm kernels move the bf16 UNet further from float32: a CPU experiment.
 
-The SD v1 UNet (random weights) in bf16 against itself in float32, four ways: eager; eager with
-the norm kernels' arithmetic (:class:`ldmkit.fast.norms.KernelGroupNorm` off CUDA computes it in
-torch operations); compiled with that arithmetic behind an opaque custom op (as the kernels are
-on a GPU); compiled as it is (the compiler may fuse the sums feeding each GroupNorm into it).
-Runs on the CPU, no Triton needed; minutes at 32x32 latents on two cores.
+The SD v1 UNet (random weights) in bf16 against itself in float32: eager; eager with the norm
+kernels' arithmetic (:class:`ldmkit.fast.norms.KernelGroupNorm` off CUDA computes it in torch
+operations); compiled with that arithmetic behind an opaque custom op (as the kernels are on a
+GPU); compiled as it is (the compiler may fuse the sums feeding each GroupNorm into it); and
+compiled with the fused GEGLU kernel's arithmetic (float32 product and gate, one rounding) as an
+opaque op, alone and with the norm kernels. Runs on the CPU, no Triton needed; minutes at 32x32
+latents on two cores.
 
     python benchmarks/norm_kernel_precision.py --side 32 --out norm_precision.md
 """
@@ -12,6 +14,7 @@ Runs on the CPU, no Triton needed; minutes at 32x32 latents on two cores.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from _common import ensure_importable, markdown_table, randomize_zeroed, rel_err
 log = logging.getLogger("norm_kernel_precision")
 
 
+@functools.cache  # registers a custom op: once per process
 def opaque_norm_forward():  # noqa: ANN201 - a replacement for KernelGroupNorm.forward
     """KernelGroupNorm.forward with its torch arithmetic behind a custom op the compiler cannot fuse into."""
     from ldmkit.fast.group_norm_kernels import group_norm_nhwc_reference
@@ -50,6 +54,26 @@ def opaque_norm_forward():  # noqa: ANN201 - a replacement for KernelGroupNorm.f
     return forward
 
 
+@functools.cache  # registers a custom op: once per process
+def opaque_geglu_forward():  # noqa: ANN201 - a replacement for KernelGEGLU.forward
+    """KernelGEGLU.forward as the Hopper kernel computes it (float32 product and gate, the output
+    rounded once), behind a custom op the compiler cannot fuse into."""
+    from ldmkit.fast.geglu_kernels import geglu_interleaved_reference
+
+    @torch.library.custom_op("ldmkit_bench::geglu_reference", mutates_args=())
+    def reference(x: torch.Tensor, weight_i: torch.Tensor, bias_i: torch.Tensor) -> torch.Tensor:
+        return geglu_interleaved_reference(x.float(), weight_i.float(), bias_i.float()).to(x.dtype)
+
+    @reference.register_fake
+    def _(x, weight_i, bias_i):  # noqa: ANN001, ANN202
+        return x.new_empty((*x.shape[:-1], weight_i.shape[0] // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return reference(x, self.weight_i, self.bias_i)
+
+    return forward
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -61,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpu_sampling import SD_UNET
 
     from ldmkit import Conditioning
-    from ldmkit.fast import norms
+    from ldmkit.fast import geglu, norms
     from ldmkit_unet.unet import UNet
 
     torch.manual_seed(0)
@@ -88,7 +112,24 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             norms.KernelGroupNorm.forward = original_forward
         torch._dynamo.reset()
-        results["compiled (what the fast path runs by default)"] = torch.compile(unet16, dynamic=False)(x16, t, cond16)
+        results["compiled (the fast path off Hopper)"] = torch.compile(unet16, dynamic=False)(x16, t, cond16)
+        with_geglu = geglu.with_kernel_geglu(unet16)
+        original_geglu = geglu.KernelGEGLU.forward
+        geglu.KernelGEGLU.forward = opaque_geglu_forward()
+        norms.KernelGroupNorm.forward = opaque_norm_forward()
+        try:
+            torch._dynamo.reset()
+            results["compiled, the GEGLU kernel's arithmetic as an opaque op (the fast path on Hopper)"] = (
+                torch.compile(with_geglu, dynamic=False)(x16, t, cond16)
+            )
+            torch._dynamo.reset()
+            both = geglu.with_kernel_geglu(swapped)
+            results["compiled, both kernels' arithmetic as opaque ops"] = torch.compile(both, dynamic=False)(
+                x16, t, cond16
+            )
+        finally:
+            geglu.KernelGEGLU.forward = original_geglu
+            norms.KernelGroupNorm.forward = original_forward
     rows = [[name, f"{rel_err(out, reference):.3e}"] for name, out in results.items()]
     text = markdown_table(["bf16 UNet", "rel. error vs float32"], rows)
     header = f"SD v1 UNet, random weights, {args.batch} x 4 x {args.side} x {args.side}, CPU, torch {torch.__version__}"

@@ -93,6 +93,7 @@ def test_geglu_kernel_setting_follows_the_device() -> None:
         FastConfig(geglu_kernel="yes")  # type: ignore[arg-type]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU with Triton")
 def test_geglu_kernel_is_on_by_default_on_hopper_in_bf16_only() -> None:
     cuda = torch.device("cuda")

@@ -32,8 +32,9 @@ class FastConfig:
 
     ``geglu_kernel`` computes the denoiser's GEGLU projections (modules that declare
     ``computes_geglu``) by one fused Triton kernel (:mod:`ldmkit.fast.geglu_kernels`). ``None``
-    turns it on where it runs: a Hopper GPU with Triton, in bf16 or fp16. On an H200 it was 5-18%
-    faster than cuBLAS plus the compiler's gate at the SD v1 UNet's shapes, and closer to float32.
+    turns it on where it runs: a Hopper GPU with Triton, in bf16 or fp16. On an H200 it was 9-17%
+    faster than cuBLAS plus the compiler's gate at the SD v1 UNet's shapes, and closer to float32;
+    a batch-16 guided SD v1 step took 0.6% less time with it (benchmarks/RESULTS.md).
 
     ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
     overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.

@@ -6,7 +6,7 @@ reads it back to apply the gate: at the SD v1 UNet's 64x64 level and 16 rows, 67
 traffic per transformer block for nothing. Here the weight's rows are interleaved once, ahead of
 time (row 2i is value i, row 2i+1 is gate i), so each output tile of one matrix product holds
 matching value and gate columns; the gate is applied in float32 before the tile is stored, and
-only the (M, N) result reaches memory. On an H200 this took 264 us against 321 us for cuBLAS plus
+only the (M, N) result reaches memory. On an H200 this took 267 us against 321 us for cuBLAS plus
 the compiler's fused gate at 64x64, and the result is closer to float32 because the pre-activation
 is never rounded to bf16 (benchmarks/RESULTS.md).
 
