@@ -43,7 +43,7 @@ class GegluTile(NamedTuple):
     maxnreg: int | None = None
 
 
-# Within 1-2% of the fastest of eight tiles at each SD v1 level on an H200 (benchmarks/RESULTS.md);
+# Within 2% of the fastest of seven tiles at each SD v1 level on an H200 (benchmarks/RESULTS.md);
 # 177 KiB of shared memory, which Hopper's 227 KiB per program allows.
 TILE = GegluTile(128, 256, 64, 8, 3, 8)
 
@@ -87,61 +87,8 @@ def geglu_interleaved_reference(x: Tensor, weight_i: Tensor, bias_i: Tensor) -> 
     return value * torch.nn.functional.gelu(gate)
 
 
-@functools.cache
 def _kernel():  # noqa: ANN202 - the jitted function has no useful static type
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def geglu_tma_persistent(
-        x_desc,
-        w_desc,
-        b_ptr,
-        y_desc,
-        M,
-        N,
-        K,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr,
-        NUM_PROGRAMS: tl.constexpr,
-    ):
-        # x_desc: (M, K) in (BLOCK_M, BLOCK_K) boxes; w_desc: the interleaved weight (2N, K) in
-        # (BLOCK_N, BLOCK_K) boxes; b_ptr: the interleaved bias (2N,); y_desc: (M, N) in
-        # (BLOCK_M, BLOCK_N // 2) boxes. Grid (NUM_PROGRAMS,); program p does tiles p, p + NUM_PROGRAMS, ...
-        HALF: tl.constexpr = BLOCK_N // 2
-        start = tl.program_id(0)
-        n_m = tl.cdiv(M, BLOCK_M)
-        n_n = tl.cdiv(2 * N, BLOCK_N)
-        k_tiles = tl.cdiv(K, BLOCK_K)
-        n_tiles = n_m * n_n
-        per_group = GROUP_M * n_n
-        # the epilogue keeps a tile counter of its own: sharing the loop's index between the
-        # prologue of one tile and the epilogue of another hinders the flattened pipeline
-        out_tile = start - NUM_PROGRAMS
-        for tile in tl.range(start, n_tiles, NUM_PROGRAMS, flatten=True):
-            # groups of GROUP_M row tiles walk the columns together, so their weight tiles stay in L2
-            first_m = (tile // per_group) * GROUP_M
-            group_rows = tl.minimum(n_m - first_m, GROUP_M)
-            off_m = (first_m + (tile % per_group) % group_rows) * BLOCK_M
-            off_w = ((tile % per_group) // group_rows) * BLOCK_N
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for ki in range(k_tiles):
-                a = x_desc.load([off_m, ki * BLOCK_K])  # (BLOCK_M, BLOCK_K); rows past M read as zeros
-                w = w_desc.load([off_w, ki * BLOCK_K])  # (BLOCK_N, BLOCK_K)
-                acc = tl.dot(a, w.T, acc)  # (BLOCK_M, BLOCK_N) float32, value and gate columns alternating
-
-            out_tile += NUM_PROGRAMS
-            first_m = (out_tile // per_group) * GROUP_M
-            group_rows = tl.minimum(n_m - first_m, GROUP_M)
-            pid_m = first_m + (out_tile % per_group) % group_rows
-            pid_n = (out_tile % per_group) // group_rows
-            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) rows of the interleaved weight
-            acc += tl.load(b_ptr + cols, mask=cols < 2 * N, other=0.0).to(tl.float32)[None, :]
-            value, gate = tl.split(tl.reshape(acc, (BLOCK_M, HALF, 2)))  # (BLOCK_M, HALF) each
-            out = value * (0.5 * gate * (1.0 + tl.math.erf(gate * 0.7071067811865476)))  # exact (erf) GELU
-            y_desc.store([pid_m * BLOCK_M, pid_n * HALF], out.to(y_desc.dtype))  # rows past M are not written
+    from ldmkit.fast.geglu_triton import geglu_tma_persistent
 
     return geglu_tma_persistent
 
