@@ -8,14 +8,19 @@ compiled with the fused GEGLU kernel's arithmetic (float32 product and gate, one
 opaque op, alone and with the norm kernels. Runs on the CPU, no Triton needed; minutes at 32x32
 latents on two cores.
 
-    python benchmarks/norm_kernel_precision.py --side 32 --out norm_precision.md
+    python benchmarks/norm_kernel_precision.py --side 32 --out norm_precision.md [--by-site]
+
+``--by-site`` adds one compiled row per kind of GroupNorm (``SITES``) made opaque alone, the others
+left for the compiler to fuse: which fusions the precision depends on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,7 +54,9 @@ def opaque_norm_forward():  # noqa: ANN201 - a replacement for KernelGroupNorm.f
     def forward(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
         if add is not None:
             add = add.reshape(x.shape[0], x.shape[1]).contiguous()
-        return reference(x, self.weight, self.bias, self.num_groups, self.eps, self.silu, add)
+        # a norm marked ``opaque = False`` computes the same in operations the compiler may fuse
+        op = reference if getattr(self, "opaque", True) else group_norm_nhwc_reference
+        return op(x, self.weight, self.bias, self.num_groups, self.eps, self.silu, add)
 
     return forward
 
@@ -74,11 +81,31 @@ def opaque_geglu_forward():  # noqa: ANN201 - a replacement for KernelGEGLU.forw
     return forward
 
 
+# where a GroupNorm sits in the UNet, by the end of its module name
+SITES = {
+    "residual blocks' first norm (input: the previous block's residual sum)": ".in_layers.0",
+    "residual blocks' second norm (input: convolution + embedding)": ".out_layers.0",
+    "spatial transformers' norm (input: a residual block's output)": ".norm",
+}
+
+
+@contextlib.contextmanager
+def replaced(cls: type, name: str, value: object) -> Iterator[None]:
+    """``cls.<name>`` set to ``value`` for the duration of the block."""
+    original = getattr(cls, name)
+    setattr(cls, name, value)
+    try:
+        yield
+    finally:
+        setattr(cls, name, original)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--side", type=int, default=32, help="latent height and width")
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--by-site", action="store_true", help="also one row per kind of GroupNorm made opaque alone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
@@ -104,32 +131,28 @@ def main(argv: list[str] | None = None) -> int:
         results["eager"] = unet16(x16, t, cond16)
         swapped = norms.with_kernel_group_norms(unet16)
         results["eager, the norm kernels' arithmetic"] = swapped(x16, t, cond16)
-        original_forward = norms.KernelGroupNorm.forward
-        norms.KernelGroupNorm.forward = opaque_norm_forward()
-        try:
-            compiled = torch.compile(swapped, dynamic=False)
-            results["compiled, the norm kernels' arithmetic as an opaque op"] = compiled(x16, t, cond16)
-        finally:
-            norms.KernelGroupNorm.forward = original_forward
-        torch._dynamo.reset()
-        results["compiled (the fast path off Hopper)"] = torch.compile(unet16, dynamic=False)(x16, t, cond16)
-        with_geglu = geglu.with_kernel_geglu(unet16)
-        original_geglu = geglu.KernelGEGLU.forward
-        geglu.KernelGEGLU.forward = opaque_geglu_forward()
-        norms.KernelGroupNorm.forward = opaque_norm_forward()
-        try:
+
+        def compiled(module: torch.nn.Module) -> torch.Tensor:
             torch._dynamo.reset()
-            results["compiled, the GEGLU kernel's arithmetic as an opaque op (the fast path on Hopper)"] = (
-                torch.compile(with_geglu, dynamic=False)(x16, t, cond16)
-            )
-            torch._dynamo.reset()
-            both = geglu.with_kernel_geglu(swapped)
-            results["compiled, both kernels' arithmetic as opaque ops"] = torch.compile(both, dynamic=False)(
-                x16, t, cond16
-            )
-        finally:
-            geglu.KernelGEGLU.forward = original_geglu
-            norms.KernelGroupNorm.forward = original_forward
+            return torch.compile(module, dynamic=False)(x16, t, cond16)
+
+        with replaced(norms.KernelGroupNorm, "forward", opaque_norm_forward()):
+            results["compiled, the norm kernels' arithmetic as an opaque op"] = compiled(swapped)
+            if args.by_site:
+                for site, suffix in SITES.items():
+                    for name, module in swapped.named_modules():
+                        if isinstance(module, norms.KernelGroupNorm):
+                            module.opaque = name.endswith(suffix)
+                    results[f"compiled, opaque only at the {site}"] = compiled(swapped)
+                for module in swapped.modules():
+                    module.__dict__.pop("opaque", None)
+        results["compiled (the fast path off Hopper)"] = compiled(unet16)
+        with replaced(geglu.KernelGEGLU, "forward", opaque_geglu_forward()):
+            with replaced(norms.KernelGroupNorm, "forward", opaque_norm_forward()):
+                results["compiled, the GEGLU kernel's arithmetic as an opaque op (the fast path on Hopper)"] = compiled(
+                    geglu.with_kernel_geglu(unet16)
+                )
+                results["compiled, both kernels' arithmetic as opaque ops"] = compiled(geglu.with_kernel_geglu(swapped))
     rows = [[name, f"{rel_err(out, reference):.3e}"] for name, out in results.items()]
     text = markdown_table(["bf16 UNet", "rel. error vs float32"], rows)
     header = f"SD v1 UNet, random weights, {args.batch} x 4 x {args.side} x {args.side}, CPU, torch {torch.__version__}"
