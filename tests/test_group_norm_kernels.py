@@ -78,7 +78,16 @@ def test_swap_shares_weights_and_leaves_the_original_alone() -> None:
     swapped = with_kernel_group_norms(model)
     assert isinstance(model[1], nn.GroupNorm) and isinstance(model[2], nn.SiLU)
     assert swapped[1].weight is model[1].weight and swapped[0].weight is model[0].weight
-    assert swapped[1].silu and not swapped[3].silu  # a norm not followed by SiLU keeps its output
+    assert swapped[1].silu and isinstance(swapped[2], nn.Identity)
+    assert type(swapped[3]) is nn.GroupNorm  # a norm not followed by SiLU keeps the compiler's
+
+
+def test_norms_without_a_silu_after_them_are_left_alone() -> None:
+    from ldmkit_unet.transformer import SpatialTransformer
+
+    block = with_kernel_group_norms(SpatialTransformer(64, 2, 32, context_dim=16))
+    assert not any(isinstance(m, KernelGroupNorm) for m in block.modules())
+    assert type(block.norm) is nn.GroupNorm
 
 
 def test_off_cuda_the_module_computes_float32_group_norm_in_the_input_dtype() -> None:

@@ -59,7 +59,7 @@ def kernel_supported(device: torch.device) -> bool:
     Other GPUs lack TMA or have less shared memory per program than the tile needs, and the kernel
     was measured only on Hopper, so they keep the compiled module.
     """
-    if device.type != "cuda" or not triton_available():
+    if device.type != "cuda" or not torch.cuda.is_available() or not triton_available():
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _hopper(index)

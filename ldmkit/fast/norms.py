@@ -119,31 +119,31 @@ def with_channels_last_group_norms(module: nn.Module) -> nn.Module:
 
 
 def with_kernel_group_norms(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose GroupNorms are :class:`KernelGroupNorm` (weights shared, not copied).
+    """A copy of ``module`` whose GroupNorms followed by a SiLU are :class:`KernelGroupNorm` (weights shared).
 
-    A GroupNorm directly followed by ``nn.SiLU`` in an ``nn.Sequential`` takes the activation into
-    its kernel and the SiLU becomes an ``nn.Identity``, unless the module that owns the Sequential
-    sets ``fuse_norm_activation = False`` (one that calls the norm on its own, between the two).
+    Swapped are GroupNorms directly followed by ``nn.SiLU`` in an ``nn.Sequential`` (a residual
+    block's norms): the kernel takes the activation in and the SiLU becomes an ``nn.Identity``,
+    unless the module that owns the Sequential sets ``fuse_norm_activation = False`` (one that calls
+    the norm on its own, with work between the two). Other GroupNorms keep the compiler's: alone
+    the kernels were no faster there, and behind the op boundary the compiler can no longer keep
+    the residual sum that feeds such a norm (a spatial transformer's) in float32, which cost the
+    bf16 UNet most of the kernels' precision (benchmarks/RESULTS.md).
     """
     module = structural_copy(module)
     if isinstance(module, nn.Sequential):  # a Sequential at the top has no owner to ask
         _swap_in_sequential(module, fuse=True)
     for owner in list(module.modules()):
         fuse = getattr(owner, "fuse_norm_activation", True)
-        for name, child in list(owner.named_children()):
-            if isinstance(child, nn.GroupNorm):
-                setattr(owner, name, KernelGroupNorm(child))
-            elif isinstance(child, nn.Sequential):
+        for child in owner.children():
+            if isinstance(child, nn.Sequential):
                 _swap_in_sequential(child, fuse=fuse)
     return module
 
 
 def _swap_in_sequential(seq: nn.Sequential, fuse: bool) -> None:
     layers = list(seq)
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, nn.GroupNorm):
-            continue
-        silu = fuse and i + 1 < len(layers) and type(layers[i + 1]) is nn.SiLU
-        seq[i] = KernelGroupNorm(layer, silu=silu)
-        if silu:
-            seq[i + 1] = nn.Identity()
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, nn.GroupNorm) and type(layers[i + 1]) is nn.SiLU:
+            seq[i] = KernelGroupNorm(layer, silu=fuse)
+            if fuse:
+                seq[i + 1] = nn.Identity()
