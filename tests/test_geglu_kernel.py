@@ -207,3 +207,23 @@ def test_gpu_compiled_and_graphed_block_with_the_kernel_matches_float32() -> Non
         assert err <= plain_err * 1.05 + 1e-4, (err, plain_err)
         again = graphs("block", compiled, x16 * 2, ctx16)  # a replay with new inputs
         assert rel(again, block(x * 2, ctx)) <= plain_err * 2 + 1e-3
+
+
+def test_fast_denoiser_swaps_the_geglus_when_the_settings_ask() -> None:
+    import dataclasses
+
+    from test_fast_path import _conds, tiny_pipeline
+
+    from ldmkit.fast.modules import FastDenoiser
+
+    pipe = tiny_pipeline()
+    settings = FastConfig().resolve(torch.device("cpu"))  # float32, nothing compiled
+    with_kernel = FastDenoiser(pipe.denoiser, dataclasses.replace(settings, geglu_kernel=True))
+    plain = FastDenoiser(pipe.denoiser, settings)
+    assert any(isinstance(m, KernelGEGLU) for m in with_kernel.module.modules())
+    assert not any(isinstance(m, KernelGEGLU) for m in plain.module.modules())
+    assert not any(isinstance(m, KernelGEGLU) for m in pipe.denoiser.modules())  # the pipeline's own is kept
+    cond, _ = _conds()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    with torch.no_grad():
+        torch.testing.assert_close(with_kernel.module(x, t, cond), plain.module(x, t, cond), rtol=1e-5, atol=1e-5)

@@ -43,8 +43,7 @@ def prepare_module(module: nn.Module, settings: Resolved, norms: NormChoice = "m
     ``norms`` may swap its GroupNorms, in a structural copy (the caller's module keeps its own):
     "channels_last" for :class:`~ldmkit.fast.norms.ChannelsLastGroupNorm` when it is compiled in
     channels_last, "kernels" for :class:`~ldmkit.fast.norms.KernelGroupNorm` when the settings ask
-    for the norm kernels (and, with "kernels", GEGLUs for :class:`~ldmkit.fast.geglu.KernelGEGLU`
-    when the settings ask for the GEGLU kernel).
+    for the norm kernels.
     """
     current = weights_dtype(module)
     if current is not None and current != settings.dtype:
@@ -55,8 +54,6 @@ def prepare_module(module: nn.Module, settings: Resolved, norms: NormChoice = "m
         module = with_channels_last_group_norms(module)
     elif norms == "kernels" and settings.norm_kernels:
         module = with_kernel_group_norms(module)
-    if norms == "kernels" and settings.geglu_kernel:
-        module = with_kernel_geglu(module)
     return module.eval()
 
 
@@ -80,6 +77,8 @@ class FastDenoiser:
     def __init__(self, denoiser: Denoiser, settings: Resolved) -> None:
         self.settings = settings
         self.module = prepare_module(denoiser, settings, norms="kernels")
+        if settings.geglu_kernel:
+            self.module = with_kernel_geglu(self.module)
         self.prediction = denoiser.prediction
         self._net = maybe_compile(self._forward, settings)
         self._net_guided = maybe_compile(self._forward_guided, settings)
