@@ -56,8 +56,8 @@ def _hopper(index: int) -> bool:
 def kernel_supported(device: torch.device) -> bool:
     """Whether the kernel can run on ``device``: a Hopper (sm_90) CUDA device, with Triton installed.
 
-    Other GPUs lack TMA or have less shared memory per program than the tile needs, and the kernel
-    was measured only on Hopper, so they keep the compiled module.
+    Older GPUs lack TMA, some newer ones give a program less shared memory than the tile needs,
+    and the kernel was measured only on Hopper, so all others keep the compiled module.
     """
     if device.type != "cuda" or not torch.cuda.is_available() or not triton_available():
         return False
