@@ -28,7 +28,7 @@ from ldmkit.fast.geglu_kernels import (
     interleave_geglu_weight,
     kernel_supported,
 )
-from ldmkit.fast.group_norm_kernels import triton_available
+from ldmkit.fast.support import triton_available
 from ldmkit_unet.transformer import GEGLU, BasicTransformerBlock
 
 HOPPER = torch.cuda.is_available() and kernel_supported(torch.device("cuda"))

@@ -18,8 +18,9 @@ from torch import nn
 
 from ldmkit import InputError
 from ldmkit.fast import FastConfig
-from ldmkit.fast.group_norm_kernels import group_norm_nhwc_reference, triton_available
+from ldmkit.fast.group_norm_kernels import group_norm_nhwc_reference
 from ldmkit.fast.norms import KernelGroupNorm, with_kernel_group_norms
+from ldmkit.fast.support import triton_available
 from ldmkit_unet.resblocks import ResBlock
 
 CUDA = torch.cuda.is_available()

@@ -102,7 +102,7 @@ class FastConfig:
         )
 
     def _norm_kernels(self) -> bool:
-        from ldmkit.fast.group_norm_kernels import triton_available
+        from ldmkit.fast.support import triton_available
 
         if self.norm_kernels and not triton_available():
             raise InputError("norm_kernels=True needs Triton (it comes with CUDA builds of torch); it is not installed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ldmkit.fast import geglu_kernels as kernels
-from ldmkit.fast.norms import structural_copy
+from ldmkit.fast.support import structural_copy
 
 
 class KernelGEGLU(nn.Module):

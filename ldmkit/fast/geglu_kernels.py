@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ldmkit.fast.group_norm_kernels import triton_available
+from ldmkit.fast.support import triton_available
 
 
 class GegluTile(NamedTuple):

@@ -35,16 +35,6 @@ BLOCK_C = 32
 APPLY_WARPS = 4
 
 
-@functools.cache
-def triton_available() -> bool:
-    """Whether Triton can be imported (it ships with CUDA builds of torch, not with CPU builds)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _next_power_of_2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 

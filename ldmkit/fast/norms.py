@@ -10,13 +10,12 @@ measured the same as the compiler's own lowering.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmkit.fast import group_norm_kernels as kernels
+from ldmkit.fast.support import structural_copy, triton_available
 
 
 def channels_last_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
@@ -88,7 +87,7 @@ class KernelGroupNorm(_GroupNormReplacement):
     def __init__(self, source: nn.GroupNorm, silu: bool = False) -> None:
         super().__init__(source)
         self.silu = silu
-        self.triton = kernels.triton_available()  # asked once here, not inside compiled code
+        self.triton = triton_available()  # asked once here, not inside compiled code
 
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         if add is not None:
@@ -100,12 +99,6 @@ class KernelGroupNorm(_GroupNormReplacement):
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, silu={self.silu}"
-
-
-def structural_copy(module: nn.Module) -> nn.Module:
-    """A copy of ``module``'s structure that shares its parameters and buffers."""
-    memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
-    return copy.deepcopy(module, memo)
 
 
 def with_channels_last_group_norms(module: nn.Module) -> nn.Module:
