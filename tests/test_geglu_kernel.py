@@ -26,12 +26,11 @@ from ldmkit.fast.geglu_kernels import (
     GegluTile,
     geglu_interleaved_reference,
     interleave_geglu_weight,
-    kernel_supported,
 )
-from ldmkit.fast.support import triton_available
+from ldmkit.fast.support import hopper_with_triton, triton_available
 from ldmkit_unet.transformer import GEGLU, BasicTransformerBlock
 
-HOPPER = torch.cuda.is_available() and kernel_supported(torch.device("cuda"))
+HOPPER = torch.cuda.is_available() and hopper_with_triton(torch.device("cuda"))
 
 
 def _float64_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

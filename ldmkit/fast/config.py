@@ -109,16 +109,16 @@ class FastConfig:
         return self.norm_kernels
 
     def _geglu_kernel(self, device: torch.device, dtype: torch.dtype) -> bool:
-        from ldmkit.fast.geglu_kernels import kernel_supported
+        from ldmkit.fast.support import hopper_with_triton
 
         if self.geglu_kernel is False:
             return False
-        usable = kernel_supported(device) and dtype in (torch.bfloat16, torch.float16)
+        usable = hopper_with_triton(device) and dtype in (torch.bfloat16, torch.float16)
         if self.geglu_kernel and not usable:
             raise InputError(
                 f"geglu_kernel=True needs a Hopper GPU (sm_90) with Triton and precision bf16 or fp16; "
                 f"here: device {device}, {str(dtype).removeprefix('torch.')}"
-                f"{'' if kernel_supported(device) else ', no Hopper GPU with Triton'}"
+                f"{'' if hopper_with_triton(device) else ', no Hopper GPU with Triton'}"
             )
         return usable
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ldmkit.fast import geglu_kernels as kernels
-from ldmkit.fast.support import structural_copy
+from ldmkit.fast.support import hopper_with_triton, swap_declared
 
 
 class KernelGEGLU(nn.Module):
@@ -28,7 +28,7 @@ class KernelGEGLU(nn.Module):
         weight_i, bias_i = kernels.interleave_geglu_weight(proj.weight.detach(), proj.bias.detach())
         self.register_buffer("weight_i", weight_i)  # (2N, K): row 2i value i, row 2i + 1 gate i
         self.register_buffer("bias_i", bias_i)  # (2N,)
-        self.supported = kernels.kernel_supported(proj.weight.device)  # asked once, not inside compiled code
+        self.supported = hopper_with_triton(proj.weight.device)  # asked once, not inside compiled code
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., K) -> (..., N)."""
@@ -47,11 +47,4 @@ def with_kernel_geglu(module: nn.Module) -> nn.Module:
     Other parameters are shared with ``module``, not copied; each GEGLU's projection is held once
     more, interleaved (for the SD v1 UNet about 200 MB in bf16).
     """
-    if getattr(module, "computes_geglu", False):  # a GEGLU at the top has no parent to swap it in
-        return KernelGEGLU(module)
-    module = structural_copy(module)
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if getattr(child, "computes_geglu", False):
-                setattr(parent, name, KernelGEGLU(child))
-    return module
+    return swap_declared(module, "computes_geglu", KernelGEGLU)

@@ -16,13 +16,10 @@ calls as one opaque operation and that CUDA graphs capture.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
-
-from ldmkit.fast.support import triton_available
 
 
 class GegluTile(NamedTuple):
@@ -46,23 +43,6 @@ class GegluTile(NamedTuple):
 # Within 2% of the fastest of seven tiles at each SD v1 level on an H200 (benchmarks/RESULTS.md);
 # 177 KiB of shared memory, which Hopper's 227 KiB per program allows.
 TILE = GegluTile(128, 256, 64, 8, 3, 8)
-
-
-@functools.cache
-def _hopper(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] == 9
-
-
-def kernel_supported(device: torch.device) -> bool:
-    """Whether the kernel can run on ``device``: a Hopper (sm_90) CUDA device, with Triton installed.
-
-    Older GPUs lack TMA, some newer ones give a program less shared memory than the tile needs,
-    and the kernel was measured only on Hopper, so all others keep the compiled module.
-    """
-    if device.type != "cuda" or not torch.cuda.is_available() or not triton_available():
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _hopper(index)
 
 
 def interleave_geglu_weight(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -154,7 +134,7 @@ def kernel_applies(x: Tensor, weight_i: Tensor) -> bool:
     """Whether :func:`geglu_interleaved` takes ``x``: a bf16/fp16 CUDA tensor of the weight's dtype, K and N in 8s.
 
     Only tensor properties, so compiled code can ask; whether the device is a Hopper is for
-    :func:`kernel_supported`, asked once, outside compiled code.
+    :func:`ldmkit.fast.support.hopper_with_triton`, asked once, outside compiled code.
     """
     return (
         x.is_cuda

@@ -1,10 +1,12 @@
-"""Helpers that the fast path's kernels and module swaps share: is Triton there, and structural copies."""
+"""Helpers that the fast path's kernels and module swaps share: is Triton there, is it a Hopper, structural copies."""
 
 from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 
+import torch
 from torch import nn
 
 
@@ -22,3 +24,36 @@ def structural_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module``'s structure that shares its parameters and buffers (for swapping submodules)."""
     memo = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return copy.deepcopy(module, memo)
+
+
+@functools.cache
+def _hopper(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] == 9
+
+
+def hopper_with_triton(device: torch.device) -> bool:
+    """Whether the fast path's Hopper kernels can run on ``device``: a Hopper (sm_90) CUDA device, with Triton.
+
+    Older GPUs lack TMA and warpgroup MMA, some newer ones give a program less shared memory than
+    the kernels' tiles need, and the kernels were measured only on Hopper, so all others keep the
+    compiled modules.
+    """
+    if device.type != "cuda" or not torch.cuda.is_available() or not triton_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _hopper(index)
+
+
+def swap_declared(module: nn.Module, flag: str, swap: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """A structural copy of ``module`` in which every submodule that sets ``flag`` is replaced by ``swap(it)``.
+
+    ``module`` itself is swapped if it sets the flag (it has no parent to swap it in).
+    """
+    if getattr(module, flag, False):
+        return swap(module)
+    module = structural_copy(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if getattr(child, flag, False):
+                setattr(parent, name, swap(child))
+    return module
