@@ -125,13 +125,13 @@ def launch_padded_attention(
     scale: float,
     out_dtype: torch.dtype,
     tile: AttentionTile = TILE,
-    fast_exp: bool | None = None,
+    poly: int | None = None,
 ) -> Tensor:
     """Self-attention of ``qkv`` (B, N, 3*H*DP) float16 in the layout of :func:`pack_self_attention`.
 
     Returns (B, N, H*DP) in ``out_dtype``. N must be a multiple of the tile's rows and keys.
-    ``fast_exp`` (default: on a GPU) uses Hopper's paired float16 ``ex2``; Triton's interpreter
-    runs the plain float32 one.
+    ``poly`` of every four exponentials are computed by a cubic on the FMA units (default: one on
+    a GPU); ``-1`` leaves them all to Triton's ``exp2``, which is what Triton's interpreter runs.
     """
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -158,7 +158,7 @@ def launch_padded_attention(
         D2=d2,
         BLOCK_M=tile.block_m,
         BLOCK_N=tile.block_n,
-        FAST_EXP=qkv.is_cuda if fast_exp is None else fast_exp,
+        POLY=(1 if qkv.is_cuda else -1) if poly is None else poly,
         AHEAD=tile.ahead,
         WS=tile.ws,
         num_warps=tile.warps,

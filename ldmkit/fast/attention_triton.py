@@ -8,20 +8,50 @@ import triton
 import triton.language as tl
 
 
+def _poly_exp2(x: str, out: str) -> str:
+    # 2**x on the FMA units: x = j + f with j an integer (rounded by adding 1.5 * 2**23) and
+    # |f| <= 1/2; 2**f by a cubic (relative error 7.5e-5, below float16's rounding of 4.9e-4);
+    # j added to the exponent bits. x is clamped at -125, whose 2**x float16 rounds to zero anyway.
+    return f"""
+    max.f32 cx, {x}, 0fC2FA0000;
+    add.rn.f32 t, cx, 0f4B400000;
+    sub.rn.f32 j, t, 0f4B400000;
+    sub.rn.f32 fr, cx, j;
+    fma.rn.f32 q, fr, 0f3D61FBB0, 0f3E786F0F;
+    fma.rn.f32 q, q, fr, 0f3F31798D;
+    fma.rn.f32 q, q, fr, 0f3F7FFB49;
+    mov.b32 bt, t;
+    shl.b32 bt, bt, 23;
+    mov.b32 bq, q;
+    add.s32 bq, bq, bt;
+    mov.b32 {out}, bq;"""
+
+
+def _mixed_exp2_asm(poly: int) -> str:
+    # four float32 inputs ($2..$5) -> four float16 outputs packed in $0, $1; the last ``poly`` of
+    # the four by the cubic, the others by the special-function unit's ex2
+    lines = ["{", ".reg .f32 e0, e1, e2, e3, cx, t, j, fr, q;", ".reg .b32 bt, bq;"]
+    for i in range(4):
+        lines.append(_poly_exp2(f"${i + 2}", f"e{i}") if i >= 4 - poly else f"ex2.approx.ftz.f32 e{i}, ${i + 2};")
+    lines += ["cvt.rn.f16x2.f32 $0, e1, e0;", "cvt.rn.f16x2.f32 $1, e3, e2;", "}"]
+    return "\n".join(lines)
+
+
+MIXED_EXP2_1 = tl.constexpr(_mixed_exp2_asm(1))
+MIXED_EXP2_2 = tl.constexpr(_mixed_exp2_asm(2))
+
+
 @triton.jit
-def exp2_f16(x, FAST: tl.constexpr):
-    # 2**x for x <= 0 (float32) as float16. FAST: Hopper's paired half-precision ex2, two results per
-    # special-function instruction, where the softmax of a small head width is bound by those units
-    if FAST:
-        return tl.inline_asm_elementwise(
-            "{ cvt.rn.f16x2.f32 $0, $2, $1; ex2.approx.f16x2 $0, $0; }",
-            "=r,r,r",
-            [x],
-            dtype=tl.float16,
-            is_pure=True,
-            pack=2,
-        )
-    return tl.math.exp2(x).to(tl.float16)
+def exp2_f16(x, POLY: tl.constexpr):
+    # 2**x for x <= 0 (float32) as float16. The softmax of a small head width is bound by the
+    # special-function units' exponentials; POLY of every four go to the FMA units instead
+    # (POLY < 0: Triton's own exp2, which the interpreter can run)
+    if POLY == 1:
+        return tl.inline_asm_elementwise(MIXED_EXP2_1, "=r,=r,r,r,r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+    elif POLY == 2:
+        return tl.inline_asm_elementwise(MIXED_EXP2_2, "=r,=r,r,r,r,r", [x], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        return tl.math.exp2(x).to(tl.float16)
 
 
 @triton.jit
@@ -42,7 +72,7 @@ def padded_attention_fwd(
     D2: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    FAST_EXP: tl.constexpr,
+    POLY: tl.constexpr,
     AHEAD: tl.constexpr = False,
     WS: tl.constexpr = False,
 ):
@@ -80,7 +110,7 @@ def padded_attention_fwd(
             s = tl.dot(q1, k1_desc.load([key0, k_col]).T)  # (BLOCK_M, BLOCK_N) float32
             s = tl.dot(q2, k2_desc.load([key0, k_col + D1]).T, s)
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-        p = exp2_f16(s * qk_scale - m_new[:, None], FAST_EXP)  # (BLOCK_M, BLOCK_N) float16, <= 1
+        p = exp2_f16(s * qk_scale - m_new[:, None], POLY)  # (BLOCK_M, BLOCK_N) float16, <= 1
         alpha = tl.math.exp2(m_i - m_new)  # (BLOCK_M,) rescales what was summed so far
         v1 = v1_desc.load([key0, v_col])  # (BLOCK_N, D1)
         v2 = v2_desc.load([key0, v_col + D1])  # (BLOCK_N, D2)
