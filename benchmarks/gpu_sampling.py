@@ -245,16 +245,20 @@ def bench_guided(
     # combination of the fast path's unshared batch-2B call, both against float32
     plain = pipe.fast.denoiser.model_fn(pipe.schedule.alphas_cumprod, both, None, 1.0)
     with torch.no_grad():
-        e_u, e_c = unet(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)  # float32, no sharing
+        expected = unet(torch.cat([x, x]), torch.cat([t, t]), both)  # float32, no sharing
+        e_u, e_c = expected.chunk(2)
         reference = e_u + scale * (e_c - e_u)
         err = rel_err(fn(x, t).float(), reference)
-        e_u, e_c = plain(torch.cat([x, x]), torch.cat([t, t])).chunk(2)
+        unshared = plain(torch.cat([x, x]), torch.cat([t, t]))  # the UNet's output (eps prediction)
+        err_call = rel_err(unshared.float(), expected)
+        e_u, e_c = unshared.chunk(2)
         err_unshared = rel_err(e_u + scale * (e_c - e_u), reference)
     flops = count_flops(lambda: unet.forward_guided(x, t, both))
     run.row(f"{label}, guided step", f"{2 * n} ({n} pictures)", time_ms(lambda: fn(x, t), run.device,
             warmup=run.args.warmup, repeats=run.args.repeats), flops,
             f"first call (compile/capture) {first:.1f} s; guided eps (scale {scale}) rel. error vs fp32 "
             f"{err:.2e}, unshared batch-{2 * n} call {err_unshared:.2e}; "
+            f"UNet output of that call rel. error vs fp32 {err_call:.2e}; "
             f"{flops / 1e12:.2f} TFLOP executed")  # fmt: skip
 
 
