@@ -26,10 +26,9 @@ class FastConfig:
 
     ``norm_kernels`` (off unless asked) computes the denoiser's GroupNorms that are followed by a
     SiLU, with the SiLU, by Triton kernels written for channels_last tensors
-    (:mod:`ldmkit.fast.group_norm_kernels`). Swapping every GroupNorm, they made a batch-16 guided
-    SD v1 step 1.8-3.4% faster on H200s, but the bf16 UNet's relative error against float32 rose to
-    1.05e-2 to 1.06e-2 from 0.96e-2 to 0.97e-2; most of that came from the norms without a SiLU,
-    which are no longer swapped (a CPU experiment; benchmarks/RESULTS.md).
+    (:mod:`ldmkit.fast.group_norm_kernels`). On an H200 they made a batch-16 guided SD v1 step
+    1.4% faster, but the bf16 UNet's relative error against float32 rose to 1.02e-2 from 0.96e-2
+    (benchmarks/RESULTS.md), over the 1e-2 the fast path keeps to.
 
     ``geglu_kernel`` computes the denoiser's GEGLU projections (modules that declare
     ``computes_geglu``) by one fused Triton kernel (:mod:`ldmkit.fast.geglu_kernels`). ``None``
