@@ -75,3 +75,5 @@ def test_swap_shares_the_weights_and_leaves_the_original_alone() -> None:
     x = torch.randn(2, 64, 8, 8).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(swapped(x), model(x), rtol=1e-4, atol=1e-5)
+    alone = _norm(64)  # a GroupNorm at the top is swapped too
+    assert isinstance(with_channels_last_group_norms(alone), ChannelsLastGroupNorm)

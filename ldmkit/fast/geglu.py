@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ldmkit.fast import geglu_kernels as kernels
-from ldmkit.fast.support import hopper_with_triton, swap_declared
+from ldmkit.fast.support import hopper_with_triton, swap_modules
 
 
 class KernelGEGLU(nn.Module):
@@ -47,4 +47,4 @@ def with_kernel_geglu(module: nn.Module) -> nn.Module:
     Other parameters are shared with ``module``, not copied; each GEGLU's projection is held once
     more, interleaved (for the SD v1 UNet about 200 MB in bf16).
     """
-    return swap_declared(module, "computes_geglu", KernelGEGLU)
+    return swap_modules(module, lambda m: getattr(m, "computes_geglu", False), KernelGEGLU)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmkit.fast import group_norm_kernels as kernels
-from ldmkit.fast.support import structural_copy, triton_available
+from ldmkit.fast.support import structural_copy, swap_modules, triton_available
 
 
 def channels_last_moments(x: Tensor, groups: int) -> tuple[Tensor, Tensor]:
@@ -103,12 +103,7 @@ class KernelGroupNorm(_GroupNormReplacement):
 
 def with_channels_last_group_norms(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose GroupNorms are :class:`ChannelsLastGroupNorm` (weights shared, not copied)."""
-    module = structural_copy(module)
-    for parent in list(module.modules()):
-        for name, child in parent.named_children():
-            if isinstance(child, nn.GroupNorm):
-                setattr(parent, name, ChannelsLastGroupNorm(child))
-    return module
+    return swap_modules(module, lambda m: isinstance(m, nn.GroupNorm), ChannelsLastGroupNorm)
 
 
 def with_kernel_group_norms(module: nn.Module) -> nn.Module:

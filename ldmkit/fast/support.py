@@ -44,16 +44,18 @@ def hopper_with_triton(device: torch.device) -> bool:
     return _hopper(index)
 
 
-def swap_declared(module: nn.Module, flag: str, swap: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """A structural copy of ``module`` in which every submodule that sets ``flag`` is replaced by ``swap(it)``.
+def swap_modules(
+    module: nn.Module, wanted: Callable[[nn.Module], bool], swap: Callable[[nn.Module], nn.Module]
+) -> nn.Module:
+    """A structural copy of ``module`` in which every submodule for which ``wanted`` holds is ``swap(it)``.
 
-    ``module`` itself is swapped if it sets the flag (it has no parent to swap it in).
+    ``module`` itself is swapped if ``wanted`` holds for it (it has no parent to swap it in).
     """
-    if getattr(module, flag, False):
+    if wanted(module):
         return swap(module)
     module = structural_copy(module)
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if getattr(child, flag, False):
+            if wanted(child):
                 setattr(parent, name, swap(child))
     return module
