@@ -301,15 +301,23 @@ def bench_pictures(pipe, run: Run, n: int, label: str) -> None:
     log.info("%s %d pictures: %.0f ms", label, n, ms)
 
 
-def fast_settings(text: str) -> dict[str, bool | None]:
-    """``"norm_kernels=True,geglu_kernel=False"`` -> keyword arguments of ``Pipeline.optimize``."""
+def fast_settings(text: str) -> dict[str, bool | str | None]:
+    """``"precision=fp16,norm_kernels=True"`` -> keyword arguments of ``Pipeline.optimize``."""
+    ensure_importable()
+    from ldmkit.errors import InputError
+    from ldmkit.fast import FastConfig
+
     values = {"True": True, "False": False, "None": None}
-    settings = {}
+    settings: dict[str, bool | str | None] = {}
     for item in text.split(","):
-        name, _, value = item.partition("=")
-        if value not in values:
-            raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=True, NAME=False or NAME=None")
-        settings[name.strip()] = values[value]
+        name, sep, value = item.partition("=")
+        if not sep or not value:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=VALUE")
+        settings[name.strip()] = values.get(value, value)
+    try:
+        FastConfig(**settings)  # fail now, not after minutes of timing
+    except (InputError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
     return settings
 
 
