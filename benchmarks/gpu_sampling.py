@@ -302,7 +302,8 @@ def bench_pictures(pipe, run: Run, n: int, label: str) -> None:
 
 
 def fast_settings(text: str) -> dict[str, bool | str | None]:
-    """``"precision=fp16,norm_kernels=True"`` -> keyword arguments of ``Pipeline.optimize``."""
+    """``"precision=fp16,norm_kernels=True"`` -> keyword arguments of ``Pipeline.optimize`` (True/False/None and
+    whole numbers converted, other values kept as text)."""
     ensure_importable()
     from ldmkit.errors import InputError
     from ldmkit.fast import FastConfig
@@ -313,7 +314,7 @@ def fast_settings(text: str) -> dict[str, bool | str | None]:
         name, sep, value = item.partition("=")
         if not sep or not value:
             raise argparse.ArgumentTypeError(f"{item!r}: expected NAME=VALUE")
-        settings[name.strip()] = values.get(value, value)
+        settings[name.strip()] = values.get(value, int(value) if value.isdigit() else value)
     try:
         FastConfig(**settings)  # fail now, not after minutes of timing
     except (InputError, TypeError) as exc:

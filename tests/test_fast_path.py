@@ -154,6 +154,9 @@ def test_to_rebuilds_the_fast_path():
         {"compile_mode": "fastest"},
         {"tile_size": 0},
         {"tile_size": 8, "tile_overlap": 4},
+        {"tile_size": "64"},  # text from a command line or a config, not a number
+        {"tile_overlap": 2.5},
+        {"max_graphs": "4"},
         {"compile": True, "cuda_graphs": True, "compile_mode": "reduce-overhead"},
     ],
 )

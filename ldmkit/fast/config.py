@@ -16,6 +16,10 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "ma
 _MODES_WITH_GRAPHS = ("reduce-overhead", "max-autotune")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class FastConfig:
     """What :func:`ldmkit.fast.optimize` asks for; ``None`` means "decide by device".
@@ -67,15 +71,15 @@ class FastConfig:
                 f"compile_mode={self.compile_mode!r} captures CUDA graphs itself; use cuda_graphs=False with it, "
                 "or compile_mode='default' / 'max-autotune-no-cudagraphs'"
             )
-        if self.tile_size is not None and (isinstance(self.tile_size, bool) or self.tile_size < 1):
+        if self.tile_size is not None and (not _is_int(self.tile_size) or self.tile_size < 1):
             raise InputError(f"tile_size must be a positive number of latent pixels or None, got {self.tile_size!r}")
-        if isinstance(self.tile_overlap, bool) or self.tile_overlap < 0:
+        if not _is_int(self.tile_overlap) or self.tile_overlap < 0:
             raise InputError(f"tile_overlap must be >= 0, got {self.tile_overlap!r}")
         if self.tile_size is not None and 2 * self.tile_overlap >= self.tile_size:
             raise InputError(
                 f"tile_overlap ({self.tile_overlap}) must be less than half of tile_size ({self.tile_size})"
             )
-        if isinstance(self.max_graphs, bool) or self.max_graphs < 1:
+        if not _is_int(self.max_graphs) or self.max_graphs < 1:
             raise InputError(f"max_graphs must be >= 1, got {self.max_graphs!r}")
 
     def resolve(self, device: torch.device) -> Resolved:
