@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     except LdmkitError as exc:
         print(f"ldmkit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ldmkit: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # training's says which step its checkpoint holds
+        print(f"ldmkit: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a reader that stopped early (``| head``)
         sys.stderr.close()

@@ -489,9 +489,13 @@ def test_composite_dropout_statistics_and_seeding():
         again = cond.forward_train(raw, generator=torch.Generator().manual_seed(0)).crossattn
     assert torch.equal(trained, again)
     torch.testing.assert_close(trained[:, :1], full[:, :1])  # the label part has no dropout
-    dropped = (trained[:, 1:] - uncond_text).abs().amax(dim=(1, 2)) < 1e-6
-    kept = (trained[:, 1:] - full[:, 1:]).abs().amax(dim=(1, 2)) < 1e-6
+    # a batch of 4000 and a batch of 1 take different float paths (CPU kernels block by batch size): each sample
+    # must sit within float noise (1e-4) of exactly one of the two, while the two are far apart
+    to_dropped = (trained[:, 1:] - uncond_text).abs().amax(dim=(1, 2))
+    to_kept = (trained[:, 1:] - full[:, 1:]).abs().amax(dim=(1, 2))
+    dropped, kept = to_dropped < 1e-4, to_kept < 1e-4
     assert bool((dropped ^ kept).all())  # every sample is either dropped or untouched
+    assert float(torch.minimum(to_dropped, to_kept).max()) < 1e-4 < float(torch.maximum(to_dropped, to_kept).min())
     assert abs(dropped.float().mean().item() - 0.3) < 0.03  # ~5 standard deviations
 
 

@@ -501,3 +501,67 @@ def test_finished_run_is_not_trained_again(tmp_path):
     assert result.resumed_from == 2
     assert (out / "last.ckpt").stat().st_mtime_ns == before
     assert [int(r["step"]) for r in csv.DictReader((out / "log.csv").open())] == [1, 2]
+
+
+# -- Ctrl-C and one run per folder ------------------------------------------------------------------------
+
+
+def test_ctrl_c_saves_the_finished_step_and_says_which(tmp_path, first_stage_weights, caplog):
+    from ldmkit.training.interrupt import TrainingInterrupted
+
+    def press_ctrl_c(done: int, stage) -> None:
+        if done == 2:
+            signal.raise_signal(signal.SIGINT)  # as a terminal does; the step in flight is finished first
+
+    out = tmp_path / "run"
+    spec = ldm_spec(out, first_stage_weights, max_steps=6, checkpoint_every=100)
+    with pytest.raises(TrainingInterrupted, match="step 2") as caught:
+        train(spec, callbacks=[press_ctrl_c])
+    assert caught.value.step == 2
+    assert load_ckpt(out / "last.ckpt")["step"] == 2  # saved although checkpoint_every is 100
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    result = train(ldm_spec(out, first_stage_weights, max_steps=6, checkpoint_every=100))
+    assert result.resumed_from == 2
+
+
+def test_ctrl_c_from_the_cli_exits_130_with_the_saved_step(tmp_path, first_stage_weights, capsys, monkeypatch):
+    from ldmkit import cli
+    from ldmkit.training import loop
+
+    real = loop._run_steps
+
+    def interrupted_after_one_step(spec, stage, stream, start, logger, show, callbacks, last, world):
+        def press(done: int, stage) -> None:
+            if done == 1:
+                signal.raise_signal(signal.SIGINT)
+
+        return real(spec, stage, stream, start, logger, show, [*callbacks, press], last, world)
+
+    monkeypatch.setattr(loop, "_run_steps", interrupted_after_one_step)
+    out = tmp_path / "cli"
+    code = cli.main(
+        ["train", str(LDM_SPEC), "--out-dir", str(out), "--max-steps", "4", "--no-progress"]
+        + ["--set", f"first_stage_weights={first_stage_weights}"]
+    )
+    assert code == 130
+    assert "holds step 1" in capsys.readouterr().err
+    assert load_ckpt(out / "last.ckpt")["step"] == 1
+
+
+def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path, first_stage_weights):
+    from ldmkit.training.interrupt import exclusive_out_dir
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with exclusive_out_dir(out):  # as if another process were training there
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from ldmkit.training.interrupt import exclusive_out_dir as e\nwith e({str(out)!r}): pass",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert probe.returncode != 0 and "in use by another ldmkit train run" in probe.stderr
+    train(ldm_spec(out, first_stage_weights, max_steps=1))  # free again once the holder is gone

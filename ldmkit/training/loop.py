@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from ldmkit.errors import TrainingError
 from ldmkit.training import distributed, fsdp
 from ldmkit.training.checkpoint import FORMAT, FORMAT_VERSION, LAST, check_writable, load_state, save_state
 from ldmkit.training.data import Preloaded, batches, build_dataset
+from ldmkit.training.interrupt import InterruptFlag, TrainingInterrupted, exclusive_out_dir
 from ldmkit.training.logging_ import make_logger
 from ldmkit.training.seeding import derive_seed, rng_state, set_rng_state
 from ldmkit.training.spec import TrainSpec, load_train_spec, validate_train_spec
@@ -103,6 +105,13 @@ def _train(spec: TrainSpec, world, device, resume, progress, callbacks, registry
     world.part(spec.batch_size)  # a batch that does not split evenly fails before any work
     out_dir = Path(spec.out_dir)
     check_writable(out_dir)
+    if not world.is_main:
+        return _train_in(spec, world, device, resume, progress, callbacks, registry, out_dir)
+    with exclusive_out_dir(out_dir):  # rank 0 writes: one run per folder
+        return _train_in(spec, world, device, resume, progress, callbacks, registry, out_dir)
+
+
+def _train_in(spec: TrainSpec, world, device, resume, progress, callbacks, registry, out_dir: Path) -> TrainResult:
     if world.is_main:
         for stale in out_dir.glob(f".{LAST}.*.tmp"):  # left by a run killed while saving
             stale.unlink(missing_ok=True)
@@ -164,7 +173,13 @@ def _run_steps(
 
     last_loss = None
     tick, ticked = time.perf_counter(), start
-    with tqdm(total=spec.max_steps, initial=start, disable=not show, unit="step", dynamic_ncols=True) as bar:
+    # several processes cannot agree on where to stop without a collective per step: there Ctrl-C stops at once
+    interrupt = InterruptFlag()
+    deferral = contextlib.nullcontext(interrupt) if world.enabled else interrupt.deferred()
+    with (
+        deferral,
+        tqdm(total=spec.max_steps, initial=start, disable=not show, unit="step", dynamic_ncols=True) as bar,
+    ):
         for step, batch in zip(range(start, spec.max_steps), stream, strict=False):
             # dropout inside the models; each rank draws its own masks (equal in distribution, not in bits)
             rank_key = (world.rank,) if world.enabled else ()
@@ -188,6 +203,10 @@ def _run_steps(
                 _save(spec, stage, done, last, world)
             for callback in callbacks:
                 callback(done, stage)
+            if interrupt.requested and done < spec.max_steps:
+                _save(spec, stage, done, last, world)
+                log.warning("interrupted: %s holds step %d; run the same command again to resume", last, done)
+                raise TrainingInterrupted(done, last)
     return last_loss
 
 
