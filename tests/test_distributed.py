@@ -228,7 +228,14 @@ def test_generate_across_two_ranks_equals_one(tmp_path):
     assert names == sorted(p.name for p in (tmp_path / "two").glob("*.png")) and len(names) == 3
     for name in names:
         with Image.open(tmp_path / "one" / name) as a, Image.open(tmp_path / "two" / name) as b:
-            assert a.tobytes() == b.tobytes()
+            # CPU kernels block by batch size and thread count, so a picture made in a batch of 3 on two threads
+            # and one made in a batch of 2 (or 1) on one thread differ in the last float bits; after rounding to
+            # 8 bits at most a few values move by one level (docs/quickstart.md states this tolerance)
+            pa = torch.frombuffer(bytearray(a.tobytes()), dtype=torch.uint8).int()
+            pb = torch.frombuffer(bytearray(b.tobytes()), dtype=torch.uint8).int()
+            moved = (pa - pb).abs()
+            assert int(moved.max()) <= 1, name
+            assert float((moved > 0).float().mean()) <= 0.01, name
             assert a.text["ldmkit"] == b.text["ldmkit"]  # the same replay record (full batch, global index)
 
 
