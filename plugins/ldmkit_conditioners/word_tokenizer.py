@@ -8,6 +8,7 @@ import re
 import torch
 from torch import Tensor
 
+from ldmkit.errors import InputError
 from ldmkit_conditioners.checks import host_to_device
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def split_words(text: str) -> list[str]:
 
 
 class WordTokenizer:
-    """Maps words to ids: 0 pads, 1 is an unknown word, ``vocabulary[i]`` is ``i + 2``."""
+    """Maps words to ids: 0 pads, 1 is reserved for unknown words, ``vocabulary[i]`` is ``i + 2``."""
 
     def __init__(self, vocabulary: list[str], max_len: int) -> None:
         self.max_len = max_len
@@ -36,8 +37,17 @@ class WordTokenizer:
         return len(self.ids) + FIRST_WORD_ID
 
     def encode(self, text: str) -> list[int]:
-        """Ids of the words of ``text``, truncated to ``max_len``."""
-        ids = [self.ids.get(word, UNKNOWN_ID) for word in split_words(text)]
+        """Ids of the words of ``text``, truncated to ``max_len``.
+
+        A closed vocabulary cannot say anything about a word it has never seen, so such a word is an
+        :class:`InputError` that lists the known words, not a silent "unknown" token.
+        """
+        words = split_words(text)
+        unknown = sorted({word for word in words if word not in self.ids})
+        if unknown:
+            known = ", ".join(sorted(self.ids))
+            raise InputError(f"caption {text!r}: unknown words {', '.join(unknown)}; the model knows: {known}")
+        ids = [self.ids[word] for word in words]
         if len(ids) > self.max_len:
             log.warning("caption of %d words truncated to %d: %r", len(ids), self.max_len, text)
         return ids[: self.max_len]
