@@ -566,3 +566,56 @@ def test_a_second_run_into_the_same_out_dir_is_refused(tmp_path, first_stage_wei
         )
         assert probe.returncode != 0 and "in use by another ldmkit train run" in probe.stderr
     train(ldm_spec(out, first_stage_weights, max_steps=1))  # free again once the holder is gone
+
+
+# -- NaN and Inf ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["loss.disc_weight=.inf", "optimizer.lr=.inf", "loss.logvar_init=.nan"])
+def test_non_finite_settings_are_refused(tmp_path, capsys, setting):
+    from ldmkit import cli
+
+    code = cli.main(["train", str(AE_SPEC), "--out-dir", str(tmp_path / "ae"), "--set", setting, "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert setting.split("=")[0].split(".")[-1] in err and "finite" in err
+    assert not (tmp_path / "ae" / "last.ckpt").exists()
+
+
+def _nan_loss_from(monkeypatch, first_bad_step: int, last_bad_step: int = 10**9) -> None:
+    from ldmkit.training import ldm
+
+    real = ldm.F.mse_loss
+    calls = []
+
+    def mse(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if first_bad_step <= len(calls) <= last_bad_step else loss
+
+    monkeypatch.setattr(ldm.F, "mse_loss", mse)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_finite_checkpoint(tmp_path, first_stage_weights, monkeypatch):
+    out = tmp_path / "nan"
+    _nan_loss_from(monkeypatch, first_bad_step=3)
+    with pytest.raises(TrainingError, match=r"step 3: the loss or a gradient is NaN or Inf"):
+        train(ldm_spec(out, first_stage_weights, max_steps=6, checkpoint_every=2))
+    state = load_ckpt(out / "last.ckpt")
+    assert state["step"] == 2
+    assert all(bool(torch.isfinite(v).all()) for v in state["stage"]["denoiser"].values())
+
+
+def test_skipped_non_finite_steps_leave_the_weights_untouched(tmp_path, first_stage_weights, monkeypatch):
+    out = tmp_path / "skip"
+    _nan_loss_from(monkeypatch, first_bad_step=2, last_bad_step=3)
+    seen = {}
+
+    def grab(done: int, stage) -> None:
+        seen[done] = {k: v.clone() for k, v in stage.denoiser.state_dict().items()}
+
+    train(ldm_spec(out, first_stage_weights, max_steps=4, nonfinite_skips=2), callbacks=[grab])
+    for key, value in seen[1].items():  # steps 2 and 3 were skipped: the weights after them are step 1's
+        assert torch.equal(value, seen[3][key]), key
+    assert any(not torch.equal(v, seen[4][k]) for k, v in seen[3].items())  # step 4 trained again
+    assert all(bool(torch.isfinite(v).all()) for v in load_ckpt(out / "last.ckpt")["stage"]["denoiser"].values())

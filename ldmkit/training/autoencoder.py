@@ -148,16 +148,17 @@ class AutoencoderStage(Stage):
             else:
                 d_weight = torch.tensor(loss_spec.disc_weight, device=self.device)
             loss = loss + d_weight * factor * g_loss
-        step_optimizer(loss, self.opt, self.sched, self.params, spec.grad_clip)
+        self.nonfinite_step = not step_optimizer(loss, self.opt, self.sched, self.params, spec.grad_clip)
         d_loss = torch.zeros((), device=self.device)
         if factor > 0:
             with autocast(self.device, spec.precision):
                 logits_real = self.run_disc(self.discriminator, images)
                 logits_fake = self.run_disc(self.discriminator, rec.detach())
             d_loss = factor * hinge_d_loss(logits_real.float(), logits_fake.float())
-            step_optimizer(
+            disc_ok = step_optimizer(
                 d_loss, self.opt_disc, self.sched_disc, list(self.discriminator.parameters()), spec.grad_clip
             )
+            self.nonfinite_step = self.nonfinite_step or not disc_ok
         if self.ema is not None:
             self.ema.update(step)
         out.update(

@@ -183,7 +183,7 @@ class LDMStage(Stage):
             out = self.run(self._denoise, x_t, t, batch, step)  # (B, C, h, w)
         target = target_for(self.denoiser.prediction, z, noise, t, schedule.alphas_cumprod)
         loss = F.mse_loss(out.float(), target)
-        step_optimizer(loss, self.opt, self.sched, self.params, spec.grad_clip)
+        self.nonfinite_step = not step_optimizer(loss, self.opt, self.sched, self.params, spec.grad_clip)
         if self.ema is not None:
             self.ema.update(step)
         return {"loss": loss.detach()}

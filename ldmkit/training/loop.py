@@ -172,6 +172,7 @@ def _run_steps(
     from tqdm.auto import tqdm
 
     last_loss = None
+    skipped = 0  # steps in a row whose update was skipped for a non-finite loss or gradient
     tick, ticked = time.perf_counter(), start
     # several processes cannot agree on where to stop without a collective per step: there Ctrl-C stops at once
     interrupt = InterruptFlag()
@@ -189,6 +190,7 @@ def _run_steps(
             lr = stage.lr()
             terms = stage.train_step(batch, step)
             done = step + 1
+            skipped = _count_nonfinite(stage, done, skipped, spec.nonfinite_skips, last)
             if done % spec.log_every == 0 or done == spec.max_steps:
                 terms = distributed.mean_over_ranks(world, terms)  # every rank takes part
                 values = {k: float(v) for k, v in terms.items()}
@@ -210,6 +212,33 @@ def _run_steps(
     return last_loss
 
 
+def _count_nonfinite(stage: Stage, done: int, skipped: int, allowed: int, last: Path) -> int:
+    """The new count of skipped steps in a row; TrainingError once more than ``allowed`` were skipped."""
+    if not stage.nonfinite_step:
+        return 0
+    skipped += 1
+    if skipped > allowed:
+        raise TrainingError(
+            f"step {done}: the loss or a gradient is NaN or Inf ({skipped} step(s) in a row, nonfinite_skips is "
+            f"{allowed}); the weights were not updated and {last} keeps the last saved step. Lower optimizer.lr, "
+            "set grad_clip, or raise nonfinite_skips"
+        )
+    log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", done, skipped)
+    return skipped
+
+
+def _first_nonfinite(state: Any, where: str = "") -> str | None:
+    """The dotted name of the first floating tensor in ``state`` holding NaN or Inf, else None."""
+    if isinstance(state, torch.Tensor):
+        return where if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        found = _first_nonfinite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def _save(spec: TrainSpec, stage: Stage, step: int, path: Path, world=distributed.SINGLE) -> None:
     """Called on every rank (gathering sharded state is collective); rank 0 writes."""
     if not world.is_main and not fsdp.sharded(world):
@@ -225,6 +254,9 @@ def _save(spec: TrainSpec, stage: Stage, step: int, path: Path, world=distribute
     }
     if not world.is_main:
         return
+    bad = _first_nonfinite(state["stage"])
+    if bad is not None:  # a finite checkpoint is never replaced by one that can only produce NaN
+        raise TrainingError(f"step {step}: {bad} holds NaN or Inf; not saved, {path} keeps the last saved step")
     save_state(state, path)
     log.debug("saved %s at step %d", path, step)
 

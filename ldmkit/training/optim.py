@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable
 
 import torch
@@ -58,11 +59,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def step_optimizer(
     loss: torch.Tensor, opt: torch.optim.Optimizer, sched: LambdaLR, params: list[nn.Parameter], clip: float | None
-) -> None:
-    """zero_grad, backward, optional global-norm clipping, optimizer and scheduler step."""
+) -> bool:
+    """zero_grad, backward, optional global-norm clipping, optimizer and scheduler step.
+
+    Returns False, leaving the weights untouched, when the loss or the gradient norm is NaN or Inf: one
+    such update would make every weight non-finite. The scheduler still steps, so the learning rate
+    stays a function of the step number (a resumed run agrees with an uninterrupted one).
+    """
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if clip is not None:
-        torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
+    # with max_norm=inf the gradients are scaled by exactly 1.0; the norm (global under FSDP) is what we need
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
+    finite = bool(torch.isfinite(loss.detach()).all() and torch.isfinite(norm))
+    if finite:
+        opt.step()
+    else:
+        opt.zero_grad(set_to_none=True)
     sched.step()
+    return finite

@@ -14,7 +14,8 @@ TRAIN_SPEC_VERSION = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # NaN or Inf in a setting (``--set optimizer.lr=.inf``) can only end in non-finite weights
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DatasetSpec(ComponentSpec):
@@ -107,6 +108,12 @@ class _TrainCommon(_Strict):
     num_workers: int = Field(0, ge=0)
     progress: bool = True
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    nonfinite_skips: int = Field(
+        0,
+        ge=0,
+        description="steps in a row whose loss or gradient is NaN/Inf that are skipped (no weight update) before "
+        "the run stops with an error; 0 stops at the first",
+    )
 
 
 class AutoencoderTrainSpec(_TrainCommon):

@@ -23,6 +23,8 @@ class Stage(ABC):
         self.spec = spec
         self.device = device
         self.ema: EMA | None = None
+        self.nonfinite_step = False
+        """Set by :meth:`train_step`: the last step's loss or gradient was NaN/Inf and its update was skipped."""
 
     def step_generator(self, step: int, purpose: str = "noise", device: torch.device | None = None) -> torch.Generator:
         """A generator seeded by (seed, step, purpose): a resumed run draws the same numbers."""
