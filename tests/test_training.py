@@ -619,3 +619,25 @@ def test_skipped_non_finite_steps_leave_the_weights_untouched(tmp_path, first_st
         assert torch.equal(value, seen[3][key]), key
     assert any(not torch.equal(v, seen[4][k]) for k, v in seen[3].items())  # step 4 trained again
     assert all(bool(torch.isfinite(v).all()) for v in load_ckpt(out / "last.ckpt")["stage"]["denoiser"].values())
+
+
+def test_a_full_disk_at_the_first_log_row_is_a_training_error(tmp_path, monkeypatch):
+    from ldmkit.training import logging_
+
+    class FullDisk:
+        def __init__(self, real) -> None:
+            self.real = real
+
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            self.real.close()
+
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: FullDisk(real_open(self, *a, **k)))
+    with pytest.raises(TrainingError, match="No space left on device"):
+        logging_.CSVLogger(tmp_path, ["loss"], 0)

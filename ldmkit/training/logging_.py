@@ -26,9 +26,13 @@ class CSVLogger:
         except OSError as exc:
             raise TrainingError(f"cannot write {self.path} ({exc.strerror or exc})") from None
         self._writer = csv.DictWriter(self._fh, fieldnames=self.columns, extrasaction="ignore")
-        self._writer.writeheader()
-        self._writer.writerows(kept)
-        self._fh.flush()
+        try:  # a full disk shows here, at the first flush, not at open
+            self._writer.writeheader()
+            self._writer.writerows(kept)
+            self._fh.flush()
+        except OSError as exc:
+            self._fh.close()
+            raise TrainingError(f"cannot write {self.path} ({exc.strerror or exc})") from None
 
     def _rows_up_to(self, step: int) -> list[dict[str, str]]:
         # rows after the checkpoint were made by a run that died; the resumed run writes them again
@@ -46,7 +50,10 @@ class CSVLogger:
             raise TrainingError(f"cannot write {self.path} ({exc.strerror or exc})") from None
 
     def close(self) -> None:
-        self._fh.close()
+        try:
+            self._fh.close()
+        except OSError as exc:  # the last buffered row could not be written
+            raise TrainingError(f"cannot write {self.path} ({exc.strerror or exc})") from None
 
 
 class TensorBoardLogger:
