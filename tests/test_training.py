@@ -641,3 +641,18 @@ def test_a_full_disk_at_the_first_log_row_is_a_training_error(tmp_path, monkeypa
     monkeypatch.setattr(Path, "open", lambda self, *a, **k: FullDisk(real_open(self, *a, **k)))
     with pytest.raises(TrainingError, match="No space left on device"):
         logging_.CSVLogger(tmp_path, ["loss"], 0)
+
+
+def test_python_and_numpy_states_in_a_checkpoint_follow_the_seed(tmp_path, first_stage_weights):
+    import random
+
+    import numpy as np
+
+    states = []
+    for name in ("a", "b"):
+        random.seed(name)  # whatever the process did before must not leak into the run
+        np.random.seed(len(name) + ord(name))
+        train(ldm_spec(tmp_path / name, first_stage_weights, max_steps=1))
+        states.append(load_ckpt(tmp_path / name / "last.ckpt")["rng"])
+    assert states[0]["python"] == states[1]["python"]
+    assert torch.equal(states[0]["numpy"], states[1]["numpy"])

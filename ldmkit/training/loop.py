@@ -18,7 +18,7 @@ from ldmkit.training.checkpoint import FORMAT, FORMAT_VERSION, LAST, check_writa
 from ldmkit.training.data import Preloaded, batches, build_dataset
 from ldmkit.training.interrupt import InterruptFlag, TrainingInterrupted, exclusive_out_dir
 from ldmkit.training.logging_ import make_logger
-from ldmkit.training.seeding import derive_seed, rng_state, set_rng_state
+from ldmkit.training.seeding import derive_seed, rng_state, seed_all, set_rng_state
 from ldmkit.training.spec import TrainSpec, load_train_spec, validate_train_spec
 from ldmkit.training.stage import Stage
 
@@ -122,7 +122,7 @@ def _train_in(spec: TrainSpec, world, device, resume, progress, callbacks, regis
     state = load_state(ckpt_path) if ckpt_path is not None else None
     start = int(state["step"]) if state is not None else 0
 
-    torch.manual_seed(derive_seed(spec.seed, "init"))  # a fresh run's initial weights follow from the seed
+    seed_all(derive_seed(spec.seed, "init"))  # a fresh run's initial weights follow from the seed
     stage = make_stage(spec, device, registry)
     if state is not None:
         _check_same_model(state, spec, stage, ckpt_path)
@@ -184,7 +184,7 @@ def _run_steps(
         for step, batch in zip(range(start, spec.max_steps), stream, strict=False):
             # dropout inside the models; each rank draws its own masks (equal in distribution, not in bits)
             rank_key = (world.rank,) if world.enabled else ()
-            torch.manual_seed(derive_seed(spec.seed, "global", step, *rank_key))
+            seed_all(derive_seed(spec.seed, "global", step, *rank_key))
             if step == 0:
                 stage.on_start(batch)
             lr = stage.lr()

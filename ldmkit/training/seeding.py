@@ -16,6 +16,17 @@ def derive_seed(seed: int, *keys: int | str) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & ((1 << 63) - 1)
 
 
+def seed_all(seed: int) -> None:
+    """Seed torch (CPU and CUDA), Python's ``random`` and numpy's global generator from one seed.
+
+    ldmkit draws from explicit generators; this makes whatever a plugin or library draws from the global
+    ones (and the states a checkpoint saves) a function of the run's seed and step too.
+    """
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+
+
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator on ``device`` seeded with ``seed``."""
     gen = torch.Generator(device=device)
