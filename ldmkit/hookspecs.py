@@ -67,8 +67,8 @@ def register_models(register: Register) -> None:
     """Register named, ready-to-use pipelines with ``register(name, folder, *, description="", default=False)``.
 
     ``folder`` is a pipeline folder (``spec.yaml`` and weights, as :meth:`ldmkit.Pipeline.save`
-    writes it), given as a path or as a callable without arguments that returns the path (called on
-    first use, e.g. to unpack or fetch the weights). ``ldmkit generate --model NAME`` opens it, and
+    writes it), given as a path or as a callable without arguments that returns the path (called each
+    time the model is opened, e.g. to unpack or fetch the weights). ``ldmkit generate --model NAME`` opens it, and
     :func:`ldmkit.generation.open_model` in Python. ``default=True`` makes it the default model,
     the one ``ldmkit generate`` opens without ``--spec`` or ``--model``; at most one plugin may
     claim that. Names follow the component rules (no dots, no spaces); ``default`` is reserved.

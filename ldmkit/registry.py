@@ -115,9 +115,7 @@ class ModelInfo:
                     f"could not find its folder: {type(exc).__name__}: {exc}"
                 ) from exc
         if not isinstance(source, (str, os.PathLike)):
-            raise PluginError(
-                f"model {self.name!r} of plugin {self.plugin.name!r} gave {source!r}, not a folder path"
-            )
+            raise PluginError(f"model {self.name!r} of plugin {self.plugin.name!r} gave {source!r}, not a folder path")
         return Path(source)
 
 
