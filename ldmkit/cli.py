@@ -1,4 +1,8 @@
-"""The ``ldmkit`` command. Bad input of any kind exits with code 2 and a one-paragraph message."""
+"""The ``ldmkit`` command. Bad input of any kind exits with code 2 and a one-paragraph message.
+
+Its subcommands are the core's own (:data:`ldmkit.commands.BUILTIN_COMMANDS`) followed by those
+plugins register through the ``register_commands`` hook.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,14 @@ import logging
 import sys
 
 from ldmkit import __version__
-from ldmkit.errors import LdmkitError
+from ldmkit.commands import BUILTIN_COMMANDS, Command
+from ldmkit.errors import LdmkitError, PluginError
+from ldmkit.registry import Registry, get_registry
+
+log = logging.getLogger(__name__)
 
 # subcommand modules, each with add_parser(subparsers) and run(args) -> int; imported when the CLI starts
-COMMANDS = ("plugins", "validate", "schema", "generate", "train", "convert", "bench")
+COMMANDS = BUILTIN_COMMANDS
 
 EPILOG = """examples:
   ldmkit plugins --json
@@ -27,7 +35,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"ldmkit: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry: Registry | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser: the built-in subcommands, then those of ``registry`` (default: the process's)."""
     parser = _Parser(
         prog="ldmkit",
         description="Latent diffusion models: specs, plugins, CompVis checkpoints, sampling and training.",
@@ -45,11 +54,42 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+    registry = registry if registry is not None else get_registry()
+    for name in sorted(registry.commands):
+        _add_plugin_command(sub, registry.commands[name].cls)
     return parser
 
 
+def _add_plugin_command(sub: argparse._SubParsersAction, cls: type[Command]) -> None:
+    """Add a plugin's command; one whose arguments cannot be declared is listed but refuses to run."""
+    parser = sub.add_parser(
+        cls.name,
+        help=cls.help,
+        description=cls.description or cls.help,
+        epilog=cls.epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    try:
+        command = cls()
+        command.add_arguments(parser)
+    except Exception as exc:  # a broken plugin command must not take the whole CLI down
+        message = f"command {cls.name!r} could not declare its arguments: {type(exc).__name__}: {exc}"
+        log.warning(message)
+
+        def refuse(args: argparse.Namespace, _message: str = message) -> int:
+            raise PluginError(_message)
+
+        parser.set_defaults(run=refuse)
+        return
+    parser.set_defaults(run=command.run)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except LdmkitError as exc:  # e.g. LDMKIT_STRICT_PLUGINS=1 and a plugin failed to load
+        print(f"ldmkit: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

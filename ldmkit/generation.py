@@ -23,13 +23,14 @@ from ldmkit.fast.config import DTYPES
 from ldmkit.folders import ensure_output_folder
 from ldmkit.interfaces import SampleOptions
 from ldmkit.pipeline import SPEC_FILE, Pipeline, check_device
+from ldmkit.registry import ModelInfo, Registry, get_registry
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "ldmkit"
 METADATA_FORMAT = 1
 MAX_METADATA_BYTES = 1 << 20
-DEFAULT_MODEL = "default"
+DEFAULT_MODEL = "default"  # the source recorded for (and replayed from) the default model
 # what a picture without a ``runtime`` entry (written before it existed) was made with
 DEFAULT_RUNTIME: dict[str, Any] = {"device": "cpu", "fast": False}
 PRECISION_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
@@ -37,17 +38,43 @@ DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
 _CUDA_DEVICE = re.compile(r"cuda(?::(0|[1-9][0-9]*))?")
 
 
-def default_model_dir() -> Path:
-    """The shipped Shapes model folder (inside the ``ldmkit_shapes`` plugin)."""
-    from importlib import resources
+def _no_default_model(registry: Registry) -> SpecError:
+    names = ", ".join(sorted(registry.models)) or "none"
+    return SpecError(
+        "no default model is installed (no plugin registers a model with default=True); "
+        f"pass --spec FOLDER or --model NAME (registered models: {names})"
+    )
 
-    try:
-        root = Path(str(resources.files("ldmkit_shapes") / "model"))
-    except ModuleNotFoundError:
-        raise SpecError("the shipped model is not installed (plugin ldmkit_shapes missing); pass --spec") from None
+
+def _model_info(name: str | None, registry: Registry | None) -> tuple[ModelInfo, Registry]:
+    registry = registry if registry is not None else get_registry()
+    if name is None or name == DEFAULT_MODEL:
+        info = registry.default_model()
+        if info is None:
+            raise _no_default_model(registry)
+        return info, registry
+    return registry.model(name), registry
+
+
+def model_dir(name: str | None = None, *, registry: Registry | None = None) -> Path:
+    """The pipeline folder of the model a plugin registered as ``name`` (None or ``"default"``: the default model).
+
+    Raises :class:`SpecError` when no plugin provides a default model, when the folder holds no
+    ``spec.yaml``, or (as :class:`ldmkit.UnknownComponentError`, with a suggestion) for an unknown name.
+    """
+    info, _ = _model_info(name, registry)
+    root = info.folder()
     if not (root / SPEC_FILE).is_file():
-        raise SpecError(f"the shipped model folder {root} holds no {SPEC_FILE}; pass --spec")
+        raise SpecError(
+            f"model {info.name!r} of plugin {info.plugin.name!r} ({info.plugin.distribution}): "
+            f"its folder {root} holds no {SPEC_FILE}"
+        )
     return root
+
+
+def default_model_dir(registry: Registry | None = None) -> Path:
+    """The default model's pipeline folder (the model a plugin registered with ``default=True``)."""
+    return model_dir(None, registry=registry)
 
 
 def weights_hash(directory: Path) -> str:
@@ -59,18 +86,29 @@ def weights_hash(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def open_pipeline(source: str | None) -> tuple[Pipeline, dict[str, Any]]:
-    """A pipeline: None = the shipped default, a folder = a saved pipeline, a file = a spec (random weights)."""
+def open_model(name: str | None = None, *, registry: Registry | None = None) -> tuple[Pipeline, dict[str, Any]]:
+    """A registered model (None: the default one) and the ``model`` metadata entry that finds it again.
+
+    The default model is recorded as source ``"default"``; a model picked by name as its ``name``
+    (and source), so that a replay opens the same model whichever model is the default then.
+    """
+    info, registry = _model_info(name, registry)
+    directory = model_dir(info.name, registry=registry)
+    record = {"source": DEFAULT_MODEL} if name in (None, DEFAULT_MODEL) else {"source": info.name, "name": info.name}
+    return Pipeline.load(directory, registry), {**record, "weights_sha256": weights_hash(directory)}
+
+
+def open_pipeline(source: str | None, *, registry: Registry | None = None) -> tuple[Pipeline, dict[str, Any]]:
+    """A pipeline: None = the default model, a folder = a saved pipeline, a file = a spec (random weights)."""
     if source in (None, DEFAULT_MODEL):
-        directory = default_model_dir()
-        return Pipeline.load(directory), {"source": DEFAULT_MODEL, "weights_sha256": weights_hash(directory)}
+        return open_model(None, registry=registry)
     path = Path(source)
     if path.is_dir():
-        return Pipeline.load(path), {"source": str(path), "weights_sha256": weights_hash(path)}
+        return Pipeline.load(path, registry), {"source": str(path), "weights_sha256": weights_hash(path)}
     if path.is_file():
         log.warning("%s is a spec without weights: components start from random weights", path)
         torch.manual_seed(0)  # random weights, but the same ones each time
-        return Pipeline.from_spec(path), {"source": str(path), "weights_sha256": None}
+        return Pipeline.from_spec(path, registry), {"source": str(path), "weights_sha256": None}
     raise SpecError(f"{source}: no such spec file or pipeline folder")
 
 
@@ -296,7 +334,7 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     model = meta["model"]
     if not isinstance(model, dict):
         raise InputError(f"{path}: metadata model must be a mapping")
-    for key in ("source", "weights_sha256"):
+    for key in ("source", "name", "weights_sha256"):
         if model.get(key) is not None and not isinstance(model[key], str):
             raise InputError(f"{path}: metadata model.{key} must be text")
     runtime = meta.get("runtime", {})  # optional: older pictures lack it
@@ -393,3 +431,32 @@ def save_pictures(
         write_png(path, pixels[i], meta)
         paths.append(path)
     return paths
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_RUNTIME",
+    "DEVICE_CHOICES",
+    "MAX_METADATA_BYTES",
+    "METADATA_FORMAT",
+    "METADATA_KEY",
+    "PNG_SIGNATURE",
+    "PRECISION_NAMES",
+    "decode_inputs",
+    "default_guidance",
+    "default_model_dir",
+    "default_sampling",
+    "encode_inputs",
+    "generate",
+    "model_dir",
+    "open_model",
+    "open_pipeline",
+    "read_metadata",
+    "recorded_runtime",
+    "resolve_device",
+    "runtime_of",
+    "save_pictures",
+    "to_uint8",
+    "weights_hash",
+    "write_png",
+]

@@ -6,6 +6,11 @@ invalid class, or collides with another plugin is reported and skipped as a whol
 else keeps working. ``LDMKIT_STRICT_PLUGINS=1`` turns any such failure into a :class:`PluginError`;
 ``LDMKIT_LOAD_PLUGINS=a,b`` loads only the named entry points.
 
+Besides components, plugins add CLI subcommands (``register_commands``, looked up with
+:meth:`Registry.command`) and named ready-to-use pipelines (``register_models``, looked up with
+:meth:`Registry.model`); their names collide like component names, and a command may not take a
+built-in command's name.
+
 Deprecation: a component class may set ``deprecated = "message"``, and a plugin may register old
 names with ``register(cls, deprecated_aliases={"old-name": "message"})``. Looking either up through
 :meth:`Registry.get` or :meth:`Registry.create` emits one :class:`DeprecationWarning` per name and
@@ -20,9 +25,10 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -30,6 +36,7 @@ import pluggy
 from pydantic import BaseModel
 
 from ldmkit import hookspecs
+from ldmkit.commands import BUILTIN_COMMANDS, COMMAND_NAME, Command
 from ldmkit.errors import PluginError, UnknownComponentError
 from ldmkit.interfaces import KINDS
 
@@ -68,17 +75,73 @@ class ComponentInfo:
 
 
 @dataclass(frozen=True)
+class CommandInfo:
+    """A CLI subcommand a plugin registered through ``register_commands``."""
+
+    name: str
+    cls: type[Command]
+    plugin: PluginInfo
+
+    @property
+    def help(self) -> str:
+        """The command's one-line help."""
+        return self.cls.help
+
+
+ModelSource = str | os.PathLike[str] | Callable[[], "str | os.PathLike[str]"]
+"""What ``register_models`` accepts for a model's folder: a path, or a callable returning one."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A named pipeline folder a plugin registered through ``register_models``."""
+
+    name: str
+    source: ModelSource
+    plugin: PluginInfo
+    description: str = ""
+    default: bool = False
+    """Whether this is the default model (the one opened when no spec or model is named)."""
+
+    def folder(self) -> Path:
+        """The pipeline folder (a callable source is called each time); its contents are not checked here."""
+        source = self.source
+        if callable(source):
+            try:
+                source = source()
+            except Exception as exc:
+                raise PluginError(
+                    f"model {self.name!r} of plugin {self.plugin.name!r} ({self.plugin.distribution}) "
+                    f"could not find its folder: {type(exc).__name__}: {exc}"
+                ) from exc
+        if not isinstance(source, (str, os.PathLike)):
+            raise PluginError(f"model {self.name!r} of plugin {self.plugin.name!r} gave {source!r}, not a folder path")
+        return Path(source)
+
+
+@dataclass(frozen=True)
 class PluginFailure:
     plugin: PluginInfo
     error: str
 
 
 @dataclass
+class _Staged:
+    """What one plugin's hooks registered, held back until all of them succeeded."""
+
+    components: list[ComponentInfo] = field(default_factory=list)
+    commands: list[CommandInfo] = field(default_factory=list)
+    models: list[ModelInfo] = field(default_factory=list)
+
+
+@dataclass
 class Registry:
-    """Registered components by (kind, name), the loaded plugins and the failed ones."""
+    """Registered components by (kind, name), commands and models by name, the loaded plugins and the failed ones."""
 
     components: dict[tuple[str, str], ComponentInfo] = field(default_factory=dict)
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
+    commands: dict[str, CommandInfo] = field(default_factory=dict)
+    models: dict[str, ModelInfo] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
     strict: bool = False
@@ -117,6 +180,18 @@ class Registry:
         """Build a component from its registered name and (unvalidated) params."""
         return self._lookup(kind, name, stacklevel=3).from_params(params)
 
+    def command(self, name: str) -> CommandInfo:
+        """The plugin command ``name``; raises UnknownComponentError with a suggestion and the known names."""
+        return _named(self.commands, name, "command")
+
+    def model(self, name: str) -> ModelInfo:
+        """The registered model ``name``; raises UnknownComponentError with a suggestion and the known names."""
+        return _named(self.models, name, "model")
+
+    def default_model(self) -> ModelInfo | None:
+        """The model registered with ``default=True``, or None when no plugin provides one."""
+        return next((info for info in self.models.values() if info.default), None)
+
     def _lookup(self, kind: str, name: str, stacklevel: int) -> type:
         info = self.info(kind, name)
         notes = []
@@ -143,23 +218,30 @@ class Registry:
             manager.register(plugin, name=f"{info.distribution}:{info.name}")
         except Exception as exc:  # pluggy raises PluginValidationError or ValueError
             return self._fail(info, f"{type(exc).__name__}: {exc}")
-        staged: list[ComponentInfo] = []
+        staged = _Staged()
         try:
             for caller in manager.get_hookcallers(plugin) or []:
                 if not caller.has_spec():
-                    close = difflib.get_close_matches(caller.name, list(hookspecs.HOOK_KINDS), n=1)
+                    close = difflib.get_close_matches(caller.name, list(hookspecs.ALL_HOOKS), n=1)
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise PluginError(f"implements unknown hook {caller.name!r}{hint}")
-                kind = hookspecs.HOOK_KINDS[caller.name]
+                register = self._register_for(caller.name, info, staged)
                 for impl in caller.get_hookimpls():
                     if impl.plugin is plugin:
-                        impl.function(register=self._stager(kind, info, staged))
+                        impl.function(register=register)
             self._commit(staged, info)
         except Exception as exc:
             manager.unregister(plugin)
             return self._fail(info, f"{type(exc).__name__}: {exc}")
         self.plugins.append(info)
         return True
+
+    def _register_for(self, hook: str, info: PluginInfo, staged: _Staged) -> Callable[..., None]:
+        if hook == "register_commands":
+            return _command_stager(info, staged.commands)
+        if hook == "register_models":
+            return _model_stager(info, staged.models)
+        return self._stager(hookspecs.HOOK_KINDS[hook], info, staged.components)
 
     def _stager(self, kind: str, info: PluginInfo, staged: list[ComponentInfo]):
         def register(
@@ -175,7 +257,18 @@ class Registry:
 
         return register
 
-    def _commit(self, staged: list[ComponentInfo], info: PluginInfo) -> None:
+    def _commit(self, staged: _Staged, info: PluginInfo) -> None:
+        self._check_component_names(staged.components, info)
+        self._check_command_names(staged.commands, info)
+        self._check_model_names(staged.models, info)
+        for comp in staged.components:
+            self.components[(comp.kind, comp.name)] = comp
+            for alias in comp.aliases:
+                self.aliases[(comp.kind, alias)] = comp.name
+        self.commands.update((command.name, command) for command in staged.commands)
+        self.models.update((model.name, model) for model in staged.models)
+
+    def _check_component_names(self, staged: list[ComponentInfo], info: PluginInfo) -> None:
         seen: set[tuple[str, str]] = set()
         for comp in staged:
             for name in (comp.name, *comp.aliases):
@@ -190,10 +283,33 @@ class Registry:
                         f"(plugin {other.name!r}) and {info.distribution} (plugin {info.name!r})"
                     )
                 seen.add(key)
-        for comp in staged:
-            self.components[(comp.kind, comp.name)] = comp
-            for alias in comp.aliases:
-                self.aliases[(comp.kind, alias)] = comp.name
+
+    def _check_command_names(self, staged: list[CommandInfo], info: PluginInfo) -> None:
+        seen: set[str] = set()
+        for command in staged:
+            if command.name in BUILTIN_COMMANDS:
+                raise PluginError(f"command {command.name!r} is a built-in ldmkit command; a plugin may not replace it")
+            owner = self.commands.get(command.name)
+            if owner is not None or command.name in seen:
+                _collision("command", command.name, owner.plugin if owner else info, info)
+            seen.add(command.name)
+
+    def _check_model_names(self, staged: list[ModelInfo], info: PluginInfo) -> None:
+        seen: set[str] = set()
+        default = self.default_model()
+        for model in staged:
+            owner = self.models.get(model.name)
+            if owner is not None or model.name in seen:
+                _collision("model", model.name, owner.plugin if owner else info, info)
+            seen.add(model.name)
+            if model.default:
+                if default is not None:
+                    raise PluginError(
+                        f"the default model is claimed by both {default.plugin.distribution} (plugin "
+                        f"{default.plugin.name!r}, model {default.name!r}) and {info.distribution} "
+                        f"(plugin {info.name!r}, model {model.name!r})"
+                    )
+                default = model
 
     def _fail(self, info: PluginInfo, error: str) -> bool:
         failure = PluginFailure(info, error)
@@ -203,6 +319,61 @@ class Registry:
             raise PluginError(message)
         log.warning(message)
         return False
+
+
+def _collision(what: str, name: str, other: PluginInfo, info: PluginInfo) -> None:
+    raise PluginError(
+        f"{what} {name!r} is registered by both {other.distribution} "
+        f"(plugin {other.name!r}) and {info.distribution} (plugin {info.name!r})"
+    )
+
+
+def _named(table: Mapping[str, Any], name: str, what: str) -> Any:
+    if name in table:
+        return table[name]
+    known = sorted(table)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    listing = ", ".join(known) if known else "(none)"
+    raise UnknownComponentError(f"unknown {what} {name!r}.{hint} Registered: {listing}.")
+
+
+def _valid_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and name == name.strip() and "." not in name
+
+
+def _command_stager(info: PluginInfo, staged: list[CommandInfo]) -> Callable[..., None]:
+    def register(cls: type[Command]) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Command)):
+            raise PluginError(f"register() for command got {cls!r}, not a subclass of ldmkit.commands.Command")
+        name = cls.name
+        if not isinstance(name, str) or COMMAND_NAME.fullmatch(name) is None:
+            raise PluginError(
+                f"{cls.__qualname__} has no valid command 'name' (lowercase letters and digits joined by "
+                f"hyphens), got {name!r}"
+            )
+        if not isinstance(cls.help, str) or not cls.help.strip():
+            raise PluginError(f"{cls.__qualname__} has no 'help' line")
+        staged.append(CommandInfo(name, cls, info))
+
+    return register
+
+
+def _model_stager(info: PluginInfo, staged: list[ModelInfo]) -> Callable[..., None]:
+    def register(name: str, source: ModelSource, *, description: str = "", default: bool = False) -> None:
+        if not _valid_name(name) or any(c.isspace() or c in "/\\" for c in name):
+            raise PluginError(f"model name {name!r} is not valid (a non-empty string without dots, slashes or spaces)")
+        if name == "default":
+            raise PluginError("the model name 'default' is reserved; register with default=True instead")
+        if not (callable(source) or isinstance(source, (str, os.PathLike))):
+            raise PluginError(f"model {name!r}: {source!r} is neither a folder path nor a callable returning one")
+        if not isinstance(description, str):
+            raise PluginError(f"model {name!r}: description must be a string, got {description!r}")
+        if not isinstance(default, bool):
+            raise PluginError(f"model {name!r}: default must be True or False, got {default!r}")
+        staged.append(ModelInfo(name, source, info, description, default))
+
+    return register
 
 
 def _check_kind(kind: str) -> None:
@@ -317,3 +488,21 @@ def reset_registry(registry: Registry | None = None) -> None:
     global _registry
     with _lock:
         _registry = registry
+
+
+__all__ = [
+    "API_VERSION",
+    "ENTRY_POINT_GROUP",
+    "KIND_NAMES",
+    "CommandInfo",
+    "ComponentInfo",
+    "ModelInfo",
+    "ModelSource",
+    "PluginFailure",
+    "PluginInfo",
+    "Registry",
+    "discover",
+    "get_registry",
+    "make_plugin_manager",
+    "reset_registry",
+]

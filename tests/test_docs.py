@@ -109,7 +109,7 @@ def test_ldmkit_help_exits_zero_with_examples():
     assert re.search(r"^\s+ldmkit \w+", result.stdout, re.M)
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", (*COMMANDS, *sorted(ldmkit.get_registry().commands)))  # plugins' too
 def test_subcommand_help_exits_zero_with_an_example(command, capsys):
     out = _help([command, "--help"], capsys)
     assert "example" in out.lower(), f"ldmkit {command} --help shows no example"

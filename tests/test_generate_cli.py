@@ -338,6 +338,7 @@ def _refuse_loading(monkeypatch) -> None:
         raise AssertionError(f"the model was loaded ({source}) before the device was checked")
 
     monkeypatch.setattr("ldmkit.generation.open_pipeline", fail)
+    monkeypatch.setattr("ldmkit.generation.open_model", fail)
 
 
 @pytest.mark.parametrize("value", ["gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "cuda:01", "cuda0", "cpu:0", ""])

@@ -19,7 +19,8 @@ HOOKS = sorted(
 
 def test_hookspecs_found() -> None:
     assert "register_samplers" in HOOKS
-    assert set(HOOKS) == set(hookspecs.HOOK_KINDS), "every hook maps to a component kind and back"
+    assert set(HOOKS) == set(hookspecs.ALL_HOOKS), "every hook is listed: component hooks by kind, and the others"
+    assert set(hookspecs.HOOK_KINDS).isdisjoint(hookspecs.EXTENSION_HOOKS)
 
 
 @pytest.mark.parametrize("hook", HOOKS)

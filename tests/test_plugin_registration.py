@@ -222,3 +222,22 @@ def test_separate_registries_warn_separately(reg: Registry) -> None:
         reg.get("sampler", "per-registry")
         other.get("sampler", "per-registry")
     assert len(_deprecations(record)) == 2
+
+
+# -- commands and models join the all-or-nothing rule -------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["command", "model"])
+def test_a_colliding_command_or_model_undoes_the_plugins_components(reg: Registry, what: str, tmp_path) -> None:
+    from ldmkit.commands import Command
+
+    first = type("First", (Command,), {"name": "shared", "help": "first"})
+    hooks = {"register_commands": lambda r: r(first)} if what == "command" else {}
+    if what == "model":
+        hooks = {"register_models": lambda r: r("shared", tmp_path)}
+    assert reg.add_plugin(_plugin("owner", **hooks), _info("owner"))
+    before = (_snapshot(reg), dict(reg.commands), dict(reg.models))
+    hooks["register_samplers"] = lambda r: r(_sampler("fresh"))
+    assert reg.add_plugin(_plugin("late", **hooks), _info("late")) is False
+    assert (_snapshot(reg), dict(reg.commands), dict(reg.models)) == before
+    assert f"{what} 'shared' is registered by both dist-owner" in reg.failures[-1].error

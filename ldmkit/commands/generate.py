@@ -26,17 +26,20 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "generate",
         help="generate pictures for a task",
-        description="Generate N pictures for a task with a pipeline (default: the shipped Shapes model).",
+        description="Generate N pictures for a task with a pipeline (default: the default model a plugin "
+        "provides, the shipped Shapes model; `ldmkit plugins` lists the models).",
         epilog="""examples:
   ldmkit generate --task class2img --label "red circle" -n 4 --out out/
   ldmkit generate --task text2img --prompt "a red circle and a blue square" --out out/
+  ldmkit generate --model shapes --task uncond -n 8 --out out/
   ldmkit generate --task layout2img --layout boxes.json --out out/
   ldmkit generate --task inpaint --image pic.png --mask mask.png --out out/
   ldmkit generate --task text2img --prompt "a blue triangle" --device cuda --fast --out out/
   ldmkit generate --replay out/000000.png --out replay/""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--spec", help="pipeline folder (spec.yaml + weights) or spec file; default: the shipped model")
+    p.add_argument("--spec", help="pipeline folder (spec.yaml + weights) or spec file; default: the default model")
+    p.add_argument("--model", help="a model a plugin provides, by name (`ldmkit plugins` lists them)")
     p.add_argument("--task", help="uncond, class2img, text2img, layout2img, semantic2img, superres, inpaint")
     p.add_argument("--label", help="class id or name (class2img)")
     p.add_argument("--prompt", help="caption (text2img)")
@@ -146,6 +149,7 @@ def run(args) -> int:
         default_guidance,
         default_sampling,
         generate,
+        open_model,
         open_pipeline,
         read_metadata,
         recorded_runtime,
@@ -166,7 +170,8 @@ def run(args) -> int:
             device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
         fast = recorded["fast"] if args.fast is None else args.fast
         precision = _fast_precision(args.precision, fast, recorded.get("precision"))
-        pipe, model = open_pipeline(meta["model"].get("source"))
+        name = meta["model"].get("name")  # a model picked by name is opened by name again
+        pipe, model = open_model(name) if name is not None else open_pipeline(meta["model"].get("source"))
         if model["weights_sha256"] != meta["model"].get("weights_sha256"):
             raise InputError(f"{args.replay}: made with other weights than {model['source']} holds now")
         try:
@@ -200,9 +205,11 @@ def run(args) -> int:
         return 1
     if not args.task:
         raise InputError("--task is required (or --replay IMAGE.png)")
+    if args.spec is not None and args.model is not None:
+        raise InputError("--spec and --model both pick the pipeline; give one of them")
     device = resolve_device(args.device if args.device is not None else "cpu")
     precision = _fast_precision(args.precision, bool(args.fast))
-    pipe, model = open_pipeline(args.spec)
+    pipe, model = open_model(args.model) if args.model is not None else open_pipeline(args.spec)
     defaults = pipe.spec.sampling if pipe.spec is not None else None
     sampler, steps = default_sampling(pipe, args.task)
     options = SampleOptions(

@@ -1,5 +1,8 @@
 """Built-in Shapes world plugin: a synthetic dataset of coloured shapes, with a picture parser and metrics.
 
+It also provides the shipped Shapes model (the model ``shapes``, and the default model that
+``ldmkit generate`` opens without ``--spec`` or ``--model``) and the ``ldmkit bench`` command.
+
 The public names of :mod:`ldmkit_shapes.world` (and ``ShapesDataset``, ``export``) are available from the
 package itself; they are imported on first access so that plugin discovery stays cheap.
 """
@@ -7,6 +10,8 @@ package itself; they are imported on first access so that plugin discovery stays
 from __future__ import annotations
 
 import importlib
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from ldmkit import hookimpl
@@ -30,7 +35,14 @@ _EXPORTS = {
     "parse_picture": "parse",
 }
 
-__all__ = ["LDMKIT_API_VERSION", "register_datasets", *_EXPORTS]
+__all__ = [
+    "LDMKIT_API_VERSION",
+    "model_folder",
+    "register_commands",
+    "register_datasets",
+    "register_models",
+    *_EXPORTS,
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -49,3 +61,25 @@ def register_datasets(register: Register) -> None:
     from ldmkit_shapes.dataset import ShapesDataset
 
     register(ShapesDataset)
+
+
+def model_folder() -> Path:
+    """The shipped Shapes model's pipeline folder (``spec.yaml`` and weights, inside this package)."""
+    return Path(str(resources.files(__name__) / "model"))
+
+
+@hookimpl
+def register_models(register: Register) -> None:
+    register(
+        "shapes",
+        model_folder,
+        description="the shipped Shapes model: 64x64 pictures of coloured shapes, every task",
+        default=True,
+    )
+
+
+@hookimpl
+def register_commands(register: Register) -> None:
+    from ldmkit_shapes.command import BenchCommand
+
+    register(BenchCommand)
