@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from ldmkit import InputError, NoiseSchedule, Sampler, ScheduleSpec, get_registry
+from ldmkit.sampling import compvis_timesteps, spaced_timesteps
 from ldmkit.testing import SamplerConformance
-from ldmkit_samplers.common import compvis_timesteps, spaced_timesteps
 from ldmkit_samplers.ddim import DDIMSampler
 from ldmkit_samplers.ddpm import DDPMSampler
 from ldmkit_samplers.dpmpp_2m import DPMPP2MSampler

@@ -1,4 +1,4 @@
-"""Built-in samplers plugin: ddpm, ddim, plms, dpmpp-2m, euler-a (one algorithm per module)."""
+"""Built-in samplers plugin: ddpm, ddim, plms, dpmpp-2m, euler-a (one algorithm per module, on `ldmkit.sampling`)."""
 
 from __future__ import annotations
 

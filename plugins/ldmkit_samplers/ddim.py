@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 import ldmkit
-from ldmkit.schedules import NoiseSchedule
-from ldmkit_samplers.common import LoopSampler, SamplingRun, compvis_timesteps
+from ldmkit import NoiseSchedule
+from ldmkit.sampling import Discretization, LoopSampler, SamplingRun, compvis_timesteps
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ class DDIMSampler(LoopSampler):
     uses_eta = True
 
     class Params(ldmkit.Params):
-        discretize: Literal["uniform", "quad"] = "uniform"
+        discretize: Discretization = "uniform"
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 import ldmkit
-from ldmkit.schedules import NoiseSchedule
-from ldmkit_samplers.common import LoopSampler, SamplingRun, spaced_timesteps
+from ldmkit import NoiseSchedule
+from ldmkit.sampling import LoopSampler, SamplingRun, spaced_timesteps
 
 
 def respaced_posterior(schedule: NoiseSchedule, timesteps: list[int]) -> dict[str, list[float]]:

@@ -8,14 +8,8 @@ import math
 from torch import Tensor
 
 import ldmkit
-from ldmkit.schedules import NoiseSchedule
-from ldmkit_samplers.common import (
-    LoopSampler,
-    SamplingRun,
-    Spacing,
-    alphas_cumprod64,
-    spaced_timesteps,
-)
+from ldmkit import NoiseSchedule
+from ldmkit.sampling import LoopSampler, SamplingRun, Spacing, alphas_cumprod64, spaced_timesteps
 
 
 class DPMPP2MSampler(LoopSampler):

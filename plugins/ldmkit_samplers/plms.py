@@ -5,13 +5,11 @@ As CompVis ``plms.py`` runs it: the DDIM transfer with a linear multistep estima
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor
 
 import ldmkit
-from ldmkit.schedules import NoiseSchedule
-from ldmkit_samplers.common import LoopSampler, SamplingRun, compvis_timesteps
+from ldmkit import NoiseSchedule
+from ldmkit.sampling import Discretization, LoopSampler, SamplingRun, compvis_timesteps
 from ldmkit_samplers.ddim import DDIMCoefficients, ddim_update
 
 
@@ -36,7 +34,7 @@ class PLMSSampler(LoopSampler):
     name = "plms"
 
     class Params(ldmkit.Params):
-        discretize: Literal["uniform", "quad"] = "uniform"
+        discretize: Discretization = "uniform"
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Literal
+import math
 
 import torch
 from torch import Tensor
 
-from ldmkit import InputError, NoiseSchedule, Params, Sampler
-from ldmkit.interfaces import ModelFn, StepCallback
-
-log = logging.getLogger(__name__)
+from ldmkit import InputError, NoiseSchedule, Params
+from ldmkit.sampling import Discretization, LoopSampler, SamplingRun, alphas_cumprod64
 
 
-class HeunSampler(Sampler):
+class HeunSampler(LoopSampler):
     """Deterministic Heun sampler (EDM, Karras et al. 2022, "Elucidating the Design Space of
     Diffusion-Based Generative Models", Algorithm 1, without churn) on a discrete VP schedule.
 
@@ -23,13 +20,13 @@ class HeunSampler(Sampler):
     ``dx/dsigma = eps``. Every step takes an Euler step to the next sigma and corrects it with the
     slope there (trapezoidal rule); the last step, to sigma = 0, is plain Euler. ``steps`` steps
     cost ``2 * steps - 1`` model evaluations. All sigmas sit on integer timesteps of the schedule,
-    so the model is only queried where it was trained.
+    so the model is only queried where it was trained. ``eta`` must be 0.
     """
 
     name = "heun-example"
 
     class Params(Params):
-        discretize: Literal["uniform", "quad"] = "uniform"
+        discretize: Discretization = "uniform"
         """How the timesteps are spread: evenly, or quadratically (denser near t = 0), as in DDIM."""
 
     def timesteps(self, num_timesteps: int, steps: int) -> Tensor:
@@ -48,75 +45,28 @@ class HeunSampler(Sampler):
             ts[i] = max(int(ts[i]), int(ts[i + 1]) + 1)
         return ts
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model_fn: ModelFn,
-        schedule: NoiseSchedule,
-        x_T: Tensor,
-        *,
-        steps: int,
-        eta: float = 0.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        callback: StepCallback | None = None,
-        mask: Tensor | None = None,
-        x0: Tensor | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        if eta != 0.0:
-            raise InputError(f"{self.name} is deterministic; eta must be 0, got {eta}")
-        if (mask is None) != (x0 is None):
-            raise InputError("masked sampling needs both mask and x0")
-        ts = self.timesteps(schedule.num_timesteps, steps)
-        alphas = schedule.alphas_cumprod.to(device=x_T.device, dtype=torch.float64)[ts]  # (steps,)
-        sigmas = torch.cat([((1 - alphas) / alphas).sqrt(), alphas.new_zeros(1)])  # (steps + 1,)
-        batch = x_T.shape[0]
+    def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
+        ts = self.timesteps(schedule.num_timesteps, steps).tolist()
+        ac = alphas_cumprod64(schedule)  # (T,)
+        sigmas = [math.sqrt((1.0 - float(ac[t])) / float(ac[t])) for t in ts] + [0.0]  # the chain ends at sigma = 0
+        # scales[i] = sqrt(1 + sigma_i^2) = 1 / sqrt(a_t) turns the VP latent into the VE one
+        scales = [math.sqrt(1.0 + s * s) for s in sigmas]
 
-        def eps_at(x_ve: Tensor, i: int) -> Tensor:
-            scale = float(1.0 / (1.0 + sigmas[i] ** 2) ** 0.5)  # sqrt(a) at sigma_i
-            t = torch.full((batch,), int(ts[i]), dtype=torch.long, device=x_T.device)  # (B,)
-            return model_fn(x_ve * scale, t)
+        def slope(x_ve: Tensor, i: int) -> Tensor:
+            """dx/dsigma at sigma_i: the model's epsilon, which it computes on the VP latent."""
+            return run.eps(x_ve / scales[i], ts[i])
 
-        x = x_T * float((1.0 + sigmas[0] ** 2) ** 0.5)  # (B, C, h, w) in the VE scaling
-        indices = range(steps)
-        if progress:
-            from tqdm.auto import tqdm
-
-            indices = tqdm(indices, desc=self.name)
-        for i in indices:
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            if mask is not None:
-                # re-noise the known region to the current noise level, as DDIM inpainting does
-                known = x0 + s * _randn_like(x, generator)
-                x = mask * known + (1 - mask) * x
-            d = eps_at(x, i)  # (B, C, h, w), dx/dsigma at sigma_i
+        x = x_T * scales[0]  # (B, C, h, w) in the VE scale
+        for i in run.steps(steps):
+            s, s_next = sigmas[i], sigmas[i + 1]
+            if run.masked:  # re-noise the known region to this noise level (in the VP scale, as run does)
+                x = run.impose(x / scales[i], ts[i]) * scales[i]
+            d = slope(x, i)  # (B, C, h, w)
             pred_x0 = x - s * d
-            x_next = x + (s_next - s) * d
+            x_next = x + (s_next - s) * d  # Euler
             if s_next > 0:
-                d_next = eps_at(x_next, i + 1)
-                x_next = x + (s_next - s) * 0.5 * (d + d_next)
+                x_next = x + (s_next - s) * 0.5 * (d + slope(x_next, i + 1))  # trapezoidal correction
             x = x_next
-            if callback is not None and callback(i, int(ts[i]), _to_vp(x, s_next), pred_x0):
-                log.debug("%s stopped by the callback after step %d", self.name, i)
-                return _to_vp(x, s_next)
-        if mask is not None:
-            x = mask * x0 + (1 - mask) * x
-        return x
-
-
-def _to_vp(x_ve: Tensor, sigma: float) -> Tensor:
-    """The VP latent (the scaling samplers return) of a VE state at ``sigma``."""
-    return x_ve / (1.0 + sigma**2) ** 0.5
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
-    """Noise shaped like ``x``; a list holds one generator per sample (drawn on each generator's device)."""
-    if isinstance(generator, list):
-        if len(generator) != x.shape[0]:
-            raise InputError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-        noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device) for g in generator])
-    elif generator is not None:
-        noise = torch.randn(x.shape, generator=generator, device=generator.device)
-    else:
-        noise = torch.randn(x.shape, device=x.device)
-    return noise.to(device=x.device, dtype=x.dtype)
+            if run.report(i, ts[i], x / scales[i + 1], pred_x0):
+                return x / scales[i + 1]
+        return run.finish(x)  # sigma = 0: the VE and VP scales agree
