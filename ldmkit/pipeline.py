@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
 
-from ldmkit.conditioning import Conditioning, guided_pair
+from ldmkit.building import build_component
+from ldmkit.conditioning import Conditioning
 from ldmkit.errors import InputError, SpecError
+from ldmkit.guidance import DenoiseStep, check_guidance_scale, denoiser_step, guided_model_fn
 from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
 from ldmkit.numerics import OnNonFinite
-from ldmkit.prediction import guided_eps, to_eps
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
 
 if TYPE_CHECKING:
-    from ldmkit.fast import FastPath
+    from ldmkit.fast.config import FastConfig
+    from ldmkit.registry import Registry
+
+__all__ = [
+    "COMPONENT_FIELDS",
+    "SPEC_FILE",
+    "InferencePath",
+    "Pipeline",
+    "check_device",
+    "check_guidance_scale",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +38,23 @@ SPEC_FILE = "spec.yaml"
 COMPONENT_FIELDS = ("first_stage", "denoiser", "conditioner")
 
 
-def check_guidance_scale(scale: object) -> float:
-    """``scale`` as a float, refused with :class:`InputError` unless a finite number (NaN would only show at decode)."""
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-        raise InputError(f"guidance_scale must be a finite number, got {scale!r}")
-    return float(scale)
+class InferencePath(Protocol):
+    """What a pipeline asks of an alternative inference path (``pipeline.fast``, see :mod:`ldmkit.fast`).
+
+    The pipeline knows only this interface; :meth:`Pipeline.optimize` installs the fast path.
+    """
+
+    def denoise_step(self, schedule: NoiseSchedule) -> DenoiseStep:
+        """One denoiser call returning epsilon (:data:`ldmkit.guidance.DenoiseStep`)."""
+        ...
+
+    def decode(self, reference: FirstStage, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry") -> Tensor:
+        """Images from unscaled latents; ``reference`` is the pipeline's own first stage."""
+        ...
+
+    def rebuild(self, pipeline: Pipeline) -> InferencePath:
+        """The same path for the pipeline's current device and dtype (after :meth:`Pipeline.to`)."""
+        ...
 
 
 def check_device(device: torch.device | str, *, what: str = "device", hint: str | None = None) -> torch.device:
@@ -71,6 +92,7 @@ class Pipeline:
         scale_factor: float = 1.0,
         spec: PipelineSpec | None = None,
         latent_size: tuple[int, int] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.first_stage = first_stage
         self.denoiser = denoiser
@@ -82,7 +104,8 @@ class Pipeline:
         # modules are not re-entrant under concurrent .to()/eval(); sampling itself only reads weights
         self.lock = threading.RLock()
         # the fast inference path, off until optimize() is called
-        self.fast: FastPath | None = None
+        self.fast: InferencePath | None = None
+        self._registry = registry
         if conditioner is not None:
             conditioner.attach(first_stage)
         for module in self.modules().values():
@@ -90,19 +113,37 @@ class Pipeline:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_spec(cls, spec_or_path: PipelineSpec | dict | str | Path, registry=None) -> Pipeline:
-        """Build (untrained) components from a spec object, mapping or file path."""
-        from ldmkit.registry import get_registry
+    def from_spec(cls, spec_or_path: PipelineSpec | dict | str | Path, registry: Registry | None = None) -> Pipeline:
+        """Build (untrained) components from a spec object, mapping or file path.
 
-        registry = registry or get_registry()
+        Components come from ``registry`` (default: the process registry, :func:`ldmkit.get_registry`),
+        and so do their children, the samplers and the tasks of the pipeline: see :attr:`registry`.
+        """
+        if registry is None:
+            from ldmkit.registry import get_registry
+
+            registry = get_registry()
         if isinstance(spec_or_path, (str, Path)):
             spec = load_spec(spec_or_path, registry)
         else:
             spec = validate_spec(spec_or_path, registry)
         parts: dict[str, Any] = {}
         for field_name, comp in spec.components().items():
-            parts[field_name] = registry.create(field_name, comp.type, comp.params)
-        return cls(schedule=NoiseSchedule.from_spec(spec.schedule), scale_factor=spec.scale_factor, spec=spec, **parts)
+            parts[field_name] = build_component(registry, field_name, comp.type, comp.params)
+        schedule = NoiseSchedule.from_spec(spec.schedule)
+        return cls(schedule=schedule, scale_factor=spec.scale_factor, spec=spec, registry=registry, **parts)
+
+    @property
+    def registry(self) -> Registry:
+        """The registry this pipeline builds samplers and tasks from (the one it was built from).
+
+        A pipeline made without one (``Pipeline(...)`` directly) uses the process registry.
+        """
+        if self._registry is not None:
+            return self._registry
+        from ldmkit.registry import get_registry
+
+        return get_registry()
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {name: m for name in COMPONENT_FIELDS if (m := getattr(self, name)) is not None}
@@ -117,46 +158,22 @@ class Pipeline:
             for module in self.modules().values():
                 module.to(device=device, dtype=dtype)
             if self.fast is not None:  # compiled code and graphs belong to the old device/dtype
-                self.fast = type(self.fast)(self, self.fast.config)
+                self.fast = self.fast.rebuild(self)
         return self
 
-    def optimize(
-        self,
-        precision: str | None = None,
-        channels_last: bool | None = None,
-        compile: bool | None = None,
-        cuda_graphs: bool | None = None,
-        *,
-        compile_mode: str = "default",
-        norm_kernels: bool = False,
-        geglu_kernel: bool | None = None,
-        tile_size: int | None = None,
-        tile_overlap: int = 8,
-    ) -> Pipeline:
+    def optimize(self, config: FastConfig | str | None = None, /, **overrides: Any) -> Pipeline:
         """Switch sampling and decoding to the fast path (:mod:`ldmkit.fast`) and return ``self``.
 
-        ``precision`` is "fp32", "bf16" or "fp16"; ``None`` settings follow the device: all on for CUDA
-        (bf16, channels_last, torch.compile with static shapes, CUDA graphs), all off elsewhere.
-        ``norm_kernels`` asks for Triton GroupNorm kernels, ``geglu_kernel`` (on where it runs) for
-        the fused Hopper GEGLU kernel (see :class:`~ldmkit.fast.FastConfig`).
-        ``tile_size`` (latent pixels) decodes larger latents in blended tiles. The components keep
+        ``config`` is a :class:`~ldmkit.fast.FastConfig` (or a precision name: "fp32", "bf16" or
+        "fp16"); keyword ``overrides`` replace its settings, e.g. ``optimize(precision="fp16",
+        tile_size=64)``. ``None`` settings follow the device: all on for CUDA (bf16, channels_last,
+        torch.compile with static shapes, CUDA graphs), all off elsewhere. The components keep
         their weights; a reduced-precision copy is made where needed. ``pipeline.fast = None``
         turns the fast path off again.
         """
         from ldmkit.fast import optimize
 
-        return optimize(
-            self,
-            precision,
-            channels_last,
-            compile,
-            cuda_graphs,
-            compile_mode=compile_mode,
-            norm_kernels=norm_kernels,
-            geglu_kernel=geglu_kernel,
-            tile_size=tile_size,
-            tile_overlap=tile_overlap,
-        )
+        return optimize(self, config, **overrides)
 
     @property
     def device(self) -> torch.device:
@@ -192,8 +209,13 @@ class Pipeline:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, registry=None, device: str | torch.device = "cpu") -> Pipeline:
-        """Load a folder written by :meth:`save` (weights strictly: missing or unexpected keys fail)."""
+    def load(
+        cls, directory: str | Path, registry: Registry | None = None, device: str | torch.device = "cpu"
+    ) -> Pipeline:
+        """Load a folder written by :meth:`save` (weights strictly: missing or unexpected keys fail).
+
+        ``registry`` is passed to :meth:`from_spec`.
+        """
         from ldmkit.checkpoints import load_into
 
         directory = Path(directory)
@@ -203,18 +225,19 @@ class Pipeline:
         return pipe.to(device)
 
     # -- tasks --------------------------------------------------------------------------------------
-    def task(self, name: str, registry=None) -> Task:
-        """The task ``name`` as this pipeline's spec configures it (else the registered task with defaults)."""
-        from ldmkit.registry import get_registry
+    def task(self, name: str, registry: Registry | None = None) -> Task:
+        """The task ``name`` as this pipeline's spec configures it (else the registered task with defaults).
 
-        registry = registry or get_registry()
+        Built from ``registry``, by default this pipeline's :attr:`registry`.
+        """
+        registry = registry or self.registry
         comp = self.spec.tasks.get(name) if self.spec is not None else None
         if comp is not None:
-            return registry.create("task", comp.type, comp.params)
+            return build_component(registry, "task", comp.type, comp.params)
         if self.spec is not None and self.spec.tasks:
             served = ", ".join(sorted(self.spec.tasks))
             raise SpecError(f"this pipeline does not serve task {name!r}; it serves: {served}")
-        return registry.create("task", name)
+        return build_component(registry, "task", name)
 
     # -- conditioning and guidance --------------------------------------------------------------
     def condition(self, raw: Any) -> Conditioning:
@@ -226,23 +249,15 @@ class Pipeline:
         return self.conditioner(raw)
 
     def model_fn(self, cond: Conditioning, uncond: Conditioning | None = None, guidance_scale: float = 1.0) -> ModelFn:
-        """``model_fn(x, t) -> eps`` with classifier-free guidance as one batched call."""
-        guidance_scale = check_guidance_scale(guidance_scale)
+        """``model_fn(x, t) -> eps`` with classifier-free guidance as one batched call.
+
+        Built by :func:`ldmkit.guidance.guided_model_fn`, on the fast path when it is on.
+        """
         if self.fast is not None:
-            return self.fast.model_fn(self.schedule, cond, uncond, guidance_scale)
-        ac = self.schedule.alphas_cumprod
-        prediction = self.denoiser.prediction
-        guided = uncond is not None and guidance_scale != 1.0
-        both = guided_pair(uncond, cond) if guided else cond
-
-        def fn(x: Tensor, t: Tensor) -> Tensor:
-            if not guided:
-                out = self.denoiser(x, t, cond)
-                return to_eps(out, x, t, ac, prediction)
-            out = self.denoiser.forward_guided(x, t, both)  # (2B, C, h, w)
-            return guided_eps(out, x, t, ac, prediction, guidance_scale)
-
-        return fn
+            step = self.fast.denoise_step(self.schedule)
+        else:
+            step = denoiser_step(self.denoiser, self.schedule.alphas_cumprod)
+        return guided_model_fn(step, cond, uncond, guidance_scale)
 
     # -- sampling -----------------------------------------------------------------------------
     def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
@@ -284,12 +299,10 @@ class Pipeline:
         (pass one per call; a shared generator or the global one makes results depend on timing).
         Do not call :meth:`to` while other threads sample.
         """
-        from ldmkit.registry import get_registry
-
         cond = self.condition(cond)
         uncond = self.condition(uncond) if uncond is not None else None
         if isinstance(sampler, str):
-            sampler = get_registry().create("sampler", sampler)
+            sampler = build_component(self.registry, "sampler", sampler)
         elif not callable(getattr(sampler, "sample", None)):
             raise InputError(f"sampler must be a registered sampler's name or a Sampler, got {type(sampler).__name__}")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):

@@ -242,3 +242,34 @@ def test_gpu_fast_images_within_2_of_255_after_50_steps(precision):
     fast = task.run(pipe, request, options).clamp(-1, 1)
     assert pipe.fast.describe()["graph_failures"] == 0
     assert ((fast - ref).abs().mean() * 127.5).item() < 2.0
+
+
+def test_one_config_object_with_keyword_overrides():
+    from ldmkit import fast
+
+    pipe = tiny_pipeline()
+    base = FastConfig(precision="bf16", tile_size=24)
+    pipe.optimize(base, tile_overlap=4)
+    assert pipe.fast.config == FastConfig(precision="bf16", tile_size=24, tile_overlap=4)
+    assert pipe.fast.settings.dtype == torch.bfloat16
+    pipe.optimize("fp32")  # a precision name is short for FastConfig(precision=...)
+    assert pipe.fast.config == FastConfig(precision="fp32")
+    fast.optimize(pipe, precision="bf16", channels_last=False, max_graphs=2)  # keyword calls keep working
+    assert pipe.fast.config == FastConfig(precision="bf16", channels_last=False, max_graphs=2)
+    assert fast.fast_config(base) is base
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((), {"precison": "bf16"}, "unknown fast-path setting.*precison"),
+        ((), {"tile_size": 0}, "tile_size must be a positive number"),
+        ((FastConfig(tile_size=24),), {"tile_overlap": 12}, "tile_overlap .12. must be less than half"),
+        (({"precision": "bf16"},), {}, "config must be a FastConfig"),
+    ],
+)
+def test_optimize_refuses_unknown_or_bad_settings(args, kwargs, message):
+    pipe = tiny_pipeline()
+    with pytest.raises(InputError, match=message):
+        pipe.optimize(*args, **kwargs)
+    assert pipe.fast is None

@@ -210,3 +210,40 @@ def test_guided_eps_guides_the_epsilon_each_half_implies(prediction):
     out = torch.cat([target_for(prediction, x0_u, noise_u, t, ac), target_for(prediction, x0_c, noise_c, t, ac)])
     guided = guided_eps(out, x_t, t, ac, prediction, 4.0)
     torch.testing.assert_close(guided, noise_u + 4.0 * (noise_c - noise_u), rtol=1e-4, atol=1e-4)
+
+
+def test_every_path_guides_through_the_one_guidance_function(pipe):
+    from ldmkit.guidance import denoiser_step, guided_model_fn
+
+    cond, uncond = pipe.conditioner(_labels(0, 2)), pipe.conditioner.unconditional(2)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([100, 700])
+    step = denoiser_step(pipe.denoiser, pipe.schedule.alphas_cumprod)
+    with torch.no_grad():
+        for c, u, scale in [(cond, uncond, 3.0), (cond, None, 3.0), (cond, uncond, 1.0)]:
+            direct = guided_model_fn(step, c, u, scale)(x, t)
+            assert torch.equal(pipe.model_fn(c, u, scale)(x, t), direct)
+            pipe.optimize(precision="fp32")  # the fast path on the CPU: float32, nothing compiled
+            try:
+                assert torch.equal(pipe.model_fn(c, u, scale)(x, t), direct)
+            finally:
+                pipe.fast = None
+
+
+def test_guided_model_fn_calls_its_step_once_with_the_pair_or_the_plain_conditioning(pipe):
+    from ldmkit.guidance import guided_model_fn
+
+    cond, uncond = pipe.conditioner(_labels(1)), pipe.conditioner.unconditional(1)
+    calls = []
+
+    def step(x, t, conditioning, scale):
+        calls.append((conditioning.crossattn.shape[0], scale))
+        return x
+
+    x, t = torch.zeros(1, 3, 8, 8), torch.tensor([10])
+    guided_model_fn(step, cond, uncond, 2.5)(x, t)
+    guided_model_fn(step, cond, uncond, 1.0)(x, t)  # scale 1: the guided result is the conditional one
+    guided_model_fn(step, cond, None, 2.5)(x, t)  # no unconditional input: nothing to guide with
+    assert calls == [(2, 2.5), (1, None), (1, None)]
+    with pytest.raises(ldmkit.InputError, match="guidance_scale must be a finite number"):
+        guided_model_fn(step, cond, uncond, float("nan"))

@@ -8,7 +8,7 @@ graph per denoiser call shape; on the CPU every setting defaults to off.
 
 from __future__ import annotations
 
-from ldmkit.fast.config import FastConfig
+from ldmkit.fast.config import FastConfig, fast_config
 from ldmkit.fast.graphs import GraphCache
 from ldmkit.fast.modules import FastDecoder, FastDenoiser
 from ldmkit.fast.path import FastPath, optimize
@@ -20,6 +20,7 @@ __all__ = [
     "FastDenoiser",
     "FastPath",
     "GraphCache",
+    "fast_config",
     "optimize",
     "tile_starts",
     "tiled_decode",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 from ldmkit.errors import InputError
+
+__all__ = ["COMPILE_MODES", "DTYPES", "FastConfig", "Precision", "Resolved", "fast_config"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -144,3 +147,22 @@ class Resolved:
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def fast_config(config: FastConfig | str | None = None, /, **overrides: Any) -> FastConfig:
+    """``config`` (default: every setting by device) with ``overrides`` applied, as a checked :class:`FastConfig`.
+
+    ``config`` may also be a precision name ("fp32", "bf16", "fp16") as a shorthand for
+    ``FastConfig(precision=...)``. An override that names no setting raises :class:`InputError`.
+    """
+    if config is None or isinstance(config, str):
+        base = FastConfig() if config is None else FastConfig(precision=config)  # type: ignore[arg-type]
+    elif isinstance(config, FastConfig):
+        base = config
+    else:
+        raise InputError(f"config must be a FastConfig, a precision name or None, got {type(config).__name__}")
+    names = [f.name for f in dataclasses.fields(FastConfig)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise InputError(f"unknown fast-path setting(s) {', '.join(unknown)}; settings: {', '.join(names)}")
+    return dataclasses.replace(base, **overrides) if overrides else base

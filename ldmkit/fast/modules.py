@@ -18,14 +18,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ldmkit.conditioning import Conditioning, guided_pair
+from ldmkit.conditioning import Conditioning
 from ldmkit.fast.config import Resolved
 from ldmkit.fast.geglu import with_kernel_geglu
 from ldmkit.fast.graphs import GraphCache
 from ldmkit.fast.norms import with_channels_last_group_norms, with_kernel_group_norms
 from ldmkit.fast.tiling import tiled_decode
+from ldmkit.guidance import DenoiseStep, eps_from_output, guided_model_fn
 from ldmkit.interfaces import Denoiser, FirstStage, ModelFn
-from ldmkit.prediction import guided_eps, to_eps
+
+__all__ = ["FastDecoder", "FastDenoiser", "compile_options", "maybe_compile", "prepare_module", "weights_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -123,37 +125,38 @@ class FastDenoiser:
     ) -> Tensor:
         """Epsilon (in x's dtype) at (x, t); with ``scale`` the conditioning holds [uncond; cond] (2B rows)."""
         h = x.to(self.settings.dtype).contiguous(memory_format=self.settings.memory_format)
-        if scale is None:
-            out = self._net(h, t, crossattn, concat, vector).to(x.dtype)  # (B, C, h, w)
-            return to_eps(out, x, t, alphas, self.prediction).contiguous()
-        out = self._net_guided(h, t, crossattn, concat, vector).to(x.dtype)  # (2B, C, h, w)
-        return guided_eps(out, x, t, alphas, self.prediction, scale).contiguous()
+        net = self._net if scale is None else self._net_guided
+        out = net(h, t, crossattn, concat, vector).to(x.dtype)  # (B, C, h, w), or (2B, C, h, w) guided
+        return eps_from_output(out, x, t, alphas, self.prediction, scale).contiguous()
 
-    def model_fn(
-        self, alphas_cumprod: Tensor, cond: Conditioning, uncond: Conditioning | None, guidance_scale: float
-    ) -> ModelFn:
-        """``model_fn(x, t) -> eps`` as :meth:`ldmkit.Pipeline.model_fn` defines it, on the fast path."""
-        guided = uncond is not None and guidance_scale != 1.0
-        both = guided_pair(uncond, cond) if guided else cond
-        scale = float(guidance_scale) if guided else None
-        prepared: dict[torch.device, tuple[Tensor | None, ...]] = {}
+    def denoise_step(self, alphas_cumprod: Tensor) -> DenoiseStep:
+        """The fast path's :data:`~ldmkit.guidance.DenoiseStep` (CUDA graphs replayed where they are on)."""
+        # the conditioning is cast once per device, not at every step
+        prepared: dict[torch.device, tuple[Conditioning, tuple[Tensor | None, ...]]] = {}
 
-        def fn(x: Tensor, t: Tensor) -> Tensor:
-            # the conditioning is cast once per device, not at every step
-            if x.device not in prepared:
-                prepared[x.device] = (
-                    self._cast(both.crossattn, x.device),
-                    self._cast(both.concat, x.device, spatial=True),
-                    self._cast(both.vector, x.device),
+        def denoise(x: Tensor, t: Tensor, conditioning: Conditioning, scale: float | None) -> Tensor:
+            cached = prepared.get(x.device)
+            if cached is None or cached[0] is not conditioning:
+                cast = (
+                    self._cast(conditioning.crossattn, x.device),
+                    self._cast(conditioning.concat, x.device, spatial=True),
+                    self._cast(conditioning.vector, x.device),
                 )
-            crossattn, concat, vector = prepared[x.device]
+                cached = prepared[x.device] = (conditioning, cast)
+            crossattn, concat, vector = cached[1]
             alphas = self._device_alphas(alphas_cumprod, x.device)
             if self.graphs is not None and x.is_cuda:
                 run = functools.partial(self.step, alphas=alphas, scale=scale)
                 return self.graphs((scale, self.prediction), run, x, t, crossattn, concat, vector)
             return self.step(x, t, crossattn, concat, vector, alphas, scale)
 
-        return fn
+        return denoise
+
+    def model_fn(
+        self, alphas_cumprod: Tensor, cond: Conditioning, uncond: Conditioning | None, guidance_scale: float
+    ) -> ModelFn:
+        """``model_fn(x, t) -> eps`` as :meth:`ldmkit.Pipeline.model_fn` defines it, on the fast path."""
+        return guided_model_fn(self.denoise_step(alphas_cumprod), cond, uncond, guidance_scale)
 
 
 class FastDecoder:

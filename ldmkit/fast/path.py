@@ -11,14 +11,17 @@ from torch import Tensor
 
 from ldmkit.conditioning import Conditioning
 from ldmkit.errors import NumericsError
-from ldmkit.fast.config import FastConfig
+from ldmkit.fast.config import FastConfig, fast_config
 from ldmkit.fast.modules import FastDecoder, FastDenoiser
+from ldmkit.guidance import DenoiseStep, guided_model_fn
 from ldmkit.interfaces import FirstStage, ModelFn
 from ldmkit.numerics import NonFiniteDecodeWarning, OnNonFinite, safe_decode
 from ldmkit.schedules import NoiseSchedule
 
 if TYPE_CHECKING:
     from ldmkit.pipeline import Pipeline
+
+__all__ = ["FastPath", "optimize"]
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +44,19 @@ class FastPath:
         self.decoder = FastDecoder(pipeline.first_stage, self.settings)
         log.info("fast path on %s: %s", self.device, self.settings)
 
+    def rebuild(self, pipeline: Pipeline) -> FastPath:
+        """A fast path with the same configuration, for the pipeline's current device and dtype."""
+        return type(self)(pipeline, self.config)
+
+    def denoise_step(self, schedule: NoiseSchedule) -> DenoiseStep:
+        """One denoiser call on the fast path (see :func:`ldmkit.guidance.guided_model_fn`)."""
+        return self.denoiser.denoise_step(schedule.alphas_cumprod)
+
     def model_fn(
         self, schedule: NoiseSchedule, cond: Conditioning, uncond: Conditioning | None, guidance_scale: float
     ) -> ModelFn:
         """``model_fn(x, t) -> eps`` with guidance, as :meth:`Pipeline.model_fn` returns it."""
-        return self.denoiser.model_fn(schedule.alphas_cumprod, cond, uncond, guidance_scale)
+        return guided_model_fn(self.denoise_step(schedule), cond, uncond, guidance_scale)
 
     def decode(self, reference: FirstStage, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry") -> Tensor:
         """Images from unscaled latents; never NaN/Inf (a non-finite fast decode is redone by ``reference``)."""
@@ -86,38 +97,16 @@ class FastPath:
         }
 
 
-def optimize(
-    pipeline: Pipeline,
-    precision: str | None = None,
-    channels_last: bool | None = None,
-    compile: bool | None = None,
-    cuda_graphs: bool | None = None,
-    *,
-    compile_mode: str = "default",
-    norm_kernels: bool = False,
-    geglu_kernel: bool | None = None,
-    tile_size: int | None = None,
-    tile_overlap: int = 8,
-    max_graphs: int = 4,
-) -> Pipeline:
+def optimize(pipeline: Pipeline, config: FastConfig | str | None = None, /, **overrides: Any) -> Pipeline:
     """Switch ``pipeline`` to the fast path (replacing any earlier one) and return it.
 
-    ``None`` settings follow the device: all on for CUDA (bf16, channels_last, torch.compile with
-    static shapes, CUDA graphs of each denoiser call), all off elsewhere. Compilation and graph
-    capture happen on the first sampling call of each batch shape.
+    ``config`` is a :class:`FastConfig` (or a precision name, short for ``FastConfig(precision=...)``);
+    keyword ``overrides`` (``precision="fp16"``, ``tile_size=64`` ...) replace its settings. ``None``
+    settings follow the device: all on for CUDA (bf16, channels_last, torch.compile with static
+    shapes, CUDA graphs of each denoiser call), all off elsewhere. Compilation and graph capture
+    happen on the first sampling call of each batch shape.
     """
-    config = FastConfig(
-        precision=precision,  # type: ignore[arg-type]  # checked by FastConfig
-        channels_last=channels_last,
-        compile=compile,
-        cuda_graphs=cuda_graphs,
-        compile_mode=compile_mode,
-        norm_kernels=norm_kernels,
-        geglu_kernel=geglu_kernel,
-        tile_size=tile_size,
-        tile_overlap=tile_overlap,
-        max_graphs=max_graphs,
-    )
+    settings = fast_config(config, **overrides)
     with pipeline.lock:
-        pipeline.fast = FastPath(pipeline, config)
+        pipeline.fast = FastPath(pipeline, settings)
     return pipeline

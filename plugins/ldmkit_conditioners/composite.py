@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,11 +17,14 @@ from ldmkit import (
     Params,
     SpecError,
     UnknownComponentError,
-    get_registry,
 )
+from ldmkit.building import building_with, current_registry
 from ldmkit.conditioning import SLOTS
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.checks import check_batch, host_to_device
+
+if TYPE_CHECKING:
+    from ldmkit.registry import Registry
 
 
 class PartSpec(BaseModel):
@@ -40,7 +43,9 @@ class CompositeConditioner(Conditioner):
 
     A part given as ``None`` or left out uses its unconditional input. :meth:`forward_train` replaces
     each sample's part by its unconditional with that part's ``dropout`` probability, which trains a
-    model for classifier-free guidance. Parts are child modules (state dict keys ``parts.<name>.*``).
+    model for classifier-free guidance. Parts are child modules (state dict keys ``parts.<name>.*``),
+    built through ``registry``, by default the registry building this conditioner
+    (:func:`ldmkit.building.current_registry`), so a pipeline's own registry supplies the parts too.
     """
 
     name = "composite"
@@ -66,9 +71,9 @@ class CompositeConditioner(Conditioner):
 
     params: Params
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: Params | None = None, registry: Registry | None = None) -> None:
         super().__init__(params)
-        registry = get_registry()
+        registry = registry or current_registry()
         self.parts = nn.ModuleDict()
         for part_name, spec in self.params.parts.items():
             try:
@@ -76,7 +81,8 @@ class CompositeConditioner(Conditioner):
             except UnknownComponentError as exc:
                 raise UnknownComponentError(f"composite part {part_name!r}: {exc}") from None
             try:
-                self.parts[part_name] = cls.from_params(spec.params)
+                with building_with(registry):  # a part's own children come from the same registry
+                    self.parts[part_name] = cls.from_params(spec.params)
             except (ValidationError, SpecError) as exc:
                 raise SpecError(f"composite part {part_name!r} ({spec.type}): {exc}") from None
         filled = [slot for part in self.parts.values() for slot in part.slots]
