@@ -177,8 +177,15 @@ class Registry:
         return self._lookup(kind, name, stacklevel=3)
 
     def create(self, kind: str, name: str, params: Any = None) -> Any:
-        """Build a component from its registered name and (unvalidated) params."""
-        return self._lookup(kind, name, stacklevel=3).from_params(params)
+        """Build a component from its registered name and (unvalidated) params.
+
+        Children the component builds (a composite conditioner's parts) come from this registry too.
+        """
+        from ldmkit.building import building_with
+
+        cls = self._lookup(kind, name, stacklevel=3)
+        with building_with(self):
+            return cls.from_params(params)
 
     def command(self, name: str) -> CommandInfo:
         """The plugin command ``name``; raises UnknownComponentError with a suggestion and the known names."""

@@ -144,3 +144,13 @@ def test_a_composite_builds_its_parts_from_the_registry_it_is_given(own_registry
     built = build_component(own_registry, "conditioner", "composite", {"parts": {"outer": SPEC["conditioner"]}})
     assert isinstance(direct.parts["label"], ExtraLabels)
     assert isinstance(built.parts["outer"].parts["label"], ExtraLabels)  # a nested composite too
+
+
+def test_registry_create_builds_a_composites_parts_from_the_same_registry(own_registry, monkeypatch):
+    def refuse():
+        raise AssertionError("the process registry was consulted")
+
+    monkeypatch.setattr(registry_module, "get_registry", refuse)
+    monkeypatch.setattr(ldmkit, "get_registry", refuse)
+    composite = own_registry.create("conditioner", "composite", {"parts": {"label": LABELS}})
+    assert type(composite.parts["label"]).name == EXTRA_CONDITIONER
