@@ -9,6 +9,7 @@ built.
 from __future__ import annotations
 
 import html
+import json
 from contextlib import ExitStack
 from functools import cached_property, lru_cache
 from importlib import resources
@@ -61,8 +62,8 @@ class CLIPTokenizer:
 
     @cached_property
     def encoder(self) -> dict[str, int]:
-        """Token -> id, as in ``vocab.json``."""
-        return dict(self.backend.get_vocab())
+        """Token -> id, as in ``vocab.json`` (in id order, so files written from it are reproducible)."""
+        return json.loads((self.folder / "vocab.json").read_text(encoding="utf-8"))
 
     @cached_property
     def merges(self) -> list[tuple[str, str]]:
