@@ -2,54 +2,90 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from ldmkit.specs import PipelineSpec
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ldmkit.specs import ComponentSpec, PipelineSpec, SamplingSpec
+
+__all__ = [
+    "PIPELINE_SCHEMA",
+    "SPEC_KINDS",
+    "all_schemas",
+    "drifted",
+    "pipeline_model",
+    "pipeline_schema",
+    "render",
+    "write_schemas",
+]
 
 PIPELINE_SCHEMA = "pipeline.schema.json"
 SPEC_KINDS = ("first_stage", "denoiser", "conditioner")
 
 
-def _component_variants(kind: str, registry) -> list[dict[str, Any]]:
-    variants = []
-    for name in registry.names(kind):
-        cls = registry.get(kind, name)
-        params = cls.Params.model_json_schema(ref_template="#/$defs/{model}")
-        defs = params.pop("$defs", {})
-        variant = {
-            "title": f"{kind}: {name}",
-            "type": "object",
-            "properties": {"type": {"const": name}, "params": params},
-            "required": ["type"],
-            "additionalProperties": False,
-        }
-        if defs:
-            variant["$defs"] = defs
-        if cls.__doc__:
-            variant["description"] = cls.__doc__.strip().splitlines()[0]
-        variants.append(variant)
-    return variants
+def _description(cls: type) -> dict[str, Any] | None:
+    """The first line of ``cls``'s docstring as a schema ``description``, if it has one."""
+    doc = (cls.__doc__ or "").strip()
+    return {"description": doc.splitlines()[0]} if doc else None
+
+
+def _component_model(kind: str, name: str, cls: type) -> type[BaseModel]:
+    """``{type: Literal[name], params: Params}`` for one registered component."""
+    # a subclass with its own name, so the $defs entries of the many classes called ``Params`` differ
+    params = create_model(f"{kind}-{name}-params", __base__=cls.Params, __doc__=cls.Params.__doc__)
+    return create_model(
+        f"{kind}-{name}",
+        __config__=ConfigDict(extra="forbid", title=f"{kind}: {name}", json_schema_extra=_description(cls)),
+        type=(Literal[name], ...),
+        params=(params, Field(default_factory=params)),
+    )
+
+
+def _slot_type(kind: str, registry) -> Any:
+    """The discriminated union (on ``type``) of every registered component of ``kind``."""
+    models = [_component_model(kind, name, registry.get(kind, name)) for name in registry.names(kind)]
+    if not models:
+        return ComponentSpec
+    if len(models) == 1:
+        return models[0]
+    return Annotated[functools.reduce(operator.or_, models), Field(discriminator="type")]
+
+
+def pipeline_model(registry=None) -> type[PipelineSpec]:
+    """A pydantic model of the pipeline spec whose component slots list the registered components.
+
+    Each slot is a union, discriminated by ``type``, of ``{type: Literal[name], params: Params}``
+    models made from the registry, so the JSON Schema names every component and its parameters.
+    """
+    from ldmkit.registry import get_registry
+
+    registry = registry or get_registry()
+    fields: dict[str, Any] = {
+        "first_stage": (_slot_type("first_stage", registry), ...),
+        "denoiser": (_slot_type("denoiser", registry), ...),
+        "conditioner": (_slot_type("conditioner", registry) | None, None),
+    }
+    samplers = registry.names("sampler")
+    if samplers:
+        sampling = create_model(
+            "SamplingSpec",
+            __base__=SamplingSpec,
+            __doc__=SamplingSpec.__doc__,
+            sampler=(Literal[tuple(samplers)], SamplingSpec.model_fields["sampler"].default),
+        )
+        fields["sampling"] = (sampling, Field(default_factory=sampling))
+    return create_model("PipelineSpec", __base__=PipelineSpec, __doc__=PipelineSpec.__doc__, **fields)
 
 
 def pipeline_schema(registry=None) -> dict[str, Any]:
     """The pipeline spec schema: each component slot is one of the registered components of its kind."""
-    from ldmkit.registry import get_registry
-
-    registry = registry or get_registry()
-    schema = PipelineSpec.model_json_schema()
+    schema = pipeline_model(registry).model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "ldmkit pipeline spec"
-    for kind in SPEC_KINDS:
-        variants = _component_variants(kind, registry)
-        prop = {"oneOf": variants} if variants else {"$ref": "#/$defs/ComponentSpec"}
-        if kind == "conditioner":
-            prop = {"anyOf": [prop, {"type": "null"}], "default": None}
-        schema["properties"][kind] = prop
-    samplers = registry.names("sampler")
-    if samplers:
-        schema["$defs"]["SamplingSpec"]["properties"]["sampler"]["enum"] = samplers
     return schema
 
 
@@ -70,10 +106,12 @@ def all_schemas(registry=None) -> dict[str, dict[str, Any]]:
 
 
 def render(schema: dict[str, Any]) -> str:
+    """A schema as the text ``ldmkit schema`` writes (sorted keys, so the files are deterministic)."""
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
 def write_schemas(directory: str | Path, registry=None) -> list[Path]:
+    """Write every schema of :func:`all_schemas` into ``directory``; the paths written."""
     from ldmkit.checkpoints import atomic_write_text
 
     directory = Path(directory)

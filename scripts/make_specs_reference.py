@@ -105,6 +105,34 @@ def _description(schema: dict[str, Any]) -> list[str]:
     return [" ".join(text.split()), ""] if text else []
 
 
+def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` itself, or the ``$defs`` entry it refers to."""
+    if "$ref" in schema:
+        return defs[schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _refs_in(schema: Any) -> set[str]:
+    """Names of the ``$defs`` entries that ``schema`` refers to directly."""
+    if isinstance(schema, dict):
+        found = {schema["$ref"].rsplit("/", 1)[-1]} if "$ref" in schema else set()
+        return found.union(*(_refs_in(v) for v in schema.values()))
+    if isinstance(schema, list):
+        return set().union(*(_refs_in(v) for v in schema))
+    return set()
+
+
+def _reachable(names: set[str], defs: dict[str, Any]) -> set[str]:
+    seen: set[str] = set()
+    todo = set(names)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo |= _refs_in(defs[name]) - seen
+    return seen
+
+
 def _component_variants(prop: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-component variants of a slot (``oneOf``, possibly inside ``anyOf`` with null)."""
     if "oneOf" in prop:
@@ -112,14 +140,17 @@ def _component_variants(prop: dict[str, Any]) -> list[dict[str, Any]]:
     for branch in prop.get("anyOf", []):
         if "oneOf" in branch:
             return branch["oneOf"]
-    return []
+        if "$ref" in branch:  # a slot with a single registered component
+            return [branch]
+    return [prop] if "$ref" in prop else []
 
 
 def render_pipeline(schema: dict[str, Any]) -> list[str]:
     defs = schema.get("$defs", {})
-    global_defs = set(defs)
-    lines = ["## Pipeline spec", ""] + _description(schema)
     top = {k: v for k, v in schema["properties"].items() if k not in COMPONENT_SLOTS}
+    shared = _reachable(_refs_in(top), defs)  # the spec's own sections, listed once
+    variants = {slot: _component_variants(schema["properties"][slot]) for slot in COMPONENT_SLOTS}
+    lines = ["## Pipeline spec", ""] + _description(schema)
     slots = {
         k: {
             "title": "component",
@@ -129,18 +160,22 @@ def render_pipeline(schema: dict[str, Any]) -> list[str]:
         for k in COMPONENT_SLOTS
     }
     table_schema = {"properties": {**slots, **top}, "required": schema.get("required", [])}
-    lines += field_table(table_schema, global_defs)
-    for name in sorted(defs):
-        lines += [f"### {name}", ""] + _description(defs[name]) + field_table(defs[name], global_defs)
+    lines += field_table(table_schema, shared)
+    for name in sorted(shared):
+        lines += [f"### {name}", ""] + _description(defs[name]) + field_table(defs[name], shared)
     for slot in COMPONENT_SLOTS:
         lines += [f"## {SLOT_TITLES[slot]}", ""]
         lines += [f"Each is written `{slot}: {{type: NAME, params: {{...}}}}`.", ""]
-        for variant in _component_variants(schema["properties"][slot]):
+        for ref in variants[slot]:
+            variant = _resolve(ref, defs)
             name = variant["properties"]["type"]["const"]
-            params = variant["properties"]["params"]
-            lines += [f"### {slot}: `{name}`", ""] + _description(variant) + field_table(params, global_defs)
-            for local, sub in sorted(variant.get("$defs", {}).items()):
-                lines += [f"#### {name}: `{local}`", ""] + _description(sub) + field_table(sub, global_defs)
+            params_ref = variant["properties"]["params"]
+            params = _resolve(params_ref, defs)
+            own = _reachable(_refs_in(params), defs) - shared
+            lines += [f"### {slot}: `{name}`", ""] + _description(variant) + field_table(params, shared)
+            for local in sorted(own):
+                sub = defs[local]
+                lines += [f"#### {name}: `{local}`", ""] + _description(sub) + field_table(sub, shared)
     return lines
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
@@ -167,63 +165,7 @@ def test_transformer_text_rejects_bad_params(params, message):
         create("transformer-text", {"n_embed": 16, "n_layer": 1, "vocab_size": 20, **params})
 
 
-# -- CLIP tokenizer and text encoder --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def clip_tokenizer():
-    from ldmkit_conditioners.clip_tokenizer import default_tokenizer
-
-    return default_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def hf_clip_tokenizer(tmp_path_factory):
-    """transformers' CLIPTokenizer built from the packaged merges file (the vocabulary layout of CLIP)."""
-    transformers = pytest.importorskip("transformers")
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    import ldmkit_conditioners
-
-    folder = tmp_path_factory.mktemp("clip_vocab")
-    merges_file = Path(ldmkit_conditioners.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.decompress(merges_file.read_bytes()).decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + [m.replace(" ", "") for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return transformers.CLIPTokenizer.from_pretrained(str(folder))
-
-
-PROMPTS = [
-    "a photo of a cat",
-    "A Photo OF an Astronaut riding a horse on Mars!!",
-    "it's 3.14159 o'clock, isn't it? don't we'll they've I'm you'd",
-    "naïve café — déjà vu, 漢字 and emoji 🐱🚀",
-    "  multiple   spaces\tand\nnewlines ",
-    "#hashtag @user $100 50% (parens) [brackets] ''s ½²",
-    "word " * 100,
-    "",
-]
-
-
-def test_clip_tokenizer_matches_transformers(clip_tokenizer, hf_clip_tokenizer):
-    ours = clip_tokenizer(PROMPTS)
-    theirs = hf_clip_tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-    assert ours.shape == (len(PROMPTS), 77)
-    assert torch.equal(ours, theirs["input_ids"])
-
-
-def test_clip_tokenizer_known_ids_and_layout(clip_tokenizer):
-    assert clip_tokenizer.vocab_size == 49408
-    assert clip_tokenizer.encode("a photo of a cat") == [320, 1125, 539, 320, 2368]
-    long = clip_tokenizer(["word " * 100])[0]
-    assert long[0] == 49406 and long[-1] == 49407 and len(long) == 77
-    empty = clip_tokenizer([""])[0]
-    assert empty[0] == 49406 and bool((empty[1:] == 49407).all())  # padded with the end token, as SD v1
-    assert clip_tokenizer.encode("Tom &amp; Jerry") == clip_tokenizer.encode("tom & jerry")
-    assert clip_tokenizer.decode(clip_tokenizer.encode("A red Circle, above!")) == "a red circle , above !"
-
-
+# -- CLIP text encoder (the tokenizer's tests: tests/test_clip_tokenizer.py) -----------------------
 TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 

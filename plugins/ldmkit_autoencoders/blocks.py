@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 
@@ -57,16 +58,16 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
+        h = x.shape[2]  # the height, to fold the tokens back
         normed = self.norm(x)
 
         def tokens(t: Tensor) -> Tensor:
-            return t.reshape(b, 1, c, h * w).transpose(-1, -2)  # (B, 1, HW, C)
+            return rearrange(t, "b c h w -> b 1 (h w) c")  # (B, 1, HW, C): one head
 
         q, k, v = tokens(self.q(normed)), tokens(self.k(normed)), tokens(self.v(normed))
         # default scale 1/sqrt(C), softmax over key positions: the reference computation
         out = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C)
-        out = out.transpose(-1, -2).reshape(b, c, h, w)  # (B, C, H, W)
+        out = rearrange(out, "b 1 (h w) c -> b c h w", h=h)  # (B, C, H, W)
         return x + self.proj_out(out)
 
 

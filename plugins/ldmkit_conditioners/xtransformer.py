@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 DIM_HEAD = 64
@@ -44,14 +45,12 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, n, _ = x.shape
-
         def split(t: Tensor) -> Tensor:
-            return t.view(b, n, self.heads, -1).transpose(1, 2)  # (B, heads, L, d)
+            return rearrange(t, "b l (h d) -> b h l d", h=self.heads)  # (B, heads, L, d)
 
         q, k, v = split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d), scale d**-0.5
-        out = out.transpose(1, 2).reshape(b, n, -1)  # (B, L, heads * d)
+        out = rearrange(out, "b h l d -> b l (h d)")  # (B, L, heads * d)
         return self.to_out(out)
 
 

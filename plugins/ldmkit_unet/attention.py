@@ -7,6 +7,7 @@ channels per head and then into q, k, v; the new one splits q, k, v first and th
 from __future__ import annotations
 
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from ldmkit_unet.layers import normalization, zero_module
@@ -21,12 +22,12 @@ class QKVAttentionLegacy(nn.Module):
 
     def forward(self, qkv: Tensor) -> Tensor:
         """(B, heads * 3 * d, T) -> (B, heads * d, T)."""
-        b, width, length = qkv.shape
+        width = qkv.shape[1]
         d = width // (3 * self.n_heads)
-        qkv = qkv.reshape(b, self.n_heads, 3, d, length).transpose(-1, -2)  # (B, heads, 3, T, d)
-        q, k, v = qkv.unbind(dim=2)  # (B, heads, T, d) each
+        qkv = rearrange(qkv, "b (h three d) t -> three b h t d", h=self.n_heads, three=3)  # (3, B, heads, T, d)
+        q, k, v = qkv.unbind(dim=0)  # (B, heads, T, d) each
         out = F.scaled_dot_product_attention(q, k, v, scale=d**-0.5)  # (B, heads, T, d)
-        return out.transpose(-1, -2).reshape(b, self.n_heads * d, length)  # (B, heads * d, T)
+        return rearrange(out, "b h t d -> b (h d) t")  # (B, heads * d, T)
 
 
 class QKVAttention(nn.Module):
@@ -38,12 +39,12 @@ class QKVAttention(nn.Module):
 
     def forward(self, qkv: Tensor) -> Tensor:
         """(B, 3 * heads * d, T) -> (B, heads * d, T)."""
-        b, width, length = qkv.shape
+        width = qkv.shape[1]
         d = width // (3 * self.n_heads)
-        qkv = qkv.reshape(b, 3, self.n_heads, d, length).transpose(-1, -2)  # (B, 3, heads, T, d)
-        q, k, v = qkv.unbind(dim=1)  # (B, heads, T, d) each
+        qkv = rearrange(qkv, "b (three h d) t -> three b h t d", h=self.n_heads, three=3)  # (3, B, heads, T, d)
+        q, k, v = qkv.unbind(dim=0)  # (B, heads, T, d) each
         out = F.scaled_dot_product_attention(q, k, v, scale=d**-0.5)  # (B, heads, T, d)
-        return out.transpose(-1, -2).reshape(b, self.n_heads * d, length)  # (B, heads * d, T)
+        return rearrange(out, "b h t d -> b (h d) t")  # (B, heads * d, T)
 
 
 class AttentionBlock(nn.Module):
