@@ -1,4 +1,4 @@
-"""Pickle opcode scanning: find every global a pickle names without running it."""
+"""Pickle opcode scanning: find every global a pickle names without running it, within bounds."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import io
 import os
 import pickletools
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from ldmkit.checkpoints.allowlist import ALLOWED_GLOBALS
-from ldmkit.checkpoints.detect import Format, _open_zip, _zip_pickle_record
+from ldmkit.checkpoints.detect import Format, _open_zip, _shown, _zip_pickle_record
+from ldmkit.checkpoints.limits import PickleLimits
 from ldmkit.errors import CheckpointFormatError, UnsafeCheckpointError
+
+__all__ = ["scan_pickle_globals"]
 
 
 @dataclass(frozen=True)
@@ -20,10 +23,64 @@ class _Global:
     name: str
 
 
+@dataclass(eq=False)
+class _Node:
+    """A container or object the unpickler would build; only its nesting depth is tracked."""
+
+    depth: int = 1
+    parents: list[_Node] = field(default_factory=list)
+
+
 _STRING_OPS = frozenset(
     "STRING BINSTRING SHORT_BINSTRING UNICODE BINUNICODE SHORT_BINUNICODE BINUNICODE8 "
     "BINBYTES SHORT_BINBYTES BINBYTES8".split()
 )
+_BUILD_FROM_MARK = frozenset(["TUPLE", "LIST", "DICT", "FROZENSET"])
+_BUILD_FROM_ITEMS = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+_EMPTY = frozenset(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"])
+_ADD_FROM_MARK = frozenset(["APPENDS", "SETITEMS", "ADDITEMS"])
+_MAX_LINE = 65536
+
+
+class _Refused(ValueError):
+    """A bound of :class:`PickleLimits` or a declared length was exceeded (message is ours)."""
+
+
+class _BoundedReader:
+    """Reads for pickletools that never ask for more than the file holds or the byte limit allows.
+
+    pickletools reads a declared length with ``read(n)``; asking first keeps a 2^62-byte
+    declaration from allocating anything.
+    """
+
+    def __init__(self, stream: IO[bytes], end: int, max_bytes: int) -> None:
+        self._stream = stream
+        self._start = stream.tell()
+        self._end = end
+        self._max_bytes = max_bytes
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def _check(self, n: int) -> None:
+        pos = self._stream.tell()
+        if n > self._end - pos:
+            raise _Refused(f"a value at byte {pos} declares {n} bytes but only {self._end - pos} remain in the file")
+        if pos - self._start + n > self._max_bytes:
+            raise _Refused(f"the pickle is larger than the {self._max_bytes}-byte limit")
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._end - self._stream.tell() if n is None or n < 0 else n
+        self._check(n)
+        return self._stream.read(n)
+
+    def readline(self, limit: int = -1) -> bytes:
+        # text opcodes end at a newline; none in a real checkpoint is anywhere near 64 KB
+        self._check(0)
+        line = self._stream.readline(_MAX_LINE)
+        if len(line) == _MAX_LINE and not line.endswith(b"\n"):
+            raise _Refused(f"a text value at byte {self.tell()} is longer than {_MAX_LINE} bytes")
+        return line
 
 
 def _global_name(module: str, name: str) -> str:
@@ -37,16 +94,56 @@ def _global_name(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
-def scan_pickle_globals(stream: IO[bytes], source: str = "pickle") -> set[str]:
+class _Depths:
+    """Nesting depth of the simulated objects, kept up to date when a container grows later."""
+
+    def __init__(self, max_depth: int, source: str) -> None:
+        self.max_depth = max_depth
+        self.source = source
+
+    def new(self, children: list[Any]) -> _Node:
+        node = _Node()
+        for child in children:
+            self.attach(node, child)
+        return node
+
+    def attach(self, parent: Any, child: Any) -> None:
+        if not (isinstance(parent, _Node) and isinstance(child, _Node)):
+            return
+        child.parents.append(parent)
+        # A parent is one deeper than its deepest child; pass growth on to every holder (a cycle
+        # grows until the limit, as it would overflow any recursive walk of the result).
+        work = [(parent, child.depth + 1)]
+        while work:
+            node, depth = work.pop()
+            if depth <= node.depth:
+                continue
+            if depth > self.max_depth:
+                raise _Refused(
+                    f"objects nest more than {self.max_depth} deep (a real checkpoint nests about 10); "
+                    "raise LDMKIT_MAX_PICKLE_DEPTH only for a file you trust"
+                )
+            node.depth = depth
+            work.extend((p, depth + 1) for p in node.parents)
+
+
+def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: PickleLimits | None = None) -> set[str]:
     """Walk one pickle's opcodes without running it; return the globals it names.
 
     Simulates the unpickler's stack just enough to resolve ``STACK_GLOBAL`` operands (string
-    pushes and memo lookups). Raises :class:`UnsafeCheckpointError` for any global outside the
-    allowlist, for calls whose target is not a named global, and for extension-registry codes;
-    :class:`CheckpointFormatError` for a malformed pickle. The stream is left just after STOP.
+    pushes and memo lookups) and to measure how deeply the result would nest. Raises
+    :class:`UnsafeCheckpointError` for any global outside the allowlist, for calls whose target
+    is not a named global, and for extension-registry codes; :class:`CheckpointFormatError` for a
+    malformed pickle, a length that the file cannot hold, or a pickle beyond ``limits`` (default:
+    :meth:`PickleLimits.from_env`). The stream is left just after STOP.
     """
+    limits = limits or PickleLimits.from_env()
+    end = _stream_end(stream)
+    reader = _BoundedReader(stream, end, limits.max_bytes)
+    depths = _Depths(limits.max_depth, source)
     stack: list[Any] = []
     metastack: list[list[Any]] = []
+    below = 0  # values in the MARK frames under the current one
     memo: dict[int, Any] = {}
     found: set[str] = set()
 
@@ -56,17 +153,21 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle") -> set[str]:
         return stack.pop()
 
     def pop_mark() -> list[Any]:
-        nonlocal stack
+        nonlocal stack, below
         if not metastack:
             raise CheckpointFormatError(f"{source}: malformed pickle (no MARK)")
         items, stack = stack, metastack.pop()
+        below -= len(stack) + 1
         return items
+
+    def top() -> Any:
+        return stack[-1] if stack else pop()
 
     def record(name: str) -> _Global:
         if name not in ALLOWED_GLOBALS:
             raise UnsafeCheckpointError(
-                f"{source}: refusing to load, the pickle references {name!r}, which is not on the allowlist of "
-                "tensor and checkpoint-metadata types; nothing was executed. If you trust the file, use "
+                f"{source}: refusing to load, the pickle references {_shown(name, 120)}, which is not on the allowlist "
+                "of tensor and checkpoint-metadata types; nothing was executed. If you trust the file, use "
                 "ldmkit.checkpoints.load_checkpoint(path, unsafe_allow_pickle=True)"
             )
         found.add(name)
@@ -79,20 +180,18 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle") -> set[str]:
             )
 
     try:
-        for op, arg, _pos in pickletools.genops(stream):
+        for op, arg, _pos in pickletools.genops(reader):
             name = op.name
             if name == "PROTO" and arg < 2:
                 raise CheckpointFormatError(f"{source}: pickle protocol {arg} is not supported")
             if name in ("GLOBAL", "INST"):
                 module, sep, qual = str(arg).partition(" ")
                 if not sep or " " in qual:
-                    raise UnsafeCheckpointError(f"{source}: refusing to load, malformed global {arg!r}")
+                    raise UnsafeCheckpointError(f"{source}: refusing to load, malformed global name")
                 g = record(_global_name(module, qual))
-                if name == "INST":
-                    pop_mark()
-                    stack.append(None)
-                else:
-                    stack.append(g)
+                # pop the MARK frame before naming ``stack``: pop_mark rebinds it
+                obj = depths.new(pop_mark()) if name == "INST" else g
+                stack.append(obj)
             elif name == "STACK_GLOBAL":
                 qual, module = pop(), pop()
                 if not (isinstance(module, str) and isinstance(qual, str)):
@@ -101,31 +200,52 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle") -> set[str]:
             elif name in ("EXT1", "EXT2", "EXT4"):
                 raise UnsafeCheckpointError(f"{source}: refusing to load, pickle uses extension-registry code {arg}")
             elif name == "REDUCE":
-                pop()
-                callee("REDUCE", stack[-1] if stack else None)
-                stack[-1] = None
+                args = pop()
+                callee("REDUCE", top())
+                stack[-1] = depths.new([args])
             elif name in ("NEWOBJ", "NEWOBJ_EX"):
-                if name == "NEWOBJ_EX":
-                    pop()
-                pop()
-                callee(name, stack[-1] if stack else None)
-                stack[-1] = None
+                args = [pop(), pop()] if name == "NEWOBJ_EX" else [pop()]
+                callee(name, top())
+                stack[-1] = depths.new(args)
             elif name == "OBJ":
                 items = pop_mark()
                 callee("OBJ", items[0] if items else None)
-                stack.append(None)
+                stack.append(depths.new(items[1:]))
+            elif name == "BINPERSID":
+                stack.append(depths.new([pop()]))
             elif name in _STRING_OPS:
                 stack.append(arg)
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[arg] = stack[-1] if stack else pop()
-            elif name == "MEMOIZE":
-                memo[len(memo)] = stack[-1] if stack else pop()
+            elif name in _EMPTY:
+                stack.append(_Node())
+            elif name in _BUILD_FROM_MARK:
+                built = depths.new(pop_mark())
+                stack.append(built)
+            elif name in _BUILD_FROM_ITEMS:
+                items = [pop() for _ in range(_BUILD_FROM_ITEMS[name])]
+                stack.append(depths.new(items))
+            elif name in ("APPEND", "BUILD"):
+                item = pop()
+                depths.attach(top(), item)
+            elif name == "SETITEM":
+                value, key = pop(), pop()
+                depths.attach(top(), key)
+                depths.attach(top(), value)
+            elif name in _ADD_FROM_MARK:
+                items = pop_mark()
+                container = top()
+                for item in items:
+                    depths.attach(container, item)
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo[len(memo) if name == "MEMOIZE" else arg] = top()
+                if len(memo) > limits.max_memo:
+                    raise _Refused(f"the pickle memoizes more than {limits.max_memo} objects")
             elif name in ("GET", "BINGET", "LONG_BINGET"):
                 if arg not in memo:
                     raise CheckpointFormatError(f"{source}: malformed pickle (memo key {arg} unset)")
                 stack.append(memo[arg])
             elif name == "MARK":
                 metastack.append(stack)
+                below += len(stack) + 1
                 stack = []
             elif name == "POP":
                 if stack:
@@ -133,7 +253,7 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle") -> set[str]:
                 else:
                     pop_mark()
             elif name == "DUP":
-                stack.append(stack[-1] if stack else pop())
+                stack.append(top())
             elif name == "STOP":
                 break
             else:  # generic: pop what the opcode consumes, push opaque results
@@ -144,25 +264,51 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle") -> set[str]:
                 for _ in before:
                     pop()
                 stack.extend([None] * len(op.stack_after))
-    except (ValueError, EOFError, KeyError, IndexError, struct.error) as e:
-        raise CheckpointFormatError(f"{source}: malformed pickle ({e})") from e
+            if len(stack) + below > limits.max_stack:
+                raise _Refused(f"the pickle holds more than {limits.max_stack} values on its stack")
+    except _Refused as e:
+        raise CheckpointFormatError(f"{source}: refusing to load, {e}") from None
+    except (ValueError, EOFError, KeyError, IndexError, struct.error, OverflowError) as e:
+        # pickletools' messages can quote the file's bytes; name the position and the kind only
+        raise CheckpointFormatError(
+            f"{source}: malformed pickle near byte {reader.tell()} ({type(e).__name__})"
+        ) from None
     return found
+
+
+def _stream_end(stream: IO[bytes]) -> int:
+    if isinstance(stream, io.BytesIO):
+        return len(stream.getbuffer())
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pos = stream.tell()
+        end = stream.seek(0, io.SEEK_END)
+        stream.seek(pos)
+        return end
 
 
 # Pickles in a legacy torch.save file: magic number, protocol, sys info, the object, storage keys.
 _LEGACY_PICKLES = 5
 
 
-def _scan_checkpoint(f: IO[bytes], path: Path, fmt: Format) -> set[str]:
+def _scan_checkpoint(f: IO[bytes], path: Path, fmt: Format, limits: PickleLimits | None = None) -> set[str]:
+    limits = limits or PickleLimits.from_env()
     f.seek(0)
     if fmt == "torch-zip":
         with _open_zip(f, path) as zf:
             record = _zip_pickle_record(path, zf)
-            return scan_pickle_globals(io.BytesIO(zf.read(record)), f"{path}:{record}")
+            declared = zf.getinfo(record).file_size
+            if declared > limits.max_bytes:
+                raise CheckpointFormatError(
+                    f"{path}: refusing to load, its pickle of {declared} bytes is larger than the "
+                    f"{limits.max_bytes}-byte limit (raise LDMKIT_MAX_PICKLE_BYTES for a file you trust)"
+                )
+            return scan_pickle_globals(io.BytesIO(zf.read(record)), f"{path}:{record}", limits)
     found: set[str] = set()
     size = os.fstat(f.fileno()).st_size
     for _ in range(_LEGACY_PICKLES):
         if f.tell() >= size:
             break
-        found |= scan_pickle_globals(f, str(path))
+        found |= scan_pickle_globals(f, str(path), limits)
     return found
