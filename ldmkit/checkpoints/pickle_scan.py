@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import pickletools
 import struct
 from dataclasses import dataclass, field
@@ -182,7 +183,7 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: Pickl
     try:
         for op, arg, _pos in pickletools.genops(reader):
             name = op.name
-            if name == "PROTO" and arg < 2:
+            if name == "PROTO" and not 2 <= arg <= pickle.HIGHEST_PROTOCOL:
                 raise CheckpointFormatError(f"{source}: pickle protocol {arg} is not supported")
             if name in ("GLOBAL", "INST"):
                 module, sep, qual = str(arg).partition(" ")
