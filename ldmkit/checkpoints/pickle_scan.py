@@ -7,7 +7,7 @@ import os
 import pickle
 import pickletools
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,12 +24,14 @@ class _Global:
     name: str
 
 
-@dataclass(eq=False)
 class _Node:
     """A container or object the unpickler would build; only its nesting depth is tracked."""
 
-    depth: int = 1
-    parents: list[_Node] = field(default_factory=list)
+    __slots__ = ("depth", "parents")
+
+    def __init__(self) -> None:
+        self.depth = 1
+        self.parents: list[_Node] = []
 
 
 _STRING_OPS = frozenset(
@@ -41,6 +43,7 @@ _BUILD_FROM_ITEMS = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 _EMPTY = frozenset(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"])
 _ADD_FROM_MARK = frozenset(["APPENDS", "SETITEMS", "ADDITEMS"])
 _MAX_LINE = 65536
+_SMALL_READ = 4096  # reads up to this size need no check: at worst they come back short
 
 
 class _Refused(ValueError):
@@ -51,34 +54,40 @@ class _BoundedReader:
     """Reads for pickletools that never ask for more than the file holds or the byte limit allows.
 
     pickletools reads a declared length with ``read(n)``; asking first keeps a 2^62-byte
-    declaration from allocating anything.
+    declaration from allocating anything. Small reads (every opcode) go straight through.
     """
 
     def __init__(self, stream: IO[bytes], end: int, max_bytes: int) -> None:
-        self._stream = stream
-        self._start = stream.tell()
-        self._end = end
+        self._read = stream.read
+        self._readline = stream.readline
+        self.tell = stream.tell
+        self._end = min(end, stream.tell() + max_bytes)
+        self._file_end = end
         self._max_bytes = max_bytes
 
-    def tell(self) -> int:
-        return self._stream.tell()
-
-    def _check(self, n: int) -> None:
-        pos = self._stream.tell()
-        if n > self._end - pos:
-            raise _Refused(f"a value at byte {pos} declares {n} bytes but only {self._end - pos} remain in the file")
-        if pos - self._start + n > self._max_bytes:
-            raise _Refused(f"the pickle is larger than the {self._max_bytes}-byte limit")
-
     def read(self, n: int = -1) -> bytes:
-        n = self._end - self._stream.tell() if n is None or n < 0 else n
-        self._check(n)
-        return self._stream.read(n)
+        if n is None or n < 0 or n > _SMALL_READ:
+            n = self._check(n)
+        return self._read(n)
+
+    def _check(self, n: int | None) -> int:
+        pos = self.tell()
+        if n is None or n < 0:
+            n = self._file_end - pos
+        if n > self._file_end - pos:
+            left = self._file_end - pos
+            raise _Refused(f"a value at byte {pos} declares {n} bytes but only {left} remain in the file")
+        if pos + n > self._end:
+            raise _Refused(f"the pickle is larger than the {self._max_bytes}-byte limit")
+        return n
+
+    def past_limit(self, pos: int) -> bool:
+        """Whether reading has gone past the byte limit (checked once per opcode)."""
+        return pos > self._end
 
     def readline(self, limit: int = -1) -> bytes:
         # text opcodes end at a newline; none in a real checkpoint is anywhere near 64 KB
-        self._check(0)
-        line = self._stream.readline(_MAX_LINE)
+        line = self._readline(_MAX_LINE)
         if len(line) == _MAX_LINE and not line.endswith(b"\n"):
             raise _Refused(f"a text value at byte {self.tell()} is longer than {_MAX_LINE} bytes")
         return line
@@ -104,14 +113,29 @@ class _Depths:
 
     def new(self, children: list[Any]) -> _Node:
         node = _Node()
+        deepest = 0
         for child in children:
-            self.attach(node, child)
+            if type(child) is _Node:
+                child.parents.append(node)
+                deepest = max(deepest, child.depth)
+        if deepest:  # a fresh node has no holders yet, so nothing else deepens
+            self._deepen(node, deepest + 1)
         return node
 
+    def _deepen(self, node: _Node, depth: int) -> None:
+        if depth > self.max_depth:
+            raise _Refused(
+                f"objects nest more than {self.max_depth} deep (a real checkpoint nests about 10); "
+                "raise LDMKIT_MAX_PICKLE_DEPTH only for a file you trust"
+            )
+        node.depth = depth
+
     def attach(self, parent: Any, child: Any) -> None:
-        if not (isinstance(parent, _Node) and isinstance(child, _Node)):
+        if type(child) is not _Node or type(parent) is not _Node:
             return
         child.parents.append(parent)
+        if child.depth < parent.depth:
+            return  # the common case: nothing deepens
         # A parent is one deeper than its deepest child; pass growth on to every holder (a cycle
         # grows until the limit, as it would overflow any recursive walk of the result).
         work = [(parent, child.depth + 1)]
@@ -119,12 +143,7 @@ class _Depths:
             node, depth = work.pop()
             if depth <= node.depth:
                 continue
-            if depth > self.max_depth:
-                raise _Refused(
-                    f"objects nest more than {self.max_depth} deep (a real checkpoint nests about 10); "
-                    "raise LDMKIT_MAX_PICKLE_DEPTH only for a file you trust"
-                )
-            node.depth = depth
+            self._deepen(node, depth)
             work.extend((p, depth + 1) for p in node.parents)
 
 
@@ -139,8 +158,14 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: Pickl
     :meth:`PickleLimits.from_env`). The stream is left just after STOP.
     """
     limits = limits or PickleLimits.from_env()
-    end = _stream_end(stream)
-    reader = _BoundedReader(stream, end, limits.max_bytes)
+    # BytesIO.read(n) returns what is there without reserving n bytes, and its size is known; any
+    # other stream (a legacy file) is read through the bounds of _BoundedReader.
+    bounded = not isinstance(stream, io.BytesIO)
+    if not bounded and len(stream.getbuffer()) - stream.tell() > limits.max_bytes:
+        raise CheckpointFormatError(
+            f"{source}: refusing to load, the pickle is larger than the {limits.max_bytes}-byte limit"
+        )
+    reader: Any = _BoundedReader(stream, _stream_end(stream), limits.max_bytes) if bounded else stream
     depths = _Depths(limits.max_depth, source)
     stack: list[Any] = []
     metastack: list[list[Any]] = []
@@ -181,7 +206,9 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: Pickl
             )
 
     try:
-        for op, arg, _pos in pickletools.genops(reader):
+        for op, arg, pos in pickletools.genops(reader):
+            if bounded and reader.past_limit(pos):
+                raise _Refused(f"the pickle is larger than the {limits.max_bytes}-byte limit")
             name = op.name
             if name == "PROTO" and not 2 <= arg <= pickle.HIGHEST_PROTOCOL:
                 raise CheckpointFormatError(f"{source}: pickle protocol {arg} is not supported")
@@ -278,8 +305,6 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: Pickl
 
 
 def _stream_end(stream: IO[bytes]) -> int:
-    if isinstance(stream, io.BytesIO):
-        return len(stream.getbuffer())
     try:
         return os.fstat(stream.fileno()).st_size
     except (AttributeError, OSError, io.UnsupportedOperation):
