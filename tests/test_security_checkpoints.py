@@ -167,6 +167,12 @@ def test_declared_length_beyond_the_file_is_an_error(tmp_path, opcode):
         load_checkpoint(path)
 
 
+def test_declared_length_beyond_a_zip_record_is_an_error(tmp_path):
+    ckpt = torch_zip_with_pickle(tmp_path / "z.ckpt", huge_string_pickle())
+    with pytest.raises(CheckpointFormatError, match=r"expected 4611686018427387904 bytes .* but only 600 remain"):
+        load_checkpoint(ckpt)
+
+
 def test_611_byte_legacy_pickle_with_a_2_62_byte_string_cli(tmp_path, capsys):
     path = tmp_path / "huge.ckpt"
     path.write_bytes(huge_string_pickle())

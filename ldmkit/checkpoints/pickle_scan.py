@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import pickletools
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ _BUILD_FROM_ITEMS = {"TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 _EMPTY = frozenset(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"])
 _ADD_FROM_MARK = frozenset(["APPENDS", "SETITEMS", "ADDITEMS"])
 _MAX_LINE = 65536
+_LENGTH_COMPLAINT = re.compile(r"expected \d+ bytes in a \w+, but only \d+ remain")
 _SMALL_READ = 4096  # reads up to this size need no check: at worst they come back short
 
 
@@ -297,10 +299,10 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: Pickl
     except _Refused as e:
         raise CheckpointFormatError(f"{source}: refusing to load, {e}") from None
     except (ValueError, EOFError, KeyError, IndexError, struct.error, OverflowError) as e:
-        # pickletools' messages can quote the file's bytes; name the position and the kind only
-        raise CheckpointFormatError(
-            f"{source}: malformed pickle near byte {reader.tell()} ({type(e).__name__})"
-        ) from None
+        # pickletools' messages can quote the file's bytes; only its length complaints are passed on
+        text = str(e)
+        reason = text if _LENGTH_COMPLAINT.fullmatch(text) else type(e).__name__
+        raise CheckpointFormatError(f"{source}: malformed pickle near byte {reader.tell()} ({reason})") from None
     return found
 
 
