@@ -271,7 +271,7 @@ def split_state_dict(state: dict[str, Tensor], pipe: Pipeline, ema: bool = False
 
 def load(config_yaml: str | Path | dict[str, Any], ckpt: str | Path, ema: bool = False) -> Pipeline:
     """Build a Pipeline from an original CompVis config and checkpoint (``ema=True``: the EMA weights)."""
-    from ldmkit.checkpoints import load_checkpoint, load_into
+    from ldmkit.checkpoints import check_scale_factor, load_checkpoint, load_into
 
     spec = spec_from_config(config_yaml)
     pipe = Pipeline.from_spec(spec)
@@ -280,7 +280,7 @@ def load(config_yaml: str | Path | dict[str, Any], ckpt: str | Path, ema: bool =
     if not isinstance(state, dict):
         raise CheckpointError(f"{ckpt}: no state_dict found")
     if "scale_factor" in state:  # scale_by_std stores the measured factor as a buffer
-        pipe.scale_factor = float(state["scale_factor"])
+        pipe.scale_factor = check_scale_factor(state["scale_factor"], str(ckpt))
         pipe.spec = pipe.spec.model_copy(update={"scale_factor": pipe.scale_factor})
     for name, part in split_state_dict(state, pipe, ema=ema).items():
         load_into(pipe.modules()[name], part, what=f"{name} of {Path(str(ckpt)).name}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -79,11 +78,10 @@ def default_model_dir(registry: Registry | None = None) -> Path:
 
 def weights_hash(directory: Path) -> str:
     """sha256 over the pipeline folder's spec and weight files, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.safetensors")) + [directory / SPEC_FILE]:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
+    from ldmkit.checkpoints import sha256_of_files
+
+    # bounded reads of regular files inside the folder (a link to /dev/zero is refused)
+    return sha256_of_files(directory, sorted(directory.glob("*.safetensors")) + [directory / SPEC_FILE])
 
 
 def open_model(name: str | None = None, *, registry: Registry | None = None) -> tuple[Pipeline, dict[str, Any]]:

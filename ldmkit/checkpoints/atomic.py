@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,7 +49,11 @@ def _atomic_target(path: PathLike) -> Iterator[Path]:
     try:
         # os.open with 0o666 lets the umask decide the final mode, as a plain open() would.
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
         yield tmp
+        # A writer may replace the file with its own mode (safetensors creates it 0600); restore ours.
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:
+            os.chmod(tmp, mode)
         fd = os.open(tmp, os.O_RDWR)
         try:
             os.fsync(fd)

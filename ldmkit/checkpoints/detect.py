@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import IO, Literal
 
+from ldmkit.checkpoints.files import check_inside
 from ldmkit.errors import CheckpointError, CheckpointFormatError
 
 PathLike = str | os.PathLike[str]
@@ -18,7 +19,14 @@ Format = Literal["safetensors", "torch-zip", "torch-legacy-pickle"]
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
+def _shown(value: object, limit: int = 80) -> str:
+    """A name or value from a file, quoted for a message: ASCII only, cut at ``limit`` characters."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _file_size(path: Path) -> int:
+    check_inside(path)  # a weights file linked out of its folder is not read
     try:
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist or is not a regular file")
@@ -60,7 +68,8 @@ def _describe(head: bytes) -> str:
         return f"a pickle of unsupported protocol {head[1] if len(head) > 1 else '?'}"
     if head[:1] in (b"(", b"}", b"]", b"c"):
         return "what looks like a protocol 0/1 pickle (unsupported)"
-    return f"leading bytes {head[:16]!r}"
+    # never the bytes themselves: the file may be anything a link or a typo points at
+    return "content that is not safetensors, a torch.save zip or a protocol 2-5 pickle"
 
 
 def _safetensors_header_length(head: bytes) -> int | None:
@@ -114,18 +123,21 @@ def _zip_pickle_record(path: Path, zf: zipfile.ZipFile) -> str:
     pickles = [n for n in names if n.endswith(".pkl")]
     if len(pickles) != 1:
         raise CheckpointFormatError(
-            f"{path}: a torch.save zip holds exactly one data.pkl; found {len(pickles)} pickles: {pickles[:5]}"
+            f"{path}: a torch.save zip holds exactly one data.pkl; "
+            f"found {len(pickles)} pickles: {_shown(pickles[:5], 200)}"
         )
     # torch reads the record under the first entry's top folder; every entry must share it.
     prefix = names[0].split("/", 1)[0]
     if pickles[0] != f"{prefix}/data.pkl":
-        raise CheckpointFormatError(f"{path}: expected {prefix}/data.pkl in the zip, found {pickles[0]}")
+        raise CheckpointFormatError(
+            f"{path}: expected {_shown(prefix)}/data.pkl in the zip, found {_shown(pickles[0])}"
+        )
     for info in infos:
         top, _, rest = info.filename.partition("/")
         if top != prefix or not _ZIP_RECORDS.fullmatch(rest):
-            raise CheckpointFormatError(f"{path}: unexpected entry {info.filename!r} in a torch.save zip")
+            raise CheckpointFormatError(f"{path}: unexpected entry {_shown(info.filename)} in a torch.save zip")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 0x1:
-            raise CheckpointFormatError(f"{path}: entry {info.filename!r} is encrypted or oddly compressed")
+            raise CheckpointFormatError(f"{path}: entry {_shown(info.filename)} is encrypted or oddly compressed")
     return pickles[0]
 
 
@@ -145,4 +157,4 @@ def _check_torch_zip(f: IO[bytes], path: Path) -> None:
         except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError) as e:
             raise CheckpointFormatError(f"{path}: corrupt zip archive ({e})") from e
     if bad is not None:
-        raise CheckpointFormatError(f"{path}: zip entry {bad!r} fails its CRC check (file corrupted)")
+        raise CheckpointFormatError(f"{path}: zip entry {_shown(bad)} fails its CRC check (file corrupted)")

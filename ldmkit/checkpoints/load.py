@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -13,7 +14,8 @@ from typing import IO, Any
 import torch
 
 from ldmkit.checkpoints.allowlist import _stand_ins
-from ldmkit.checkpoints.detect import PathLike, _detect, _open
+from ldmkit.checkpoints.detect import PathLike, _detect, _open, _shown
+from ldmkit.checkpoints.limits import PickleLimits
 from ldmkit.checkpoints.pickle_scan import _scan_checkpoint
 from ldmkit.checkpoints.safetensors_io import _load_safetensors
 from ldmkit.errors import CheckpointError, CheckpointFormatError
@@ -63,12 +65,15 @@ def _torch_reason(error: Exception) -> str:
     return detail[:400]
 
 
-def load_checkpoint(path: PathLike, *, unsafe_allow_pickle: bool = False) -> dict[Any, Any]:
+def load_checkpoint(
+    path: PathLike, *, unsafe_allow_pickle: bool = False, limits: PickleLimits | None = None
+) -> dict[Any, Any]:
     """Load a checkpoint's top-level dict (for safetensors: its tensors).
 
     Pickle files (``torch.save`` zip or legacy) are scanned first and must only reference
     tensor types, Lightning's ``ModelCheckpoint`` (loaded as :class:`LightningCallbackState`)
-    and numpy scalars.
+    and numpy scalars, within ``limits`` (nesting depth, stack, memo and byte bounds; default
+    :meth:`PickleLimits.from_env`). A file that is a link out of its folder is refused.
 
     ``unsafe_allow_pickle=True`` skips the scan and loads with plain pickle
     (``weights_only=False``): any code in the file RUNS. Pass it only for files you trust; it
@@ -87,7 +92,7 @@ def load_checkpoint(path: PathLike, *, unsafe_allow_pickle: bool = False) -> dic
             except Exception as e:
                 raise CheckpointFormatError(f"{path}: could not load it ({e})") from e
         else:
-            _scan_checkpoint(f, path, fmt)
+            _scan_checkpoint(f, path, fmt, limits)
             obj = _torch_load_safe(f, path)
     if not isinstance(obj, dict):
         raise CheckpointFormatError(f"{path}: expected a dict at the top level, found {type(obj).__name__}")
@@ -102,7 +107,7 @@ def _names(names: list[str]) -> str:
 
 def _state_dict_of(obj: Mapping[Any, Any], source: str) -> dict[str, torch.Tensor]:
     state = obj.get("state_dict") if isinstance(obj.get("state_dict"), Mapping) else obj
-    bad = [repr(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    bad = [_shown(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         raise CheckpointError(f"{source}: {len(bad)} state-dict entries are not tensors: {_names(bad)}")
     return dict(state)
@@ -155,10 +160,12 @@ def load_into(
     ``"first_stage_model."`` for one part of a CompVis checkpoint. Keys under
     ``ignore_prefixes`` (after stripping) are neither loaded nor reported. Shape mismatches always
     fail; with ``strict`` missing and unexpected keys fail too, listed (first 20 each, with counts)
-    in a :class:`CheckpointError` that names ``what``.
+    in a :class:`CheckpointError` that names ``what``. Tensors holding NaN or Inf are refused.
     """
     if isinstance(path_or_state, Mapping):
         state, source = _state_dict_of(path_or_state, "state dict"), "state dict"
+        if bad := _non_finite(state):  # a mapping skips load_state_dict's check; NaN must not load either
+            raise CheckpointError(f"{what}: {len(bad)} tensors hold NaN or Inf values: {_names(bad)}")
     else:
         state, source = load_state_dict(path_or_state), str(path_or_state)
     ignore = tuple(ignore_prefixes)
@@ -193,3 +200,36 @@ def load_into(
     if missing or unexpected:
         logger.warning("%s: %d missing and %d unexpected keys ignored", what, len(missing), len(unexpected))
     return LoadResult(loaded=list(cast), missing=missing, unexpected=unexpected)
+
+
+def check_scale_factor(value: Any, source: str = "checkpoint") -> float:
+    """The latent ``scale_factor`` a checkpoint stores, as a float; :class:`CheckpointError` unless finite and > 0.
+
+    Accepts a number or a one-element tensor (CompVis keeps it as a buffer); strings, booleans,
+    larger tensors, NaN, Inf, zero and negative values are refused, naming ``source``.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not (value.is_floating_point() or value.dtype in _INT_DTYPES):
+            raise CheckpointError(
+                f"{source}: scale_factor must be a single number, found a {value.dtype} tensor of shape "
+                f"{tuple(value.shape)}"
+            )
+        value = value.reshape(()).item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CheckpointError(f"{source}: scale_factor must be a number, found {type(value).__name__}")
+    number = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise CheckpointError(f"{source}: scale_factor must be a finite number > 0, found {number}")
+    return number
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+__all__ = [
+    "MIN_TORCH_VERSION",
+    "LoadResult",
+    "check_scale_factor",
+    "load_checkpoint",
+    "load_into",
+    "load_state_dict",
+]

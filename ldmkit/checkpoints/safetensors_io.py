@@ -12,7 +12,7 @@ import torch
 
 from ldmkit import strict_json
 from ldmkit.checkpoints.atomic import _atomic_target
-from ldmkit.checkpoints.detect import MAX_SAFETENSORS_HEADER, PathLike, _file_size, detect_format
+from ldmkit.checkpoints.detect import MAX_SAFETENSORS_HEADER, PathLike, _file_size, _shown, detect_format
 from ldmkit.errors import CheckpointError, CheckpointFormatError
 
 # dtype tag -> bytes per element (the tags torch can hold)
@@ -22,6 +22,26 @@ _ST_ITEMSIZE = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8, "C64": 8,
 }  # fmt: skip
+
+
+# torch refuses more dimensions than this; a stride (product of later dims) must fit in int64
+MAX_TENSOR_DIMS = 64
+_MAX_ELEMENTS = 2**63 - 1
+
+
+def _check_shape(path: Path, name: str, shape: Any, itemsize: int) -> None:
+    """A shape torch can hold: whole dims >= 0, at most 64, strides and byte size within int64."""
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CheckpointFormatError(
+            f"{path}: tensor {_shown(name)} has an invalid shape (not a list of whole numbers >= 0)"
+        )
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise CheckpointFormatError(f"{path}: tensor {_shown(name)} has {len(shape)} dims, more than {MAX_TENSOR_DIMS}")
+    # zeros make the size 0, but torch still computes each stride from the nonzero dims
+    if math.prod(max(d, 1) for d in shape) * itemsize > _MAX_ELEMENTS:
+        raise CheckpointFormatError(
+            f"{path}: tensor {_shown(name)} of shape {_shown(shape)} is larger than torch can address"
+        )
 
 
 def _is_int(x: Any) -> bool:
@@ -41,8 +61,12 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
         blob = f.read(n)
     try:
         header = strict_json.loads(blob.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({e})") from e
+    except UnicodeDecodeError:
+        raise CheckpointFormatError(f"{path}: safetensors header is not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:
+        # JSON errors name a position, not the text; duplicate-key errors name the key
+        reason = str(e) if isinstance(e, ValueError) else "nested too deeply"
+        raise CheckpointFormatError(f"{path}: safetensors header is not valid JSON ({reason[:200]})") from None
     if not isinstance(header, dict):
         raise CheckpointFormatError(f"{path}: safetensors header is not a JSON object")
     data_len = size - 8 - n
@@ -52,31 +76,33 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
                 raise CheckpointFormatError(f"{path}: __metadata__ must map strings to strings")
             continue
+        shown = _shown(name)
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointFormatError(f"{path}: tensor {name!r} needs exactly dtype, shape and data_offsets")
+            raise CheckpointFormatError(f"{path}: tensor {shown} needs exactly dtype, shape and data_offsets")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in _ST_ITEMSIZE:
-            raise CheckpointFormatError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise CheckpointFormatError(f"{path}: tensor {name!r} has invalid shape {shape!r}")
+        if not isinstance(dtype, str) or dtype not in _ST_ITEMSIZE:
+            raise CheckpointFormatError(f"{path}: tensor {shown} has unknown dtype {_shown(dtype)}")
+        _check_shape(path, name, shape, _ST_ITEMSIZE[dtype])
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise CheckpointFormatError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
+            raise CheckpointFormatError(f"{path}: tensor {shown} has invalid data_offsets {_shown(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
             raise CheckpointFormatError(
-                f"{path}: tensor {name!r} data_offsets [{begin}, {end}] fall outside the {data_len}-byte data area"
+                f"{path}: tensor {shown} data_offsets [{begin}, {end}] fall outside the {data_len}-byte data area"
             )
         nbytes = math.prod(shape) * _ST_ITEMSIZE[dtype]
         if end - begin != nbytes:
             raise CheckpointFormatError(
-                f"{path}: tensor {name!r} of shape {shape} {dtype} needs {nbytes} bytes but its offsets span "
+                f"{path}: tensor {shown} of shape {shape} {dtype} needs {nbytes} bytes but its offsets span "
                 f"{end - begin}"
             )
         spans.append((begin, end, name))
     spans.sort()
     for (_, prev_end, prev), (begin, _, cur) in zip(spans, spans[1:], strict=False):
         if begin < prev_end:
-            raise CheckpointFormatError(f"{path}: tensors {prev!r} and {cur!r} have overlapping data_offsets")
+            raise CheckpointFormatError(
+                f"{path}: tensors {_shown(prev)} and {_shown(cur)} have overlapping data_offsets"
+            )
     return header
 
 
@@ -134,3 +160,6 @@ def save_state_dict(
         except SafetensorError as e:
             raise CheckpointError(f"could not write {path}: {e}") from e
     return Path(path)
+
+
+__all__ = ["MAX_TENSOR_DIMS", "safetensors_metadata", "save_state_dict"]
