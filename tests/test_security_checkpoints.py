@@ -490,3 +490,12 @@ def test_convert_output_loads_and_its_spec_keeps_the_checked_scale_factor(tmp_pa
     assert spec["scale_factor"] == 0.5
     assert Pipeline.load(tmp_path / "out").scale_factor == 0.5
     assert compvis.load(CIN_VQ / "config.yaml", tmp_path / "edited.ckpt").scale_factor == 0.5
+
+
+def test_train_resume_scans_the_checkpoint_first(tmp_path):
+    from ldmkit.errors import TrainingError
+    from ldmkit.training.checkpoint import load_state
+
+    ckpt = torch_zip_with_pickle(tmp_path / "last.ckpt", nested_tuple_key(200_000))
+    with pytest.raises(TrainingError, match="nest more than 100 deep"):
+        load_state(ckpt)  # refused by the scanner before torch's unpickler could recurse

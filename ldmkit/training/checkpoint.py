@@ -9,9 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ldmkit.checkpoints import atomic_torch_save
+from ldmkit.checkpoints import atomic_torch_save, load_checkpoint
 from ldmkit.errors import CheckpointError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -62,9 +60,9 @@ def load_state(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"resume: {path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    try:  # the core's loader scans the pickle (bounded depth and sizes) before torch reads it
+        state = load_checkpoint(path)
+    except CheckpointError as exc:
         raise TrainingError(f"resume: {path} is not a readable training checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainingError(f"resume: {path} is not an ldmkit training checkpoint")

@@ -138,15 +138,15 @@ class PerceptualLoss(nn.Module):
     @classmethod
     def from_file(cls, path: str | Path) -> PerceptualLoss:
         """Build the net that the safetensors file ``path`` describes and load it strictly."""
-        from safetensors.torch import load_file
+        from ldmkit.checkpoints import load_state_dict
 
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"perceptual_weights: {path}: no such file")
-        try:
-            state = load_file(str(path))
-        except Exception as exc:
-            raise CheckpointError(f"perceptual_weights: {path}: not a readable safetensors file ({exc})") from None
+        try:  # the core's loader checks the header (shapes, offsets), links and finiteness first
+            state = load_state_dict(path)
+        except CheckpointError as exc:
+            raise CheckpointError(f"perceptual_weights: {exc}") from None
         model = cls(_slices_from_state(state, path))
         result = model.load_state_dict(state, strict=False)
         missing = set(result.missing_keys) - {"scaling_layer.shift", "scaling_layer.scale"}
