@@ -12,8 +12,8 @@ from pydantic import Field, PositiveInt
 from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, FirstStage, InputError, Params
+from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, image_tensor
 from ldmkit_conditioners.hole_fill import blur_fill
 
 RANGE_TOLERANCE = 1e-3  # images slightly outside [-1, 1] from resampling are fine

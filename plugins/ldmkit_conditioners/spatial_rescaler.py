@@ -11,8 +11,8 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
+from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, image_tensor
 
 log = logging.getLogger(__name__)
 

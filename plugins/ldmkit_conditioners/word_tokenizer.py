@@ -8,7 +8,7 @@ import re
 import torch
 from torch import Tensor
 
-from ldmkit_conditioners.checks import host_to_device
+from ldmkit.checks import host_to_device
 
 log = logging.getLogger(__name__)
 
