@@ -116,13 +116,12 @@ def image_tensor(
     named at the start of each message.
     """
     who = f"{owner}: " if owner else ""
-    shape = f"(B, {channels}, H, W)" if channels is not None else "(B, C, H, W)"
     if not isinstance(raw, Tensor):
-        raise InputError(f"{who}{what} must be a float tensor {shape}, not {type(raw).__name__}")
+        raise InputError(f"{who}{what} must be a float tensor (B, C, H, W), not {type(raw).__name__}")
     if not raw.dtype.is_floating_point:
         raise InputError(f"{who}{what} must be a float tensor, got dtype {raw.dtype}")
     if raw.ndim != 4:
-        raise InputError(f"{who}{what} must have shape {shape}, got {tuple(raw.shape)}")
+        raise InputError(f"{who}{what} must have shape (B, C, H, W), got {tuple(raw.shape)}")
     if raw.shape[0] == 0:
         raise InputError(f"{who}{what}: the batch is empty")
     if channels is not None and raw.shape[1] != channels:
