@@ -6,16 +6,12 @@ reader here accepts both and returns one canonical form, or raises :class:`~ldmk
 the input and the accepted forms, so that a picture in the wrong range or layout is refused rather
 than sampled from:
 
-==================== ===================================================================
-reader               returns
-==================== ===================================================================
-:func:`image_input`  an RGB picture, (3, H, W) float32 in [-1, 1]
-:func:`mask_input`   a mask, (1, H, W) float32 in [0, 1], 1 where to fill in
-:func:`layout_input` labelled boxes, a list of :class:`LayoutObject`
-:func:`class_map_input` a segmentation map of class ids, (H, W) int64
-:func:`label_input`  a class id from an id or a class name
-:func:`prompt_input` a non-empty prompt
-==================== ===================================================================
+- :func:`image_input`: an RGB picture, (3, H, W) float32 in [-1, 1];
+- :func:`mask_input`: a mask, (1, H, W) float32 in [0, 1], 1 where to fill in;
+- :func:`class_map_input`: a segmentation map of class ids, (H, W) int64;
+- :func:`layout_input`: labelled boxes, a list of :class:`LayoutObject`;
+- :func:`label_input`: a class id, from an id or a class name;
+- :func:`prompt_input`: a non-empty prompt.
 
 :func:`check_size` compares a read picture with the size a pipeline generates.
 """

@@ -19,7 +19,7 @@ how one request becomes the conditioner's raw input for ``n`` pictures::
         def raw_input(self, pipeline, request, n):
             return torch.full((n,), request.count)  # (n,)
 
-The same request reaches the task from the CLI (``--count 3``: strings, or the bytes of files),
+The same request reaches the task from the CLI (strings, or the bytes of files: ``{"count": "3"}``),
 from Python (``task.parse_request({"count": 3})``) and from benchmarks (``CountRequest(count=3)``);
 readers for pictures, masks, maps, layouts, labels and prompts are in :mod:`ldmkit.inputs`.
 """
