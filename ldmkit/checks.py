@@ -99,21 +99,21 @@ def index_tensor(
 
 def image_tensor(
     raw: Any,
-    *,
     what: str,
+    *,
     channels: int | None = None,
     device: torch.device | None = None,
     multiple_of: int = 1,
-    finite: bool = True,
+    finite: bool = False,
     owner: str | None = None,
 ) -> Tensor:
     """A floating-point (B, C, H, W) tensor, returned unchanged, or InputError naming ``what``.
 
     ``channels``: the required C (None: any). ``device``: the tensor must be on it (None: any).
     ``multiple_of``: H and W must be multiples of it (an encoder's downsampling factor: other sizes
-    would be cropped silently, and the decoded picture would come back smaller). ``finite``: refuse NaN
-    and Inf (reads every value: first stages on the hot path pass False). ``owner``: the component
-    named at the start of each message.
+    would be cropped silently, and the decoded picture would come back smaller). ``finite``: also
+    refuse NaN and Inf (this reads every value, so the first stages, on the sampling path, leave it
+    off). ``owner``: the component named at the start of each message.
     """
     who = f"{owner}: " if owner else ""
     if not isinstance(raw, Tensor):

@@ -77,13 +77,13 @@ def test_image_tensor_names_owner_input_and_problem() -> None:
         (x.long(), {}, "kl: images must be a float tensor"),
         (x[..., :6], {"multiple_of": 4}, "kl: images of 8x6 pixels; height and width must be multiples of 4"),
         (x[:0], {}, "the batch is empty"),
-        (torch.full((1, 3, 8, 8), float("nan")), {}, "NaN"),
+        (torch.full((1, 3, 8, 8), float("nan")), {"finite": True}, "NaN"),
         ([[0.0]], {}, "not list"),
     ]:
         with pytest.raises(InputError, match=message):
             image_tensor(bad, what="images", owner="kl", **kwargs)
     nan = torch.full((1, 3, 8, 8), float("nan"))
-    assert image_tensor(nan, what="latents", finite=False) is nan  # first stages skip the full read
+    assert image_tensor(nan, "latents") is nan  # unless asked, no full read (first stages on the sampling path)
     with pytest.raises(InputError, match="on cpu but the component is on meta"):
         image_tensor(x, what="images", device=torch.device("meta"))
 

@@ -26,10 +26,10 @@ class IdentityFirstStage(ldmkit.FirstStage):
 
     def encode(self, images: Tensor) -> Tensor:
         """(B, channels, H, W) -> the same tensor."""
-        image_tensor(images, what="images", channels=self.latent_channels, owner=self.name, finite=False)
+        image_tensor(images, "images", channels=self.latent_channels, owner=self.name)
         return images
 
     def decode(self, latents: Tensor) -> Tensor:
         """(B, channels, H, W) -> the same tensor."""
-        image_tensor(latents, what="latents", channels=self.latent_channels, owner=self.name, finite=False)
+        image_tensor(latents, "latents", channels=self.latent_channels, owner=self.name)
         return latents

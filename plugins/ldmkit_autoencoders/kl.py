@@ -45,14 +45,7 @@ class KLAutoencoder(ldmkit.FirstStage):
 
     def encode_distribution(self, images: Tensor) -> DiagonalGaussian:
         """Images (B, in_channels, H, W) in [-1, 1] -> the posterior over latents (B, embed_dim, H/f, W/f)."""
-        image_tensor(
-            images,
-            what="images",
-            channels=self.params.in_channels,
-            owner=self.name,
-            multiple_of=self.downsample,
-            finite=False,
-        )
+        image_tensor(images, "images", channels=self.params.in_channels, owner=self.name, multiple_of=self.downsample)
         moments = self.quant_conv(self.encoder(images))  # (B, 2*embed_dim, H/f, W/f)
         return DiagonalGaussian(moments)
 
@@ -62,7 +55,7 @@ class KLAutoencoder(ldmkit.FirstStage):
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents (B, embed_dim, h, w) -> images (B, out_ch, h*f, w*f)."""
-        image_tensor(latents, what="latents", channels=self.latent_channels, owner=self.name, finite=False)
+        image_tensor(latents, "latents", channels=self.latent_channels, owner=self.name)
         return self.decoder(self.post_quant_conv(latents))
 
     def forward(
