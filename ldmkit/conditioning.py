@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
+__all__ = ["SLOTS", "Conditioning"]
+
 SLOTS = ("crossattn", "concat", "vector")
 
 

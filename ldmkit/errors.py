@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "CheckpointError",
+    "CheckpointFormatError",
+    "InputError",
+    "LdmkitError",
+    "NumericsError",
+    "PluginError",
+    "SpecError",
+    "TrainingError",
+    "UnknownComponentError",
+    "UnsafeCheckpointError",
+]
+
 
 class LdmkitError(Exception):
     """Base class of every error ldmkit raises on bad input."""

@@ -23,6 +23,7 @@ from ldmkit.folders import ensure_output_folder
 from ldmkit.interfaces import SampleOptions
 from ldmkit.pipeline import SPEC_FILE, Pipeline, check_device
 from ldmkit.registry import ModelInfo, Registry, get_registry
+from ldmkit.tasks import default_guidance, default_sampling  # noqa: F401 (the CLI's defaults, public in ldmkit.tasks)
 
 log = logging.getLogger(__name__)
 
@@ -139,32 +140,6 @@ def runtime_of(pipe: Pipeline) -> dict[str, Any]:
 def recorded_runtime(meta: dict[str, Any]) -> dict[str, Any]:
     """The runtime a picture was made with; pictures from before the entry existed were made on the CPU, not fast."""
     return {**DEFAULT_RUNTIME, **meta.get("runtime", {})}
-
-
-def default_guidance(pipe: Pipeline, task: str) -> float:
-    """The guidance scale a task samples with unless told otherwise.
-
-    The task's own ``guidance_scale`` param when it sets one (tasks differ in how much guidance they
-    need), else the spec's ``sampling.guidance_scale``, else 1.0 (no guidance).
-    """
-    own = getattr(getattr(pipe.task(task), "params", None), "guidance_scale", None)
-    if own is not None:
-        return float(own)
-    return pipe.spec.sampling.guidance_scale if pipe.spec is not None else 1.0
-
-
-def default_sampling(pipe: Pipeline, task: str) -> tuple[str, int]:
-    """The sampler and number of steps a task samples with unless told otherwise.
-
-    The task's own ``sampler`` / ``steps`` params when it sets them (an unconditional model has no
-    guidance to lean on and gains from more, stochastic steps, as the paper samples its unconditional
-    models), else the spec's ``sampling``, else DDIM with 50 steps.
-    """
-    params = getattr(pipe.task(task), "params", None)
-    spec = pipe.spec.sampling if pipe.spec is not None else None
-    sampler = getattr(params, "sampler", None) or (spec.sampler if spec is not None else "ddim")
-    steps = getattr(params, "steps", None) or (spec.steps if spec is not None else 50)
-    return sampler, int(steps)
 
 
 def encode_inputs(inputs: dict[str, Any]) -> dict[str, Any]:

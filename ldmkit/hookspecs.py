@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import pluggy
 
+__all__ = ["Register", "hookimpl"]
+
 PROJECT = "ldmkit"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

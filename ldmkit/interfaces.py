@@ -22,6 +22,24 @@ from ldmkit.conditioning import Conditioning
 from ldmkit.errors import InputError
 from ldmkit.schedules import NoiseSchedule
 
+__all__ = [
+    "Component",
+    "Conditioner",
+    "Denoiser",
+    "FirstStage",
+    "KINDS",
+    "LatentDistribution",
+    "ModelFn",
+    "Params",
+    "PointMass",
+    "Prediction",
+    "SampleOptions",
+    "Sampler",
+    "Slot",
+    "StepCallback",
+    "Task",
+]
+
 Prediction = Literal["eps", "x0", "v"]
 Slot = Literal["crossattn", "concat", "vector"]
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
+__all__ = ["map_tensors"]
+
 
 def map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     """``fn`` applied to every tensor in a nested structure of dicts and lists; other values unchanged."""

@@ -10,6 +10,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+__all__ = ["NoiseSchedule", "ScheduleSpec", "make_betas"]
+
 
 class ScheduleSpec(BaseModel):
     """How the betas of the forward process are made (CompVis ``make_beta_schedule``)."""

@@ -594,7 +594,7 @@ def test_layout_separate_coordinates_tokens():
 
 
 def test_host_tensors_reach_the_device_unchanged():
-    from ldmkit_conditioners.checks import host_to_device
+    from ldmkit.checks import host_to_device
 
     ids = torch.tensor([[3, 1, 4], [1, 5, 9]])
     assert host_to_device(ids, None) is ids and host_to_device(ids, torch.device("cpu")) is ids

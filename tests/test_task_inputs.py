@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ldmkit.errors import InputError
-from ldmkit_tasks.inputs import class_map_input, image_input, mask_input
+from ldmkit.inputs import class_map_input, image_input, mask_input
 
 
 def _png(array: np.ndarray, mode: str) -> bytes:

@@ -25,6 +25,7 @@ _EXPORTS = {
     "ConditionerConformance": "ldmkit.testing.conditioner",
     "SamplerConformance": "ldmkit.testing.sampler",
     "TaskConformance": "ldmkit.testing.task",
+    "DatasetConformance": "ldmkit.testing.dataset",
     "gaussian_eps_fn": "ldmkit.testing.analytic",
 }
 

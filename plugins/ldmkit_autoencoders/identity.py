@@ -6,7 +6,7 @@ from pydantic import Field
 from torch import Tensor
 
 import ldmkit
-from ldmkit_autoencoders.checks import check_nchw
+from ldmkit.checks import image_tensor
 
 
 class IdentityFirstStage(ldmkit.FirstStage):
@@ -26,10 +26,10 @@ class IdentityFirstStage(ldmkit.FirstStage):
 
     def encode(self, images: Tensor) -> Tensor:
         """(B, channels, H, W) -> the same tensor."""
-        check_nchw(images, self.latent_channels, "images", self.name)
+        image_tensor(images, "images", channels=self.latent_channels, owner=self.name)
         return images
 
     def decode(self, latents: Tensor) -> Tensor:
         """(B, channels, H, W) -> the same tensor."""
-        check_nchw(latents, self.latent_channels, "latents", self.name)
+        image_tensor(latents, "latents", channels=self.latent_channels, owner=self.name)
         return latents

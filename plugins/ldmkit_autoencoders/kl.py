@@ -7,7 +7,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import ldmkit
-from ldmkit_autoencoders.checks import check_nchw
+from ldmkit.checks import image_tensor
 from ldmkit_autoencoders.distributions import DiagonalGaussian
 from ldmkit_autoencoders.encoder_decoder import Decoder, Encoder
 from ldmkit_autoencoders.params import AutoencoderParams
@@ -45,7 +45,7 @@ class KLAutoencoder(ldmkit.FirstStage):
 
     def encode_distribution(self, images: Tensor) -> DiagonalGaussian:
         """Images (B, in_channels, H, W) in [-1, 1] -> the posterior over latents (B, embed_dim, H/f, W/f)."""
-        check_nchw(images, self.params.in_channels, "images", self.name, multiple_of=self.downsample)
+        image_tensor(images, "images", channels=self.params.in_channels, owner=self.name, multiple_of=self.downsample)
         moments = self.quant_conv(self.encoder(images))  # (B, 2*embed_dim, H/f, W/f)
         return DiagonalGaussian(moments)
 
@@ -55,7 +55,7 @@ class KLAutoencoder(ldmkit.FirstStage):
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents (B, embed_dim, h, w) -> images (B, out_ch, h*f, w*f)."""
-        check_nchw(latents, self.latent_channels, "latents", self.name)
+        image_tensor(latents, "latents", channels=self.latent_channels, owner=self.name)
         return self.decoder(self.post_quant_conv(latents))
 
     def forward(

@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import ldmkit
-from ldmkit_autoencoders.checks import check_nchw
+from ldmkit.checks import image_tensor
 from ldmkit_autoencoders.encoder_decoder import Decoder, Encoder
 from ldmkit_autoencoders.params import AutoencoderParams
 from ldmkit_autoencoders.quantize import VectorQuantizer
@@ -77,7 +77,7 @@ class VQAutoencoder(ldmkit.FirstStage):
 
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, in_channels, H, W) -> pre-quantization latents (B, embed_dim, H/f, W/f)."""
-        check_nchw(images, self.params.in_channels, "images", self.name, multiple_of=self.downsample)
+        image_tensor(images, "images", channels=self.params.in_channels, owner=self.name, multiple_of=self.downsample)
         return self.quant_conv(self.encoder(images))
 
     def quantize_latents(
@@ -88,12 +88,12 @@ class VQAutoencoder(ldmkit.FirstStage):
         The quantized latents carry a straight-through gradient; indices are (B*h*w,) or (B, h, w)
         with ``sane_index_shape`` (positions in ``remap`` when one is set).
         """
-        check_nchw(latents, self.latent_channels, "latents", self.name)
+        image_tensor(latents, "latents", channels=self.latent_channels, owner=self.name)
         return self.quantize(latents, generator)
 
     def decode(self, latents: Tensor, force_not_quantize: bool = False) -> Tensor:
         """Latents (B, embed_dim, h, w) -> images (B, out_ch, h*f, w*f), snapped to the codebook first."""
-        check_nchw(latents, self.latent_channels, "latents", self.name)
+        image_tensor(latents, "latents", channels=self.latent_channels, owner=self.name)
         quant = latents if force_not_quantize else self.quantize.snap(latents)
         return self.decoder(self.post_quant_conv(quant))
 

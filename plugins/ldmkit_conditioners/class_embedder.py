@@ -8,7 +8,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
-from ldmkit_conditioners.checks import check_batch, index_tensor
+from ldmkit.checks import check_batch, index_tensor
 
 
 class ClassEmbedder(Conditioner):

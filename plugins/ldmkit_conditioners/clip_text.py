@@ -8,8 +8,8 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
+from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, index_tensor, text_batch
 from ldmkit_conditioners.clip_tokenizer import default_tokenizer
 
 POSITION_IDS = "transformer.text_model.embeddings.position_ids"

@@ -19,9 +19,9 @@ from ldmkit import (
     UnknownComponentError,
 )
 from ldmkit.building import building_with, current_registry
+from ldmkit.checks import check_batch, host_to_device
 from ldmkit.conditioning import SLOTS
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, host_to_device
 
 if TYPE_CHECKING:
     from ldmkit.registry import Registry

@@ -12,8 +12,8 @@ from pydantic import Field, PositiveInt
 from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, FirstStage, InputError, Params
+from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, image_tensor
 from ldmkit_conditioners.hole_fill import blur_fill
 
 RANGE_TOLERANCE = 1e-3  # images slightly outside [-1, 1] from resampling are fine
@@ -88,10 +88,10 @@ class MaskedImageConditioner(Conditioner):
             kind = type(raw).__name__
             raise InputError(f"masked-image input must be a MaskedImage or a dict with image and mask, not {kind}")
         device = self.first_stage_device()
-        image = image_tensor(image, what="image", channels=3, device=device)
+        image = image_tensor(image, what="image", channels=3, device=device, finite=True)
         if isinstance(mask, Tensor) and mask.dtype == torch.bool:
             mask = mask.to(image.dtype)
-        mask = image_tensor(mask, what="mask", channels=1, device=device)
+        mask = image_tensor(mask, what="mask", channels=1, device=device, finite=True)
         if mask.shape[0] != image.shape[0] or mask.shape[-2:] != image.shape[-2:]:
             raise InputError(f"mask {tuple(mask.shape)} does not match image {tuple(image.shape)} (need (B, 1, H, W))")
         low, high = float(image.min()), float(image.max())

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
+from ldmkit.checks import check_batch, host_to_device, index_tensor
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.box_map import box_map
-from ldmkit_conditioners.checks import check_batch, host_to_device, index_tensor
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 
 TOKENS_PER_OBJECT = 3

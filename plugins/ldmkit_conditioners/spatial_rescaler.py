@@ -11,8 +11,8 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
+from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, image_tensor
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class SpatialRescaler(Conditioner):
             if raw.numel() and (int(raw.min()) < 0 or int(raw.max()) >= p.in_channels):
                 raise InputError(f"maps: class ids must lie in 0..{p.in_channels - 1}")
             raw = F.one_hot(raw.long(), p.in_channels).permute(0, 3, 1, 2).float()  # (B, C, H, W)
-        x = image_tensor(raw, what="maps", channels=p.in_channels, device=self.device)
+        x = image_tensor(raw, what="maps", channels=p.in_channels, device=self.device, finite=True)
         for _ in range(p.n_stages):
             if min(x.shape[-2:]) * p.multiplier < 1:
                 raise InputError(f"maps of size {tuple(raw.shape[-2:])} are too small for {p.n_stages} stages")

@@ -9,8 +9,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
+from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.checks import check_batch, index_tensor, text_batch
 from ldmkit_conditioners.word_tokenizer import FIRST_WORD_ID, PAD_ID, WordTokenizer, split_words
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 

@@ -8,8 +8,8 @@ import re
 import torch
 from torch import Tensor
 
+from ldmkit.checks import host_to_device
 from ldmkit.errors import InputError
-from ldmkit_conditioners.checks import host_to_device
 
 log = logging.getLogger(__name__)
 

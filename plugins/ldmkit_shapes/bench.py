@@ -12,10 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ldmkit.errors import InputError
-from ldmkit.generation import default_guidance, default_sampling
+from ldmkit.tasks import default_guidance, default_sampling, on_device
 from ldmkit_shapes import metrics
 from ldmkit_shapes.dataset import ShapesDataset
-from ldmkit_tasks.base import on_device
 
 log = logging.getLogger(__name__)
 

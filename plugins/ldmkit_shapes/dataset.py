@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from torch.utils.data import Dataset
 
 import ldmkit
+from ldmkit.checks import format_validation_error
 from ldmkit.errors import InputError, SpecError
-from ldmkit.specs import format_validation_error
 from ldmkit_shapes.world import SIZE, Scene, render, sample_scene, segmentation, uniform_int
 
 LOWRES_FACTOR = 4

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from ldmkit.errors import InputError
-from ldmkit_tasks.base import ConditionedTask, Request, TaskParams
+from ldmkit.inputs import label_input, prompt_input
+from ldmkit.tasks import ConditionedTask, Request, TaskParams
 
 
 class UncondTask(ConditionedTask):
@@ -34,16 +34,8 @@ class Class2ImgTask(ConditionedTask):
     inputs = ("label",)
 
     def label_id(self, label: int | str) -> int:
-        names = self.params.class_names
-        if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
-            if not names or label.strip().lower() not in names:
-                known = ", ".join(names or [])
-                raise InputError(f"unknown label {label!r}; known labels: {known or '(class ids only)'}")
-            return names.index(label.strip().lower())
-        value = int(label)
-        if value < 0 or (names is not None and value >= len(names)):
-            raise InputError(f"label {value} is out of range")
-        return value
+        """The class id of ``label``: an id, or one of ``params.class_names``."""
+        return label_input(label, self.params.class_names)
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         return torch.full((n,), self.label_id(request.label), dtype=torch.long)
@@ -59,6 +51,9 @@ class Text2ImgTask(ConditionedTask):
     name = "text2img"
     Request = TextRequest
     inputs = ("prompt",)
+
+    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
+        return TextRequest(prompt=prompt_input(self.require(inputs, "prompt"), f"task {self.name!r}: prompt"))
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         return [request.prompt] * n

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field
 
 from ldmkit.errors import InputError
-from ldmkit_tasks.base import ConditionedTask, Request, TaskParams, check_size, image_size
-from ldmkit_tasks.inputs import class_map_input, image_input, mask_input
-
-
-class LayoutObject(BaseModel):
-    label: int | str
-    box: list[float] = Field(min_length=4, max_length=4, description="[x0, y0, x1, y1] as fractions of the picture")
-
-    @field_validator("box")
-    @classmethod
-    def _inside(cls, box: list[float]) -> list[float]:
-        x0, y0, x1, y1 = box
-        if not all(0.0 <= v <= 1.0 for v in box):
-            raise ValueError(f"box {box} is outside [0, 1]")
-        if not (x0 < x1 and y0 < y1):
-            raise ValueError(f"box {box} needs x0 < x1 and y0 < y1")
-        return box
+from ldmkit.inputs import LayoutObject, check_size, class_map_input, image_input, layout_input, mask_input
+from ldmkit.tasks import ConditionedTask, Request, TaskParams, image_size
 
 
 class LayoutRequest(Request):
@@ -40,15 +24,7 @@ class Layout2ImgTask(ConditionedTask):
     inputs = ("layout",)
 
     def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        data = self.require(inputs, "layout")
-        try:
-            objects = json.loads(data) if isinstance(data, (bytes, str)) else data
-            return LayoutRequest(layout=objects)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"layout: not valid JSON ({exc})") from None
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"layout: {problems}") from None
+        return LayoutRequest(layout=layout_input(self.require(inputs, "layout")))
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         objects = [obj.model_dump() for obj in request.layout]

@@ -1,4 +1,5 @@
-"""An example ldmkit plugin: registers the ``heun-example`` sampler."""
+"""An example ldmkit plugin: the ``heun-example`` sampler, the ``colour-example`` conditioner and the
+``colour2img-example`` task."""
 
 from __future__ import annotations
 
@@ -12,3 +13,17 @@ def register_samplers(register) -> None:
     from ldmkit_plugin_example.heun import HeunSampler  # imported only when the registry is built
 
     register(HeunSampler)
+
+
+@hookimpl
+def register_conditioners(register) -> None:
+    from ldmkit_plugin_example.colour import ColourConditioner
+
+    register(ColourConditioner)
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    from ldmkit_plugin_example.colour_task import Colour2ImgTask
+
+    register(Colour2ImgTask)

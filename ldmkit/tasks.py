@@ -1,8 +1,31 @@
-"""What every built-in task shares: turning inputs into a batched raw conditioning and sampling."""
+"""The task base for plugin authors: typed requests in, a batch of pictures out.
+
+A task turns what a user asks for (a prompt, a label, boxes, a picture and a mask ...) into the raw
+input of the pipeline's conditioner, samples, and decodes. :class:`ConditionedTask` does all but the
+first step; a task author declares a :class:`Request` model, the names of the inputs it reads, and
+how one request becomes the conditioner's raw input for ``n`` pictures::
+
+    from pydantic import Field
+    from ldmkit.tasks import ConditionedTask, Request
+
+    class CountRequest(Request):
+        count: int = Field(ge=1, le=9)
+
+    class CountTask(ConditionedTask):
+        name = "count2img"
+        Request = CountRequest
+        inputs = ("count",)
+
+        def raw_input(self, pipeline, request, n):
+            return torch.full((n,), request.count)  # (n,)
+
+The same request reaches the task from the CLI (strings, or the bytes of files: ``{"count": "3"}``),
+from Python (``task.parse_request({"count": 3})``) and from benchmarks (``CountRequest(count=3)``);
+readers for pictures, masks, maps, layouts, labels and prompts are in :mod:`ldmkit.inputs`.
+"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -10,13 +33,27 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-import ldmkit
+from ldmkit.conditioning import Conditioning
 from ldmkit.errors import InputError, SpecError
-from ldmkit.interfaces import SampleOptions
+from ldmkit.interfaces import Params, SampleOptions, Task
 from ldmkit.nested import map_tensors
+from ldmkit.specs import format_validation_error
+
+__all__ = [
+    "ConditionedTask",
+    "Request",
+    "SampleOptions",
+    "TaskParams",
+    "default_guidance",
+    "default_sampling",
+    "image_size",
+    "on_device",
+]
 
 
-class TaskParams(ldmkit.Params):
+class TaskParams(Params):
+    """Settings every :class:`ConditionedTask` has: which conditioner part it fills, and its sampling defaults."""
+
     part: str | None = Field(
         None, description="name of the composite conditioner's part this task fills (None: the whole conditioner)"
     )
@@ -28,11 +65,19 @@ class TaskParams(ldmkit.Params):
 
 
 class Request(BaseModel):
+    """Base of a task's request model: unknown fields refused, immutable, tensors allowed as values."""
+
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
 
-class ConditionedTask(ldmkit.Task):
-    """Base: subclasses turn a request into one raw conditioner input (``raw_input``) for a single picture."""
+class ConditionedTask(Task):
+    """A task that turns a request into one raw conditioner input and samples the pipeline with it.
+
+    Subclasses set ``name``, ``Request`` and ``inputs``, and override :meth:`raw_input`; tasks whose
+    inputs need reading (files, arrays) override :meth:`build_request`, and tasks that constrain
+    sampling (masked sampling) override :meth:`sample_kwargs`. A task without inputs samples the
+    conditioner's unconditional input.
+    """
 
     Params = TaskParams
     Request: ClassVar[type[BaseModel]] = Request
@@ -52,8 +97,7 @@ class ConditionedTask(ldmkit.Task):
         try:
             return self.Request(**values)
         except ValidationError as exc:  # e.g. an empty prompt: name the input, no pydantic traceback
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"task {self.name!r}: {problems}") from None
+            raise InputError(f"task {self.name!r}: {format_validation_error(exc)}") from None
 
     def check_inputs(self, inputs: Mapping[str, Any] | None) -> dict[str, Any]:
         """``inputs`` as a dict; refused unless a mapping of only the inputs this task reads (None: none)."""
@@ -68,7 +112,7 @@ class ConditionedTask(ldmkit.Task):
         return dict(inputs)
 
     def require(self, inputs: dict[str, Any], name: str) -> Any:
-        """The input ``name``, or InputError naming the missing flag."""
+        """The input ``name``, or InputError naming every missing flag."""
         missing = [m for m in self.inputs if inputs.get(m) is None]
         if name in missing:
             flags = ", ".join(f"--{m}" for m in missing)
@@ -80,30 +124,35 @@ class ConditionedTask(ldmkit.Task):
         return None
 
     def wrap(self, value: Any) -> Any:
+        """``value`` addressed to this task's part of a composite conditioner (``params.part``), if it names one."""
         return {self.params.part: value} if self.params.part is not None else value
 
-    def conditioning(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
+    def conditioning(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Conditioning, Conditioning | None]:
         """(cond, uncond) for ``n`` pictures; uncond is None when the pipeline has no conditioner."""
         raw = on_device(self.raw_input(pipeline, request, n), pipeline.device)
         if pipeline.conditioner is None:
             if raw is not None:  # silently ignoring the input would hand back unconditional pictures
                 raise SpecError(f"task {self.name!r} needs a conditioner for its input; this pipeline has none")
-            return ldmkit.Conditioning(), None
+            return Conditioning(), None
         uncond = pipeline.conditioner.unconditional(n)
         if raw is None:
             return uncond, None
         return pipeline.conditioner(self.wrap(raw)), uncond
 
     def sample_kwargs(self, pipeline: Any, request: BaseModel, n: int) -> dict[str, Any]:
-        """Extra arguments for ``Pipeline.sample`` (masked sampling uses this)."""
+        """Extra arguments for ``Pipeline.sample`` (masked sampling passes ``mask`` and ``x0``)."""
         return {}
 
     def run(self, pipeline: Any, request: BaseModel, options: SampleOptions) -> Tensor:
+        """Sample ``options.n`` pictures for ``request``: (n, 3, H, W) in [-1, 1].
+
+        Picture ``i`` draws its noise from seed ``options.seed + i``, so picture i of seed s equals
+        picture 0 of seed s + i, whatever the batch.
+        """
         if options.n < 1:
             raise InputError("the number of pictures must be at least 1")
         with torch.no_grad():
             cond, uncond = self.conditioning(pipeline, request, options.n)
-            # one generator per picture: picture i of seed s equals picture 0 of seed s + i
             generators = [torch.Generator().manual_seed(options.seed + i) for i in range(options.n)]
             latents = pipeline.sample(
                 cond,
@@ -121,41 +170,38 @@ class ConditionedTask(ldmkit.Task):
 
 
 def image_size(pipeline: Any) -> tuple[int, int]:
-    """Pixel size the pipeline generates."""
+    """Pixel size (H, W) the pipeline generates: its latent size times the first stage's downsampling."""
     h, w = pipeline.latent_size or (0, 0)
     f = pipeline.first_stage.downsample
     return h * f, w * f
 
 
-def read_png(data: bytes, what: str, mode: str) -> Tensor:
-    """Decode PNG/any Pillow image bytes into a uint8 tensor (H, W, C) or (H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > 4096 * 4096:
-                raise InputError(f"{what}: image of {img.width}x{img.height} is too large")
-            arr = torch.frombuffer(bytearray(img.convert(mode).tobytes()), dtype=torch.uint8)
-            channels = {"L": 1, "RGB": 3}[mode]
-            return (
-                arr.view(img.height, img.width, channels).squeeze(-1)
-                if channels == 1
-                else arr.view(img.height, img.width, channels)
-            )
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"{what}: not a readable image ({exc})") from None
-
-
-def to_signed(images_u8: Tensor) -> Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
-    return images_u8.permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def check_size(t: Tensor, expected: tuple[int, int], what: str) -> None:
-    if tuple(t.shape[-2:]) != tuple(expected) and not (t.dim() == 3 and tuple(t.shape[:2]) == tuple(expected)):
-        raise InputError(f"{what}: expected {expected[0]}x{expected[1]} pixels, got {tuple(t.shape)}")
-
-
 def on_device(raw: Any, device: torch.device) -> Any:
     """A task's raw input with its tensors on ``device``: tasks build inputs on the CPU, the pipeline may be a GPU's."""
     return map_tensors(raw, lambda tensor: tensor.to(device))
+
+
+def default_guidance(pipeline: Any, task: str) -> float:
+    """The guidance scale task ``task`` of ``pipeline`` samples with unless told otherwise.
+
+    The task's own ``guidance_scale`` param when it sets one (tasks differ in how much guidance they
+    need), else the spec's ``sampling.guidance_scale``, else 1.0 (no guidance).
+    """
+    own = getattr(getattr(pipeline.task(task), "params", None), "guidance_scale", None)
+    if own is not None:
+        return float(own)
+    return pipeline.spec.sampling.guidance_scale if pipeline.spec is not None else 1.0
+
+
+def default_sampling(pipeline: Any, task: str) -> tuple[str, int]:
+    """The sampler and number of steps task ``task`` of ``pipeline`` samples with unless told otherwise.
+
+    The task's own ``sampler`` / ``steps`` params when it sets them (an unconditional model has no
+    guidance to lean on and gains from more, stochastic steps, as the paper samples its unconditional
+    models), else the spec's ``sampling``, else DDIM with 50 steps.
+    """
+    params = getattr(pipeline.task(task), "params", None)
+    spec = pipeline.spec.sampling if pipeline.spec is not None else None
+    sampler = getattr(params, "sampler", None) or (spec.sampler if spec is not None else "ddim")
+    steps = getattr(params, "steps", None) or (spec.steps if spec is not None else 50)
+    return sampler, int(steps)
