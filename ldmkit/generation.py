@@ -35,6 +35,7 @@ DEFAULT_MODEL = "default"  # the source recorded for (and replayed from) the def
 DEFAULT_RUNTIME: dict[str, Any] = {"device": "cpu", "fast": False}
 PRECISION_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
+_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _CUDA_DEVICE = re.compile(r"cuda(?::(0|[1-9][0-9]*))?")
 
 
@@ -102,12 +103,13 @@ def open_pipeline(source: str | None, *, registry: Registry | None = None) -> tu
     if source in (None, DEFAULT_MODEL):
         return open_model(None, registry=registry)
     path = Path(source)
+    where = str(path.resolve())  # absolute, so a replay from another working folder finds it
     if path.is_dir():
-        return Pipeline.load(path, registry), {"source": str(path), "weights_sha256": weights_hash(path)}
+        return Pipeline.load(path, registry), {"source": where, "weights_sha256": weights_hash(path)}
     if path.is_file():
         log.warning("%s is a spec without weights: components start from random weights", path)
         torch.manual_seed(0)  # random weights, but the same ones each time
-        return Pipeline.from_spec(path, registry), {"source": str(path), "weights_sha256": None}
+        return Pipeline.from_spec(path, registry), {"source": where, "weights_sha256": None}
     raise SpecError(f"{source}: no such spec file or pipeline folder")
 
 
@@ -274,14 +276,13 @@ def _refuse_constant(name: str) -> Any:
 
 def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     """Types of the fields replay relies on; the optional model spec is validated like any spec."""
-    from dataclasses import fields
-
+    from ldmkit.generation_options import check_label, check_options
     from ldmkit.specs import validate_spec
 
     for key in ("task", "inputs", "options", "model"):
         if key not in meta:
             raise InputError(f"{path}: ldmkit metadata lacks {key!r}")
-    if not isinstance(meta["task"], str) or not meta["task"]:
+    if not isinstance(meta["task"], str) or not _TASK_NAME.fullmatch(meta["task"]):
         raise InputError(f"{path}: metadata task must be a task name")
     index = meta.get("index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
@@ -294,16 +295,11 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     options = meta["options"]
     if not isinstance(options, dict):
         raise InputError(f"{path}: metadata options must be a mapping")
-    known = {f.name: type(f.default) for f in fields(SampleOptions)}
-    for key, value in options.items():
-        want = known.get(key)
-        if want is None:
-            raise InputError(f"{path}: metadata options.{key}: unknown option")
-        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise InputError(f"{path}: metadata options.{key}: expected {want.__name__}, got {value!r}")
+    recorded = check_options(options, prefix=f"{path}: metadata options.")
+    if index >= recorded.n:
+        raise InputError(f"{path}: metadata index {index} is past the batch of {recorded.n} pictures it names")
+    if "label" in meta["inputs"]:
+        check_label(meta["inputs"]["label"], where=f"{path}: metadata input 'label'")
     model = meta["model"]
     if not isinstance(model, dict):
         raise InputError(f"{path}: metadata model must be a mapping")
@@ -374,18 +370,21 @@ def save_pictures(
     first_index: int = 0,
     runtime: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``DIR/000000.png`` ...; each records the whole batch's options and its index in it.
+    """Write the pictures as ``DIR/NNNNNN.png``; each records the whole batch's options and its index in it.
 
-    Replaying regenerates the same batch (batched and single-picture float arithmetic may differ in
-    the last bit, so the batch is what reproduces a picture exactly). ``first_index`` is the batch
-    index of ``images[0]`` (a replayed picture keeps its place in the batch it came from).
+    Numbering continues after the highest number already in ``DIR`` and each name is claimed
+    atomically (:func:`ldmkit.folders.reserve_picture_name`), so no picture is ever replaced, even by
+    another run writing into the same folder at the same time. ``first_index`` is the batch index of
+    ``images[0]`` (a replayed picture keeps its place in the batch it came from, so it replays again).
     ``runtime`` (see :func:`runtime_of`) records the device and fast path, which replay reuses; left
     out, the pictures replay as made on the CPU without the fast path.
     """
     import ldmkit
+    from ldmkit.folders import next_picture_number, reserve_picture_name
 
+    pixels = to_uint8(images)  # refused (NaN) before any name is claimed
     out = ensure_output_folder(out_dir)
-    pixels = to_uint8(images)
+    number = next_picture_number(out)
     paths = []
     for i in range(pixels.shape[0]):
         meta = {
@@ -400,8 +399,13 @@ def save_pictures(
         }
         if runtime is not None:
             meta["runtime"] = runtime
-        path = out / f"{i:06d}.png"
-        write_png(path, pixels[i], meta)
+        path, number = reserve_picture_name(out, number)
+        try:
+            write_png(path, pixels[i], meta)
+        except BaseException:
+            path.unlink(missing_ok=True)  # give the claimed name back
+            raise
+        number += 1
         paths.append(path)
     return paths
 

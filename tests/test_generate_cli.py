@@ -298,6 +298,13 @@ BAD = {
     "no pictures": (["--task", "uncond", "-n", "0"], "-n 0"),
     "no steps": (["--task", "uncond", "--steps", "0"], "--steps 0"),
     "no task": ([], "--task is required"),
+    "misspelled task": (["--task", "clas2img", "--label", "0"], "did you mean 'class2img'"),
+    "seed past 2^64": (["--task", "uncond", "--seed", str(2**70)], "--seed 1180591620717411303424"),
+    "last seed past 2^64": (["--task", "uncond", "-n", "3", "--seed", str(2**64 - 2)], "past 2^64 - 1"),
+    "negative seed": (["--task", "uncond", "--seed", "-1"], "--seed -1"),
+    "superscript label": (["--task", "class2img", "--label", "\u00b2"], "digits 0-9"),
+    "5000-digit label": (["--task", "class2img", "--label", "9" * 5000], "5000 digits"),
+    "too many pictures": (["--task", "uncond", "-n", "100000"], "-n 100000"),
     "replay without metadata": (["--replay", "{plain}"], "carries no ldmkit metadata"),
     "replay of a missing file": (["--replay", "{dir}/absent.png"], "no such file"),
     "out is a file": (["--task", "uncond", "-n", "1", "--steps", "1", "--out", "{afile}"], "output folder"),
@@ -505,3 +512,91 @@ def test_replay_refuses_a_bad_runtime_entry(runtime, expected, generated, tmp_pa
     write_png(bad, torch.from_numpy(_pixels(out / "000000.png").copy()), meta)
     code, _, stderr = run_cli(["generate", "--replay", str(bad), "--out", str(tmp_path / "r")])
     assert code == 2 and expected in stderr and "Traceback" not in stderr, stderr
+
+
+# -- replay: one picture, what it may load ----------------------------------------------------------
+
+
+def _spy_generate(monkeypatch) -> list[int]:
+    """The batch size of each generation replay asks for."""
+    import ldmkit.generation
+
+    sizes: list[int] = []
+    real = ldmkit.generation.generate
+
+    def spy(pipe, task, inputs, options):
+        sizes.append(options.n)
+        return real(pipe, task, inputs, options)
+
+    monkeypatch.setattr(ldmkit.generation, "generate", spy)
+    return sizes
+
+
+def test_replay_makes_one_picture_unless_told_the_batch(generated, monkeypatch, tmp_path):
+    out, _ = generated("class2img")
+    sizes = _spy_generate(monkeypatch)
+    code, stdout, stderr = run_cli(["generate", "--replay", str(out / "000001.png"), "--out", str(tmp_path / "r")])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+    # the lone picture first; the recorded batch only where this CPU rounds a batch differently
+    assert sizes in ([1], [1, N]), sizes
+    sizes.clear()
+    argv = ["generate", "--replay", str(out / "000001.png"), "--replay-batch", "--out", str(tmp_path / "b")]
+    code, stdout, stderr = run_cli(argv)
+    assert code == 0 and "identical" in stdout and sizes == [N], stdout + stderr
+    assert read_metadata(tmp_path / "b" / "000000.png")["index"] == 1
+
+
+def _copy_of_the_shipped_model(where: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(default_model_dir(), where / "mymodel"))
+
+
+def test_a_folder_model_is_recorded_absolute_and_replays_from_elsewhere_only_when_named(inputs, monkeypatch, tmp_path):
+    _copy_of_the_shipped_model(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    argv = ["generate", "--spec", "mymodel", "--task", "class2img", "--label", "0", *ONE, "--out", "pics"]
+    code, _, stderr = run_cli(argv)
+    assert code == 0, stderr
+    picture = tmp_path / "pics" / "000000.png"
+    assert read_metadata(picture)["model"]["source"] == str(tmp_path / "mymodel")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, stderr = run_cli(["generate", "--replay", str(picture), "--out", "r"])
+    assert code == 2 and f"--spec {tmp_path / 'mymodel'}" in stderr and "Traceback" not in stderr, stderr
+    assert not (elsewhere / "r").exists()
+    code, stdout, stderr = run_cli(["generate", "--replay", str(picture), "--spec", "../mymodel", "--out", "r"])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"options": {"n": 100000}}, "options.n: Input should be less than or equal to 1024"),
+        ({"index": 5}, "index 5 is past the batch of 2"),
+        ({"model": {"source": "/etc", "weights_sha256": None}}, "--spec /etc"),
+        ({"task": "clas2img"}, "did you mean 'class2img'"),
+    ],
+)
+def test_replay_refuses_metadata_the_command_line_would_not_accept(change, expected, generated, tmp_path):
+    out, _ = generated("class2img")
+    meta = read_metadata(out / "000001.png")
+    for key, value in change.items():
+        meta[key] = {**meta[key], **value} if isinstance(value, dict) and key == "options" else value
+    bad = tmp_path / "bad.png"
+    write_png(bad, torch.from_numpy(_pixels(out / "000001.png").copy()), meta)
+    code, _, stderr = run_cli(["generate", "--replay", str(bad), "--out", str(tmp_path / "r")])
+    assert code == 2 and expected in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_second_run_into_one_folder_keeps_the_first_runs_pictures(generated, inputs, tmp_path):
+    out, _ = generated("class2img")
+    mine = tmp_path / "out"
+    argv = ["generate", "--task", "class2img", *task_args("class2img", inputs), *FAST, "--out", str(mine)]
+    assert run_cli(argv)[0] == 0
+    first = {p.name: p.read_bytes() for p in mine.iterdir()}
+    code, stdout, _ = run_cli(argv)
+    assert code == 0 and stdout.split() == [str(mine / f"{i:06d}.png") for i in range(N, 2 * N)]
+    assert all((mine / name).read_bytes() == data for name, data in first.items())

@@ -19,7 +19,7 @@ from ldmkit.errors import InputError, SpecError
 from ldmkit.generation import MAX_METADATA_BYTES, METADATA_FORMAT, read_metadata, save_pictures
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-OPTIONS = SampleOptions(n=1, seed=3, steps=7)
+OPTIONS = SampleOptions(n=2, seed=3, steps=7)  # the two pictures valid_png is one of
 INPUTS = {"label": "4", "mask": b"\x00\x01binary"}
 MODEL = {"source": "default", "weights_sha256": "ab" * 32}
 
@@ -281,6 +281,64 @@ def test_missing_fields(valid_png: bytes, valid_meta: dict, tmp_path, field: str
 )
 def test_mistyped_fields(valid_png: bytes, valid_meta: dict, tmp_path, changes: dict, match: str) -> None:
     refused(_edited(valid_png, valid_meta, tmp_path, **changes), match)
+
+
+@pytest.mark.parametrize(
+    ("options", "index", "match"),
+    [
+        ({"n": 100000}, 0, "options.n: Input should be less than or equal to 1024"),
+        ({"n": 0}, 0, "options.n"),
+        ({"seed": 2**70}, 0, "options.seed"),
+        ({"seed": -1}, 0, "options.seed"),
+        ({"seed": 2**64 - 1, "n": 2}, 0, "past 2\\^64 - 1"),
+        ({"steps": 10**9}, 0, "options.steps"),
+        ({"guidance_scale": -1.0}, 0, "options.guidance_scale"),
+        ({"sampler": "os.system"}, 0, "options.sampler"),
+        ({"n": 2}, 2, "index 2 is past the batch of 2"),
+    ],
+)
+def test_options_follow_the_command_line_rules(valid_png, valid_meta, tmp_path, options, index, match) -> None:
+    """A picture's metadata cannot ask for what ``ldmkit generate`` would refuse on its command line."""
+    edited = _edited(valid_png, valid_meta, tmp_path, options={**valid_meta["options"], **options}, index=index)
+    refused(edited, match)
+
+
+@pytest.mark.parametrize(("label", "match"), [("\u00b2", "digits 0-9"), ("7" * 5000, "5000 digits")])
+def test_a_recorded_label_no_task_can_read_is_refused(valid_png, valid_meta, tmp_path, label, match) -> None:
+    refused(_edited(valid_png, valid_meta, tmp_path, inputs={"label": label}), match)
+
+
+def test_saving_never_replaces_a_picture_and_continues_the_numbering(tmp_path) -> None:
+    images = torch.zeros(2, 3, 4, 4)
+    (tmp_path / "000007.png").write_bytes(b"someone else's picture")
+    first = save_pictures(tmp_path, images, task="uncond", inputs={}, options=OPTIONS, model=MODEL)
+    second = save_pictures(tmp_path, images, task="uncond", inputs={}, options=OPTIONS, model=MODEL)
+    assert [p.name for p in first + second] == ["000008.png", "000009.png", "000010.png", "000011.png"]
+    assert (tmp_path / "000007.png").read_bytes() == b"someone else's picture"
+    assert all(read_metadata(p)["index"] == i % 2 for i, p in enumerate(first + second))
+
+
+def _save_many(folder: str, start, count: int) -> list[str]:
+    start.wait()  # both processes write at the same moment
+    names = []
+    for _ in range(count):
+        paths = save_pictures(folder, torch.zeros(1, 3, 4, 4), task="uncond", inputs={}, options=OPTIONS, model=MODEL)
+        names += [p.name for p in paths]
+    return names
+
+
+def test_two_processes_writing_into_one_folder_never_collide(tmp_path) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(2, mp_context=context) as pool:
+        start = manager.Barrier(2)
+        runs = [pool.submit(_save_many, str(tmp_path), start, 15) for _ in range(2)]
+        names = [run.result(timeout=300) for run in runs]
+    assert not set(names[0]) & set(names[1]), "two runs reported the same picture"
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(names[0] + names[1]) == [f"{i:06d}.png" for i in range(30)]
 
 
 def test_options_accept_integral_floats(valid_png: bytes, valid_meta: dict, tmp_path) -> None:

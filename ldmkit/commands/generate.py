@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldmkit.errors import InputError
-from ldmkit.interfaces import SampleOptions
 
 if TYPE_CHECKING:  # torch, numpy and the pipeline load only when the command runs
     import numpy as np
@@ -79,7 +78,17 @@ def add_parser(sub) -> None:
         help="the fast path's precision (needs --fast); default: bf16 on CUDA, fp32 on the CPU, "
         "or the recorded one with --replay",
     )
-    p.add_argument("--replay", metavar="IMAGE.png", help="regenerate a picture from its metadata")
+    p.add_argument(
+        "--replay",
+        metavar="IMAGE.png",
+        help="make a picture again from its metadata and check it is identical (the one picture, or its batch "
+        "where this CPU rounds a batch differently); a model folder it names loads only if given as --spec",
+    )
+    p.add_argument(
+        "--replay-batch",
+        action="store_true",
+        help="with --replay: remake the picture's whole recorded batch (the original float path; slower)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
@@ -142,89 +151,98 @@ def _difference(replayed: np.ndarray, recorded: np.ndarray, meta: dict) -> str:
     return text
 
 
+CLI_FLAGS = {"n": "-n", "seed": "--seed", "sampler": "--sampler", "steps": "--steps", "eta": "--eta"}
+CLI_FLAGS["guidance_scale"] = "--guidance"
+
+
+def _check_task(pipe: Pipeline, task: str) -> None:
+    """Refuse a task the pipeline does not serve, suggesting the closest one it does."""
+    import difflib
+
+    served = sorted(pipe.spec.tasks) if pipe.spec is not None else []
+    if served and task not in served:
+        close = difflib.get_close_matches(task, served, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(f"this pipeline does not serve task {task!r}{hint}; it serves: {', '.join(served)}")
+
+
+def _replay(args) -> int:
+    from ldmkit.generation import read_metadata, recorded_runtime, resolve_device
+    from ldmkit.replay import open_recorded_model, replay_picture
+
+    meta = read_metadata(args.replay)
+    recorded = recorded_runtime(meta)
+    if args.device is not None:
+        device = resolve_device(args.device)
+    else:  # the recorded device, checked before loading like one given on the command line
+        hint = "pass --device to replay on another (the pictures may then differ)"
+        device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
+    fast = recorded["fast"] if args.fast is None else args.fast
+    precision = _fast_precision(args.precision, fast, recorded.get("precision"))
+    pipe, model = open_recorded_model(args.replay, meta, spec=args.spec, model=args.model)
+    _check_task(pipe, meta["task"])
+    _prepare(pipe, device, fast, precision)
+    result = replay_picture(
+        pipe, args.replay, meta, model, args.out, whole_batch=args.replay_batch, progress=not args.no_progress
+    )
+    if result.identical:
+        print(f"{result.path}: identical to {args.replay}")
+        return 0
+    import numpy as np
+
+    from ldmkit.replay import recorded_pixels
+
+    original = recorded_pixels(args.replay).astype(np.int16)  # (H, W, 3)
+    difference = _difference(result.pixels.astype(np.int16), original, meta)
+    print(f"{result.path}: DIFFERS from {args.replay}{difference}")
+    return 1
+
+
 def run(args) -> int:
     from ldmkit.folders import check_output_folder
     from ldmkit.generation import (
-        decode_inputs,
         default_guidance,
         default_sampling,
         generate,
         open_model,
         open_pipeline,
-        read_metadata,
-        recorded_runtime,
         resolve_device,
         runtime_of,
         save_pictures,
-        to_uint8,
     )
+    from ldmkit.generation_options import check_label, check_options
 
     check_output_folder(args.out)  # refused before any time goes into loading and sampling
     if args.replay:
-        meta = read_metadata(args.replay)
-        recorded = recorded_runtime(meta)
-        if args.device is not None:
-            device = resolve_device(args.device)
-        else:  # the recorded device, checked before loading like one given on the command line
-            hint = "pass --device to replay on another (the pictures may then differ)"
-            device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
-        fast = recorded["fast"] if args.fast is None else args.fast
-        precision = _fast_precision(args.precision, fast, recorded.get("precision"))
-        name = meta["model"].get("name")  # a model picked by name is opened by name again
-        pipe, model = open_model(name) if name is not None else open_pipeline(meta["model"].get("source"))
-        if model["weights_sha256"] != meta["model"].get("weights_sha256"):
-            raise InputError(f"{args.replay}: made with other weights than {model['source']} holds now")
-        try:
-            options = SampleOptions(**meta["options"])
-        except TypeError as exc:
-            raise InputError(f"{args.replay}: bad options in metadata ({exc})") from None
-        inputs = decode_inputs(meta["inputs"])
-        _prepare(pipe, device, fast, precision)
-        images, _ = generate(pipe, meta["task"], inputs, options)
-        index = int(meta.get("index", 0))
-        paths = save_pictures(
-            args.out,
-            images[index : index + 1],
-            task=meta["task"],
-            inputs=inputs,
-            options=options,
-            model=model,
-            first_index=index,
-            runtime=runtime_of(pipe),
-        )
-        import numpy as np
-        from PIL import Image
-
-        with Image.open(args.replay) as original:
-            recorded = np.asarray(original.convert("RGB"), dtype=np.int16)  # (H, W, 3)
-        replayed = to_uint8(images[index : index + 1])[0].numpy().astype(np.int16)  # (H, W, 3)
-        if replayed.shape == recorded.shape and (replayed == recorded).all():
-            print(f"{paths[0]}: identical to {args.replay}")
-            return 0
-        print(f"{paths[0]}: DIFFERS from {args.replay}{_difference(replayed, recorded, meta)}")
-        return 1
+        return _replay(args)
+    if args.replay_batch:
+        raise InputError("--replay-batch goes with --replay IMAGE.png")
     if not args.task:
         raise InputError("--task is required (or --replay IMAGE.png)")
     if args.spec is not None and args.model is not None:
         raise InputError("--spec and --model both pick the pipeline; give one of them")
+    told = {k: getattr(args, k) for k in ("n", "seed", "sampler", "steps", "eta")} | {"guidance_scale": args.guidance}
+    told = {k: v for k, v in told.items() if v is not None}
+    check_options({"n": 4, **told}, CLI_FLAGS)  # before any time goes into loading
+
+    if args.label is not None:
+        check_label(args.label)
     device = resolve_device(args.device if args.device is not None else "cpu")
     precision = _fast_precision(args.precision, bool(args.fast))
     pipe, model = open_model(args.model) if args.model is not None else open_pipeline(args.spec)
+    _check_task(pipe, args.task)
     defaults = pipe.spec.sampling if pipe.spec is not None else None
     sampler, steps = default_sampling(pipe, args.task)
-    options = SampleOptions(
-        n=args.n if args.n is not None else 4,
-        seed=args.seed if args.seed is not None else 0,
-        sampler=args.sampler or sampler,
-        steps=args.steps if args.steps is not None else steps,
-        eta=args.eta if args.eta is not None else (defaults.eta if defaults else 0.0),
-        guidance_scale=args.guidance if args.guidance is not None else default_guidance(pipe, args.task),
-        progress=not args.no_progress,
-    )
-    if options.n < 1 or options.n > 1024:
-        raise InputError(f"-n {options.n}: expected 1 to 1024 pictures")
-    if options.steps < 1:
-        raise InputError(f"--steps {options.steps}: expected at least 1")
+    chosen = {
+        "n": 4,
+        "seed": 0,
+        "sampler": sampler,
+        "steps": steps,
+        "eta": defaults.eta if defaults else 0.0,
+        "guidance_scale": default_guidance(pipe, args.task),
+    }
+    chosen.update(told)
+    options = check_options({**chosen, "progress": not args.no_progress}, CLI_FLAGS).sample_options()
     inputs = _read_inputs(args)
     from ldmkit.distributed_generate import generate_sharded, rank_device, world_size
 
