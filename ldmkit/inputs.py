@@ -82,8 +82,8 @@ def _image_bytes(data: Any) -> bytes | None:
 def _as_tensor(data: Any, what: str, forms: str) -> Tensor:
     if isinstance(data, Tensor):
         return data.detach().cpu()
-    try:
-        return torch.as_tensor(data)
+    try:  # a copy: the caller's array may be read-only (np.asarray of a picture), and stays untouched
+        return torch.tensor(data)
     except (TypeError, ValueError, RuntimeError):
         raise InputError(f"{what}: expected {forms}, got {type(data).__name__}") from None
 

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
+from torch import Tensor
 
 from ldmkit.errors import InputError
 from ldmkit.inputs import LayoutObject, check_size, class_map_input, image_input, layout_input, mask_input
@@ -91,7 +92,15 @@ class InpaintParams(TaskParams):
         "masked-sampling: any model, the known region is re-noised and kept at every step; "
         "concat+masked: both (an inpainting model whose known latents are also kept)",
     )
-    paste_known: bool = Field(False, description="copy the known pixels of the input into the result")
+    paste_known: bool = Field(
+        True,
+        description="put the known pixels of the input back into the result (as CompVis's inpainting script "
+        "does): outside the mask the picture is the input exactly, and the fill is blended in over a border "
+        "of paste_border pixels just inside the mask",
+    )
+    paste_border: int = Field(
+        2, ge=0, le=16, description="width in pixels of the blend just inside the mask's edge (0: a hard edge)"
+    )
 
 
 class InpaintRequest(Request):
@@ -138,5 +147,17 @@ class InpaintTask(ConditionedTask):
         out = super().run(pipeline, request, options)
         if self.params.paste_known:
             image, mask = self._batch(pipeline, request, options.n)
-            out = out * mask.to(out) + image.to(out) * (1 - mask.to(out))
+            weight = inward_feather(mask, self.params.paste_border).to(out)  # (n, 1, H, W), 0 outside the mask
+            out = out * weight + image.to(out) * (1 - weight)
         return out
+
+
+def inward_feather(mask: Tensor, border: int) -> Tensor:
+    """A blend weight (N, 1, H, W) that is 0 wherever ``mask`` is 0 and ramps up to 1 over ``border`` pixels
+    inside it, so the known pixels stay exactly as given and only the fill's edge is blended."""
+    if border == 0:
+        return mask
+    hard = (mask > 0.5).to(mask.dtype)  # (N, 1, H, W)
+    # the share of a (2b+1)^2 window that lies inside the mask: 1 deep inside, about 0.5 at the edge
+    share = F.avg_pool2d(hard, 2 * border + 1, stride=1, padding=border, count_include_pad=False)
+    return hard * ((share - 0.5) * 2).clamp(0, 1)
