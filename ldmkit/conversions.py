@@ -185,7 +185,10 @@ def diffusers_classes(cls: type) -> tuple[str, ...]:
 
 
 def find_diffusers_component(registry: Registry, kind: str, class_name: Any, what: str) -> ComponentInfo:
-    """The registered component of ``kind`` that reads ``class_name``; SpecError listing the classes known."""
+    """The registered component of ``kind`` that reads ``class_name``; SpecError listing the classes known.
+
+    A config that names no class (``class_name`` None) goes to the only component of ``kind`` that reads any.
+    """
     known: dict[str, ComponentInfo] = {}
     for name in registry.names(kind):
         info = registry.info(kind, name)
@@ -193,5 +196,7 @@ def find_diffusers_component(registry: Registry, kind: str, class_name: Any, wha
             known.setdefault(declared, info)
     if isinstance(class_name, str) and class_name in known:
         return known[class_name]
+    if class_name is None and len({id(info) for info in known.values()}) == 1:
+        return next(iter(known.values()))  # a config that names no class: the only component that reads this kind
     listing = ", ".join(sorted(known)) or "(none)"
     raise SpecError(f"{what}: {class_name!r} is not supported (readable: {listing})")
