@@ -9,7 +9,7 @@ its own ``Params``, and how the checkpoint's key names become its module's.
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 import ldmkit
-from ldmkit.conversions import CompVisContext
+
+if TYPE_CHECKING:  # the conversion protocol is only named in annotations
+    from ldmkit.conversions import CompVisContext
 
 COMPVIS_TARGET = "ldmkit_plugin_example.models.TinyUNet"
 # the original module's parameter names -> this module's
