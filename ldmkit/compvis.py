@@ -1,109 +1,39 @@
 """Load original CompVis latent-diffusion / Stable Diffusion v1 configs and checkpoints.
 
-Each original ``target`` is translated through a fixed table to a registered ldmkit component;
-nothing named in the YAML is ever imported. Parameter names are those of the original, so the
-weights load without renaming.
+This module reads the YAML and the checkpoint, splits the state dict by the LatentDiffusion prefixes and
+dispatches: each ``*_config`` entry goes to the registered component whose ``compvis_targets`` include
+its ``target``, which translates the original params (and, if it declares so, the original key names);
+see :mod:`ldmkit.conversions`. Nothing named in the YAML is ever imported.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from torch import Tensor
 
-from ldmkit.compvis_first_stage import first_stage_from_compvis
+from ldmkit.conversions import CompVisContext, find_compvis_component, state_dict_from_compvis
 from ldmkit.errors import CheckpointError, SpecError
 from ldmkit.pipeline import Pipeline
 from ldmkit.specs import PipelineSpec, read_document, validate_spec
 
+if TYPE_CHECKING:
+    from ldmkit.registry import Registry
+
 log = logging.getLogger(__name__)
+
+__all__ = ["DIFFUSION_TARGETS", "PREFIXES", "load", "spec_from_config", "split_state_dict"]
 
 DIFFUSION_TARGETS = {
     "ldm.models.diffusion.ddpm.LatentDiffusion",
 }
-
-
-UNET_KEYS = (
-    "image_size",
-    "in_channels",
-    "model_channels",
-    "out_channels",
-    "num_res_blocks",
-    "attention_resolutions",
-    "dropout",
-    "channel_mult",
-    "conv_resample",
-    "dims",
-    "num_classes",
-    "use_checkpoint",
-    "use_fp16",
-    "num_heads",
-    "num_head_channels",
-    "num_heads_upsample",
-    "use_scale_shift_norm",
-    "resblock_updown",
-    "use_new_attention_order",
-    "use_spatial_transformer",
-    "transformer_depth",
-    "context_dim",
-    "n_embed",
-    "legacy",
-)
-
-
-def _unet(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    unknown = sorted(set(params) - set(UNET_KEYS))
-    if unknown:
-        raise SpecError(f"unet_config.params: unsupported keys {unknown}")
-    out = {k: params[k] for k in UNET_KEYS if k in params}
-    for key in ("attention_resolutions", "channel_mult"):
-        if key in out:
-            out[key] = list(out[key])
-    return "unet", out
-
-
-def _class_embedder(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    out = {"embed_dim": params["embed_dim"], "n_classes": params.get("n_classes", 1000)}
-    if "key" in params:
-        out["key"] = params["key"]
-    return "class-embedder", out
-
-
-def _bert(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    if params.get("use_tokenizer", True):  # the original's default: a BERT tokenizer downloaded from a hub
-        raise SpecError(
-            "cond_stage_config.params.use_tokenizer is true (the default): the BERT tokenizer is not bundled; "
-            "set use_tokenizer: false and pass token ids"
-        )
-    keep = ("n_embed", "n_layer", "vocab_size", "max_seq_len", "use_tokenizer", "embedding_dropout")
-    return "transformer-text", {k: params[k] for k in keep if k in params}
-
-
-def _clip(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    version = params.get("version", "openai/clip-vit-large-patch14")
-    if version != "openai/clip-vit-large-patch14":
-        raise SpecError(f"cond_stage_config.params.version {version!r}: only the SD v1 CLIP ViT-L/14 text encoder")
-    return "clip-text", {}
-
-
-def _rescaler(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    keep = ("n_stages", "method", "multiplier", "in_channels", "out_channels", "bias")
-    return "spatial-rescaler", {k: params[k] for k in keep if k in params}
-
-
-Translator = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
-
-UNET_TARGETS: dict[str, Translator] = {"ldm.modules.diffusionmodules.openaimodel.UNetModel": _unet}
-COND_TARGETS: dict[str, Translator] = {
-    "ldm.modules.encoders.modules.ClassEmbedder": _class_embedder,
-    "ldm.modules.encoders.modules.BERTEmbedder": _bert,
-    "ldm.modules.encoders.modules.TransformerEmbedder": _bert,
-    "ldm.modules.encoders.modules.FrozenCLIPEmbedder": _clip,
-    "ldm.modules.encoders.modules.SpatialRescaler": _rescaler,
-}
+CONDITIONING_KEYS = (None, "crossattn", "concat", "hybrid", "adm")
+PARAMETERIZATIONS = ("eps", "x0", "v")
 
 
 def _params(section: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -113,37 +43,24 @@ def _params(section: str, config: dict[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
-def _translate(section: str, config: Any, table: dict[str, Translator]) -> dict[str, Any]:
+def _translate(section: str, kind: str, config: Any, context: CompVisContext, registry: Registry) -> dict[str, Any]:
+    """One config entry -> ``{"type": ..., "params": ...}`` through the component declaring its target."""
     if not isinstance(config, dict) or "target" not in config:
         raise SpecError(f"{section}: expected a mapping with 'target'")
-    target = config["target"]
-    if target not in table:
-        known = ", ".join(sorted(table))
-        raise SpecError(
-            f"{section}.target {target!r} is not supported (nothing is imported from configs); known: {known}"
-        )
+    target = str(config["target"])
+    info = find_compvis_component(registry, kind, target, section)
+    params = _params(section, config)
     try:
-        name, params = table[target](_params(section, config))
+        out = info.cls.params_from_compvis(params, replace(context, section=section, target=target))
     except SpecError:
         raise
     except KeyError as exc:
         raise SpecError(f"{section}.params: missing {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:  # a value of the wrong kind, e.g. a number where a list belongs
         raise SpecError(f"{section}.params: {exc}") from None
-    return {"type": name, "params": params}
-
-
-def _first_stage(config: Any, channels: Any) -> dict[str, Any]:
-    if not isinstance(config, dict):
-        raise SpecError("first_stage_config: expected a mapping with 'target'")
-    _params("first_stage_config", config)
-    try:
-        name, params = first_stage_from_compvis(config, channels=channels if isinstance(channels, int) else None)
-    except SpecError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"first_stage_config.params: {exc}") from None
-    return {"type": name, "params": params}
+    if isinstance(out, BaseModel):
+        out = out.model_dump(mode="json")
+    return {"type": info.name, "params": dict(out)}
 
 
 def _number(p: dict[str, Any], key: str, default: float, cast: type) -> Any:
@@ -153,8 +70,15 @@ def _number(p: dict[str, Any], key: str, default: float, cast: type) -> Any:
         raise SpecError(f"model.params.{key}: expected a number, got {p[key]!r}") from None
 
 
-def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
-    """Translate an original CompVis model config into a validated ldmkit PipelineSpec."""
+def spec_from_config(config: dict[str, Any] | str | Path, registry: Registry | None = None) -> PipelineSpec:
+    """Translate an original CompVis model config into a validated ldmkit PipelineSpec.
+
+    Each ``target`` is looked up among the ``compvis_targets`` that the components of ``registry`` (the
+    process's by default) declare; see :mod:`ldmkit.conversions`.
+    """
+    from ldmkit.registry import get_registry
+
+    registry = registry or get_registry()
     if not isinstance(config, dict):
         config = read_document(config)
     model = config.get("model", config)
@@ -162,30 +86,35 @@ def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
     if target not in DIFFUSION_TARGETS:
         raise SpecError(f"model.target must be one of {sorted(DIFFUSION_TARGETS)}, got {target!r}")
     p = _params("model", model)
-    cond_cfg = p.get("cond_stage_config")
     key = p.get("conditioning_key")
+    if key not in CONDITIONING_KEYS:
+        raise SpecError(f"conditioning_key {key!r}: expected crossattn, concat, hybrid or adm")
+    parameterization = p.get("parameterization", "eps")
+    if parameterization not in PARAMETERIZATIONS:
+        raise SpecError(f"parameterization {parameterization!r}: expected eps, x0 or v")
+    image_size = p.get("image_size")
+    channels = p.get("channels")
+    context = CompVisContext(
+        section="",
+        target="",
+        conditioning_key=key,
+        image_size=image_size if isinstance(image_size, int) and not isinstance(image_size, bool) else None,
+        channels=channels if isinstance(channels, int) and not isinstance(channels, bool) else None,
+        parameterization=parameterization,
+        model_params=MappingProxyType(p),
+    )
+    cond_cfg = p.get("cond_stage_config")
     conditioner = None
     if cond_cfg not in (None, "__is_unconditional__"):
         if cond_cfg == "__is_first_stage__":
             raise SpecError(
                 "cond_stage_config '__is_first_stage__' is not supported; use the 'masked-image' conditioner"
             )
-        conditioner = _translate("cond_stage_config", cond_cfg, COND_TARGETS)
-        if conditioner["type"] == "class-embedder":
-            conditioner["params"]["target"] = "vector" if key == "adm" else "crossattn"
-        if conditioner["type"] == "spatial-rescaler" and isinstance(p.get("image_size"), int):
-            conditioner["params"]["out_size"] = [p["image_size"], p["image_size"]]
-    if key not in (None, "crossattn", "concat", "hybrid", "adm"):
-        raise SpecError(f"conditioning_key {key!r}: expected crossattn, concat, hybrid or adm")
-    denoiser = _translate("unet_config", p.get("unet_config"), UNET_TARGETS)
-    parameterization = p.get("parameterization", "eps")
-    if parameterization not in ("eps", "x0", "v"):
-        raise SpecError(f"parameterization {parameterization!r}: expected eps, x0 or v")
-    denoiser["params"]["prediction"] = parameterization
-    image_size = p.get("image_size")
+        conditioner = _translate("cond_stage_config", "conditioner", cond_cfg, context, registry)
+    denoiser = _translate("unet_config", "denoiser", p.get("unet_config"), context, registry)
     spec = {
         "version": 1,
-        "first_stage": _first_stage(p.get("first_stage_config"), p.get("channels")),
+        "first_stage": _translate("first_stage_config", "first_stage", p.get("first_stage_config"), context, registry),
         "denoiser": denoiser,
         "conditioner": conditioner,
         "schedule": {
@@ -198,7 +127,7 @@ def spec_from_config(config: dict[str, Any] | str | Path) -> PipelineSpec:
         "scale_factor": _number(p, "scale_factor", 1.0, float),
         "latent_size": [int(image_size), int(image_size)] if isinstance(image_size, int) else None,
     }
-    return validate_spec(spec, source="CompVis config")
+    return validate_spec(spec, registry, source="CompVis config")
 
 
 # state-dict prefixes of the original LatentDiffusion
@@ -235,15 +164,25 @@ IGNORED_KEYS = {
 IGNORED_PREFIXES = ("first_stage_model.loss.", "loss.")
 
 
+def _ema_names(state: dict[str, Tensor], pipe: Pipeline) -> dict[str, str]:
+    """LitEma key -> the original denoiser key (without its prefix) it shadows.
+
+    LitEma stores each parameter under its dotted name with the dots removed; the names come from the
+    checkpoint's own denoiser keys and, for files holding only EMA weights, from the module's.
+    """
+    prefix = PREFIXES["denoiser"]
+    names = {k[len(prefix) :] for k in state if k.startswith(prefix)} | set(pipe.denoiser.state_dict())
+    return {EMA_PREFIX + ("diffusion_model." + name).replace(".", ""): name for name in names}
+
+
 def split_state_dict(state: dict[str, Tensor], pipe: Pipeline, ema: bool = False) -> dict[str, dict[str, Tensor]]:
-    """Route original keys to components; list every key that fits nowhere and every missing one."""
+    """Route original keys to components (prefixes removed, names still the original's).
+
+    Raises CheckpointError listing every key that fits nowhere.
+    """
     parts: dict[str, dict[str, Tensor]] = {name: {} for name in pipe.modules()}
     unexpected = []
-    ema_keys = {}
-    if ema:
-        # LitEma stores each denoiser parameter under its dotted name with the dots removed
-        for name in pipe.denoiser.state_dict():
-            ema_keys[EMA_PREFIX + ("diffusion_model." + name).replace(".", "")] = name
+    ema_keys = _ema_names(state, pipe) if ema else {}
     for key, value in state.items():
         if key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES):
             continue
@@ -269,12 +208,23 @@ def split_state_dict(state: dict[str, Tensor], pipe: Pipeline, ema: bool = False
     return parts
 
 
-def load(config_yaml: str | Path | dict[str, Any], ckpt: str | Path, ema: bool = False) -> Pipeline:
-    """Build a Pipeline from an original CompVis config and checkpoint (``ema=True``: the EMA weights)."""
-    from ldmkit.checkpoints import check_scale_factor, load_checkpoint, load_into
+def load(
+    config_yaml: str | Path | dict[str, Any],
+    ckpt: str | Path,
+    ema: bool = False,
+    registry: Registry | None = None,
+) -> Pipeline:
+    """Build a Pipeline from an original CompVis config and checkpoint (``ema=True``: the EMA weights).
 
-    spec = spec_from_config(config_yaml)
-    pipe = Pipeline.from_spec(spec)
+    Components are found through ``registry`` (the process's by default) by the ``compvis_targets`` they
+    declare; each renames its part of the state dict with its ``state_dict_from_compvis``, if it has one.
+    """
+    from ldmkit.checkpoints import check_scale_factor, load_checkpoint, load_into
+    from ldmkit.registry import get_registry
+
+    registry = registry or get_registry()
+    spec = spec_from_config(config_yaml, registry)
+    pipe = Pipeline.from_spec(spec, registry)
     raw = load_checkpoint(ckpt)
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict):
@@ -283,5 +233,7 @@ def load(config_yaml: str | Path | dict[str, Any], ckpt: str | Path, ema: bool =
         pipe.scale_factor = check_scale_factor(state["scale_factor"], str(ckpt))
         pipe.spec = pipe.spec.model_copy(update={"scale_factor": pipe.scale_factor})
     for name, part in split_state_dict(state, pipe, ema=ema).items():
-        load_into(pipe.modules()[name], part, what=f"{name} of {Path(str(ckpt)).name}")
+        module = pipe.modules()[name]
+        ours = state_dict_from_compvis(type(module), part, getattr(module, "params", None))
+        load_into(module, ours, what=f"{name} of {Path(str(ckpt)).name}")
     return pipe

@@ -12,9 +12,9 @@ import yaml
 from safetensors.torch import load_file
 
 import ldmkit
-from ldmkit.compvis_first_stage import first_stage_from_compvis
 from ldmkit.errors import InputError, SpecError
 from ldmkit.testing import FirstStageConformance
+from ldmkit_autoencoders.compvis import first_stage_from_compvis
 from ldmkit_autoencoders.distributions import DiagonalGaussian
 from ldmkit_autoencoders.identity import IdentityFirstStage
 from ldmkit_autoencoders.kl import KLAutoencoder

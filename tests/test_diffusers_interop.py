@@ -329,3 +329,27 @@ def test_cli_round_trip(exported, tmp_path, capsys):
     assert main(["convert", "--from", "diffusers", str(tmp_path / "empty"), str(tmp_path / "x")]) == 2
     assert "model_index.json" in capsys.readouterr().err
     assert main(["convert", "--to", "diffusers", str(tmp_path / "ours")]) == 2
+
+
+def test_components_without_a_diffusers_conversion_are_named():
+    identity = create("first_stage", "identity", {"channels": 3})
+    with pytest.raises(SpecError, match="identity"):
+        di.first_stage_to_diffusers(identity)
+    spec = {
+        "first_stage": {"type": "kl-autoencoder", "params": dict(AE_BASE, z_channels=4, embed_dim=4)},
+        "denoiser": {"type": "unet", "params": dict(PLAIN_UNETS["one-head+concat"], in_channels=6, out_channels=4)},
+        "conditioner": {"type": "spatial-rescaler", "params": {"n_stages": 1, "in_channels": 3, "out_channels": 2}},
+        "schedule": {"beta_schedule": "linear"},
+    }
+    with pytest.raises(SpecError, match="spatial-rescaler") as info:
+        di.to_diffusers(ldmkit.Pipeline.from_spec(spec), Path("never-written"))
+    assert "clip-text" in str(info.value)  # the conditioners that do convert are listed
+
+
+def test_a_registry_without_the_reader_refuses_the_folder(exported):
+    from ldmkit.registry import Registry
+
+    _, out = exported
+    with pytest.raises(SpecError, match="UNet2DConditionModel") as info:
+        di.from_diffusers(out, registry=Registry())
+    assert "(none)" in str(info.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,6 @@ MAX_JSON_BYTES = 1 << 20  # configs are small text files; a shard index of a hug
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 TRANSFORMERS_WEIGHTS = "model.safetensors"
 PICKLE_WEIGHTS = ("diffusion_pytorch_model.bin", "pytorch_model.bin")
-# what a folder written here claims to be written by (diffusers reads the version only to warn)
-DIFFUSERS_VERSION = "0.27.0"
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -84,62 +82,3 @@ def write_weights(folder: Path, filename: str, state: Mapping[str, Tensor]) -> N
     from ldmkit.checkpoints import save_state_dict
 
     save_state_dict(state, folder / filename, metadata={"format": "pt"})
-
-
-class ConfigReader:
-    """Reads a diffusers model config against that class's constructor defaults.
-
-    ``get`` falls back to the default (older folders omit keys); ``expect`` fails with a SpecError
-    when a value is one ldmkit does not implement; ``finish`` rejects keys the class does not know
-    unless their value is null/false (a newer diffusers option left off).
-    """
-
-    def __init__(self, config: Mapping[str, Any], defaults: Mapping[str, Any], what: str) -> None:
-        self.config = dict(config)
-        self.defaults = dict(defaults)
-        self.what = what
-
-    def get(self, key: str) -> Any:
-        return self.config.get(key, self.defaults.get(key))
-
-    def expect(self, key: str, allowed: Iterable[Any], why: str = "") -> Any:
-        value = self.get(key)
-        allowed = list(allowed)
-        if value not in allowed:
-            shown = " or ".join(repr(a) for a in allowed)
-            reason = f" ({why})" if why else ""
-            raise SpecError(f"{self.what}: {key}={value!r} is not supported; ldmkit needs {shown}{reason}")
-        return value
-
-    def integer(self, key: str, minimum: int = 1) -> int:
-        value = self.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise SpecError(f"{self.what}: {key} must be an integer >= {minimum}, got {value!r}")
-        return value
-
-    def int_list(self, key: str, length: int | None = None) -> list[int]:
-        value = self.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and length is not None:
-            value = [value] * length
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
-        ):
-            raise SpecError(f"{self.what}: {key} must be a list of positive integers, got {value!r}")
-        if length is not None and len(value) != length:
-            raise SpecError(f"{self.what}: {key} has {len(value)} entries, expected {length} (one per block)")
-        return list(value)
-
-    def str_list(self, key: str) -> list[str]:
-        value = self.get(key)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise SpecError(f"{self.what}: {key} must be a list of block type names, got {value!r}")
-        return list(value)
-
-    def finish(self) -> None:
-        unknown = sorted(
-            k
-            for k, v in self.config.items()
-            if not k.startswith("_") and k not in self.defaults and v not in (None, False)
-        )
-        if unknown:
-            raise SpecError(f"{self.what}: options ldmkit does not know: {', '.join(unknown)}")

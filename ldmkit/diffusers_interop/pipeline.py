@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ldmkit.conversions import DiffusersContext, DiffusersModel, find_diffusers_component
 from ldmkit.diffusers_interop._io import (
-    DIFFUSERS_VERSION,
     DIFFUSERS_WEIGHTS,
     TRANSFORMERS_WEIGHTS,
     read_json,
@@ -15,18 +15,22 @@ from ldmkit.diffusers_interop._io import (
     write_json,
     write_weights,
 )
-from ldmkit.diffusers_interop.clip import clip_text_from_transformers, clip_text_to_transformers
-from ldmkit.diffusers_interop.scheduler import schedule_from_diffusers, scheduler_config_to_diffusers
-from ldmkit.diffusers_interop.unet import unet_from_diffusers, unet_to_diffusers
-from ldmkit.diffusers_interop.vae import (
-    autoencoder_from_diffusers,
-    autoencoder_params_from_diffusers,
-    autoencoder_to_diffusers,
+from ldmkit.diffusers_interop.config import DIFFUSERS_VERSION
+from ldmkit.diffusers_interop.models import (
+    component_from_diffusers,
+    component_to_diffusers,
+    scaling_factor_from_diffusers,
 )
+from ldmkit.diffusers_interop.scheduler import schedule_from_diffusers, scheduler_config_to_diffusers
 from ldmkit.errors import SpecError
 from ldmkit.pipeline import Pipeline
 
+if TYPE_CHECKING:
+    from ldmkit.registry import Registry
+
 log = logging.getLogger(__name__)
+
+__all__ = ["from_diffusers", "to_diffusers"]
 
 MODEL_INDEX = "model_index.json"
 CONFIG = "config.json"
@@ -35,7 +39,7 @@ FIRST_STAGE_FOLDERS = ("vae", "vqvae")
 CONVERTED = {"unet", "scheduler", "text_encoder", *FIRST_STAGE_FOLDERS}
 # not part of the model: ldmkit tokenizes prompts itself and has no safety checker
 IGNORED = {"tokenizer", "safety_checker", "feature_extractor"}
-TEXT_ENCODER_CLASSES = ("CLIPTextModel",)
+WEIGHTS = {"diffusers": DIFFUSERS_WEIGHTS, "transformers": TRANSFORMERS_WEIGHTS}
 
 
 def _declared(index: dict[str, Any]) -> dict[str, str]:
@@ -49,31 +53,45 @@ def _declared(index: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _text_encoder(directory: Path, declared: dict[str, str]) -> Any:
-    folder = directory / "text_encoder"
-    if declared["text_encoder"] not in TEXT_ENCODER_CLASSES:
-        raise SpecError(f"{directory}: text_encoder {declared['text_encoder']!r} is not supported (CLIPTextModel)")
-    tokenizer = declared.get("tokenizer")
-    if tokenizer is not None and not tokenizer.startswith("CLIPTokenizer"):
-        raise SpecError(f"{directory}: tokenizer {tokenizer!r} is not supported; clip-text uses CLIP's BPE tokenizer")
-    return clip_text_from_transformers(read_json(folder / CONFIG), read_weights(folder, TRANSFORMERS_WEIGHTS))
+def _libraries(index: dict[str, Any]) -> dict[str, str]:
+    """Component name -> the library model_index.json names for it (``diffusers``, ``transformers``)."""
+    return {k: str(v[0]) for k, v in index.items() if isinstance(v, (list, tuple)) and len(v) == 2 and v[0]}
 
 
-def from_diffusers(directory: str | Path) -> Pipeline:
+def _entry(libraries: dict[str, str], declared: dict[str, str], name: str) -> tuple[str, str]:
+    return libraries.get(name, "diffusers"), declared[name]
+
+
+def _read_model(
+    directory: Path, folder: str, kind: str, declared: tuple[str, str], context: DiffusersContext, registry: Registry
+) -> Any:
+    """The component of ``kind`` that reads ``folder`` (declared as ``(library, class)``), with its weights."""
+    library, class_name = declared
+    find_diffusers_component(registry, kind, class_name, f"{directory}: {folder}")  # before any file is read
+    config = read_json(directory / folder / CONFIG)
+    state = read_weights(directory / folder, WEIGHTS.get(library, DIFFUSERS_WEIGHTS))
+    return component_from_diffusers(kind, config, state, context, class_name=class_name, registry=registry)
+
+
+def from_diffusers(directory: str | Path, registry: Registry | None = None) -> Pipeline:
     """Read a diffusers pipeline folder (safetensors weights only) as an ldmkit Pipeline.
 
-    Converts ``unet/`` (UNet2DConditionModel or UNet2DModel), ``vae/`` or ``vqvae/`` (AutoencoderKL or
-    VQModel), ``text_encoder/`` (CLIPTextModel, when present) and ``scheduler/``. A component ldmkit
-    cannot convert, or a missing file, raises SpecError naming it.
+    Converts ``unet/``, ``vae/`` or ``vqvae/``, ``text_encoder/`` (when present) and ``scheduler/``; each
+    model folder goes to the registered component (of ``registry``, the process's by default) whose
+    ``diffusers_classes`` include the class ``model_index.json`` names. A component nothing reads, or a
+    missing file, raises SpecError naming it.
     """
     from ldmkit.registry import get_registry
     from ldmkit.schedules import NoiseSchedule
     from ldmkit.specs import validate_spec
 
+    registry = registry or get_registry()
     directory = Path(directory)
     if not directory.is_dir():
         raise SpecError(f"{directory}: not a folder")
-    declared = _declared(read_json(directory / MODEL_INDEX))
+    index = read_json(directory / MODEL_INDEX)
+    declared = _declared(index)
+    libraries = _libraries(index)
     unknown = sorted(set(declared) - CONVERTED - IGNORED)
     if unknown:
         shown = ", ".join(f"{name} ({declared[name]})" for name in unknown)
@@ -89,24 +107,29 @@ def from_diffusers(directory: str | Path) -> Pipeline:
             log.info("%s: %s is not part of the model and is not converted", directory, name)
 
     schedule, prediction = schedule_from_diffusers(read_json(directory / "scheduler" / SCHEDULER_CONFIG))
-    unet_config = read_json(directory / "unet" / CONFIG)
-    unet = unet_from_diffusers(unet_config, read_weights(directory / "unet", DIFFUSERS_WEIGHTS), prediction)
-    stage_folder = directory / stages[0]
-    stage_config = read_json(stage_folder / CONFIG)
-    _, _, scale_factor = autoencoder_params_from_diffusers(stage_config)
-    first_stage = autoencoder_from_diffusers(stage_config, read_weights(stage_folder, DIFFUSERS_WEIGHTS))
+    context = DiffusersContext(prediction=prediction, tokenizer=declared.get("tokenizer"))
+    unet = _read_model(directory, "unet", "denoiser", _entry(libraries, declared, "unet"), context, registry)
+    stage_config = read_json(directory / stages[0] / CONFIG)
+    scale_factor = scaling_factor_from_diffusers(stage_config)
+    first_stage = _read_model(
+        directory, stages[0], "first_stage", _entry(libraries, declared, stages[0]), context, registry
+    )
 
+    implied = unet.diffusers_conditioner() if callable(getattr(unet, "diffusers_conditioner", None)) else None
     conditioner = None
     if "text_encoder" in declared:
-        if unet.params.num_classes is not None:
-            raise SpecError(f"{directory}: a unet with both a text encoder and class embeddings is not supported")
-        conditioner = _text_encoder(directory, declared)
-    elif unet.params.num_classes is not None:
-        # class ids go straight to the unet's label embedding; the conditioner has no weights
-        params = {"embed_dim": 4 * unet.params.model_channels, "n_classes": unet.params.num_classes, "target": "vector"}
-        conditioner = get_registry().create("conditioner", "class-embedder", params)
+        if implied is not None:
+            raise SpecError(
+                f"{directory}: a unet that needs the {implied[0]!r} conditioner next to a text encoder is not supported"
+            )
+        conditioner = _read_model(
+            directory, "text_encoder", "conditioner", _entry(libraries, declared, "text_encoder"), context, registry
+        )
+    elif implied is not None:
+        # e.g. class ids that go straight to the unet's label embedding: a conditioner without weights
+        conditioner = registry.create("conditioner", implied[0], implied[1])
 
-    sample = unet_config.get("sample_size")
+    sample = read_json(directory / "unet" / CONFIG).get("sample_size")
     spec = validate_spec(
         {
             "first_stage": {"type": first_stage.name, "params": first_stage.params.model_dump(mode="json")},
@@ -118,6 +141,7 @@ def from_diffusers(directory: str | Path) -> Pipeline:
             "scale_factor": scale_factor,
             "latent_size": [sample, sample] if isinstance(sample, int) and not isinstance(sample, bool) else None,
         },
+        registry,
         source=str(directory),
     )
     return Pipeline(
@@ -130,77 +154,75 @@ def from_diffusers(directory: str | Path) -> Pipeline:
     )
 
 
-def _conditioner_kind(pipeline: Pipeline) -> str | None:
-    """'clip' or None (no conditioner, or class ids fed to the unet); SpecError for anything else."""
-    cond = pipeline.conditioner
-    if cond is None:
-        return None
-    if cond.name == "clip-text":
-        return "clip"
-    if cond.name == "class-embedder" and cond.params.target == "vector":
-        if pipeline.denoiser.params.num_classes != cond.params.n_classes:
-            raise SpecError("class-embedder n_classes differs from the unet's num_classes")
-        log.info("class-embedder: diffusers keeps no conditioner for class ids; null_class is not written")
-        return None
-    raise SpecError(
-        f"conditioner {cond.name!r} has no diffusers counterpart (clip-text, or class-embedder with target "
-        "'vector'); convert the models one by one with unet_to_diffusers / autoencoder_to_diffusers"
-    )
+def _write_model(directory: Path, folder: str, model: DiffusersModel) -> None:
+    (directory / folder).mkdir(parents=True, exist_ok=True)
+    write_json(directory / folder / CONFIG, model.config)
+    write_weights(directory / folder, WEIGHTS.get(model.library, DIFFUSERS_WEIGHTS), model.state)
 
 
-def to_diffusers(pipeline: Pipeline, directory: str | Path) -> Path:
+def _exporters(registry: Registry | None) -> str:
+    """The registered conditioners that declare a diffusers export, for error messages."""
+    from ldmkit.registry import get_registry
+
+    registry = registry or get_registry()
+    names = [
+        n
+        for n in registry.names("conditioner")
+        if callable(getattr(registry.info("conditioner", n).cls, "to_diffusers", None))
+    ]
+    return ", ".join(names) or "none"
+
+
+def to_diffusers(pipeline: Pipeline, directory: str | Path, registry: Registry | None = None) -> Path:
     """Write ``pipeline`` as a diffusers folder: model_index.json, unet/, vae/ or vqvae/, text_encoder/, scheduler/.
 
-    A pipeline with a CLIP text encoder is written as a ``StableDiffusionPipeline`` (first stage in
-    ``vae/``), one without as an ``LDMPipeline`` (first stage in ``vqvae/``). Weights are safetensors.
+    Each component writes its own folder through its ``to_diffusers`` (see :mod:`ldmkit.conversions`). A
+    pipeline whose conditioner writes a text encoder is written as a ``StableDiffusionPipeline`` (first
+    stage in ``vae/``), one without as an ``LDMPipeline`` (first stage in ``vqvae/``). Weights are
+    safetensors.
     """
     if pipeline.spec is None:
         raise SpecError("this pipeline has no spec, so its noise schedule cannot be described")
-    kind = _conditioner_kind(pipeline)
-    unet_config, unet_state = unet_to_diffusers(pipeline.denoiser)
-    stage_config, stage_state = autoencoder_to_diffusers(pipeline.first_stage, pipeline.scale_factor)
-    scheduler = scheduler_config_to_diffusers(pipeline.spec.schedule, pipeline.denoiser.prediction)
-    text = clip_text_to_transformers(pipeline.conditioner) if kind == "clip" else None
-    if pipeline.denoiser.params.num_classes is not None:
-        log.warning("diffusers' LDMPipeline passes no class labels; load unet/ on its own to sample by class")
+    prediction = pipeline.denoiser.prediction
+    unet = component_to_diffusers(pipeline.denoiser, DiffusersContext(prediction=prediction))
+    stage = component_to_diffusers(pipeline.first_stage, DiffusersContext(scale_factor=pipeline.scale_factor))
+    if unet is None or stage is None:
+        raise SpecError("the denoiser and the first stage must each write a diffusers model")
+    text = None
+    if pipeline.conditioner is not None:
+        cond = pipeline.conditioner
+        if not callable(getattr(cond, "to_diffusers", None)):
+            raise SpecError(
+                f"conditioner {cond.name!r} has no diffusers counterpart (those that have: {_exporters(registry)}); "
+                "convert the models one by one with denoiser_to_diffusers / first_stage_to_diffusers"
+            )
+        text = component_to_diffusers(cond, DiffusersContext(prediction=prediction, denoiser_config=unet.config))
+    scheduler = scheduler_config_to_diffusers(pipeline.spec.schedule, prediction)
 
     directory = Path(directory)
-    stage_name = "vae" if kind == "clip" else "vqvae"
+    stage_name = "vae" if text is not None else "vqvae"
     index: dict[str, Any] = {
-        "_class_name": "StableDiffusionPipeline" if kind == "clip" else "LDMPipeline",
+        "_class_name": "StableDiffusionPipeline" if text is not None else "LDMPipeline",
         "_diffusers_version": DIFFUSERS_VERSION,
-        "unet": ["diffusers", unet_config["_class_name"]],
-        stage_name: ["diffusers", stage_config["_class_name"]],
+        "unet": [unet.library, unet.class_name],
+        stage_name: [stage.library, stage.class_name],
         "scheduler": ["diffusers", scheduler["_class_name"]],
     }
-    for name, (config, state) in {"unet": (unet_config, unet_state), stage_name: (stage_config, stage_state)}.items():
-        (directory / name).mkdir(parents=True, exist_ok=True)
-        write_json(directory / name / CONFIG, config)
-        write_weights(directory / name, DIFFUSERS_WEIGHTS, state)
+    _write_model(directory, "unet", unet)
+    _write_model(directory, stage_name, stage)
     if text is not None:
-        (directory / "text_encoder").mkdir(parents=True, exist_ok=True)
-        write_json(directory / "text_encoder" / CONFIG, text[0])
-        write_weights(directory / "text_encoder", TRANSFORMERS_WEIGHTS, text[1])
+        _write_model(directory, "text_encoder", text)
         index.update(
-            text_encoder=["transformers", "CLIPTextModel"],
+            text_encoder=[text.library, text.class_name],
             safety_checker=[None, None],
             feature_extractor=[None, None],
             requires_safety_checker=False,
         )
-        if _write_tokenizer(directory / "tokenizer", pipeline.conditioner.params.vocab_size):
-            index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+        for companion in text.companions:
+            (directory / companion.folder).mkdir(parents=True, exist_ok=True)
+            companion.write(directory / companion.folder)
+            index[companion.folder] = [companion.library, companion.class_name]
     (directory / "scheduler").mkdir(parents=True, exist_ok=True)
     write_json(directory / "scheduler" / SCHEDULER_CONFIG, scheduler)
     write_json(directory / MODEL_INDEX, index)  # last: a folder without it is visibly incomplete
     return directory
-
-
-def _write_tokenizer(folder: Path, vocab_size: int) -> bool:
-    """Write CLIP's tokenizer files when the text encoder uses its vocabulary; False when it does not."""
-    from ldmkit.diffusers_interop.tokenizer import CLIP_VOCAB_SIZE, write_clip_tokenizer
-
-    if vocab_size != CLIP_VOCAB_SIZE:
-        log.info("text encoder vocab_size %d is not CLIP's %d: no tokenizer/ written", vocab_size, CLIP_VOCAB_SIZE)
-        return False
-    write_clip_tokenizer(folder)
-    return True

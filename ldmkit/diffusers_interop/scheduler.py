@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ldmkit.diffusers_interop._io import DIFFUSERS_VERSION
+from ldmkit.diffusers_interop.config import DIFFUSERS_VERSION
 from ldmkit.errors import SpecError
 from ldmkit.schedules import ScheduleSpec
 from ldmkit.specs import format_validation_error

@@ -7,9 +7,10 @@ from torch import Tensor
 
 import ldmkit
 from ldmkit.checks import image_tensor
+from ldmkit_autoencoders.compvis import IdentityCompVis
 
 
-class IdentityFirstStage(ldmkit.FirstStage):
+class IdentityFirstStage(IdentityCompVis, ldmkit.FirstStage):
     """``encode`` and ``decode`` return their input; the 'latent' is the image itself (f = 1)."""
 
     name = "identity"

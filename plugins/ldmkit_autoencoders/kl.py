@@ -8,12 +8,14 @@ from torch import Tensor, nn
 
 import ldmkit
 from ldmkit.checks import image_tensor
+from ldmkit_autoencoders.compvis import KLCompVis
+from ldmkit_autoencoders.diffusers import KLDiffusers
 from ldmkit_autoencoders.distributions import DiagonalGaussian
 from ldmkit_autoencoders.encoder_decoder import Decoder, Encoder
 from ldmkit_autoencoders.params import AutoencoderParams
 
 
-class KLAutoencoder(ldmkit.FirstStage):
+class KLAutoencoder(KLCompVis, KLDiffusers, ldmkit.FirstStage):
     """Encoder -> moments (mean, log-variance) -> latent of ``embed_dim`` channels -> decoder.
 
     Submodules carry the reference names (``encoder``, ``decoder``, ``quant_conv``, ``post_quant_conv``)

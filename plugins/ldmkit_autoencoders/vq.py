@@ -10,12 +10,14 @@ from torch import Tensor, nn
 
 import ldmkit
 from ldmkit.checks import image_tensor
+from ldmkit_autoencoders.compvis import VQCompVis
+from ldmkit_autoencoders.diffusers import VQDiffusers
 from ldmkit_autoencoders.encoder_decoder import Decoder, Encoder
 from ldmkit_autoencoders.params import AutoencoderParams
 from ldmkit_autoencoders.quantize import VectorQuantizer
 
 
-class VQAutoencoder(ldmkit.FirstStage):
+class VQAutoencoder(VQCompVis, VQDiffusers, ldmkit.FirstStage):
     """Encoder -> ``quant_conv`` -> (codebook ``quantize``) -> ``post_quant_conv`` -> decoder.
 
     As in latent diffusion, the diffusion latent is the *pre-quantization* output of ``encode``;

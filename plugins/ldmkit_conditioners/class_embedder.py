@@ -9,9 +9,11 @@ from pydantic import Field, model_validator
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
 from ldmkit.checks import check_batch, index_tensor
+from ldmkit_conditioners.compvis import ClassEmbedderCompVis
+from ldmkit_conditioners.diffusers import ClassEmbedderDiffusers
 
 
-class ClassEmbedder(Conditioner):
+class ClassEmbedder(ClassEmbedderCompVis, ClassEmbedderDiffusers, Conditioner):
     """Class ids (B,) -> (B, 1, embed_dim) for cross-attention, as the CompVis ``ClassEmbedder``.
 
     With ``target: vector`` the ids are handed to the UNet unchanged (its ``label_emb`` embeds them)

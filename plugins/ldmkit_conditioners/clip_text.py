@@ -11,6 +11,8 @@ from ldmkit import Conditioner, Conditioning, InputError, Params
 from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.clip_tokenizer import default_tokenizer
+from ldmkit_conditioners.compvis import CLIPTextCompVis
+from ldmkit_conditioners.diffusers import CLIPTextDiffusers
 
 POSITION_IDS = "transformer.text_model.embeddings.position_ids"
 
@@ -23,7 +25,7 @@ class _TextModelHolder(nn.Module):
         self.text_model = text_model
 
 
-class CLIPTextConditioner(Conditioner):
+class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
     """Prompts (or CLIP token ids (B, <=77)) -> cross-attention context (B, 77, hidden_size).
 
     Equivalent to the ``FrozenCLIPEmbedder`` of Stable Diffusion v1: prompts are tokenized with CLIP's

@@ -13,11 +13,12 @@ from torch import nn
 from ldmkit import Conditioner, Conditioning, InputError, Params
 from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
+from ldmkit_conditioners.compvis import SpatialRescalerCompVis
 
 log = logging.getLogger(__name__)
 
 
-class SpatialRescaler(Conditioner):
+class SpatialRescaler(SpatialRescalerCompVis, Conditioner):
     """(B, in_channels, H, W) -> (B, out_channels, H * multiplier**n_stages, ...) for the ``concat`` slot.
 
     As the CompVis ``SpatialRescaler``: ``n_stages`` successive interpolations by ``multiplier``,

@@ -14,6 +14,8 @@ from torch import Tensor, nn
 import ldmkit
 from ldmkit.errors import InputError
 from ldmkit_unet.attention import AttentionBlock
+from ldmkit_unet.compvis import UNetCompVis
+from ldmkit_unet.diffusers import UNetDiffusers
 from ldmkit_unet.embeddings import timestep_embedding
 from ldmkit_unet.layers import (
     TimestepEmbedSequential,
@@ -29,7 +31,7 @@ from ldmkit_unet.transformer import SpatialTransformer
 log = logging.getLogger(__name__)
 
 
-class UNet(ldmkit.Denoiser):
+class UNet(UNetCompVis, UNetDiffusers, ldmkit.Denoiser):
     """Time- and context-conditioned UNet of Rombach et al. (2022) predicting eps, x0 or v.
 
     Conditioning: ``cond.concat`` (B, C_c, h, w) is concatenated to ``x_t`` (``in_channels`` counts

@@ -27,3 +27,11 @@ def register_tasks(register) -> None:
     from ldmkit_plugin_example.colour_task import Colour2ImgTask
 
     register(Colour2ImgTask)
+
+
+# -- a denoiser that loads from an original-format (CompVis) config and checkpoint ---------------
+@hookimpl
+def register_denoisers(register) -> None:
+    from ldmkit_plugin_example.denoiser import TinyUNet  # imported only when the registry is built
+
+    register(TinyUNet)

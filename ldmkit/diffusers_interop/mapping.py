@@ -2,18 +2,23 @@
 
 A model's correspondence is a list of :data:`Pair` ``(ldmkit prefix, diffusers prefix, converter)``:
 each pair maps one submodule, and its converter translates the keys (and, where the layers differ
-in kind, the tensor shapes) below that prefix. Every conversion is a pure reshape or split, so a
-round trip reproduces the weights bit for bit.
+in kind, the tensor shapes) below that prefix. Every conversion should be a pure reshape or split, so a
+round trip reproduces the weights bit for bit. Components use these helpers in their own
+``state_dict_from_diffusers`` / ``to_diffusers`` (see :mod:`ldmkit.conversions`); a converter of one
+layer kind (a fused attention, say) lives with the component and only needs the two methods of
+:class:`Converter`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
-import torch
 from torch import Tensor
 
 from ldmkit.errors import CheckpointError
+
+__all__ = ["IDENTITY", "ConvToLinear", "Converter", "Pair", "Rename", "from_diffusers_state", "to_diffusers_state"]
 
 
 class Rename:
@@ -31,13 +36,16 @@ class Rename:
         return key
 
     def to_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]:
+        """ldmkit keys -> diffusers keys."""
         return {self._rename(k, self.table): v for k, v in sub.items()}
 
     def from_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]:
+        """diffusers keys -> ldmkit keys."""
         return {self._rename(k, self.inverse): v for k, v in sub.items()}
 
 
 IDENTITY = Rename()
+"""The converter that keeps every key as it is."""
 
 
 class ConvToLinear(Rename):
@@ -57,66 +65,16 @@ class ConvToLinear(Rename):
         return {k: v.reshape(*v.shape, *ones) if v.dim() == 2 else v for k, v in out.items()}
 
 
-class FusedQKV:
-    """The UNet's ``AttentionBlock`` (fused 1-D conv ``qkv``) <-> diffusers ``Attention`` (to_q, to_k, to_v).
+class Converter(Protocol):
+    """Translates the keys (and tensor shapes) below one module prefix, both ways."""
 
-    The fused channels are laid out [head][q|k|v][d] (legacy order) or [q|k|v][head][d] (new order);
-    diffusers' separate projections hold [head][d].
-    """
+    def to_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]: ...
 
-    def __init__(self, heads: int, new_order: bool) -> None:
-        self.heads = heads
-        self.new_order = new_order
-        self.rest = ConvToLinear({"norm": "group_norm", "proj_out": "to_out.0"}, conv_dims=1)
-
-    def _split(self, fused: Tensor) -> list[Tensor]:
-        """(3C, ...) -> three (C, ...) tensors q, k, v."""
-        tail = fused.shape[1:]
-        if self.new_order:
-            parts = fused.reshape(3, -1, *tail)  # (3, C, ...)
-        else:
-            parts = fused.reshape(self.heads, 3, -1, *tail).transpose(0, 1)  # (3, heads, d, ...)
-        return [p.reshape(-1, *tail).contiguous() for p in parts.unbind(0)]
-
-    def _fuse(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """Three (C, ...) tensors -> (3C, ...)."""
-        tail = q.shape[1:]
-        if self.new_order:
-            return torch.cat([q, k, v], dim=0)
-        per_head = [t.reshape(self.heads, -1, *tail) for t in (q, k, v)]  # (heads, d, ...) each
-        return torch.stack(per_head, dim=1).reshape(-1, *tail)  # (heads * 3 * d, ...)
-
-    def to_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]:
-        sub = dict(sub)
-        out: dict[str, Tensor] = {}
-        for leaf in ("weight", "bias"):
-            fused = sub.pop(f"qkv.{leaf}", None)
-            if fused is None:
-                continue
-            if leaf == "weight":
-                fused = fused.reshape(fused.shape[0], fused.shape[1])  # (3C, C)
-            for name, part in zip(("to_q", "to_k", "to_v"), self._split(fused), strict=True):
-                out[f"{name}.{leaf}"] = part
-        out.update(self.rest.to_diffusers(sub))
-        return out
-
-    def from_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]:
-        sub = dict(sub)
-        out: dict[str, Tensor] = {}
-        for leaf in ("weight", "bias"):
-            names = [f"{n}.{leaf}" for n in ("to_q", "to_k", "to_v")]
-            if not any(n in sub for n in names):
-                continue
-            if not all(n in sub for n in names):
-                raise CheckpointError(f"attention {leaf}: to_q, to_k and to_v must all be present")
-            fused = self._fuse(*(sub.pop(n) for n in names))
-            out[f"qkv.{leaf}"] = fused[..., None] if leaf == "weight" else fused  # (3C, C, 1)
-        out.update(self.rest.from_diffusers(sub))
-        return out
+    def from_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]: ...
 
 
-Converter = Rename | FusedQKV
 Pair = tuple[str, str, Converter]
+"""(ldmkit module prefix, diffusers module prefix, converter of the keys below them)."""
 
 
 def _group(state: Mapping[str, Tensor], prefixes: Mapping[str, int], what: str) -> dict[int, dict[str, Tensor]]:

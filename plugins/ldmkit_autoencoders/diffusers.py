@@ -1,4 +1,4 @@
-"""First stages: ``kl-autoencoder`` <-> diffusers ``AutoencoderKL``, ``vq-autoencoder`` <-> ``VQModel``.
+"""The autoencoders: ``kl-autoencoder`` <-> diffusers ``AutoencoderKL``, ``vq-autoencoder`` <-> ``VQModel``.
 
 The encoder and decoder are the same network in both libraries. diffusers names the levels
 ``down_blocks`` / ``up_blocks`` (the decoder's listed from the deepest level up) and its middle
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
-from torch import Tensor, nn
+from torch import Tensor
 
-from ldmkit.diffusers_interop._io import DIFFUSERS_VERSION, ConfigReader
-from ldmkit.diffusers_interop._mapping import (
+from ldmkit.conversions import DiffusersContext, DiffusersModel
+from ldmkit.diffusers_interop.config import DIFFUSERS_VERSION, ConfigReader
+from ldmkit.diffusers_interop.mapping import (
     IDENTITY,
     ConvToLinear,
     Pair,
@@ -27,6 +28,15 @@ from ldmkit.errors import SpecError
 from ldmkit.specs import format_validation_error
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "AutoencoderDiffusers",
+    "KLDiffusers",
+    "VQDiffusers",
+    "autoencoder_config_to_diffusers",
+    "autoencoder_pairs",
+    "autoencoder_params_from_diffusers",
+]
 
 KL_CLASS = "AutoencoderKL"
 VQ_CLASS = "VQModel"
@@ -174,10 +184,8 @@ def _levels_with_attention(r: ConfigReader, levels: int) -> tuple[list[bool], li
     return [n == DOWN_BLOCKS[0] for n in down], [n == UP_BLOCKS[0] for n in reversed(up)]
 
 
-def autoencoder_params_from_diffusers(config: Mapping[str, Any]) -> tuple[str, Any, float]:
-    """(registered name, validated params, scaling_factor) for a diffusers AutoencoderKL / VQModel config."""
-    from ldmkit.registry import get_registry
-
+def autoencoder_params_from_diffusers(config: Mapping[str, Any], params_cls: type) -> Any:
+    """Validated ``params_cls`` for a diffusers AutoencoderKL / VQModel config."""
     cls = config.get("_class_name")
     if cls not in NAMES:
         raise SpecError(f"first stage config: _class_name {cls!r} is not supported ({KL_CLASS} or {VQ_CLASS})")
@@ -222,36 +230,49 @@ def autoencoder_params_from_diffusers(config: Mapping[str, Any]) -> tuple[str, A
         embed = r.get("vq_embed_dim")
         out.update(double_z=False, embed_dim=latent if embed is None else embed, n_embed=r.integer("num_vq_embeddings"))
     r.finish()
-    scaling = r.get("scaling_factor")
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or scaling <= 0:
-        raise SpecError(f"{r.what}: scaling_factor must be a positive number, got {scaling!r}")
-    name = NAMES[cls]
     try:
-        params = get_registry().get("first_stage", name).Params.model_validate(out)
+        return params_cls.model_validate(out)
     except ValidationError as exc:
         raise SpecError(f"{r.what}: {format_validation_error(exc)}") from None
-    return name, params, float(scaling)
 
 
-# -- models ------------------------------------------------------------------------------------------
-def autoencoder_to_diffusers(
-    first_stage: nn.Module, scaling_factor: float = 1.0
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(diffusers config, state dict) of a ``kl-autoencoder`` or ``vq-autoencoder``; tensors may share storage."""
-    name = getattr(first_stage, "name", None)
-    if name not in CLASSES:
-        raise SpecError(f"first stage {name!r} has no diffusers counterpart (kl-autoencoder or vq-autoencoder)")
-    p = first_stage.params
-    config = autoencoder_config_to_diffusers(name, p, scaling_factor)
-    return config, to_diffusers_state(first_stage.state_dict(), autoencoder_pairs(p), name)
+# -- the components' declaration -------------------------------------------------------------------
+class AutoencoderDiffusers:
+    """Mixin of the KL and VQ autoencoders: diffusers ``AutoencoderKL`` / ``VQModel`` both ways.
+
+    A class sets ``diffusers_classes`` to the one diffusers class it corresponds to.
+    """
+
+    diffusers_classes: ClassVar[tuple[str, ...]] = ()
+    name: ClassVar[str]
+    params: Any
+
+    @classmethod
+    def params_from_diffusers(cls, config: Mapping[str, Any], context: DiffusersContext) -> Any:
+        """Validated params for the diffusers config (its ``_class_name`` must be this class's)."""
+        if config.get("_class_name") not in cls.diffusers_classes:
+            raise SpecError(f"{cls.name}: expected a {' or '.join(cls.diffusers_classes)} config")
+        return autoencoder_params_from_diffusers(config, cls.Params)  # type: ignore[attr-defined]
+
+    @classmethod
+    def state_dict_from_diffusers(cls, state: Mapping[str, Tensor], params: Any) -> dict[str, Tensor]:
+        """diffusers autoencoder keys -> this autoencoder's (CompVis) keys."""
+        return from_diffusers_state(state, autoencoder_pairs(params), cls.name)
+
+    def to_diffusers(self, context: DiffusersContext) -> DiffusersModel:
+        """The diffusers folder of this autoencoder (``scaling_factor`` from the context)."""
+        config = autoencoder_config_to_diffusers(self.name, self.params, context.scale_factor)
+        state = to_diffusers_state(self.state_dict(), autoencoder_pairs(self.params), self.name)  # type: ignore[attr-defined]
+        return DiffusersModel("diffusers", config["_class_name"], config, state)
 
 
-def autoencoder_from_diffusers(config: Mapping[str, Any], state: Mapping[str, Tensor]) -> nn.Module:
-    """An ldmkit first stage holding the weights of a diffusers AutoencoderKL / VQModel (strict about keys)."""
-    from ldmkit.checkpoints import load_into
-    from ldmkit.registry import get_registry
+class KLDiffusers(AutoencoderDiffusers):
+    """Mixin of the KL autoencoder (diffusers ``AutoencoderKL``)."""
 
-    name, params, _ = autoencoder_params_from_diffusers(config)
-    model = get_registry().create("first_stage", name, params)
-    load_into(model, from_diffusers_state(state, autoencoder_pairs(params), name), what=name)
-    return model.eval()
+    diffusers_classes = (KL_CLASS,)
+
+
+class VQDiffusers(AutoencoderDiffusers):
+    """Mixin of the VQ autoencoder (diffusers ``VQModel``)."""
+
+    diffusers_classes = (VQ_CLASS,)

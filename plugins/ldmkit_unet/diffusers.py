@@ -1,4 +1,4 @@
-"""The ``unet`` denoiser <-> diffusers ``UNet2DConditionModel`` (cross-attention) and ``UNet2DModel`` (none).
+"""The UNet <-> diffusers ``UNet2DConditionModel`` (cross-attention) and ``UNet2DModel`` (none).
 
 The CompVis UNet and diffusers' two UNets compute the same function when the configurations
 correspond: ``block_out_channels = model_channels * channel_mult`` (with ``channel_mult[0] == 1``),
@@ -11,25 +11,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 from pydantic import ValidationError
-from torch import Tensor, nn
+from torch import Tensor
 
-from ldmkit.diffusers_interop._io import DIFFUSERS_VERSION, ConfigReader
-from ldmkit.diffusers_interop._mapping import (
+from ldmkit.conversions import DiffusersContext, DiffusersModel
+from ldmkit.diffusers_interop.config import DIFFUSERS_VERSION, ConfigReader
+from ldmkit.diffusers_interop.mapping import (
     IDENTITY,
     Converter,
-    FusedQKV,
+    ConvToLinear,
     Pair,
     Rename,
     from_diffusers_state,
     to_diffusers_state,
 )
-from ldmkit.errors import SpecError
+from ldmkit.errors import CheckpointError, SpecError
 from ldmkit.specs import format_validation_error
+from ldmkit_unet.params import UNetParams, attention_heads
 
 log = logging.getLogger(__name__)
+
+__all__ = ["FusedQKV", "UNetDiffusers", "unet_config_to_diffusers", "unet_pairs", "unet_params_from_diffusers"]
 
 CROSS_ATTN_CLASS = "UNet2DConditionModel"
 PLAIN_CLASS = "UNet2DModel"
@@ -132,9 +137,67 @@ def _has_attention(p: Any, level: int) -> bool:
 
 
 def _heads(p: Any, ch: int, upsample: bool) -> tuple[int, int]:
-    from ldmkit_unet.params import attention_heads
-
     return attention_heads(p, ch, upsample)
+
+
+class FusedQKV:
+    """The UNet's ``AttentionBlock`` (fused 1-D conv ``qkv``) <-> diffusers ``Attention`` (to_q, to_k, to_v).
+
+    The fused channels are laid out [head][q|k|v][d] (legacy order) or [q|k|v][head][d] (new order);
+    diffusers' separate projections hold [head][d].
+    """
+
+    def __init__(self, heads: int, new_order: bool) -> None:
+        self.heads = heads
+        self.new_order = new_order
+        self.rest = ConvToLinear({"norm": "group_norm", "proj_out": "to_out.0"}, conv_dims=1)
+
+    def _split(self, fused: Tensor) -> list[Tensor]:
+        """(3C, ...) -> three (C, ...) tensors q, k, v."""
+        tail = fused.shape[1:]
+        if self.new_order:
+            parts = fused.reshape(3, -1, *tail)  # (3, C, ...)
+        else:
+            parts = fused.reshape(self.heads, 3, -1, *tail).transpose(0, 1)  # (3, heads, d, ...)
+        return [p.reshape(-1, *tail).contiguous() for p in parts.unbind(0)]
+
+    def _fuse(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Three (C, ...) tensors -> (3C, ...)."""
+        tail = q.shape[1:]
+        if self.new_order:
+            return torch.cat([q, k, v], dim=0)
+        per_head = [t.reshape(self.heads, -1, *tail) for t in (q, k, v)]  # (heads, d, ...) each
+        return torch.stack(per_head, dim=1).reshape(-1, *tail)  # (heads * 3 * d, ...)
+
+    def to_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]:
+        """ldmkit keys (fused ``qkv``) -> diffusers keys (``to_q``, ``to_k``, ``to_v``)."""
+        sub = dict(sub)
+        out: dict[str, Tensor] = {}
+        for leaf in ("weight", "bias"):
+            fused = sub.pop(f"qkv.{leaf}", None)
+            if fused is None:
+                continue
+            if leaf == "weight":
+                fused = fused.reshape(fused.shape[0], fused.shape[1])  # (3C, C)
+            for name, part in zip(("to_q", "to_k", "to_v"), self._split(fused), strict=True):
+                out[f"{name}.{leaf}"] = part
+        out.update(self.rest.to_diffusers(sub))
+        return out
+
+    def from_diffusers(self, sub: dict[str, Tensor]) -> dict[str, Tensor]:
+        """diffusers keys -> ldmkit keys (the three projections fused again)."""
+        sub = dict(sub)
+        out: dict[str, Tensor] = {}
+        for leaf in ("weight", "bias"):
+            names = [f"{n}.{leaf}" for n in ("to_q", "to_k", "to_v")]
+            if not any(n in sub for n in names):
+                continue
+            if not all(n in sub for n in names):
+                raise CheckpointError(f"attention {leaf}: to_q, to_k and to_v must all be present")
+            fused = self._fuse(*(sub.pop(n) for n in names))
+            out[f"qkv.{leaf}"] = fused[..., None] if leaf == "weight" else fused  # (3C, C, 1)
+        out.update(self.rest.from_diffusers(sub))
+        return out
 
 
 # -- state dict ------------------------------------------------------------------------------------
@@ -435,8 +498,6 @@ def _plain_attention_params(r: ConfigReader, out: dict[str, Any]) -> None:
 
 def unet_params_from_diffusers(config: Mapping[str, Any], prediction: str = "eps") -> Any:
     """Validated ``unet`` params for a diffusers UNet config (``_class_name`` picks the kind)."""
-    from ldmkit_unet.params import UNetParams
-
     cls = config.get("_class_name")
     if cls not in (CROSS_ATTN_CLASS, PLAIN_CLASS):
         raise SpecError(f"unet config: _class_name {cls!r} is not supported ({CROSS_ATTN_CLASS} or {PLAIN_CLASS})")
@@ -461,22 +522,35 @@ def unet_params_from_diffusers(config: Mapping[str, Any], prediction: str = "eps
     return params
 
 
-# -- models ------------------------------------------------------------------------------------------
-def unet_to_diffusers(unet: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """(diffusers config, diffusers state dict) of an ldmkit ``unet``; tensors share storage with the module."""
-    if getattr(unet, "name", None) != "unet":
-        raise SpecError(f"expected the ldmkit 'unet' denoiser, got {type(unet).__name__}")
-    p = unet.params
-    config = unet_config_to_diffusers(p)
-    return config, to_diffusers_state(unet.state_dict(), unet_pairs(p), "unet")
+# -- the component's declaration -----------------------------------------------------------------
+class UNetDiffusers:
+    """Mixin of the UNet: ``UNet2DConditionModel`` (cross-attention) and ``UNet2DModel`` both ways."""
 
+    diffusers_classes: ClassVar[tuple[str, ...]] = (CROSS_ATTN_CLASS, PLAIN_CLASS)
+    params: UNetParams
 
-def unet_from_diffusers(config: Mapping[str, Any], state: Mapping[str, Tensor], prediction: str = "eps") -> nn.Module:
-    """An ldmkit ``unet`` holding the weights of a diffusers UNet (config + state dict); strict about keys."""
-    from ldmkit.checkpoints import load_into
-    from ldmkit.registry import get_registry
+    @classmethod
+    def params_from_diffusers(cls, config: Mapping[str, Any], context: DiffusersContext) -> UNetParams:
+        """Validated params for a diffusers UNet config, predicting ``context.prediction``."""
+        return unet_params_from_diffusers(config, context.prediction)
 
-    params = unet_params_from_diffusers(config, prediction)
-    unet = get_registry().create("denoiser", "unet", params)
-    load_into(unet, from_diffusers_state(state, unet_pairs(params), "unet"), what="unet")
-    return unet.eval()
+    @classmethod
+    def state_dict_from_diffusers(cls, state: Mapping[str, Tensor], params: UNetParams) -> dict[str, Tensor]:
+        """diffusers UNet keys -> this UNet's (CompVis) keys."""
+        return from_diffusers_state(state, unet_pairs(params), "unet")
+
+    def to_diffusers(self, context: DiffusersContext) -> DiffusersModel:
+        """The diffusers UNet folder of this UNet; tensors share storage with the module."""
+        config = unet_config_to_diffusers(self.params)
+        state = to_diffusers_state(self.state_dict(), unet_pairs(self.params), "unet")  # type: ignore[attr-defined]
+        return DiffusersModel("diffusers", config["_class_name"], config, state)
+
+    def diffusers_conditioner(self) -> tuple[str, dict[str, Any]] | None:
+        """A class-conditional UNet's class ids come from a ``class-embedder`` with no weights of its own."""
+        if self.params.num_classes is None:
+            return None
+        return "class-embedder", {
+            "embed_dim": 4 * self.params.model_channels,
+            "n_classes": self.params.num_classes,
+            "target": "vector",
+        }
