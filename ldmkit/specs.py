@@ -18,6 +18,20 @@ from ldmkit import strict_json
 from ldmkit.errors import SpecError, UnknownComponentError
 from ldmkit.schedules import ScheduleSpec
 
+__all__ = [
+    "MAX_SPEC_BYTES",
+    "SPEC_VERSION",
+    "ComponentSpec",
+    "PipelineSpec",
+    "SamplingSpec",
+    "dump_spec",
+    "format_validation_error",
+    "load_spec",
+    "parse_document",
+    "read_document",
+    "validate_spec",
+]
+
 SPEC_VERSION = 1
 MAX_SPEC_BYTES = 1 << 20  # a spec is a small text file
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")

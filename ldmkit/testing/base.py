@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from ldmkit.registry import Registry, get_registry
 
+__all__ = ["ComponentConformance"]
+
 
 class ComponentConformance:
     """Base of the conformance classes. Subclasses set ``component_cls`` and ``params``.

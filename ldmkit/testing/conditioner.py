@@ -11,6 +11,8 @@ from ldmkit.conditioning import SLOTS, Conditioning
 from ldmkit.interfaces import Conditioner, FirstStage
 from ldmkit.testing.base import ComponentConformance
 
+__all__ = ["ConditionerConformance"]
+
 
 class ConditionerConformance(ComponentConformance):
     """``forward`` fills exactly the declared ``slots``; ``unconditional`` matches it for guidance.

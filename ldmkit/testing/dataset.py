@@ -22,6 +22,9 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+__all__ = ["DatasetConformance"]
+
+
 class DatasetConformance(ComponentConformance):
     """A map-style dataset: ``from_params``, ``len``, items that are dicts of named values, a pure function of the seed.
 

@@ -12,6 +12,8 @@ from ldmkit.conditioning import Conditioning
 from ldmkit.interfaces import Denoiser
 from ldmkit.testing.base import ComponentConformance
 
+__all__ = ["DenoiserConformance"]
+
 
 class DenoiserConformance(ComponentConformance):
     """Output shape, a valid ``prediction``, determinism and independence of the samples in a batch.

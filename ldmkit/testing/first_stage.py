@@ -10,6 +10,8 @@ from torch import Tensor
 from ldmkit.interfaces import FirstStage
 from ldmkit.testing.base import ComponentConformance
 
+__all__ = ["FirstStageConformance"]
+
 
 class FirstStageConformance(ComponentConformance):
     """Shapes follow ``latent_channels`` and ``downsample``; encode is deterministic; float32 is kept.

@@ -14,6 +14,8 @@ from ldmkit.schedules import NoiseSchedule, ScheduleSpec
 from ldmkit.testing.analytic import gaussian_eps_fn
 from ldmkit.testing.base import ComponentConformance
 
+__all__ = ["SamplerConformance"]
+
 
 class SamplerConformance(ComponentConformance):
     """Shape and dtype, seeded determinism, statelessness, callbacks, per-sample generators, masks.

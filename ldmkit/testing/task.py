@@ -12,6 +12,8 @@ from ldmkit.errors import InputError
 from ldmkit.interfaces import SampleOptions, Task
 from ldmkit.testing.base import ComponentConformance
 
+__all__ = ["TaskConformance"]
+
 
 class TaskConformance(ComponentConformance):
     """What a caller relies on: requests from the CLI and from Python, InputError for bad input, pictures out.

@@ -25,7 +25,7 @@ from ldmkit.diffusers_interop.mapping import (
     to_diffusers_state,
 )
 from ldmkit.errors import SpecError
-from ldmkit.specs import format_validation_error
+from ldmkit.checks import format_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ldmkit.conversions import DiffusersCompanion, DiffusersContext, DiffusersModel
 from ldmkit.errors import SpecError
-from ldmkit.specs import format_validation_error
+from ldmkit.checks import format_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from ldmkit.diffusers_interop.mapping import (
     to_diffusers_state,
 )
 from ldmkit.errors import CheckpointError, SpecError
-from ldmkit.specs import format_validation_error
+from ldmkit.checks import format_validation_error
 from ldmkit_unet.params import UNetParams, attention_heads
 
 log = logging.getLogger(__name__)
