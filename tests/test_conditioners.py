@@ -603,7 +603,7 @@ def test_host_tensors_reach_the_device_unchanged():
 
 
 def test_masked_image_blur_hole_is_painted_from_known_pixels():
-    from ldmkit_conditioners.hole_fill import blur_fill
+    from ldmkit.masking import blur_fill
 
     first_stage = PoolFirstStage()
     cond = create("masked-image", {"hole": "blur", "blur_sigma": 1.5})

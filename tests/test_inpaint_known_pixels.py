@@ -1,5 +1,5 @@
 """Inpainting keeps what it was told to keep: on a scene the user drew (not the training generator),
-the pixels outside the mask come back as given and only the mask's inner border is blended."""
+the pixels outside the mask come back exactly as given."""
 
 from __future__ import annotations
 
@@ -47,14 +47,3 @@ def test_pixels_outside_the_mask_are_kept_exactly():
         assert torch.equal(picture_out[:, keep], given[:, keep].to(picture_out))
     inside = torch.from_numpy(mask > 0)
     assert not torch.allclose(out[0][:, inside], given[:, inside], atol=0.05)  # the hole was filled anew
-
-
-def test_inward_feather_is_zero_outside_and_one_deep_inside():
-    from ldmkit_tasks.spatial import inward_feather
-
-    mask = torch.zeros(1, 1, 16, 16)
-    mask[..., 4:12, 4:12] = 1
-    weight = inward_feather(mask, 2)
-    assert torch.equal(weight[mask == 0], torch.zeros(int((mask == 0).sum())))
-    assert float(weight[0, 0, 7, 7]) == 1.0 and 0 < float(weight[0, 0, 4, 7]) < 1
-    assert torch.equal(inward_feather(mask, 0), mask)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 from torch import Tensor
 
+from ldmkit.checks import format_validation_error
 from ldmkit.conversions import DiffusersContext, DiffusersModel
 from ldmkit.diffusers_interop.config import DIFFUSERS_VERSION, ConfigReader
 from ldmkit.diffusers_interop.mapping import (
@@ -25,7 +26,6 @@ from ldmkit.diffusers_interop.mapping import (
     to_diffusers_state,
 )
 from ldmkit.errors import SpecError
-from ldmkit.checks import format_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 from torch import Tensor
 
+from ldmkit.checks import format_validation_error
 from ldmkit.conversions import DiffusersCompanion, DiffusersContext, DiffusersModel
 from ldmkit.errors import SpecError
-from ldmkit.checks import format_validation_error
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from ldmkit import Conditioner, Conditioning, FirstStage, InputError, Params
 from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
-from ldmkit_conditioners.hole_fill import blur_fill
+from ldmkit.masking import blur_fill
 
 RANGE_TOLERANCE = 1e-3  # images slightly outside [-1, 1] from resampling are fine
 

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from torch import Tensor
 
 from ldmkit.errors import InputError
 from ldmkit.inputs import LayoutObject, check_size, class_map_input, image_input, layout_input, mask_input
+from ldmkit.masking import blur_fill
 from ldmkit.tasks import ConditionedTask, Request, TaskParams, image_size
 
 
@@ -85,6 +85,10 @@ class SuperresTask(ConditionedTask):
         return request.image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, h, w)
 
 
+HOLE_SIGMA = 2.0
+"""Gaussian width (px) of the hole painting before the known latents are encoded."""
+
+
 class InpaintParams(TaskParams):
     mode: Literal["concat", "masked-sampling", "concat+masked"] = Field(
         "concat",
@@ -95,11 +99,7 @@ class InpaintParams(TaskParams):
     paste_known: bool = Field(
         True,
         description="put the known pixels of the input back into the result (as CompVis's inpainting script "
-        "does): outside the mask the picture is the input exactly, and the fill is blended in over a border "
-        "of paste_border pixels just inside the mask",
-    )
-    paste_border: int = Field(
-        2, ge=0, le=16, description="width in pixels of the blend just inside the mask's edge (0: a hard edge)"
+        "does): outside the mask the picture is the input exactly, inside it the model's fill",
     )
 
 
@@ -139,7 +139,10 @@ class InpaintTask(ConditionedTask):
         if self.params.mode == "concat":
             return {}
         image, mask = self._batch(pipeline, request, n)
-        x0 = pipeline.encode(image.to(pipeline.device, pipeline.dtype))  # (n, C, h, w)
+        # the hole is painted from the known pixels first: encoding what is inside it would leak the content
+        # being replaced into the known latents next to the hole (the encoder sees a few pixels around each cell)
+        painted = blur_fill(image, (mask > 0.5).to(image.dtype), HOLE_SIGMA)  # (n, 3, H, W)
+        x0 = pipeline.encode(painted.to(pipeline.device, pipeline.dtype))  # (n, C, h, w)
         fill = F.interpolate(mask, size=x0.shape[-2:], mode="area") > 0  # (n, 1, h, w): any pixel to fill
         return {"mask": (~fill).to(x0.dtype).to(x0.device), "x0": x0}
 
@@ -147,17 +150,8 @@ class InpaintTask(ConditionedTask):
         out = super().run(pipeline, request, options)
         if self.params.paste_known:
             image, mask = self._batch(pipeline, request, options.n)
-            weight = inward_feather(mask, self.params.paste_border).to(out)  # (n, 1, H, W), 0 outside the mask
-            out = out * weight + image.to(out) * (1 - weight)
+            # a hard edge: blending into the hole would mix in the content being replaced, and blending out of it
+            # would change known pixels; the fill already matches its surroundings (they condition it)
+            hole = (mask > 0.5).to(out)  # (n, 1, H, W)
+            out = out * hole + image.to(out) * (1 - hole)
         return out
-
-
-def inward_feather(mask: Tensor, border: int) -> Tensor:
-    """A blend weight (N, 1, H, W) that is 0 wherever ``mask`` is 0 and ramps up to 1 over ``border`` pixels
-    inside it, so the known pixels stay exactly as given and only the fill's edge is blended."""
-    if border == 0:
-        return mask
-    hard = (mask > 0.5).to(mask.dtype)  # (N, 1, H, W)
-    # the share of a (2b+1)^2 window that lies inside the mask: 1 deep inside, about 0.5 at the edge
-    share = F.avg_pool2d(hard, 2 * border + 1, stride=1, padding=border, count_include_pad=False)
-    return hard * ((share - 0.5) * 2).clamp(0, 1)

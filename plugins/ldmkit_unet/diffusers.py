@@ -17,6 +17,7 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from ldmkit.checks import format_validation_error
 from ldmkit.conversions import DiffusersContext, DiffusersModel
 from ldmkit.diffusers_interop.config import DIFFUSERS_VERSION, ConfigReader
 from ldmkit.diffusers_interop.mapping import (
@@ -29,7 +30,6 @@ from ldmkit.diffusers_interop.mapping import (
     to_diffusers_state,
 )
 from ldmkit.errors import CheckpointError, SpecError
-from ldmkit.checks import format_validation_error
 from ldmkit_unet.params import UNetParams, attention_heads
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,15 @@
-"""Filling an inpainting hole from the known pixels around it, before the picture is encoded."""
+"""Inpainting masks: painting a hole from the known pixels around it, before a picture is encoded.
+
+Masks are (B, 1, H, W) with 1 = hole (fill in), 0 = known.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+__all__ = ["blur_fill"]
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
