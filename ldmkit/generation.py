@@ -274,8 +274,6 @@ def _refuse_constant(name: str) -> Any:
 
 def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     """Types of the fields replay relies on; the optional model spec is validated like any spec."""
-    from dataclasses import fields
-
     from ldmkit.specs import validate_spec
 
     for key in ("task", "inputs", "options", "model"):
@@ -294,16 +292,10 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     options = meta["options"]
     if not isinstance(options, dict):
         raise InputError(f"{path}: metadata options must be a mapping")
-    known = {f.name: type(f.default) for f in fields(SampleOptions)}
-    for key, value in options.items():
-        want = known.get(key)
-        if want is None:
-            raise InputError(f"{path}: metadata options.{key}: unknown option")
-        ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise InputError(f"{path}: metadata options.{key}: expected {want.__name__}, got {value!r}")
+    try:
+        SampleOptions.from_mapping(options, "options")
+    except InputError as exc:
+        raise InputError(f"{path}: metadata {exc}") from None
     model = meta["model"]
     if not isinstance(model, dict):
         raise InputError(f"{path}: metadata model must be a mapping")
