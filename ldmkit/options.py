@@ -238,9 +238,8 @@ def build_sampler(registry: Registry, choice: Any, *, where: str = "sampler") ->
     if not isinstance(choice, (str, Mapping, SamplerRef)):
         if callable(getattr(choice, "sample", None)):
             return choice
-        raise InputError(
-            f"{where} must be a registered sampler's name, {{type, params}} or a Sampler, got {type(choice).__name__}"
-        )
+        got = type(choice).__name__
+        raise InputError(f"{where} must be a registered sampler's name or a Sampler (or {{type, params}}), got {got}")
     name, params = validate_sampler_params(registry, choice, where=where)
     return build_component(registry, "sampler", name, params)
 
