@@ -24,7 +24,7 @@ import numbers
 import operator
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -41,10 +41,7 @@ from pydantic_core import PydanticCustomError
 
 from ldmkit.errors import InputError, UnknownComponentError
 
-if TYPE_CHECKING:
-    from ldmkit.interfaces import Params, Sampler
-    from ldmkit.registry import Registry
-
+# ldmkit.interfaces imports this module: the registry, Params and Sampler types are named in words here
 __all__ = [
     "SampleOptions",
     "SamplerChoice",
@@ -194,13 +191,13 @@ SampleOptions.__init__ = _init  # type: ignore[method-assign]
 
 
 def validate_sampler_params(
-    registry: Registry,
+    registry: Any,
     choice: str | SamplerRef | Mapping[str, Any],
     *,
     where: str = "sampler",
     error: type[Exception] = InputError,
-) -> tuple[str, Params]:
-    """The sampler's registered name and its ``Params`` validated by that sampler's model.
+) -> tuple[str, BaseModel]:
+    """The sampler's registered name and its ``Params`` validated by that sampler's model, from ``registry``.
 
     :param where: the field the choice came from, for messages (``"sampling.sampler"``).
     :param error: the exception for bad params (InputError for callers, SpecError for specs).
@@ -225,8 +222,8 @@ def validate_sampler_params(
         raise error(_format(exc, f"{where}.params")) from None
 
 
-def build_sampler(registry: Registry, choice: Any, *, where: str = "sampler") -> Sampler:
-    """The sampler a choice names: a :class:`~ldmkit.Sampler` instance as is, else built through ``registry``.
+def build_sampler(registry: Any, choice: Any, *, where: str = "sampler") -> Any:
+    """The :class:`~ldmkit.Sampler` a choice names: an instance as is, else built through ``registry``.
 
     A name builds the sampler with its default params; ``{type, params}`` (a dict or :class:`SamplerRef`)
     with its params validated by that sampler's ``Params``.
