@@ -9,7 +9,6 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,12 @@ from ldmkit.tasks import default_guidance, default_sampling  # noqa: F401 (the C
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "ldmkit"
-METADATA_FORMAT = 1
+METADATA_FORMAT = 2
+"""2: ``eta`` is the scale of every sampler's fresh noise (None: the sampler's default) and the sampler may be
+``{type, params}``. Format 1 is read too: there ``ddpm`` and ``euler-a`` recorded ``eta`` 0 for their full noise."""
+READABLE_FORMATS = (1, 2)
+# samplers whose format-1 eta of 0 meant full ancestral noise (eta 1 in format 2)
+_FORMAT1_FULL_NOISE = ("ddpm", "euler-a")
 MAX_METADATA_BYTES = 1 << 20
 DEFAULT_MODEL = "default"  # the source recorded for (and replayed from) the default model
 # what a picture without a ``runtime`` entry (written before it existed) was made with
@@ -342,12 +346,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: ldmkit metadata is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise InputError(f"{path}: ldmkit metadata is not a JSON object")
-    if meta.get("format") != METADATA_FORMAT or isinstance(meta.get("format"), bool):
+    if meta.get("format") not in READABLE_FORMATS or isinstance(meta.get("format"), bool):
         raise InputError(
-            f"{path}: ldmkit metadata of an unknown format {meta.get('format')!r} (expected {METADATA_FORMAT})"
+            f"{path}: ldmkit metadata of an unknown format {meta.get('format')!r} (expected one of "
+            f"{', '.join(map(str, READABLE_FORMATS))})"
         )
+    if meta["format"] == 1:
+        meta = _upgrade_format1(meta)
     _check_fields(path, meta)
     return meta
+
+
+def _upgrade_format1(meta: dict[str, Any]) -> dict[str, Any]:
+    """Format-1 metadata as format 2: the same pictures, in today's meaning of ``eta``."""
+    options = meta.get("options")
+    if isinstance(options, dict) and options.get("sampler") in _FORMAT1_FULL_NOISE and options.get("eta") == 0:
+        options = {**options, "eta": None}  # their default (1.0) is the full noise format 1 gave
+    return {**meta, "format": METADATA_FORMAT, "options": options}
 
 
 def generate(pipeline: Pipeline, task_name: str, inputs: dict[str, Any], options: SampleOptions) -> tuple[Tensor, Any]:
@@ -357,6 +372,13 @@ def generate(pipeline: Pipeline, task_name: str, inputs: dict[str, Any], options
     with pipeline.lock:
         images = task.run(pipeline, request, options)
     return images, request
+
+
+def _options_record(options: SampleOptions) -> dict[str, Any]:
+    """``options`` as JSON-ready values (a ``{type, params}`` sampler as a mapping)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(SampleOptions).dump_python(options, mode="json")
 
 
 def save_pictures(
@@ -393,7 +415,7 @@ def save_pictures(
             "torch": torch.__version__,
             "task": task,
             "inputs": encode_inputs(inputs),
-            "options": {**asdict(options), "progress": False},
+            "options": {**_options_record(options), "progress": False},
             "index": first_index + i,
             "model": model,
         }
@@ -416,6 +438,7 @@ __all__ = [
     "DEVICE_CHOICES",
     "MAX_METADATA_BYTES",
     "METADATA_FORMAT",
+    "READABLE_FORMATS",
     "METADATA_KEY",
     "PNG_SIGNATURE",
     "PRECISION_NAMES",

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ldmkit.errors import InputError
 from ldmkit.interfaces import SampleOptions
+from ldmkit.options import SamplerChoice
 
 MAX_PICTURES = 1024  # pictures one run makes
 MAX_STEPS = 10_000  # as a spec's sampling.steps
@@ -29,17 +30,18 @@ class GenerationOptions(BaseModel):
 
     n: int = Field(1, ge=1, le=MAX_PICTURES, description="number of pictures")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of picture 0; picture i uses seed + i")
-    sampler: str = "ddim"
+    sampler: SamplerChoice = "ddim"
     steps: int = Field(50, ge=1, le=MAX_STEPS)
-    eta: float = Field(0.0, ge=0.0)
+    eta: float | None = Field(None, ge=0.0, description="fresh noise per step (None: the sampler's default)")
     guidance_scale: float = Field(1.0, ge=0.0)
     progress: bool = False
 
     @field_validator("sampler")
     @classmethod
-    def _sampler_name(cls, value: str) -> str:
-        if not _NAME.fullmatch(value):
-            raise ValueError(f"{value!r} is not a sampler name")
+    def _sampler_name(cls, value: SamplerChoice) -> SamplerChoice:
+        name = value if isinstance(value, str) else value.type
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a sampler name")
         return value
 
     @model_validator(mode="after")
@@ -52,7 +54,7 @@ class GenerationOptions(BaseModel):
 
     def sample_options(self) -> SampleOptions:
         """The same values as the core's :class:`SampleOptions`."""
-        return SampleOptions(**self.model_dump())
+        return SampleOptions(**dict(self))
 
 
 def check_options(values: dict[str, Any], flags: dict[str, str] | None = None, prefix: str = "") -> GenerationOptions:

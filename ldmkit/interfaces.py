@@ -7,11 +7,9 @@ model that validates its spec parameters; it is built with ``Cls(params)`` or
 
 from __future__ import annotations
 
-import numbers
-import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
@@ -20,6 +18,7 @@ from torch import Tensor, nn
 
 from ldmkit.conditioning import Conditioning
 from ldmkit.errors import InputError
+from ldmkit.options import SampleOptions
 from ldmkit.schedules import NoiseSchedule
 
 __all__ = [
@@ -216,36 +215,6 @@ class Sampler(_Configurable, ABC):
         """
 
 
-@dataclass(frozen=True)
-class SampleOptions:
-    """How a task samples: number of pictures, seed, sampler and its settings."""
-
-    n: int = 1
-    seed: int = 0
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    guidance_scale: float = 1.0
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        """Refuse values of the wrong kind here, rather than deep inside sampling; numpy scalars become Python ones."""
-        for name in ("n", "seed", "steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not hasattr(value, "__index__"):
-                raise InputError(f"SampleOptions.{name} must be an integer, got {value!r}")
-            object.__setattr__(self, name, operator.index(value))
-        for name in ("eta", "guidance_scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise InputError(f"SampleOptions.{name} must be a number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if not isinstance(self.sampler, str) or not self.sampler:
-            raise InputError(f"SampleOptions.sampler must be a sampler name, got {self.sampler!r}")
-        if not isinstance(self.progress, bool):
-            raise InputError(f"SampleOptions.progress must be True or False, got {self.progress!r}")
-
-
 class Task(_Configurable, ABC):
     """A user-facing job: turns a request into conditioning, runs the pipeline, returns images."""
 
@@ -258,8 +227,6 @@ class Task(_Configurable, ABC):
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
         """Build the request from CLI-style inputs (strings, or the bytes of files)."""
         from pydantic import ValidationError
-
-        from ldmkit.errors import InputError
 
         try:
             return self.Request.model_validate(inputs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +17,7 @@ from ldmkit.errors import InputError, SpecError
 from ldmkit.guidance import DenoiseStep, check_guidance_scale, denoiser_step, guided_model_fn
 from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
 from ldmkit.numerics import OnNonFinite
+from ldmkit.options import SamplerRef, build_sampler
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
 
@@ -279,10 +281,10 @@ class Pipeline:
         self,
         cond: Conditioning | Any = None,
         *,
-        sampler: str | Sampler = "ddim",
+        sampler: str | Sampler | Mapping[str, Any] | SamplerRef = "ddim",
         steps: int = 50,
         x_T: Tensor | None = None,
-        eta: float = 0.0,
+        eta: float | None = None,
         uncond: Conditioning | Any = None,
         guidance_scale: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -298,13 +300,15 @@ class Pipeline:
         sampler instance and state, and the random numbers come from the caller's ``generator``
         (pass one per call; a shared generator or the global one makes results depend on timing).
         Do not call :meth:`to` while other threads sample.
+
+        ``sampler`` is a registered sampler's name, ``{"type": name, "params": {...}}`` (params validated
+        by that sampler's ``Params``, through :attr:`registry`) or a :class:`~ldmkit.Sampler` instance,
+        used as is. ``eta`` scales the fresh noise each step adds; ``None`` is the sampler's own default
+        (see :mod:`ldmkit.sampling`).
         """
         cond = self.condition(cond)
         uncond = self.condition(uncond) if uncond is not None else None
-        if isinstance(sampler, str):
-            sampler = build_component(self.registry, "sampler", sampler)
-        elif not callable(getattr(sampler, "sample", None)):
-            raise InputError(f"sampler must be a registered sampler's name or a Sampler, got {type(sampler).__name__}")
+        sampler = build_sampler(self.registry, sampler)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if batch_size is not None and batch_size < 1:
@@ -317,7 +321,7 @@ class Pipeline:
             self.schedule,
             x_T,
             steps=steps,
-            eta=eta,
+            **({} if eta is None else {"eta": eta}),  # None: the sampler's own default
             generator=generator,
             callback=callback,
             mask=mask,

@@ -26,21 +26,41 @@ never write into them, and derive coefficients from copies (:func:`alphas_cumpro
 the caller's: a sampler returns its result on ``x_T``'s device and dtype and moves nothing else.
 
 Nothing here keeps state between sampling calls: a :class:`SamplingRun` lives for one call.
+
+Settings shared by the samplers have one meaning wherever they appear:
+
+============  =====================================================================================
+setting       meaning
+============  =====================================================================================
+``eta``       scale of the fresh noise a step adds. ``None``: the sampler's own default
+              (``default_eta``). ddim: CompVis' eta (default 0, deterministic; 1 is DDPM-like).
+              ddpm: scales the posterior noise (default 1, Ho et al.). euler-a: k-diffusion's
+              ``eta`` of the ancestral step (default 1). 0 makes ddpm and euler-a deterministic.
+              plms and dpmpp-2m add no fresh noise: only 0 (or None).
+``spacing``   which timesteps the steps visit (:data:`Spacing`, :func:`select_timesteps`), one of
+              "uniform" and "quad" (CompVis ``make_ddim_timesteps``) or "leading", "linspace" and
+              "trailing" (Lin et al. 2023, as diffusers names them); every built-in sampler takes
+              all five. Defaults: "uniform" for ddim and plms, "leading" for ddpm and euler-a,
+              "linspace" for dpmpp-2m. The former ``discretize`` key is read as ``spacing``
+              with a DeprecationWarning.
+============  =====================================================================================
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import warnings
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from ldmkit.errors import InputError
-from ldmkit.interfaces import ModelFn, Sampler, StepCallback
+from ldmkit.interfaces import ModelFn, Params, Sampler, StepCallback
 from ldmkit.schedules import NoiseSchedule
 
 __all__ = [
@@ -49,25 +69,28 @@ __all__ = [
     "LoopSampler",
     "SamplingRun",
     "Spacing",
+    "SpacingParams",
     "alphas_cumprod64",
     "check_eta",
     "check_generator",
     "check_mask",
     "check_steps",
     "check_timesteps",
+    "distinct_timesteps",
     "compvis_timesteps",
     "draw_noise",
+    "select_timesteps",
     "spaced_timesteps",
 ]
 
 Generators = torch.Generator | list[torch.Generator] | None
 """What ``Sampler.sample`` takes as ``generator``: one generator, one per sample, or none (the global RNG)."""
 
-Spacing = Literal["leading", "linspace", "trailing"]
-"""A timestep spacing of :func:`spaced_timesteps`, named as diffusers names it."""
-
 Discretization = Literal["uniform", "quad"]
-"""A timestep discretization of :func:`compvis_timesteps`, named as CompVis names it."""
+"""The CompVis timestep spacings of :func:`compvis_timesteps` (``make_ddim_timesteps``)."""
+
+Spacing = Literal["uniform", "quad", "leading", "linspace", "trailing"]
+"""A timestep spacing of :func:`select_timesteps`: CompVis' two and the three diffusers names."""
 
 # -- argument checks ------------------------------------------------------------------------------
 
@@ -88,17 +111,22 @@ def check_steps(steps: object, num_timesteps: int) -> int:
     return steps
 
 
-def check_eta(eta: object, sampler: str, *, uses_eta: bool) -> float:
-    """``eta`` as a float >= 0.
+def check_eta(eta: object, sampler: str, *, uses_eta: bool, default: float = 0.0) -> float:
+    """``eta`` as a float >= 0 (``None``: ``default``, the sampler's own).
 
     :param sampler: the sampler's name, for the message.
-    :param uses_eta: whether the sampler has a stochasticity parameter; samplers without one accept only 0.
+    :param uses_eta: whether the sampler adds fresh noise per step; samplers without any accept only 0.
     :raises InputError: for a negative, infinite or non-numeric eta, or eta != 0 where ``uses_eta`` is false.
     """
+    if eta is None:
+        eta = default
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
         raise InputError(f"eta must be a finite number >= 0, got {eta!r}")
     if not uses_eta and eta != 0:
-        raise InputError(f"sampler {sampler!r} has no eta parameter: eta must be 0, got eta={eta}")
+        raise InputError(
+            f"sampler {sampler!r} adds no fresh noise per step, so it has no eta to scale: "
+            f"eta must be 0 (or None), got eta={eta}"
+        )
     return float(eta)
 
 
@@ -196,7 +224,7 @@ def compvis_timesteps(method: Discretization, steps: int, num_timesteps: int) ->
     return shifted
 
 
-def spaced_timesteps(spacing: Spacing, steps: int, num_timesteps: int, offset: int = 0) -> list[int]:
+def spaced_timesteps(spacing: str, steps: int, num_timesteps: int, offset: int = 0) -> list[int]:
     """``steps`` distinct ascending timesteps with the spacings of Lin et al. 2023 (Table 2), as diffusers names them.
 
     - "leading": ``i * (T // steps) + offset`` for ``i < steps``;
@@ -218,6 +246,58 @@ def spaced_timesteps(spacing: Spacing, steps: int, num_timesteps: int, offset: i
     if len(set(ts)) != len(ts):
         raise InputError(f"spacing {spacing!r} with {steps} steps repeats timesteps; use fewer steps or 'trailing'")
     return check_timesteps(ts, n, f"spacing {spacing!r} with {steps} steps")
+
+
+def select_timesteps(spacing: Spacing, steps: int, num_timesteps: int, offset: int = 0) -> list[int]:
+    """Ascending timesteps for ``steps`` steps with any :data:`Spacing`.
+
+    "uniform" and "quad" are :func:`compvis_timesteps` (which shift by +1 themselves, so ``offset`` is
+    not used); "leading", "linspace" and "trailing" are :func:`spaced_timesteps` with ``offset`` (added
+    to "leading" only, as diffusers' ``steps_offset``).
+
+    :raises InputError: for an unknown spacing or timesteps outside the schedule.
+    """
+    if spacing in ("uniform", "quad"):
+        return compvis_timesteps(spacing, steps, num_timesteps)
+    if spacing in ("leading", "linspace", "trailing"):
+        return spaced_timesteps(spacing, steps, num_timesteps, offset)
+    raise InputError(
+        f"unknown timestep spacing {spacing!r}; expected 'uniform', 'quad', 'leading', 'linspace' or 'trailing'"
+    )
+
+
+def distinct_timesteps(timesteps: list[int], spacing: str, steps: int) -> list[int]:
+    """``timesteps`` if no two are equal, for samplers whose step size would be 0 between equal ones.
+
+    :raises InputError: naming the spacing and number of steps that repeat a timestep.
+    """
+    if len(set(timesteps)) != len(timesteps):
+        raise InputError(f"spacing {spacing!r} with {steps} steps repeats timesteps; use fewer steps or 'trailing'")
+    return timesteps
+
+
+class SpacingParams(Params):
+    """``Params`` base of samplers that select timesteps: ``spacing`` with its one set of values.
+
+    A sampler's ``Params`` subclasses it and sets its own default (``spacing: Spacing = "leading"``).
+    The former key ``discretize`` is still read as ``spacing``, with a DeprecationWarning.
+    """
+
+    spacing: Spacing = Field("uniform", description="which timesteps the steps visit (see ldmkit.sampling)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _discretize_is_spacing(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "discretize" in data:
+            if "spacing" in data:
+                raise ValueError("give 'spacing' only ('discretize' is its former name)")
+            warnings.warn(
+                "sampler param 'discretize' is deprecated; use 'spacing' (same values)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            data = {("spacing" if key == "discretize" else key): value for key, value in data.items()}
+        return data
 
 
 def alphas_cumprod64(schedule: NoiseSchedule) -> Tensor:
@@ -354,12 +434,14 @@ class LoopSampler(Sampler):
 
     :meth:`sample` checks ``steps`` (:func:`check_steps`) and ``eta`` (:func:`check_eta`), builds the
     :class:`SamplingRun` (which checks generator, mask and x0) and hands over to :meth:`loop`. Subclasses set
-    ``name`` and ``Params`` as any component does, and ``uses_eta = True`` when the algorithm has a stochasticity
-    parameter (the others refuse eta != 0). Gradients are the caller's business (the pipeline samples under
-    ``torch.no_grad``).
+    ``name`` and ``Params`` as any component does, ``uses_eta = True`` when the algorithm adds fresh noise
+    per step, scaled by ``eta`` (the others refuse eta != 0), and ``default_eta`` to the eta it samples
+    with when given ``None``.
+    Gradients are the caller's business (the pipeline samples under ``torch.no_grad``).
     """
 
     uses_eta: ClassVar[bool] = False
+    default_eta: ClassVar[float] = 0.0
 
     def sample(
         self,
@@ -368,7 +450,7 @@ class LoopSampler(Sampler):
         x_T: Tensor,
         *,
         steps: int,
-        eta: float = 0.0,
+        eta: float | None = None,
         generator: Generators = None,
         callback: StepCallback | None = None,
         mask: Tensor | None = None,
@@ -377,7 +459,7 @@ class LoopSampler(Sampler):
     ) -> Tensor:
         """Check the arguments and run :meth:`loop`; see :meth:`ldmkit.Sampler.sample` for their meaning."""
         steps = check_steps(steps, schedule.num_timesteps)
-        eta = check_eta(eta, self.name, uses_eta=self.uses_eta)
+        eta = check_eta(eta, self.name, uses_eta=self.uses_eta, default=self.default_eta)
         run = SamplingRun(
             self.name, model_fn, schedule, x_T, generator=generator, callback=callback, mask=mask, x0=x0,
             progress=progress,
@@ -388,7 +470,8 @@ class LoopSampler(Sampler):
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         """The algorithm, from ``x_T`` (B, C, h, w) to x_0 (B, C, h, w).
 
-        ``steps`` is already in ``1..schedule.num_timesteps`` and ``eta`` a float >= 0 (0 unless ``uses_eta``).
+        ``steps`` is already in ``1..schedule.num_timesteps`` and ``eta`` a float >= 0 (``default_eta`` where the
+        caller gave None; 0 unless ``uses_eta``).
         Take model calls, noise, masking and callbacks through ``run``, iterate with ``run.steps(n)``, call
         ``run.report`` once per step, and return ``run.finish(x)`` (or the current latent when ``run.report``
         said stop).

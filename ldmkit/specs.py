@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ldmkit import strict_json
 from ldmkit.errors import SpecError, UnknownComponentError
+from ldmkit.options import SamplerChoice
 from ldmkit.schedules import ScheduleSpec
 
 __all__ = [
@@ -59,19 +60,14 @@ class ComponentSpec(_Strict):
 
 
 class SamplingSpec(_Strict):
-    """Default sampling settings of a pipeline."""
+    """Default sampling settings of a pipeline: the first layer of :func:`ldmkit.options.resolve_options`."""
 
-    sampler: str = "ddim"
+    sampler: SamplerChoice = Field("ddim", description="a registered sampler's name, or {type, params}")
     steps: int = Field(50, ge=1, le=10_000)
-    eta: float = Field(0.0, ge=0.0)
+    eta: float | None = Field(
+        None, ge=0.0, description="scale of the fresh noise added per step (None: the sampler's own default)"
+    )
     guidance_scale: float = Field(1.0, ge=0.0)
-
-    @field_validator("sampler")
-    @classmethod
-    def _sampler_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a sampler name")
-        return value
 
 
 class PipelineSpec(_Strict):
@@ -221,10 +217,9 @@ def validate_spec(data: dict[str, Any] | PipelineSpec, registry=None, source: st
             cls.Params.model_validate(comp.params)
         except ValidationError as exc:
             raise SpecError(f"{source}: {format_validation_error(exc, f'tasks.{task_name}.params')}") from None
-    try:
-        registry.get("sampler", spec.sampling.sampler)
-    except UnknownComponentError as exc:
-        raise UnknownComponentError(f"{source}: sampling.sampler: {exc}") from None
+    from ldmkit.options import validate_sampler_params
+
+    validate_sampler_params(registry, spec.sampling.sampler, where=f"{source}: sampling.sampler", error=SpecError)
     return spec
 
 

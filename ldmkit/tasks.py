@@ -37,6 +37,7 @@ from ldmkit.conditioning import Conditioning
 from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import Params, SampleOptions, Task
 from ldmkit.nested import map_tensors
+from ldmkit.options import SamplerChoice, SamplerRef, resolve_options
 from ldmkit.specs import format_validation_error
 
 __all__ = [
@@ -60,7 +61,9 @@ class TaskParams(Params):
     guidance_scale: float | None = Field(
         None, ge=0.0, description="this task's default guidance scale (None: the spec's sampling.guidance_scale)"
     )
-    sampler: str | None = Field(None, min_length=1, description="this task's default sampler (None: the spec's)")
+    sampler: SamplerChoice | None = Field(
+        None, description="this task's default sampler, a name or {type, params} (None: the spec's)"
+    )
     steps: int | None = Field(None, ge=1, description="this task's default number of steps (None: the spec's)")
 
 
@@ -185,23 +188,18 @@ def default_guidance(pipeline: Any, task: str) -> float:
     """The guidance scale task ``task`` of ``pipeline`` samples with unless told otherwise.
 
     The task's own ``guidance_scale`` param when it sets one (tasks differ in how much guidance they
-    need), else the spec's ``sampling.guidance_scale``, else 1.0 (no guidance).
+    need), else the spec's ``sampling.guidance_scale``, else 1.0 (no guidance); see
+    :func:`ldmkit.options.resolve_options`.
     """
-    own = getattr(getattr(pipeline.task(task), "params", None), "guidance_scale", None)
-    if own is not None:
-        return float(own)
-    return pipeline.spec.sampling.guidance_scale if pipeline.spec is not None else 1.0
+    return resolve_options(pipeline, task).guidance_scale
 
 
-def default_sampling(pipeline: Any, task: str) -> tuple[str, int]:
-    """The sampler and number of steps task ``task`` of ``pipeline`` samples with unless told otherwise.
+def default_sampling(pipeline: Any, task: str) -> tuple[str | SamplerRef, int]:
+    """The sampler (a name or ``{type, params}``) and number of steps task ``task`` samples with by default.
 
     The task's own ``sampler`` / ``steps`` params when it sets them (an unconditional model has no
     guidance to lean on and gains from more, stochastic steps, as the paper samples its unconditional
-    models), else the spec's ``sampling``, else DDIM with 50 steps.
+    models), else the spec's ``sampling``, else DDIM with 50 steps; see :func:`ldmkit.options.resolve_options`.
     """
-    params = getattr(pipeline.task(task), "params", None)
-    spec = pipeline.spec.sampling if pipeline.spec is not None else None
-    sampler = getattr(params, "sampler", None) or (spec.sampler if spec is not None else "ddim")
-    steps = getattr(params, "steps", None) or (spec.steps if spec is not None else 50)
-    return sampler, int(steps)
+    options = resolve_options(pipeline, task)
+    return options.sampler, options.steps

@@ -246,7 +246,7 @@ def _edited(valid_png: bytes, valid_meta: dict, tmp_path: Path, **changes) -> Pa
     return write(tmp_path, with_metadata(valid_png, itxt(json.dumps(meta).encode())))
 
 
-@pytest.mark.parametrize("fmt", [2, 0, "1", True, None, ...])
+@pytest.mark.parametrize("fmt", [3, 0, "1", True, None, ...])
 def test_wrong_format_number(valid_png: bytes, valid_meta: dict, tmp_path, fmt) -> None:
     refused(_edited(valid_png, valid_meta, tmp_path, format=fmt), "unknown format")
 
@@ -405,3 +405,15 @@ def test_random_damage_only_ever_raises_input_error(valid_png: bytes, tmp_path) 
         except (InputError, SpecError):
             outcomes["refused"] += 1
     assert outcomes["refused"] > 100
+
+
+@pytest.mark.parametrize(
+    ("sampler", "eta", "read_as"), [("ddpm", 0.0, None), ("euler-a", 0.0, None), ("ddim", 0.0, 0.0)]
+)
+def test_format_1_eta_is_read_in_todays_meaning(valid_png, valid_meta, tmp_path, sampler, eta, read_as) -> None:
+    from ldmkit.generation import METADATA_FORMAT, read_metadata
+
+    options = {**valid_meta["options"], "sampler": sampler, "eta": eta}
+    meta = read_metadata(_edited(valid_png, valid_meta, tmp_path, format=1, options=options))
+    # format 1 recorded eta 0 for the full ancestral noise of ddpm and euler-a: their default now
+    assert meta["format"] == METADATA_FORMAT and meta["options"]["eta"] == read_as

@@ -185,7 +185,8 @@ def seeded(seed: int = 0) -> torch.Generator:
 
 
 def stochastic_eta(name: str) -> float:
-    return 0.5 if name == "ddim" else 0.0
+    """An eta at which the sampler draws fresh noise (0 for those that have none)."""
+    return {"ddim": 0.5, "ddpm": 1.0, "euler-a": 1.0}.get(name, 0.0)
 
 
 def test_all_registered() -> None:
@@ -355,8 +356,8 @@ def test_bad_arguments_raise_input_error(name: str) -> None:
         sampler.sample(lambda x, t: x[:, :1], schedule, x_T(), steps=4)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "plms", "dpmpp-2m", "euler-a"])
-def test_eta_only_for_ddim(name: str) -> None:
+@pytest.mark.parametrize("name", ["plms", "dpmpp-2m"])
+def test_eta_refused_where_no_fresh_noise(name: str) -> None:
     with pytest.raises(InputError, match="eta"):
         make(name).sample(fake_model, ldm_schedule(), x_T(), steps=4, eta=0.5)
 
@@ -390,7 +391,7 @@ def test_progress_bar_is_opt_in(capsys: pytest.CaptureFixture[str]) -> None:
 
 class TestDDPMConformance(SamplerConformance):
     component_cls = DDPMSampler
-    noise_eta = 0.0  # always stochastic
+    noise_eta = 1.0
 
 
 class TestDDIMConformance(SamplerConformance):
@@ -400,7 +401,7 @@ class TestDDIMConformance(SamplerConformance):
 
 class TestDDIMQuadConformance(SamplerConformance):
     component_cls = DDIMSampler
-    params = {"discretize": "quad"}
+    params = {"spacing": "quad"}
     noise_eta = 1.0
 
 
@@ -417,4 +418,4 @@ class TestDPMPP2MConformance(SamplerConformance):
 class TestEulerAncestralConformance(SamplerConformance):
     component_cls = EulerAncestralSampler
     params = {"spacing": "trailing"}
-    noise_eta = 0.0
+    noise_eta = 1.0

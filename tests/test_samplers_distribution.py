@@ -36,13 +36,13 @@ PATH_MEAN_TOL, PATH_STD_RATIO_TOL = 0.03, 0.03  # intermediate states: mean in u
 T = 200
 # (sampler, steps, eta): near-full chains, where a timestep off by one is a visible change of noise level
 CASES = [
-    ("ddpm", 200, 0.0),
-    ("ddpm", 100, 0.0),  # respaced chain
+    ("ddpm", 200, 1.0),
+    ("ddpm", 100, 1.0),  # respaced chain
     ("ddim", 100, 0.0),
     ("ddim", 199, 1.0),
     ("plms", 100, 0.0),
     ("dpmpp-2m", 100, 0.0),
-    ("euler-a", 199, 0.0),
+    ("euler-a", 199, 1.0),
 ]
 
 

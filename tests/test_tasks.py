@@ -224,7 +224,7 @@ def test_run_refuses_an_empty_batch(tiny):
     ],
 )
 def test_sample_options_of_the_wrong_kind_are_refused(options, field):
-    with pytest.raises(InputError, match=rf"SampleOptions\.{field} must be"):
+    with pytest.raises(InputError, match=rf"SampleOptions\.{field}: must be"):
         SampleOptions(**options)
 
 

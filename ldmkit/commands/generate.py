@@ -201,8 +201,6 @@ def _replay(args) -> int:
 def run(args) -> int:
     from ldmkit.folders import check_output_folder
     from ldmkit.generation import (
-        default_guidance,
-        default_sampling,
         generate,
         open_model,
         open_pipeline,
@@ -211,6 +209,7 @@ def run(args) -> int:
         save_pictures,
     )
     from ldmkit.generation_options import check_label, check_options
+    from ldmkit.options import resolve_options
 
     check_output_folder(args.out)  # refused before any time goes into loading and sampling
     if args.replay:
@@ -231,17 +230,9 @@ def run(args) -> int:
     precision = _fast_precision(args.precision, bool(args.fast))
     pipe, model = open_model(args.model) if args.model is not None else open_pipeline(args.spec)
     _check_task(pipe, args.task)
-    defaults = pipe.spec.sampling if pipe.spec is not None else None
-    sampler, steps = default_sampling(pipe, args.task)
-    chosen = {
-        "n": 4,
-        "seed": 0,
-        "sampler": sampler,
-        "steps": steps,
-        "eta": defaults.eta if defaults else 0.0,
-        "guidance_scale": default_guidance(pipe, args.task),
-    }
-    chosen.update(told)
+    # spec < task defaults < the command line, layered once (ldmkit.options); then the CLI's own bounds
+    layered = resolve_options(pipe, args.task, {"n": 4, **told})
+    chosen = {k: getattr(layered, k) for k in ("n", "seed", "sampler", "steps", "eta", "guidance_scale")}
     options = check_options({**chosen, "progress": not args.no_progress}, CLI_FLAGS).sample_options()
     inputs = _read_inputs(args)
     from ldmkit.distributed_generate import generate_sharded, rank_device, world_size

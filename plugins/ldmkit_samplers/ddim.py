@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-import ldmkit
 from ldmkit import NoiseSchedule
-from ldmkit.sampling import Discretization, LoopSampler, SamplingRun, compvis_timesteps
+from ldmkit.sampling import LoopSampler, SamplingRun, Spacing, SpacingParams, select_timesteps
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,24 @@ def ddim_update(c: DDIMCoefficients, index: int, x: Tensor, eps: Tensor, noise: 
 class DDIMSampler(LoopSampler):
     """Denoising Diffusion Implicit Models (Song et al. 2021, eq. 12), eta interpolating to DDPM-like noise.
 
-    Timesteps are CompVis ``make_ddim_timesteps`` (``discretize``: "uniform" takes ``range(0, T, T // steps) + 1``,
-    which has more than ``steps`` entries when ``steps`` does not divide ``T``; "quad" is quadratic up to 0.8 T);
-    the first step lands on ``alphas_cumprod[0]``, not on 1.
+    Timesteps by default are CompVis ``make_ddim_timesteps`` (``spacing``: "uniform" takes
+    ``range(0, T, T // steps) + 1``, which has more than ``steps`` entries when ``steps`` does not divide ``T``;
+    "quad" is quadratic up to 0.8 T; "leading" (offset 1), "linspace" and "trailing" as
+    :func:`ldmkit.sampling.spaced_timesteps`); the first step lands on ``alphas_cumprod[0]``, not on 1.
+    ``eta`` scales the fresh noise of each step (default 0: deterministic).
     """
 
     name = "ddim"
 
     uses_eta = True
+    default_eta = 0.0
 
-    class Params(ldmkit.Params):
-        discretize: Discretization = "uniform"
+    class Params(SpacingParams):
+        spacing: Spacing = Field("uniform", description="which timesteps the steps visit (see ldmkit.sampling)")
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(
-            schedule, compvis_timesteps(self.params.discretize, steps, schedule.num_timesteps), eta
+            schedule, select_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset=1), eta
         )
         x = x_T
         for i in run.steps(len(c)):

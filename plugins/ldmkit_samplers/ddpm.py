@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-import ldmkit
 from ldmkit import NoiseSchedule
-from ldmkit.sampling import LoopSampler, SamplingRun, spaced_timesteps
+from ldmkit.sampling import (
+    LoopSampler,
+    SamplingRun,
+    Spacing,
+    SpacingParams,
+    distinct_timesteps,
+    select_timesteps,
+)
 
 
 def respaced_posterior(schedule: NoiseSchedule, timesteps: list[int]) -> dict[str, list[float]]:
@@ -44,16 +51,21 @@ class DDPMSampler(LoopSampler):
 
     Posterior variance "fixed_small" (``v_posterior = 0``), no clipping of the x_0 estimate, no noise on
     the last step. ``steps < T`` samples the respaced chain of timesteps ``i * (T // steps)`` (diffusers
-    "leading" spacing), so ``steps = T`` is the original 1000-step loop. ``eta`` must be 0.
+    "leading" spacing, offset 0; ``spacing`` picks another), so ``steps = T`` is the original 1000-step loop.
+    ``eta`` scales the posterior noise: the default 1 is Ho et al.'s sampler, 0 takes the posterior mean.
     """
 
     name = "ddpm"
 
-    class Params(ldmkit.Params):
-        pass
+    uses_eta = True
+    default_eta = 1.0
+
+    class Params(SpacingParams):
+        spacing: Spacing = Field("leading", description="which timesteps the steps visit (see ldmkit.sampling)")
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
-        timesteps = spaced_timesteps("leading", steps, schedule.num_timesteps)
+        spacing = self.params.spacing
+        timesteps = distinct_timesteps(select_timesteps(spacing, steps, schedule.num_timesteps), spacing, steps)
         p = respaced_posterior(schedule, timesteps)
         x = x_T
         for i in run.steps(len(timesteps)):
@@ -63,7 +75,8 @@ class DDPMSampler(LoopSampler):
             eps = run.eps(x, t)
             pred_x0 = p["sqrt_recip_alphas_cumprod"][index] * x - p["sqrt_recipm1_alphas_cumprod"][index] * eps
             mean = p["posterior_mean_coef1"][index] * pred_x0 + p["posterior_mean_coef2"][index] * x
-            x = mean + p["posterior_std"][index] * run.noise() if index > 0 else mean  # no noise on the last step
+            sigma = eta * p["posterior_std"][index]  # a Python float: eta = 1 leaves it exactly as it is
+            x = mean + sigma * run.noise() if index > 0 and eta > 0 else mean  # no noise on the last step
             if run.report(i, t, x, pred_x0):
                 return x
         return run.finish(x)

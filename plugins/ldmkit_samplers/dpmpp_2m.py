@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import math
 
+from pydantic import Field
 from torch import Tensor
 
-import ldmkit
 from ldmkit import NoiseSchedule
-from ldmkit.sampling import LoopSampler, SamplingRun, Spacing, alphas_cumprod64, spaced_timesteps
+from ldmkit.sampling import (
+    LoopSampler,
+    SamplingRun,
+    Spacing,
+    SpacingParams,
+    alphas_cumprod64,
+    distinct_timesteps,
+    select_timesteps,
+)
 
 
 class DPMPP2MSampler(LoopSampler):
@@ -19,17 +27,19 @@ class DPMPP2MSampler(LoopSampler):
     ``lambda_t = log(alpha_t / sigma_t)``. The first step is first order (no history yet), so is the last, which
     goes to ``sigma = 0`` and returns the final data prediction; this is diffusers' DPMSolverMultistepScheduler
     with ``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``lower_order_final=True`` and its default
-    "linspace" spacing (``spacing`` picks "leading", offset 1, or "trailing" instead). Deterministic: ``eta`` must be 0.
+    "linspace" spacing (``spacing`` picks another, "leading" with offset 1). No fresh noise: ``eta`` must be 0
+    (or None).
     """
 
     name = "dpmpp-2m"
 
-    class Params(ldmkit.Params):
-        spacing: Spacing = "linspace"
+    class Params(SpacingParams):
+        spacing: Spacing = Field("linspace", description="which timesteps the steps visit (see ldmkit.sampling)")
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
-        offset = 1 if self.params.spacing == "leading" else 0
-        timesteps = spaced_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset)[::-1]  # descending
+        spacing = self.params.spacing
+        ascending = select_timesteps(spacing, steps, schedule.num_timesteps, offset=1)
+        timesteps = distinct_timesteps(ascending, spacing, steps)[::-1]  # descending
         ac = alphas_cumprod64(schedule)
         alphas = [math.sqrt(float(ac[t])) for t in timesteps] + [1.0]  # the chain ends at sigma = 0
         sigmas = [math.sqrt(1.0 - float(ac[t])) for t in timesteps] + [0.0]

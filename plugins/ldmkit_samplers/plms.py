@@ -5,11 +5,11 @@ As CompVis ``plms.py`` runs it: the DDIM transfer with a linear multistep estima
 
 from __future__ import annotations
 
+from pydantic import Field
 from torch import Tensor
 
-import ldmkit
 from ldmkit import NoiseSchedule
-from ldmkit.sampling import Discretization, LoopSampler, SamplingRun, compvis_timesteps
+from ldmkit.sampling import LoopSampler, SamplingRun, Spacing, SpacingParams, select_timesteps
 from ldmkit_samplers.ddim import DDIMCoefficients, ddim_update
 
 
@@ -28,17 +28,17 @@ class PLMSSampler(LoopSampler):
     The first step is a pseudo improved Euler (2nd order, Heun-like) step: a DDIM step, a second model call
     at the next timestep, and a DDIM step with the mean of both epsilons. Later steps use Adams-Bashforth
     of order 2, 3 and then 4 over the previous epsilons. Timesteps as in :class:`DDIMSampler`; one model
-    call per step plus one for the warm-up. Deterministic: ``eta`` must be 0.
+    call per step plus one for the warm-up. No fresh noise: ``eta`` must be 0 (or None).
     """
 
     name = "plms"
 
-    class Params(ldmkit.Params):
-        discretize: Discretization = "uniform"
+    class Params(SpacingParams):
+        spacing: Spacing = Field("uniform", description="which timesteps the steps visit (see ldmkit.sampling)")
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(
-            schedule, compvis_timesteps(self.params.discretize, steps, schedule.num_timesteps), 0.0
+            schedule, select_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset=1), 0.0
         )
         x = x_T
         old_eps: list[Tensor] = []
