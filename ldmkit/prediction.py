@@ -9,6 +9,7 @@ from ldmkit.interfaces import Prediction
 
 __all__ = ["eps_to_x0", "guided_eps", "target_for", "to_eps"]
 
+
 def _coeffs(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     a = alphas_cumprod.to(like.device)[t.long()].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))  # (B, 1, 1, 1)
     return a.sqrt(), (1 - a).sqrt()
