@@ -5,12 +5,17 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import threading
+import weakref
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, model_validator
 
 from ldmkit.specs import ComponentSpec, PipelineSpec, SamplingSpec
+
+if TYPE_CHECKING:
+    from ldmkit.registry import Registry
 
 __all__ = [
     "PIPELINE_SCHEMA",
@@ -20,6 +25,7 @@ __all__ = [
     "pipeline_model",
     "pipeline_schema",
     "render",
+    "typed_spec_model",
     "write_schemas",
 ]
 
@@ -33,19 +39,35 @@ def _description(cls: type) -> dict[str, Any] | None:
     return {"description": doc.splitlines()[0]} if doc else None
 
 
+def _params_model(kind: str, name: str, params_cls: type[BaseModel]) -> type[BaseModel]:
+    """``params_cls`` under a name of its own (so the many classes called ``Params`` get distinct
+    ``$defs`` entries) whose validation returns a genuine ``params_cls`` instance."""
+
+    def _as_declared(cls, data: Any, handler: Any, info: ValidationInfo) -> BaseModel:
+        if isinstance(data, params_cls):
+            return data
+        return params_cls.model_validate(data, context=info.context)
+
+    return create_model(
+        f"{kind}-{name}-params",
+        __base__=params_cls,
+        __doc__=params_cls.__doc__,
+        __validators__={"_as_declared": model_validator(mode="wrap")(_as_declared)},
+    )
+
+
 def _component_model(kind: str, name: str, cls: type) -> type[BaseModel]:
     """``{type: Literal[name], params: Params}`` for one registered component."""
-    # a subclass with its own name, so the $defs entries of the many classes called ``Params`` differ
-    params = create_model(f"{kind}-{name}-params", __base__=cls.Params, __doc__=cls.Params.__doc__)
+    params = _params_model(kind, name, cls.Params)
     return create_model(
         f"{kind}-{name}",
         __config__=ConfigDict(extra="forbid", title=f"{kind}: {name}", json_schema_extra=_description(cls)),
         type=(Literal[name], ...),
-        params=(params, Field(default_factory=params)),
+        params=(params, Field(default_factory=dict, validate_default=True)),
     )
 
 
-def _slot_type(kind: str, registry) -> Any:
+def _slot_type(kind: str, registry: Registry) -> Any:
     """The discriminated union (on ``type``) of every registered component of ``kind``."""
     models = [_component_model(kind, name, registry.get(kind, name)) for name in registry.names(kind)]
     if not models:
@@ -55,11 +77,13 @@ def _slot_type(kind: str, registry) -> Any:
     return Annotated[functools.reduce(operator.or_, models), Field(discriminator="type")]
 
 
-def pipeline_model(registry=None) -> type[PipelineSpec]:
+def pipeline_model(registry: Registry | None = None) -> type[PipelineSpec]:
     """A pydantic model of the pipeline spec whose component slots list the registered components.
 
     Each slot is a union, discriminated by ``type``, of ``{type: Literal[name], params: Params}``
     models made from the registry, so the JSON Schema names every component and its parameters.
+    Validating with it yields each component's own ``Params`` instance; :func:`ldmkit.specs.validate_spec`
+    validates every spec with it (see :func:`typed_spec_model`).
     """
     from ldmkit.registry import get_registry
 
@@ -69,6 +93,11 @@ def pipeline_model(registry=None) -> type[PipelineSpec]:
         "denoiser": (_slot_type("denoiser", registry), ...),
         "conditioner": (_slot_type("conditioner", registry) | None, None),
     }
+    if registry.names("task"):
+        fields["tasks"] = (
+            dict[str, _slot_type("task", registry)],  # type: ignore[misc]
+            Field(default_factory=dict, description=PipelineSpec.model_fields["tasks"].description),
+        )
     samplers = registry.names("sampler")
     if samplers:
         sampling = create_model(
@@ -79,6 +108,29 @@ def pipeline_model(registry=None) -> type[PipelineSpec]:
         )
         fields["sampling"] = (sampling, Field(default_factory=sampling))
     return create_model("PipelineSpec", __base__=PipelineSpec, __doc__=PipelineSpec.__doc__, **fields)
+
+
+# per registry (by identity), with the components it held when the model was made
+_models: dict[int, tuple[weakref.ref, tuple, type[PipelineSpec]]] = {}
+_models_lock = threading.Lock()
+
+
+def _fingerprint(registry: Registry) -> tuple:
+    return tuple(sorted((kind, name, id(info.cls)) for (kind, name), info in registry.components.items()))
+
+
+def typed_spec_model(registry: Registry) -> type[PipelineSpec]:
+    """:func:`pipeline_model` of ``registry``, made once per registry (again if its components change)."""
+    fingerprint = _fingerprint(registry)
+    with _models_lock:
+        cached = _models.get(id(registry))
+        if cached is not None and cached[0]() is registry and cached[1] == fingerprint:
+            return cached[2]
+    model = pipeline_model(registry)
+    with _models_lock:
+        key = id(registry)
+        _models[key] = (weakref.ref(registry, lambda _ref: _models.pop(key, None)), fingerprint, model)
+    return model
 
 
 def pipeline_schema(registry=None) -> dict[str, Any]:

@@ -6,32 +6,63 @@ Nothing in a spec is ever imported or executed: a ``type`` is a key into the plu
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import weakref
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ldmkit import strict_json
 from ldmkit.errors import SpecError, UnknownComponentError
 from ldmkit.schedules import ScheduleSpec
+from ldmkit.validation import StrictModel, format_errors, format_validation_error
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from ldmkit.registry import Registry
+
+__all__ = [
+    "MAX_SPEC_BYTES",
+    "SPEC_VERSION",
+    "ComponentSpec",
+    "PipelineSpec",
+    "SamplingSpec",
+    "StrictModel",
+    "dump_spec",
+    "format_validation_error",
+    "load_spec",
+    "parse_document",
+    "read_document",
+    "validate_spec",
+]
 
 SPEC_VERSION = 1
 MAX_SPEC_BYTES = 1 << 20  # a spec is a small text file
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+_Strict = StrictModel
 
 
-class ComponentSpec(_Strict):
-    """One component: its registered ``type`` and the parameters its ``Params`` validates."""
+class ComponentSpec(StrictModel):
+    """One component: its registered ``type`` and the parameters its ``Params`` validates.
+
+    ``params`` keeps what the spec says (and is what a saved spec writes); once the spec is
+    validated against a registry, :meth:`params_for` gives the validated ``Params`` instance the
+    component is built from. A subclass that sets ``kind`` (a composite conditioner's parts) has its
+    params validated whenever the registry is passed as validation context (``{"registry": ...}``).
+    """
+
+    kind: ClassVar[str | None] = None
 
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # (registry, type, params as validated, Params instance): reused while type and params are unchanged
+    _validated: tuple[Any, str, dict[str, Any], BaseModel] | None = PrivateAttr(default=None)
 
     @field_validator("type")
     @classmethod
@@ -42,6 +73,27 @@ class ComponentSpec(_Strict):
                 "specs name registered components, never import paths"
             )
         return value
+
+    @model_validator(mode="after")
+    def _params_of_kind(self, info: ValidationInfo) -> ComponentSpec:
+        registry = (info.context or {}).get("registry") if info is not None else None
+        if self.kind is not None and registry is not None:
+            cls = registry.get(self.kind, self.type)  # UnknownComponentError goes through to the caller
+            self.bind(registry, cls.Params.model_validate(self.params, context=info.context))
+        return self
+
+    def bind(self, registry: Registry, params: BaseModel) -> None:
+        """Remember ``params`` (this spec's params validated by ``registry``'s component ``Params``)."""
+        self._validated = (weakref.ref(registry), self.type, copy.deepcopy(self.params), params)
+
+    def params_for(self, registry: Registry) -> BaseModel | None:
+        """The validated ``Params`` if this spec was validated against ``registry`` and is unchanged since."""
+        if self._validated is None:
+            return None
+        ref, type_, raw, params = self._validated
+        if ref() is not registry or type_ != self.type or raw != self.params:
+            return None
+        return params
 
 
 class SamplingSpec(_Strict):
@@ -60,7 +112,7 @@ class SamplingSpec(_Strict):
         return value
 
 
-class PipelineSpec(_Strict):
+class PipelineSpec(StrictModel):
     """A whole pipeline as data."""
 
     version: Literal[1] = SPEC_VERSION
@@ -89,15 +141,6 @@ class PipelineSpec(_Strict):
         if self.conditioner is not None:
             out["conditioner"] = self.conditioner
         return out
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem, each naming the field path."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(err["loc"]))
-        lines.append(f"{loc or '(top level)'}: {err['msg']}")
-    return "; ".join(lines)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -177,9 +220,18 @@ def read_document(path: str | Path) -> dict[str, Any]:
     return parse_document(text, str(path))
 
 
-def validate_spec(data: dict[str, Any] | PipelineSpec, registry=None, source: str = "spec") -> PipelineSpec:
-    """Validate the structure, then each component's params against its registered ``Params``."""
-    from ldmkit.registry import get_registry
+def validate_spec(
+    data: dict[str, Any] | PipelineSpec, registry: Registry | None = None, source: str = "spec"
+) -> PipelineSpec:
+    """Validate a spec against ``registry``'s components; the result carries each component's validated ``Params``.
+
+    The structure is checked first, then every ``type`` is looked up (an unknown one raises
+    :class:`UnknownComponentError` with suggestions), then the whole spec is validated once by the
+    typed model of :func:`ldmkit.schema.pipeline_model`, whose ``Params`` instances are kept on the
+    component specs (:meth:`ComponentSpec.params_for`) so that building does not validate again.
+    """
+    from ldmkit.building import current_registry
+    from ldmkit.schema import typed_spec_model
 
     if isinstance(data, PipelineSpec):
         spec = data
@@ -188,30 +240,56 @@ def validate_spec(data: dict[str, Any] | PipelineSpec, registry=None, source: st
             spec = PipelineSpec.model_validate(data)
         except ValidationError as exc:
             raise SpecError(f"{source}: {format_validation_error(exc)}") from None
-    registry = registry or get_registry()
-    for field_name, comp in spec.components().items():
-        try:
-            cls = registry.get(field_name, comp.type)
-        except UnknownComponentError as exc:
-            raise UnknownComponentError(f"{source}: {field_name}.type: {exc}") from None
-        try:
-            cls.Params.model_validate(comp.params)
-        except ValidationError as exc:
-            raise SpecError(f"{source}: {format_validation_error(exc, f'{field_name}.params')}") from None
-    for task_name, comp in spec.tasks.items():
-        try:
-            cls = registry.get("task", comp.type)
-        except UnknownComponentError as exc:
-            raise UnknownComponentError(f"{source}: tasks.{task_name}.type: {exc}") from None
-        try:
-            cls.Params.model_validate(comp.params)
-        except ValidationError as exc:
-            raise SpecError(f"{source}: {format_validation_error(exc, f'tasks.{task_name}.params')}") from None
+    registry = registry or current_registry()
+    typed = _typed_document(spec, registry, source)
     try:
-        registry.get("sampler", spec.sampling.sampler)
-    except UnknownComponentError as exc:
-        raise UnknownComponentError(f"{source}: sampling.sampler: {exc}") from None
+        checked = typed_spec_model(registry).model_validate(typed, context={"registry": registry})
+    except ValidationError as exc:
+        errors = _untagged(exc, typed)
+        for err in errors:  # a part of a composite names an unknown component
+            if isinstance(unknown := err.get("ctx", {}).get("error"), UnknownComponentError):
+                where = ".".join(map(str, err["loc"]))
+                raise UnknownComponentError(f"{source}: {where}.type: {unknown}") from None
+        raise SpecError(f"{source}: {format_errors(errors)}") from None
+    for field_name, comp in spec.components().items():
+        comp.bind(registry, getattr(checked, field_name).params)
+    for task_name, comp in spec.tasks.items():
+        comp.bind(registry, checked.tasks[task_name].params)
     return spec
+
+
+def _typed_document(spec: PipelineSpec, registry: Registry, source: str) -> dict[str, Any]:
+    """The spec as a mapping for the typed model, every ``type`` replaced by its registered (not alias) name."""
+
+    def canonical(kind: str, name: str, where: str) -> str:
+        try:
+            registry.get(kind, name)  # warns once for a deprecated name
+            return registry.info(kind, name).name
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"{source}: {where}: {exc}") from None
+
+    document = spec.model_dump(mode="python")
+    for field_name, comp in spec.components().items():
+        document[field_name]["type"] = canonical(field_name, comp.type, f"{field_name}.type")
+    for task_name, comp in spec.tasks.items():
+        document["tasks"][task_name]["type"] = canonical("task", comp.type, f"tasks.{task_name}.type")
+    sampling = document.get("sampling", {})
+    if isinstance(sampling.get("sampler"), str):
+        sampling["sampler"] = canonical("sampler", sampling["sampler"], "sampling.sampler")
+    return document
+
+
+def _untagged(exc: ValidationError, document: dict[str, Any]) -> list[dict[str, Any]]:
+    """``exc``'s errors with the union tags (component names) taken out of their field paths."""
+    out = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        if loc and loc[0] in ("first_stage", "denoiser", "conditioner") and loc[1:2] == [document[loc[0]]["type"]]:
+            del loc[1]
+        elif loc[:1] == ["tasks"] and len(loc) > 2 and loc[2] == document["tasks"].get(loc[1], {}).get("type"):
+            del loc[2]
+        out.append({**err, "loc": tuple(loc)})
+    return out
 
 
 def load_spec(path: str | Path, registry=None) -> PipelineSpec:

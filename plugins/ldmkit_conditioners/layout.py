@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
-from ldmkit.checks import check_batch, host_to_device, index_tensor
+from ldmkit.checks import check_batch, format_validation_error, host_to_device, index_tensor
 from ldmkit.interfaces import Slot
+from ldmkit.specs import StrictModel
 from ldmkit_conditioners.box_map import box_map
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 
@@ -32,10 +33,10 @@ def _ids_needed(n_classes: int, coord_bins: int, coordinates: str) -> int:
     return max(n_classes, coord_bins**2) if coordinates == "corner-cells" else n_classes + coord_bins
 
 
-class LayoutObject(BaseModel):
+class LayoutObject(StrictModel):
     """One object: a class (id or name) and its box ``[x0, y0, x1, y1]`` as fractions of the image."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     label: int | str
     box: list[float] = Field(min_length=4, max_length=4)
@@ -150,8 +151,7 @@ class LayoutConditioner(Conditioner):
             try:
                 obj = obj if isinstance(obj, LayoutObject) else LayoutObject.model_validate(obj)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in exc.errors())
-                raise InputError(f"layout object {index}: {problems}") from None
+                raise InputError(f"layout object {index}: {format_validation_error(exc)}") from None
             out.append((self.label_id(obj.label), list(obj.box)))
         return out
 
