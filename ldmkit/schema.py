@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from ldmkit.registry import Registry
 
 __all__ = [
+    "BUILTIN_DISTRIBUTION",
     "PIPELINE_SCHEMA",
     "SPEC_KINDS",
     "all_schemas",
+    "builtin_registry",
     "drifted",
     "pipeline_model",
     "pipeline_schema",
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 PIPELINE_SCHEMA = "pipeline.schema.json"
+BUILTIN_DISTRIBUTION = "ldmkit"
 SPEC_KINDS = ("first_stage", "denoiser", "conditioner")
 
 
@@ -131,6 +134,30 @@ def typed_spec_model(registry: Registry) -> type[PipelineSpec]:
         key = id(registry)
         _models[key] = (weakref.ref(registry, lambda _ref: _models.pop(key, None)), fingerprint, model)
     return model
+
+
+def builtin_registry() -> Registry:
+    """A registry of the built-in plugins only: the entry points of the ``ldmkit`` distribution.
+
+    The checked-in schemas are made from it, so they do not depend on which third-party plugins
+    happen to be installed (nor on ``LDMKIT_LOAD_PLUGINS``).
+    """
+    from importlib import metadata
+
+    from ldmkit.errors import PluginError
+    from ldmkit.registry import ENTRY_POINT_GROUP, PluginInfo, Registry, make_plugin_manager
+
+    registry = Registry(strict=True, manager=make_plugin_manager())
+    seen: set[tuple[str, str]] = set()
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = ep.dist
+        if dist is None or dist.metadata["Name"] != BUILTIN_DISTRIBUTION or (ep.name, ep.value) in seen:
+            continue
+        seen.add((ep.name, ep.value))
+        registry.add_plugin(ep.load(), PluginInfo(ep.name, BUILTIN_DISTRIBUTION, dist.version))
+    if not seen:
+        raise PluginError(f"no entry points of the {BUILTIN_DISTRIBUTION!r} distribution are installed")
+    return registry
 
 
 def pipeline_schema(registry=None) -> dict[str, Any]:

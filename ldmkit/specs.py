@@ -235,6 +235,8 @@ def validate_spec(
 
     if isinstance(data, PipelineSpec):
         spec = data
+        if registry is not None and _validated_by(spec, registry):
+            return spec  # validated before by the same registry and unchanged since
     else:
         try:
             spec = PipelineSpec.model_validate(data)
@@ -256,6 +258,11 @@ def validate_spec(
     for task_name, comp in spec.tasks.items():
         comp.bind(registry, checked.tasks[task_name].params)
     return spec
+
+
+def _validated_by(spec: PipelineSpec, registry: Registry) -> bool:
+    comps = [*spec.components().values(), *spec.tasks.values()]
+    return all(comp.params_for(registry) is not None for comp in comps)
 
 
 def _typed_document(spec: PipelineSpec, registry: Registry, source: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class CompositeConditioner(Conditioner):
 
     class Params(Params):
         parts: dict[str, PartSpec] = Field(min_length=1)
+        """The conditioners side by side: part name -> {type, params, dropout, weight}."""
         training_mode: Literal["independent", "one-part"] = Field(
             "independent",
             description="independent: each part dropped with its own 'dropout'; one-part: each sample keeps one "

@@ -60,9 +60,11 @@ class LayoutConditioner(Conditioner):
 
     class Params(Params):
         n_classes: int = Field(gt=0)
+        """Object classes; labels are ids in [0, n_classes) or names from class_names."""
         class_names: list[str] | None = Field(None, description="names of the classes, so labels can be names")
         coord_bins: int = Field(64, ge=2, description="grid cells per axis for box corners")
         max_objects: int = Field(30, gt=0)
+        """Most objects in one layout (the token sequence is padded to this many)."""
         encode_crop: bool = Field(False, description="append the crop's corner tokens (the paper's models do)")
         coordinates: Literal["corner-cells", "separate"] = Field(
             "corner-cells",
@@ -71,8 +73,11 @@ class LayoutConditioner(Conditioner):
         )
         vocab_size: int | None = Field(None, gt=1, description="default: max(n_classes, coord_bins**2) + 1")
         n_embed: int = Field(512, gt=0)
+        """Width of the token embeddings (the UNet's context_dim)."""
         n_layer: int = Field(16, ge=1)
+        """Number of (attention, feed-forward) blocks."""
         embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        """Dropout on the token embeddings in training."""
         spatial_map: list[PositiveInt] | None = Field(
             None,
             min_length=2,

@@ -79,6 +79,7 @@ class DDIMSampler(LoopSampler):
 
     class Params(ldmkit.Params):
         discretize: Discretization = "uniform"
+        """Timesteps: uniform (CompVis range(0, T, T // steps)) or quad (quadratic up to 0.8 T)."""
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(

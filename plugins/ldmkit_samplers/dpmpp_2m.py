@@ -26,6 +26,7 @@ class DPMPP2MSampler(LoopSampler):
 
     class Params(ldmkit.Params):
         spacing: Spacing = "linspace"
+        """How the timesteps are spread over the schedule: leading, linspace or trailing."""
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         offset = 1 if self.params.spacing == "leading" else 0

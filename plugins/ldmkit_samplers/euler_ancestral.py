@@ -27,6 +27,7 @@ class EulerAncestralSampler(LoopSampler):
 
     class Params(ldmkit.Params):
         spacing: Spacing = "leading"
+        """How the timesteps are spread over the schedule: leading, linspace or trailing."""
 
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         offset = 1 if self.params.spacing == "leading" else 0
