@@ -78,8 +78,14 @@ class ComponentSpec(StrictModel):
     def _params_of_kind(self, info: ValidationInfo) -> ComponentSpec:
         registry = (info.context or {}).get("registry") if info is not None else None
         if self.kind is not None and registry is not None:
-            cls = registry.get(self.kind, self.type)  # UnknownComponentError goes through to the caller
-            self.bind(registry, cls.Params.model_validate(self.params, context=info.context))
+            cls = registry.get(self.kind, self.type)  # an UnknownComponentError reaches validate_spec
+            try:
+                self.bind(registry, cls.Params.model_validate(self.params, context=info.context))
+            except ValidationError as exc:  # name the field as the spec does: <part>.params.<field>
+                errors = [{k: v for k, v in e.items() if k != "url"} for e in exc.errors()]
+                for e in errors:
+                    e["loc"] = ("params", *e["loc"])
+                raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
         return self
 
     def bind(self, registry: Registry, params: BaseModel) -> None:
