@@ -16,8 +16,8 @@ from pydantic import ValidationError
 import ldmkit
 from ldmkit import Params, SpecError, UnknownComponentError
 from ldmkit.registry import get_registry
-from ldmkit.schema import builtin_registry
 from ldmkit.schedules import ScheduleSpec
+from ldmkit.schema import builtin_registry
 from ldmkit.specs import ComponentSpec, PipelineSpec, StrictModel, dump_spec, format_validation_error, validate_spec
 
 ROOT = Path(__file__).resolve().parent.parent
