@@ -106,7 +106,7 @@ def _finite_float(t: Tensor, what: str) -> Tensor:
 
 
 def _problems(exc: ValidationError) -> str:
-    return format_validation_error(exc)
+    return format_validation_error(exc, top=None)
 
 
 def image_input(data: Any, what: str = "image") -> Tensor:

@@ -88,6 +88,12 @@ class ComponentSpec(StrictModel):
                 raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
         return self
 
+    def __eq__(self, other: object) -> bool:
+        # what the spec says, not whether (or by which registry) it has been validated
+        if not isinstance(other, ComponentSpec):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
     def bind(self, registry: Registry, params: BaseModel) -> None:
         """Remember ``params`` (this spec's params validated by ``registry``'s component ``Params``)."""
         self._validated = (weakref.ref(registry), self.type, copy.deepcopy(self.params), params)

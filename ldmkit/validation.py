@@ -25,16 +25,20 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
-def format_errors(errors: Iterable[dict[str, Any]], prefix: str = "") -> str:
-    """Pydantic error records as one ``field.path: message`` per problem, joined by ``"; "``."""
+def format_errors(errors: Iterable[dict[str, Any]], prefix: str = "", top: str | None = "(top level)") -> str:
+    """Pydantic error records as one ``field.path: message`` per problem, joined by ``"; "``.
+
+    A problem of the whole value (no field path) is named ``top``, or given as the bare message
+    when ``top`` is None (where the caller's message already names the value).
+    """
     head = [p for p in prefix.split(".") if p] if prefix else []
     lines = []
     for err in errors:
-        loc = ".".join(str(p) for p in head + list(err["loc"]))
-        lines.append(f"{loc or '(top level)'}: {err['msg']}")
+        loc = ".".join(str(p) for p in head + list(err["loc"])) or top
+        lines.append(f"{loc}: {err['msg']}" if loc else err["msg"])
     return "; ".join(lines)
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+def format_validation_error(exc: ValidationError, prefix: str = "", top: str | None = "(top level)") -> str:
     """The message users see for ``exc``: one ``field.path: message`` per problem, under ``prefix``."""
-    return format_errors(exc.errors(), prefix)
+    return format_errors(exc.errors(), prefix, top)
