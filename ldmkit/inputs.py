@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 from torch import Tensor
 
 from ldmkit.errors import InputError
+from ldmkit.validation import format_validation_error
 
 __all__ = [
     "LayoutObject",
@@ -105,7 +106,7 @@ def _finite_float(t: Tensor, what: str) -> Tensor:
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(": ".join(filter(None, (".".join(map(str, e["loc"])), e["msg"]))) for e in exc.errors())
+    return format_validation_error(exc, top=None)
 
 
 def image_input(data: Any, what: str = "image") -> Tensor:

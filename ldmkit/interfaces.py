@@ -20,6 +20,7 @@ from ldmkit.conditioning import Conditioning
 from ldmkit.errors import InputError
 from ldmkit.options import SampleOptions
 from ldmkit.schedules import NoiseSchedule
+from ldmkit.validation import StrictModel, format_validation_error
 
 __all__ = [
     "Component",
@@ -43,10 +44,13 @@ Prediction = Literal["eps", "x0", "v"]
 Slot = Literal["crossattn", "concat", "vector"]
 
 
-class Params(BaseModel):
-    """Base of every component's ``Params``: strict, unknown keys rejected, immutable, finite numbers only."""
+class Params(StrictModel):
+    """Base of every component's ``Params``: a :class:`~ldmkit.validation.StrictModel` that is also immutable.
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    Describe each field with ``Field(description=...)`` or a docstring under it.
+    """
+
+    model_config = ConfigDict(frozen=True)
 
 
 class _Configurable:
@@ -69,8 +73,7 @@ class _Configurable:
             try:
                 params = cls.Params.model_validate(dict(params or {}))
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(params)'}: {e['msg']}" for e in exc.errors())
-                raise SpecError(f"{cls.kind} {cls.name!r} params: {problems}") from None
+                raise SpecError(f"{cls.kind} {cls.name!r}: {format_validation_error(exc, 'params')}") from None
         return cls(params)
 
 
@@ -231,8 +234,7 @@ class Task(_Configurable, ABC):
         try:
             return self.Request.model_validate(inputs)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"task {self.name!r}: {problems}") from None
+            raise InputError(f"task {self.name!r}: {format_validation_error(exc)}") from None
 
     @abstractmethod
     def run(self, pipeline: Any, request: BaseModel, options: SampleOptions) -> Tensor:

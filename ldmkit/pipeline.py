@@ -131,7 +131,10 @@ class Pipeline:
             spec = validate_spec(spec_or_path, registry)
         parts: dict[str, Any] = {}
         for field_name, comp in spec.components().items():
-            parts[field_name] = build_component(registry, field_name, comp.type, comp.params)
+            # the spec carries its validated Params: the component is built from them as they are
+            parts[field_name] = build_component(
+                registry, field_name, comp.type, comp.params_for(registry) or comp.params
+            )
         schedule = NoiseSchedule.from_spec(spec.schedule)
         return cls(schedule=schedule, scale_factor=spec.scale_factor, spec=spec, registry=registry, **parts)
 
@@ -235,7 +238,7 @@ class Pipeline:
         registry = registry or self.registry
         comp = self.spec.tasks.get(name) if self.spec is not None else None
         if comp is not None:
-            return build_component(registry, "task", comp.type, comp.params)
+            return build_component(registry, "task", comp.type, comp.params_for(registry) or comp.params)
         if self.spec is not None and self.spec.tasks:
             served = ", ".join(sorted(self.spec.tasks))
             raise SpecError(f"this pipeline does not serve task {name!r}; it serves: {served}")

@@ -7,16 +7,18 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import Tensor
+
+from ldmkit.validation import StrictModel
 
 __all__ = ["NoiseSchedule", "ScheduleSpec", "make_betas"]
 
 
-class ScheduleSpec(BaseModel):
+class ScheduleSpec(StrictModel):
     """How the betas of the forward process are made (CompVis ``make_beta_schedule``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True)
 
     beta_schedule: Literal["linear", "scaled_linear", "cosine", "sqrt_linear", "sqrt"] = "linear"
     linear_start: float = Field(0.00085, gt=0, lt=1)

@@ -5,25 +5,34 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import threading
+import weakref
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, model_validator
 
 from ldmkit.specs import ComponentSpec, PipelineSpec, SamplingSpec
 
+if TYPE_CHECKING:
+    from ldmkit.registry import Registry
+
 __all__ = [
+    "BUILTIN_DISTRIBUTION",
     "PIPELINE_SCHEMA",
     "SPEC_KINDS",
     "all_schemas",
+    "builtin_registry",
     "drifted",
     "pipeline_model",
     "pipeline_schema",
     "render",
+    "typed_spec_model",
     "write_schemas",
 ]
 
 PIPELINE_SCHEMA = "pipeline.schema.json"
+BUILTIN_DISTRIBUTION = "ldmkit"
 SPEC_KINDS = ("first_stage", "denoiser", "conditioner")
 
 
@@ -33,19 +42,35 @@ def _description(cls: type) -> dict[str, Any] | None:
     return {"description": doc.splitlines()[0]} if doc else None
 
 
+def _params_model(kind: str, name: str, params_cls: type[BaseModel]) -> type[BaseModel]:
+    """``params_cls`` under a name of its own (so the many classes called ``Params`` get distinct
+    ``$defs`` entries) whose validation returns a genuine ``params_cls`` instance."""
+
+    def _as_declared(cls, data: Any, handler: Any, info: ValidationInfo) -> BaseModel:
+        if isinstance(data, params_cls):
+            return data
+        return params_cls.model_validate(data, context=info.context)
+
+    return create_model(
+        f"{kind}-{name}-params",
+        __base__=params_cls,
+        __doc__=params_cls.__doc__,
+        __validators__={"_as_declared": model_validator(mode="wrap")(_as_declared)},
+    )
+
+
 def _component_model(kind: str, name: str, cls: type) -> type[BaseModel]:
     """``{type: Literal[name], params: Params}`` for one registered component."""
-    # a subclass with its own name, so the $defs entries of the many classes called ``Params`` differ
-    params = create_model(f"{kind}-{name}-params", __base__=cls.Params, __doc__=cls.Params.__doc__)
+    params = _params_model(kind, name, cls.Params)
     return create_model(
         f"{kind}-{name}",
         __config__=ConfigDict(extra="forbid", title=f"{kind}: {name}", json_schema_extra=_description(cls)),
         type=(Literal[name], ...),
-        params=(params, Field(default_factory=params)),
+        params=(params, Field(default_factory=dict, validate_default=True)),
     )
 
 
-def _slot_type(kind: str, registry) -> Any:
+def _slot_type(kind: str, registry: Registry) -> Any:
     """The discriminated union (on ``type``) of every registered component of ``kind``."""
     models = [_component_model(kind, name, registry.get(kind, name)) for name in registry.names(kind)]
     if not models:
@@ -55,11 +80,13 @@ def _slot_type(kind: str, registry) -> Any:
     return Annotated[functools.reduce(operator.or_, models), Field(discriminator="type")]
 
 
-def pipeline_model(registry=None) -> type[PipelineSpec]:
+def pipeline_model(registry: Registry | None = None) -> type[PipelineSpec]:
     """A pydantic model of the pipeline spec whose component slots list the registered components.
 
     Each slot is a union, discriminated by ``type``, of ``{type: Literal[name], params: Params}``
     models made from the registry, so the JSON Schema names every component and its parameters.
+    Validating with it yields each component's own ``Params`` instance; :func:`ldmkit.specs.validate_spec`
+    validates every spec with it (see :func:`typed_spec_model`).
     """
     from ldmkit.registry import get_registry
 
@@ -69,16 +96,83 @@ def pipeline_model(registry=None) -> type[PipelineSpec]:
         "denoiser": (_slot_type("denoiser", registry), ...),
         "conditioner": (_slot_type("conditioner", registry) | None, None),
     }
+    if registry.names("task"):
+        fields["tasks"] = (
+            dict[str, _slot_type("task", registry)],  # type: ignore[misc]
+            Field(default_factory=dict, description=PipelineSpec.model_fields["tasks"].description),
+        )
     samplers = registry.names("sampler")
     if samplers:
         sampling = create_model(
             "SamplingSpec",
             __base__=SamplingSpec,
             __doc__=SamplingSpec.__doc__,
-            sampler=(Literal[tuple(samplers)], SamplingSpec.model_fields["sampler"].default),
+            # a sampler's name, or {type, params} checked by that sampler's own Params
+            sampler=(_sampler_choice(samplers, registry), SamplingSpec.model_fields["sampler"].default),
         )
         fields["sampling"] = (sampling, Field(default_factory=sampling))
     return create_model("PipelineSpec", __base__=PipelineSpec, __doc__=PipelineSpec.__doc__, **fields)
+
+
+def _sampler_choice(samplers: list[str], registry: Registry) -> Any:
+    """A registered sampler's name, or ``{type, params}`` checked by that sampler's own ``Params``.
+
+    Told apart by the value's form, so an error speaks of the one form that was meant.
+    """
+    from pydantic import Discriminator, Tag
+
+    return Annotated[
+        Annotated[Literal[tuple(samplers)], Tag("name")]  # type: ignore[valid-type]
+        | Annotated[_slot_type("sampler", registry), Tag("ref")],
+        Discriminator(lambda value: "name" if isinstance(value, str) else "ref"),
+    ]
+
+
+# per registry (by identity), with the components it held when the model was made
+_models: dict[int, tuple[weakref.ref, tuple, type[PipelineSpec]]] = {}
+_models_lock = threading.Lock()
+
+
+def _fingerprint(registry: Registry) -> tuple:
+    return tuple(sorted((kind, name, id(info.cls)) for (kind, name), info in registry.components.items()))
+
+
+def typed_spec_model(registry: Registry) -> type[PipelineSpec]:
+    """:func:`pipeline_model` of ``registry``, made once per registry (again if its components change)."""
+    fingerprint = _fingerprint(registry)
+    with _models_lock:
+        cached = _models.get(id(registry))
+        if cached is not None and cached[0]() is registry and cached[1] == fingerprint:
+            return cached[2]
+    model = pipeline_model(registry)
+    with _models_lock:
+        key = id(registry)
+        _models[key] = (weakref.ref(registry, lambda _ref: _models.pop(key, None)), fingerprint, model)
+    return model
+
+
+def builtin_registry() -> Registry:
+    """A registry of the built-in plugins only: the entry points of the ``ldmkit`` distribution.
+
+    The checked-in schemas are made from it, so they do not depend on which third-party plugins
+    happen to be installed (nor on ``LDMKIT_LOAD_PLUGINS``).
+    """
+    from importlib import metadata
+
+    from ldmkit.errors import PluginError
+    from ldmkit.registry import ENTRY_POINT_GROUP, PluginInfo, Registry, make_plugin_manager
+
+    registry = Registry(strict=True, manager=make_plugin_manager())
+    seen: set[tuple[str, str]] = set()
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = ep.dist
+        if dist is None or dist.metadata["Name"] != BUILTIN_DISTRIBUTION or (ep.name, ep.value) in seen:
+            continue
+        seen.add((ep.name, ep.value))
+        registry.add_plugin(ep.load(), PluginInfo(ep.name, BUILTIN_DISTRIBUTION, dist.version))
+    if not seen:
+        raise PluginError(f"no entry points of the {BUILTIN_DISTRIBUTION!r} distribution are installed")
+    return registry
 
 
 def pipeline_schema(registry=None) -> dict[str, Any]:

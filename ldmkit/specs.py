@@ -6,18 +6,26 @@ Nothing in a spec is ever imported or executed: a ``type`` is a key into the plu
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import weakref
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ldmkit import strict_json
 from ldmkit.errors import SpecError, UnknownComponentError
 from ldmkit.options import SamplerChoice
 from ldmkit.schedules import ScheduleSpec
+from ldmkit.validation import StrictModel, format_errors, format_validation_error
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from ldmkit.registry import Registry
 
 __all__ = [
     "MAX_SPEC_BYTES",
@@ -25,6 +33,7 @@ __all__ = [
     "ComponentSpec",
     "PipelineSpec",
     "SamplingSpec",
+    "StrictModel",
     "dump_spec",
     "format_validation_error",
     "load_spec",
@@ -37,16 +46,24 @@ SPEC_VERSION = 1
 MAX_SPEC_BYTES = 1 << 20  # a spec is a small text file
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+_Strict = StrictModel
 
 
-class ComponentSpec(_Strict):
-    """One component: its registered ``type`` and the parameters its ``Params`` validates."""
+class ComponentSpec(StrictModel):
+    """One component: its registered ``type`` and the parameters its ``Params`` validates.
+
+    ``params`` keeps what the spec says (and is what a saved spec writes); once the spec is
+    validated against a registry, :meth:`params_for` gives the validated ``Params`` instance the
+    component is built from. A subclass that sets ``kind`` (a composite conditioner's parts) has its
+    params validated whenever the registry is passed as validation context (``{"registry": ...}``).
+    """
+
+    kind: ClassVar[str | None] = None
 
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # (registry, type, params as validated, Params instance): reused while type and params are unchanged
+    _validated: tuple[Any, str, dict[str, Any], BaseModel] | None = PrivateAttr(default=None)
 
     @field_validator("type")
     @classmethod
@@ -57,6 +74,39 @@ class ComponentSpec(_Strict):
                 "specs name registered components, never import paths"
             )
         return value
+
+    @model_validator(mode="after")
+    def _params_of_kind(self, info: ValidationInfo) -> ComponentSpec:
+        registry = (info.context or {}).get("registry") if info is not None else None
+        if self.kind is not None and registry is not None:
+            cls = registry.get(self.kind, self.type)  # an UnknownComponentError reaches validate_spec
+            try:
+                self.bind(registry, cls.Params.model_validate(self.params, context=info.context))
+            except ValidationError as exc:  # name the field as the spec does: <part>.params.<field>
+                errors = [{k: v for k, v in e.items() if k != "url"} for e in exc.errors()]
+                for e in errors:
+                    e["loc"] = ("params", *e["loc"])
+                raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        # what the spec says, not whether (or by which registry) it has been validated
+        if not isinstance(other, ComponentSpec):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def bind(self, registry: Registry, params: BaseModel) -> None:
+        """Remember ``params`` (this spec's params validated by ``registry``'s component ``Params``)."""
+        self._validated = (weakref.ref(registry), self.type, copy.deepcopy(self.params), params)
+
+    def params_for(self, registry: Registry) -> BaseModel | None:
+        """The validated ``Params`` if this spec was validated against ``registry`` and is unchanged since."""
+        if self._validated is None:
+            return None
+        ref, type_, raw, params = self._validated
+        if ref() is not registry or type_ != self.type or raw != self.params:
+            return None
+        return params
 
 
 class SamplingSpec(_Strict):
@@ -70,7 +120,7 @@ class SamplingSpec(_Strict):
     guidance_scale: float = Field(1.0, ge=0.0)
 
 
-class PipelineSpec(_Strict):
+class PipelineSpec(StrictModel):
     """A whole pipeline as data."""
 
     version: Literal[1] = SPEC_VERSION
@@ -99,15 +149,6 @@ class PipelineSpec(_Strict):
         if self.conditioner is not None:
             out["conditioner"] = self.conditioner
         return out
-
-
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line per problem, each naming the field path."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(err["loc"]))
-        lines.append(f"{loc or '(top level)'}: {err['msg']}")
-    return "; ".join(lines)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -187,40 +228,93 @@ def read_document(path: str | Path) -> dict[str, Any]:
     return parse_document(text, str(path))
 
 
-def validate_spec(data: dict[str, Any] | PipelineSpec, registry=None, source: str = "spec") -> PipelineSpec:
-    """Validate the structure, then each component's params against its registered ``Params``."""
-    from ldmkit.registry import get_registry
+def validate_spec(
+    data: dict[str, Any] | PipelineSpec, registry: Registry | None = None, source: str = "spec"
+) -> PipelineSpec:
+    """Validate a spec against ``registry``'s components; the result carries each component's validated ``Params``.
+
+    The structure is checked first, then every ``type`` is looked up (an unknown one raises
+    :class:`UnknownComponentError` with suggestions), then the whole spec is validated once by the
+    typed model of :func:`ldmkit.schema.pipeline_model`, whose ``Params`` instances are kept on the
+    component specs (:meth:`ComponentSpec.params_for`) so that building does not validate again.
+    """
+    from ldmkit.building import current_registry
+    from ldmkit.schema import typed_spec_model
 
     if isinstance(data, PipelineSpec):
         spec = data
+        if registry is not None and _validated_by(spec, registry):
+            return spec  # validated before by the same registry and unchanged since
     else:
         try:
             spec = PipelineSpec.model_validate(data)
         except ValidationError as exc:
             raise SpecError(f"{source}: {format_validation_error(exc)}") from None
-    registry = registry or get_registry()
+    registry = registry or current_registry()
+    typed = _typed_document(spec, registry, source)
+    try:
+        checked = typed_spec_model(registry).model_validate(typed, context={"registry": registry})
+    except ValidationError as exc:
+        errors = _untagged(exc, typed)
+        for err in errors:  # a part of a composite names an unknown component
+            if isinstance(unknown := err.get("ctx", {}).get("error"), UnknownComponentError):
+                where = ".".join(map(str, err["loc"]))
+                raise UnknownComponentError(f"{source}: {where}.type: {unknown}") from None
+        raise SpecError(f"{source}: {format_errors(errors)}") from None
     for field_name, comp in spec.components().items():
-        try:
-            cls = registry.get(field_name, comp.type)
-        except UnknownComponentError as exc:
-            raise UnknownComponentError(f"{source}: {field_name}.type: {exc}") from None
-        try:
-            cls.Params.model_validate(comp.params)
-        except ValidationError as exc:
-            raise SpecError(f"{source}: {format_validation_error(exc, f'{field_name}.params')}") from None
+        comp.bind(registry, getattr(checked, field_name).params)
     for task_name, comp in spec.tasks.items():
-        try:
-            cls = registry.get("task", comp.type)
-        except UnknownComponentError as exc:
-            raise UnknownComponentError(f"{source}: tasks.{task_name}.type: {exc}") from None
-        try:
-            cls.Params.model_validate(comp.params)
-        except ValidationError as exc:
-            raise SpecError(f"{source}: {format_validation_error(exc, f'tasks.{task_name}.params')}") from None
+        comp.bind(registry, checked.tasks[task_name].params)
     from ldmkit.options import validate_sampler_params
 
     validate_sampler_params(registry, spec.sampling.sampler, where=f"{source}: sampling.sampler", error=SpecError)
     return spec
+
+
+def _validated_by(spec: PipelineSpec, registry: Registry) -> bool:
+    comps = [*spec.components().values(), *spec.tasks.values()]
+    return all(comp.params_for(registry) is not None for comp in comps)
+
+
+def _typed_document(spec: PipelineSpec, registry: Registry, source: str) -> dict[str, Any]:
+    """The spec as a mapping for the typed model, every ``type`` replaced by its registered (not alias) name."""
+
+    def canonical(kind: str, name: str, where: str) -> str:
+        try:
+            registry.get(kind, name)  # warns once for a deprecated name
+            return registry.info(kind, name).name
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"{source}: {where}: {exc}") from None
+
+    document = spec.model_dump(mode="python")
+    for field_name, comp in spec.components().items():
+        document[field_name]["type"] = canonical(field_name, comp.type, f"{field_name}.type")
+    for task_name, comp in spec.tasks.items():
+        document["tasks"][task_name]["type"] = canonical("task", comp.type, f"tasks.{task_name}.type")
+    sampling = document.get("sampling", {})
+    sampler = sampling.get("sampler")
+    if isinstance(sampler, str):
+        sampling["sampler"] = canonical("sampler", sampler, "sampling.sampler")
+    elif isinstance(sampler, dict) and isinstance(sampler.get("type"), str):  # {type, params} (a SamplerRef dump)
+        sampling["sampler"] = {**sampler, "type": canonical("sampler", sampler["type"], "sampling.sampler.type")}
+    return document
+
+
+def _untagged(exc: ValidationError, document: dict[str, Any]) -> list[dict[str, Any]]:
+    """``exc``'s errors with the union tags (component names) taken out of their field paths."""
+    out = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        if loc and loc[0] in ("first_stage", "denoiser", "conditioner") and loc[1:2] == [document[loc[0]]["type"]]:
+            del loc[1]
+        elif loc[:1] == ["tasks"] and len(loc) > 2 and loc[2] == document["tasks"].get(loc[1], {}).get("type"):
+            del loc[2]
+        elif loc[:3] == ["sampling", "sampler", "ref"] and len(loc) > 3:
+            del loc[2:4]  # the form tag and the sampler's name: sampling.sampler.params.<field>
+        elif loc[:3] == ["sampling", "sampler", "name"]:
+            del loc[2]
+        out.append({**err, "loc": tuple(loc)})
+    return out
 
 
 def load_spec(path: str | Path, registry=None) -> PipelineSpec:

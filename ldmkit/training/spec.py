@@ -5,17 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ldmkit.errors import SpecError
-from ldmkit.specs import ComponentSpec, PipelineSpec, format_validation_error, read_document
+from ldmkit.specs import ComponentSpec, PipelineSpec, StrictModel, format_validation_error, read_document
 
 TRAIN_SPEC_VERSION = 1
-
-
-class _Strict(BaseModel):
-    # NaN or Inf in a setting (``--set optimizer.lr=.inf``) can only end in non-finite weights
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DatasetSpec(ComponentSpec):
@@ -31,7 +26,7 @@ class DatasetSpec(ComponentSpec):
     )
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(StrictModel):
     """AdamW with a linear warm-up of the learning rate (``LambdaLinearScheduler`` of the original)."""
 
     lr: float = Field(1.0e-4, gt=0)
@@ -48,7 +43,7 @@ class OptimizerSpec(_Strict):
         return value
 
 
-class EMASpec(_Strict):
+class EMASpec(StrictModel):
     """Exponential moving average of the trained weights (``LitEma`` of the original)."""
 
     decay: float = Field(0.9999, gt=0, lt=1)
@@ -56,7 +51,7 @@ class EMASpec(_Strict):
     warmup: bool = Field(True, description="use min(decay, (1 + n) / (10 + n)) after n updates, as LitEma does")
 
 
-class AutoencoderLossSpec(_Strict):
+class AutoencoderLossSpec(StrictModel):
     """Reconstruction + regularizer + patch-GAN losses of the first-stage training."""
 
     l1_weight: float = Field(1.0, ge=0, description="weight of |x - x_rec|")
@@ -76,7 +71,7 @@ class AutoencoderLossSpec(_Strict):
     adaptive_weight: bool = Field(True, description="balance the GAN term by the ratio of last-layer gradients")
 
 
-class DistributedSpec(_Strict):
+class DistributedSpec(StrictModel):
     """How a run spreads over several processes (``torchrun`` or ``ldmkit train --nproc N``)."""
 
     strategy: Literal["ddp", "fsdp"] = Field(
@@ -90,7 +85,7 @@ class DistributedSpec(_Strict):
     )
 
 
-class _TrainCommon(_Strict):
+class _TrainCommon(StrictModel):
     version: Literal[1] = TRAIN_SPEC_VERSION
     dataset: DatasetSpec
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)

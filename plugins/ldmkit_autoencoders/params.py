@@ -19,11 +19,13 @@ class AutoencoderParams(ldmkit.Params):
     out_ch: int = Field(3, ge=1, description="image channels produced by the decoder")
     ch: int = Field(128, ge=1, description="base width; level i has ch * ch_mult[i] channels")
     ch_mult: list[int] = Field(default_factory=lambda: [1, 2, 4, 4], min_length=1)
+    """Width multiplier of each level; one level per entry, each but the last halves the size."""
     num_res_blocks: int = Field(2, ge=1, description="resnet blocks per encoder level (decoder: one more)")
     attn_resolutions: list[int] = Field(
         default_factory=list, description="feature-map sizes (relative to `resolution`) that get self-attention"
     )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout in the residual blocks in training."""
 
     @model_validator(mode="after")
     def _widths_fit_group_norm(self) -> AutoencoderParams:

@@ -30,7 +30,9 @@ class VQAutoencoder(VQCompVis, VQDiffusers, ldmkit.FirstStage):
     class Params(AutoencoderParams):
         double_z: bool = Field(False, description="must be false: the VQ encoder outputs z_channels")
         z_channels: int = Field(3, ge=1)
+        """Channels of the encoder output before quant_conv."""
         ch_mult: list[int] = Field(default_factory=lambda: [1, 2, 4], min_length=1)
+        """Width multiplier of each level; one level per entry, each but the last halves the size."""
         embed_dim: int = Field(3, ge=1, description="codebook vector size = latent channels")
         n_embed: int = Field(8192, ge=1, description="codebook size")
         beta: float = Field(0.25, ge=0.0, description="weight of the (legacy: codebook) loss term")

@@ -27,8 +27,10 @@ class ClassEmbedder(ClassEmbedderCompVis, ClassEmbedderDiffusers, Conditioner):
     class Params(Params):
         embed_dim: int = Field(gt=0, description="embedding width (the UNet's context_dim)")
         n_classes: int = Field(1000, gt=0)
+        """Number of classes; ids lie in [0, n_classes)."""
         key: str = Field("class", description="accepted for CompVis configs; unused")
         target: Literal["crossattn", "vector"] = "crossattn"
+        """crossattn: a one-token context of width embed_dim; vector: the ids go to the UNet's label_emb."""
         null_class: int | None = Field(None, description="class id that means 'no class' (for guidance)")
 
         @model_validator(mode="after")

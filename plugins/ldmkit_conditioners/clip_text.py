@@ -39,13 +39,20 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
 
     class Params(Params):
         vocab_size: int = Field(49408, gt=0)
+        """Tokens of the CLIP byte-pair vocabulary."""
         hidden_size: int = Field(768, gt=0)
+        """Width of the text transformer (the UNet's context_dim)."""
         intermediate_size: int = Field(3072, gt=0)
+        """Width of each feed-forward layer."""
         num_hidden_layers: int = Field(12, ge=1)
+        """Transformer layers."""
         num_attention_heads: int = Field(12, ge=1)
+        """Attention heads per layer."""
         max_position_embeddings: int = Field(77, ge=2, description="also the number of tokens per prompt")
         hidden_act: Literal["quick_gelu", "gelu"] = "quick_gelu"
+        """Activation of the feed-forward layers: quick_gelu (OpenAI CLIP) or gelu."""
         layer_norm_eps: float = Field(1e-5, gt=0)
+        """Epsilon of the layer norms."""
         trainable: bool = Field(False, description="False freezes the weights, as Stable Diffusion does")
 
         @model_validator(mode="after")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
 from ldmkit import (
@@ -22,18 +22,22 @@ from ldmkit.building import building_with, current_registry
 from ldmkit.checks import check_batch, host_to_device
 from ldmkit.conditioning import SLOTS
 from ldmkit.interfaces import Slot
+from ldmkit.specs import ComponentSpec
 
 if TYPE_CHECKING:
     from ldmkit.registry import Registry
 
 
-class PartSpec(BaseModel):
-    """One part: a registered conditioner ``type``, its ``params``, and its guidance-dropout probability."""
+class PartSpec(ComponentSpec):
+    """One part: a registered conditioner ``type``, its ``params``, and its guidance-dropout probability.
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    A part is a component spec of kind ``conditioner``: a spec validated against a registry has each
+    part's ``params`` validated by that conditioner's ``Params`` too.
+    """
 
-    type: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    kind: ClassVar[str | None] = "conditioner"
+    model_config = ConfigDict(frozen=True)
+
     dropout: float = Field(0.0, ge=0.0, le=1.0, description="probability of the unconditional input in training")
     weight: float = Field(1.0, gt=0.0, description="'one-part' training: relative chance that this part is kept")
 
@@ -53,6 +57,7 @@ class CompositeConditioner(Conditioner):
 
     class Params(Params):
         parts: dict[str, PartSpec] = Field(min_length=1)
+        """The conditioners side by side: part name -> {type, params, dropout, weight}."""
         training_mode: Literal["independent", "one-part"] = Field(
             "independent",
             description="independent: each part dropped with its own 'dropout'; one-part: each sample keeps one "
@@ -82,7 +87,7 @@ class CompositeConditioner(Conditioner):
                 raise UnknownComponentError(f"composite part {part_name!r}: {exc}") from None
             try:
                 with building_with(registry):  # a part's own children come from the same registry
-                    self.parts[part_name] = cls.from_params(spec.params)
+                    self.parts[part_name] = cls.from_params(spec.params_for(registry) or spec.params)
             except (ValidationError, SpecError) as exc:
                 raise SpecError(f"composite part {part_name!r} ({spec.type}): {exc}") from None
         filled = [slot for part in self.parts.values() for slot in part.slots]

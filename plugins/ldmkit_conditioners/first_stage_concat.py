@@ -51,8 +51,11 @@ class MaskedImageConditioner(Conditioner):
     class Params(Params):
         scale_factor: float = Field(1.0, gt=0, description="multiplies the encoded masked image")
         mask_resize: Literal["nearest", "area"] = "nearest"
+        """How the mask is resized to the latent: nearest or area (fractional coverage)."""
         convention: Literal["ldm", "zero"] = "ldm"
+        """ldm: hole -1, mask channel in {-1, 1} (the paper's model); zero: hole 0, mask in {0, 1} (SD inpainting)."""
         mask_first: bool = False
+        """Put the mask channel before the latent channels instead of after them."""
         hole: Literal["constant", "blur"] = Field(
             "constant", description="constant: the convention's value (-1 or 0); blur: painted from the known pixels"
         )

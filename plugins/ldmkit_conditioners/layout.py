@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
-from ldmkit.checks import check_batch, host_to_device, index_tensor
+from ldmkit.checks import check_batch, format_validation_error, host_to_device, index_tensor
 from ldmkit.interfaces import Slot
+from ldmkit.specs import StrictModel
 from ldmkit_conditioners.box_map import box_map
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 
@@ -32,10 +33,10 @@ def _ids_needed(n_classes: int, coord_bins: int, coordinates: str) -> int:
     return max(n_classes, coord_bins**2) if coordinates == "corner-cells" else n_classes + coord_bins
 
 
-class LayoutObject(BaseModel):
+class LayoutObject(StrictModel):
     """One object: a class (id or name) and its box ``[x0, y0, x1, y1]`` as fractions of the image."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     label: int | str
     box: list[float] = Field(min_length=4, max_length=4)
@@ -59,9 +60,11 @@ class LayoutConditioner(Conditioner):
 
     class Params(Params):
         n_classes: int = Field(gt=0)
+        """Object classes; labels are ids in [0, n_classes) or names from class_names."""
         class_names: list[str] | None = Field(None, description="names of the classes, so labels can be names")
         coord_bins: int = Field(64, ge=2, description="grid cells per axis for box corners")
         max_objects: int = Field(30, gt=0)
+        """Most objects in one layout (the token sequence is padded to this many)."""
         encode_crop: bool = Field(False, description="append the crop's corner tokens (the paper's models do)")
         coordinates: Literal["corner-cells", "separate"] = Field(
             "corner-cells",
@@ -70,8 +73,11 @@ class LayoutConditioner(Conditioner):
         )
         vocab_size: int | None = Field(None, gt=1, description="default: max(n_classes, coord_bins**2) + 1")
         n_embed: int = Field(512, gt=0)
+        """Width of the token embeddings (the UNet's context_dim)."""
         n_layer: int = Field(16, ge=1)
+        """Number of (attention, feed-forward) blocks."""
         embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        """Dropout on the token embeddings in training."""
         spatial_map: list[PositiveInt] | None = Field(
             None,
             min_length=2,
@@ -150,8 +156,7 @@ class LayoutConditioner(Conditioner):
             try:
                 obj = obj if isinstance(obj, LayoutObject) else LayoutObject.model_validate(obj)
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'object'}: {e['msg']}" for e in exc.errors())
-                raise InputError(f"layout object {index}: {problems}") from None
+                raise InputError(f"layout object {index}: {format_validation_error(exc)}") from None
             out.append((self.label_id(obj.label), list(obj.box)))
         return out
 

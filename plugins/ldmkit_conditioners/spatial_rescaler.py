@@ -32,11 +32,16 @@ class SpatialRescaler(SpatialRescalerCompVis, Conditioner):
 
     class Params(Params):
         n_stages: int = Field(1, ge=0)
+        """Successive interpolations by multiplier (0 keeps the size)."""
         method: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"
+        """Interpolation mode of each stage."""
         multiplier: float = Field(0.5, gt=0)
+        """Scale factor of each stage."""
         in_channels: int = Field(3, gt=0)
+        """Channels of the input map."""
         out_channels: int | None = Field(None, gt=0, description="adds a 1x1 conv to this many channels")
         bias: bool = False
+        """Give the 1x1 channel mapper (out_channels) a bias."""
         uncond_value: float = Field(0.0, description="value of the unconditional map")
         one_hot: bool = Field(
             False, description="also accept maps of class ids (B, H, W), one-hot encoded into in_channels classes"

@@ -32,9 +32,12 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
         n_embed: int = Field(gt=0, description="width of the embeddings (the UNet's context_dim)")
         n_layer: int = Field(ge=1, description="number of (attention, feed-forward) blocks")
         vocab_size: int = Field(30522, gt=0)
+        """Token ids the embedding table holds."""
         max_seq_len: int = Field(77, gt=0)
+        """Tokens per prompt (longer prompts are cut, shorter ones padded)."""
         use_tokenizer: bool = Field(False, description="the original's BERT tokenizer; not bundled, keep false")
         embedding_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+        """Dropout on the token embeddings in training."""
         tokenizer: Literal["words"] | None = Field(None, description="'words' turns strings into ids")
         vocabulary: list[str] | None = Field(None, description="the words of the 'words' tokenizer")
 

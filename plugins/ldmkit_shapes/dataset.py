@@ -35,15 +35,21 @@ class ShapesDataset(Dataset):
 
     class Params(ldmkit.Params):
         seed: int = Field(0, ge=0)
+        """Sample i is a pure function of (seed, i)."""
         size: int = Field(1_000_000, ge=1)
+        """Number of samples (the dataset's length)."""
         min_objects: int = Field(1, ge=1, le=3)
+        """Fewest objects in a scene."""
         max_objects: int = Field(3, ge=1, le=3)
+        """Most objects in a scene."""
         single_object: bool = False
         """Every scene has exactly one object (class-conditional training)."""
         single_object_fraction: float = Field(0.0, ge=0.0, le=1.0)
         """Fraction of samples forced to exactly one object (the rest use min/max_objects)."""
         mask_min: int = Field(16, ge=1, le=SIZE)
+        """Smallest side of an inpainting mask, in pixels."""
         mask_max: int = Field(40, ge=1, le=SIZE)
+        """Largest side of an inpainting mask, in pixels."""
 
         @model_validator(mode="after")
         def _ranges(self) -> ShapesDataset.Params:

@@ -61,6 +61,7 @@ class Semantic2ImgTask(ConditionedTask):
 
 class SuperresParams(TaskParams):
     factor: int = Field(4, ge=1, le=16)
+    """Upscaling factor of the low-resolution input."""
 
 
 class ImageRequest(Request):

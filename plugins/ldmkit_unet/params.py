@@ -20,27 +20,46 @@ class UNetParams(ldmkit.Params):
     in_channels: int = Field(gt=0, description="latent channels plus concatenated conditioning channels")
     model_channels: int = Field(gt=0, description="base width; level widths are model_channels * channel_mult")
     out_channels: int = Field(gt=0)
+    """Channels the UNet predicts (the latent channels)."""
     num_res_blocks: int = Field(ge=1, description="residual blocks per level")
     attention_resolutions: list[int] = Field(description="downsampling factors (1, 2, 4, ...) that get attention")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout in the residual blocks in training."""
     channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], min_length=1)
+    """Width multiplier of each level; one level per entry."""
     conv_resample: bool = True
+    """Downsample and upsample with convolutions (else pooling and plain interpolation)."""
     dims: int = 2
+    """Spatial dimensions; only 2 is supported."""
     num_classes: int | None = Field(None, ge=1, description="class-conditional through label_emb when set")
     use_checkpoint: bool = False
+    """Accepted for config compatibility; no effect."""
     use_fp16: bool = False
+    """Accepted for config compatibility; no effect."""
     num_heads: int = -1
+    """Attention heads per block, or -1 to derive them from num_head_channels."""
     num_head_channels: int = -1
+    """Channels per attention head, or -1 to use num_heads."""
     num_heads_upsample: int = -1
+    """Attention heads in the upsampling half, or -1 for num_heads."""
     use_scale_shift_norm: bool = False
+    """The timestep embedding scales and shifts the normalized features (FiLM) instead of being added."""
     resblock_updown: bool = False
+    """Downsample and upsample with residual blocks."""
     use_new_attention_order: bool = False
+    """Split qkv before the heads (the newer layout of the fused projection)."""
     use_spatial_transformer: bool = False
+    """Attention blocks are spatial transformers with cross-attention to the context."""
     transformer_depth: int = Field(1, ge=1)
+    """Transformer blocks per spatial transformer."""
     context_dim: int | None = Field(None, ge=1)
+    """Width of the cross-attention context (the conditioner's output width)."""
     n_embed: int | None = None
+    """Predicting codebook ids; not supported, leave unset."""
     legacy: bool = True
+    """The original's per-head width rule for spatial transformers (always ch // num_heads)."""
     prediction: Literal["eps", "x0", "v"] = "eps"
+    """What the network predicts: eps (the noise), x0 (the clean latent) or v."""
 
     @model_validator(mode="after")
     def _consistent(self) -> UNetParams:
