@@ -9,7 +9,6 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -351,12 +350,37 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def generate(pipeline: Pipeline, task_name: str, inputs: dict[str, Any], options: SampleOptions) -> tuple[Tensor, Any]:
-    """Images (N, 3, H, W) in [-1, 1] for a task and its CLI-style inputs."""
+    """Images (N, 3, H, W) in [-1, 1] for a task and its CLI-style inputs.
+
+    A sampler given with params (a :class:`~ldmkit.generation_options.ConfiguredSampler`) is
+    checked by its ``Params`` (:class:`InputError` naming the field) and built with them.
+    """
     task = pipeline.task(task_name)
     request = task.parse_request(inputs)
+    options = _with_configured_sampler(pipeline, options)
     with pipeline.lock:
         images = task.run(pipeline, request, options)
     return images, request
+
+
+def _with_configured_sampler(pipeline: Pipeline, options: SampleOptions) -> SampleOptions:
+    """``options`` whose sampler, if given with params, is the sampler built from them.
+
+    ``SampleOptions`` takes a sampler's name only, while ``Pipeline.sample`` (which the task calls
+    with ``options.sampler``) also takes a built sampler: this copy hands it the built one.
+    """
+    import copy
+
+    from ldmkit.building import build_component
+    from ldmkit.generation_options import ConfiguredSampler, check_sampler_params
+
+    sampler = options.sampler
+    if not isinstance(sampler, ConfiguredSampler):
+        return options
+    params = check_sampler_params(pipeline.registry, str(sampler), sampler.params)
+    built = copy.copy(options)
+    object.__setattr__(built, "sampler", build_component(pipeline.registry, "sampler", str(sampler), params))
+    return built
 
 
 def save_pictures(
@@ -381,6 +405,7 @@ def save_pictures(
     """
     import ldmkit
     from ldmkit.folders import next_picture_number, reserve_picture_name
+    from ldmkit.generation_options import recorded_options
 
     pixels = to_uint8(images)  # refused (NaN) before any name is claimed
     out = ensure_output_folder(out_dir)
@@ -393,7 +418,7 @@ def save_pictures(
             "torch": torch.__version__,
             "task": task,
             "inputs": encode_inputs(inputs),
-            "options": {**asdict(options), "progress": False},
+            "options": recorded_options(options),
             "index": first_index + i,
             "model": model,
         }

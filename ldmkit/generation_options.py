@@ -2,6 +2,10 @@
 
 ``ldmkit generate`` checks its flags and ``--replay`` checks a picture's recorded ``options`` with the
 same pydantic model, so a picture's metadata can never ask for what the command line may not.
+
+A sampler is named (``"ddim"``) or given with its own params (``{"type": "dpmpp-2m", "params":
+{"spacing": "trailing"}}``, from ``--sampler NAME --sampler-param KEY=VALUE``); the params are
+checked by that sampler's ``Params`` (:func:`check_sampler_params`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ldmkit.errors import InputError
+from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import SampleOptions
 
 MAX_PICTURES = 1024  # pictures one run makes
@@ -22,6 +26,46 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _CLASS_ID = re.compile(r"-?[0-9]+")
 
 
+class SamplerChoice(BaseModel):
+    """A sampler with its own params: ``{"type": NAME, "params": {...}}`` (params as JSON values)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    type: str = Field(description="the registered sampler's name")
+    params: dict[str, Any] = Field(default_factory=dict, description="the sampler's params, by field name")
+
+    @field_validator("type")
+    @classmethod
+    def _sampler_name(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a sampler name")
+        return value
+
+
+class ConfiguredSampler(str):
+    """A sampler's name that also carries its params, as :class:`SampleOptions` takes it today.
+
+    :class:`SampleOptions` holds a sampler's name only; this name travels through it (and through
+    ``dataclasses.replace``) with the params, and :func:`ldmkit.generation.generate` builds the
+    sampler from both.
+    """
+
+    params: dict[str, Any]
+
+    def __new__(cls, name: str, params: dict[str, Any]) -> ConfiguredSampler:
+        """The name ``name`` carrying ``params``."""
+        self = super().__new__(cls, name)
+        self.params = dict(params)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copies and pickles (torch.distributed) keep the params
+        return (ConfiguredSampler, (str(self), self.params))
+
+    def choice(self) -> dict[str, Any]:
+        """The ``{"type": ..., "params": ...}`` form metadata records."""
+        return {"type": str(self), "params": dict(self.params)}
+
+
 class GenerationOptions(BaseModel):
     """The sampling options of one run, validated; :meth:`sample_options` gives the core's :class:`SampleOptions`."""
 
@@ -29,7 +73,7 @@ class GenerationOptions(BaseModel):
 
     n: int = Field(1, ge=1, le=MAX_PICTURES, description="number of pictures")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of picture 0; picture i uses seed + i")
-    sampler: str = "ddim"
+    sampler: str | SamplerChoice = Field("ddim", description="a sampler's name, or {type, params}")
     steps: int = Field(50, ge=1, le=MAX_STEPS)
     eta: float = Field(0.0, ge=0.0)
     guidance_scale: float = Field(1.0, ge=0.0)
@@ -37,8 +81,8 @@ class GenerationOptions(BaseModel):
 
     @field_validator("sampler")
     @classmethod
-    def _sampler_name(cls, value: str) -> str:
-        if not _NAME.fullmatch(value):
+    def _sampler_name(cls, value: str | SamplerChoice) -> str | SamplerChoice:
+        if isinstance(value, str) and not _NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a sampler name")
         return value
 
@@ -51,8 +95,39 @@ class GenerationOptions(BaseModel):
         return self
 
     def sample_options(self) -> SampleOptions:
-        """The same values as the core's :class:`SampleOptions`."""
-        return SampleOptions(**self.model_dump())
+        """The same values as the core's :class:`SampleOptions`; a sampler with params as :class:`ConfiguredSampler`."""
+        values = self.model_dump()
+        if isinstance(self.sampler, SamplerChoice):
+            values["sampler"] = ConfiguredSampler(self.sampler.type, self.sampler.params)
+        return SampleOptions(**values)
+
+
+def recorded_options(options: SampleOptions) -> dict[str, Any]:
+    """``options`` as a picture's metadata records them: a sampler with params as ``{type, params}``."""
+    values = {field: getattr(options, field) for field in SampleOptions.__dataclass_fields__}
+    sampler = options.sampler
+    values["sampler"] = sampler.choice() if isinstance(sampler, ConfiguredSampler) else str(sampler)
+    return {**values, "progress": False}
+
+
+def check_sampler_params(registry: Any, name: str, params: dict[str, Any], where: str = "--sampler-param ") -> Any:
+    """``params`` validated by sampler ``name``'s ``Params``; :class:`InputError` names each field (``where`` + field).
+
+    An unknown sampler raises :class:`ldmkit.UnknownComponentError` with the registered names.
+    """
+    cls = registry.get("sampler", name)
+    try:
+        return cls.Params.model_validate(params)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(map(str, err["loc"]))
+            shown = f"{field}={params[field]!r}" if field in params else field or "(params)"
+            problems.append(f"{where}{shown}: {err['msg']}")
+        known = ", ".join(cls.Params.model_fields) or "none"
+        raise InputError(f"sampler {name!r}: {'; '.join(problems)} (its params: {known})") from None
+    except SpecError as exc:  # a Params model's own validator may raise it
+        raise InputError(f"sampler {name!r}: {exc}") from None
 
 
 def check_options(values: dict[str, Any], flags: dict[str, str] | None = None, prefix: str = "") -> GenerationOptions:
@@ -98,7 +173,11 @@ __all__ = [
     "MAX_PICTURES",
     "MAX_SEED",
     "MAX_STEPS",
+    "ConfiguredSampler",
     "GenerationOptions",
+    "SamplerChoice",
     "check_label",
     "check_options",
+    "check_sampler_params",
+    "recorded_options",
 ]
