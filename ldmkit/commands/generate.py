@@ -64,12 +64,12 @@ def add_parser(sub) -> None:
         help="one of the task's inputs (repeatable); @PATH reads a file where the input takes one "
         "(a picture, mask, layout or map): --input colour=red, --input image=@pic.png",
     )
-    p.add_argument("--label", help="class id or name: --input label=VALUE")
-    p.add_argument("--prompt", help="caption: --input prompt=VALUE")
-    p.add_argument("--layout", metavar="PATH", help="JSON file of labelled boxes: --input layout=@PATH")
-    p.add_argument("--segmentation", metavar="PATH", help="8-bit PNG map of class ids: --input segmentation=@PATH")
-    p.add_argument("--image", metavar="PATH", help="input picture: --input image=@PATH")
-    p.add_argument("--mask", metavar="PATH", help="mask picture, white = fill in: --input mask=@PATH")
+    p.add_argument("--label", help="class id or name (the same as --input label=VALUE)")
+    p.add_argument("--prompt", help="caption (the same as --input prompt=VALUE)")
+    p.add_argument("--layout", metavar="PATH", help="JSON file of labelled boxes (--input layout=@PATH)")
+    p.add_argument("--segmentation", metavar="PATH", help="8-bit PNG map of class ids (--input segmentation=@PATH)")
+    p.add_argument("--image", metavar="PATH", help="input picture (--input image=@PATH)")
+    p.add_argument("--mask", metavar="PATH", help="mask picture, white = fill in (--input mask=@PATH)")
     p.add_argument("-n", type=int, default=None, help="number of pictures (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first picture (default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the task's, else the spec's)")
