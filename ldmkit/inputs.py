@@ -65,16 +65,16 @@ __all__ = [
     "SegmentationMap",
     "Text",
     "check_size",
-    "describe_request",
-    "input_kind",
     "class_map_input",
+    "describe_request",
     "image_input",
+    "input_kind",
     "label_input",
     "layout_input",
     "mask_input",
+    "number_input",
     "prompt_input",
     "text_input",
-    "number_input",
 ]
 
 # float pictures may overshoot [-1, 1] by rounding (e.g. after a resize), not by a wrong scale

@@ -402,6 +402,40 @@ def test_sampler_params_are_used_recorded_and_replayed(tmp_path):
     assert replayed["options"]["sampler"] == {"type": "dpmpp-2m", "params": {"spacing": "trailing"}}
 
 
+def test_a_large_input_file_is_recorded_by_hash_and_given_again_on_replay(inputs, tmp_path):
+    from PIL import PngImagePlugin
+
+    from ldmkit.generation import MAX_EMBEDDED_INPUT
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("padding", random_text(MAX_EMBEDDED_INPUT))  # a 64x64 picture in a file too large to carry
+    large = tmp_path / "large.png"
+    with Image.open(inputs["image"]) as img:
+        img.save(large, pnginfo=info)
+    assert large.stat().st_size > MAX_EMBEDDED_INPUT
+    argv = ["generate", "--task", "inpaint", "--input", f"image=@{large}", "--mask", str(inputs["mask"]), *ONE]
+    code, _, stderr = run_cli([*argv, "--out", str(tmp_path / "out")])
+    assert code == 0, stderr
+    picture = tmp_path / "out" / "000000.png"
+    recorded = read_metadata(picture)["inputs"]
+    assert "base64" not in recorded["image"] and "base64" in recorded["mask"]
+    code, _, stderr = run_cli(["generate", "--replay", str(picture), "--out", str(tmp_path / "r1")])
+    assert code == 2 and "give the file again: --input image=@PATH" in stderr, stderr
+    replay = ["generate", "--replay", str(picture), "--input", f"image=@{inputs['image']}"]
+    code, _, stderr = run_cli([*replay, "--out", str(tmp_path / "r2")])
+    assert code == 2 and "do not match the recorded sha256" in stderr, stderr
+    code, stdout, stderr = run_cli([*replay[:-1], f"image=@{large}", "--out", str(tmp_path / "r3")])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+
+
+def random_text(n: int) -> str:
+    """``n`` characters that do not compress, so a PNG text chunk of them stays ``n`` bytes."""
+    import random
+
+    rng = random.Random(0)
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(n))
+
+
 def test_sampler_param_values_are_yaml_scalars(tmp_path):
     # the task's default sampler takes the param; "quad" stays text, and the value is recorded as validated
     argv = ["generate", "--task", "class2img", "--label", "0", "--sampler", "ddim", *ONE]

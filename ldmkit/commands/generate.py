@@ -185,6 +185,21 @@ def _read_inputs(args, task) -> dict:
     return {key: _read_file(shown, value) if from_file else value for key, (shown, value, from_file) in given.items()}
 
 
+def _replay_files(args) -> dict[str, bytes]:
+    """Input files given with ``--replay`` (``--input KEY=@PATH`` or a file flag): those a picture recorded by hash."""
+    files = {key: _read_file(f"--{key} {value}", value) for key in FILE_SHORTHANDS if (value := getattr(args, key))}
+    for key, value in _pairs(args.input, "--input"):
+        if not value.startswith("@"):
+            raise InputError(
+                f"--input {key}={value}: with --replay, inputs come from the picture; only files are given"
+            )
+        files[key] = _read_file(f"--input {key}={value}", value[1:])
+    given = [f"--{key}" for key in TEXT_SHORTHANDS if getattr(args, key) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: with --replay, inputs come from the picture; only files are given")
+    return files
+
+
 def _sampler_params(items: list[str]) -> dict:
     """``--sampler-param KEY=VALUE`` items, each value read as a YAML scalar (``10``, ``0.5``, ``true``, ``text``)."""
     import math
@@ -281,7 +296,14 @@ def _replay(args) -> int:
     _check_task(pipe, meta["task"])
     _prepare(pipe, device, fast, precision)
     result = replay_picture(
-        pipe, args.replay, meta, model, args.out, whole_batch=args.replay_batch, progress=not args.no_progress
+        pipe,
+        args.replay,
+        meta,
+        model,
+        args.out,
+        whole_batch=args.replay_batch,
+        progress=not args.no_progress,
+        files=_replay_files(args),
     )
     if result.identical:
         print(f"{result.path}: identical to {args.replay}")
