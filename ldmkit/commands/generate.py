@@ -145,10 +145,23 @@ def _read_file(shown: str, value: str) -> bytes:
     return path.read_bytes()
 
 
+def _input_names(task) -> tuple[str, ...]:
+    """The inputs ``task`` reads: a ConditionedTask says; any other Task reads its request model's fields."""
+    names = getattr(task, "input_names", None)
+    return tuple(names()) if callable(names) else tuple(task.Request.model_fields)
+
+
+def _required_inputs(task) -> tuple[str, ...]:
+    required = getattr(task, "required_inputs", None)
+    if callable(required):
+        return tuple(required())
+    return tuple(name for name, field in task.Request.model_fields.items() if field.is_required())
+
+
 def _unknown_input(task, key: str) -> InputError:
     import difflib
 
-    names = task.input_names()
+    names = _input_names(task)
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return InputError(
@@ -177,9 +190,9 @@ def _read_inputs(args, task) -> dict:
         from_file = takes_file.get(key, False) and value.startswith("@")
         given[key] = (f"--input {key}={value}", value[1:] if from_file else value, from_file)
     for key in given:
-        if key not in task.input_names():
+        if key not in _input_names(task):
             raise _unknown_input(task, key)
-    missing = [name for name in task.required_inputs() if name not in given]
+    missing = [name for name in _required_inputs(task) if name not in given]
     if missing:
         raise _needed(task, missing)
     return {key: _read_file(shown, value) if from_file else value for key, (shown, value, from_file) in given.items()}
