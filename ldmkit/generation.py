@@ -148,26 +148,71 @@ def recorded_runtime(meta: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULT_RUNTIME, **meta.get("runtime", {})}
 
 
+MAX_EMBEDDED_INPUT = 256 * 1024
+"""Input files up to this many bytes travel inside each picture; larger ones are recorded by sha256 only."""
+_INPUT_ENTRY_KEYS = {"base64": str, "sha256": str, "size": int}
+
+
 def encode_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    """JSON-safe copy of CLI inputs (file contents as base64)."""
-    return {
-        k: {"base64": base64.b64encode(v).decode()} if isinstance(v, bytes) else v
-        for k, v in inputs.items()
-        if v is not None
-    }
+    """JSON-safe copy of CLI inputs as given: text as it is, a file as its sha256 and size, and its bytes if small."""
+    import hashlib
 
-
-def decode_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in inputs.items():
-        if isinstance(v, dict) and set(v) == {"base64"}:
-            try:
-                out[k] = base64.b64decode(v["base64"], validate=True)
-            except (ValueError, TypeError):
-                raise InputError(f"metadata input {k!r} is not valid base64") from None
-        else:
-            out[k] = v
+    out: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if value is None:
+            continue
+        if isinstance(value, bytes):
+            entry: dict[str, Any] = {"sha256": hashlib.sha256(value).hexdigest(), "size": len(value)}
+            if len(value) <= MAX_EMBEDDED_INPUT:
+                entry["base64"] = base64.b64encode(value).decode()
+            value = entry
+        out[key] = value
     return out
+
+
+def decode_inputs(inputs: dict[str, Any], supplied: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """The inputs :func:`encode_inputs` recorded; a file recorded by hash only comes from ``supplied``.
+
+    A file's bytes must match its recorded sha256, whether they came from the picture or from
+    ``supplied`` (``--input KEY=@PATH`` given with ``--replay``).
+    """
+    import hashlib
+
+    supplied = supplied or {}
+    out = {}
+    for key, value in inputs.items():
+        if not isinstance(value, dict):
+            out[key] = value
+            continue
+        if "base64" in value:
+            try:
+                data = base64.b64decode(value["base64"], validate=True)
+            except (ValueError, TypeError):
+                raise InputError(f"metadata input {key!r} is not valid base64") from None
+        elif key in supplied:
+            data = supplied[key]
+        else:
+            raise InputError(
+                f"metadata input {key!r} is a file of {value.get('size', '?')} bytes recorded by its sha256 only; "
+                f"give the file again: --input {key}=@PATH"
+            )
+        if "sha256" in value and hashlib.sha256(data).hexdigest() != value["sha256"]:
+            source = "the file given" if "base64" not in value else "the picture"
+            raise InputError(f"metadata input {key!r}: its bytes (from {source}) do not match the recorded sha256")
+        out[key] = data
+    return out
+
+
+def _check_input_entry(path: Path, key: str, value: Any) -> None:
+    """A recorded input: a value, or a file entry of base64 bytes and/or sha256 (and size)."""
+    if not isinstance(value, dict):
+        return
+    shape = "a value or {'base64': text, 'sha256': text, 'size': int}"
+    if not value or set(value) - set(_INPUT_ENTRY_KEYS) or not ({"base64", "sha256"} & set(value)):
+        raise InputError(f"{path}: metadata input {key!r} must be {shape}")
+    for field, kind in _INPUT_ENTRY_KEYS.items():
+        if field in value and (not isinstance(value[field], kind) or isinstance(value[field], bool)):
+            raise InputError(f"{path}: metadata input {key!r} must be {shape}")
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -294,8 +339,7 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     if not isinstance(meta["inputs"], dict):
         raise InputError(f"{path}: metadata inputs must be a mapping")
     for key, value in meta["inputs"].items():
-        if isinstance(value, dict) and not (set(value) == {"base64"} and isinstance(value["base64"], str)):
-            raise InputError(f"{path}: metadata input {key!r} must be a value or {{'base64': text}}")
+        _check_input_entry(path, key, value)
     options = meta["options"]
     if not isinstance(options, dict):
         raise InputError(f"{path}: metadata options must be a mapping")
@@ -436,6 +480,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_RUNTIME",
     "DEVICE_CHOICES",
+    "MAX_EMBEDDED_INPUT",
     "MAX_METADATA_BYTES",
     "METADATA_FORMAT",
     "READABLE_FORMATS",

@@ -2,6 +2,10 @@
 
 ``ldmkit generate`` checks its flags and ``--replay`` checks a picture's recorded ``options`` with the
 same pydantic model, so a picture's metadata can never ask for what the command line may not.
+
+A sampler is named (``"ddim"``) or given with its own params (``{"type": "dpmpp-2m", "params":
+{"spacing": "trailing"}}``, from ``--sampler NAME --sampler-param KEY=VALUE``); the params are
+checked by that sampler's ``Params`` (:func:`check_sampler_params`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ldmkit.errors import InputError
+from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import SampleOptions
 from ldmkit.options import SamplerChoice
 
@@ -55,6 +59,26 @@ class GenerationOptions(BaseModel):
     def sample_options(self) -> SampleOptions:
         """The same values as the core's :class:`SampleOptions`."""
         return SampleOptions(**dict(self))
+
+
+def check_sampler_params(registry: Any, name: str, params: dict[str, Any], where: str = "--sampler-param ") -> Any:
+    """``params`` validated by sampler ``name``'s ``Params``; :class:`InputError` names each field (``where`` + field).
+
+    An unknown sampler raises :class:`ldmkit.UnknownComponentError` with the registered names.
+    """
+    cls = registry.get("sampler", name)
+    try:
+        return cls.Params.model_validate(params)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(map(str, err["loc"]))
+            shown = f"{field}={params[field]!r}" if field in params else field or "(params)"
+            problems.append(f"{where}{shown}: {err['msg']}")
+        known = ", ".join(cls.Params.model_fields) or "none"
+        raise InputError(f"sampler {name!r}: {'; '.join(problems)} (its params: {known})") from None
+    except SpecError as exc:  # a Params model's own validator may raise it
+        raise InputError(f"sampler {name!r}: {exc}") from None
 
 
 def check_options(values: dict[str, Any], flags: dict[str, str] | None = None, prefix: str = "") -> GenerationOptions:
@@ -103,4 +127,5 @@ __all__ = [
     "GenerationOptions",
     "check_label",
     "check_options",
+    "check_sampler_params",
 ]

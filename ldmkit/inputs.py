@@ -14,31 +14,68 @@ than sampled from:
 - :func:`prompt_input`: a non-empty prompt.
 
 :func:`check_size` compares a read picture with the size a pipeline generates.
+
+A task's request model declares its fields with the annotated types below, so the same reader runs
+whether the value comes from the CLI (``--input image=@pic.png``), from Python or from a picture's
+metadata, and the CLI learns from the type whether a field takes a file and how to show it in help::
+
+    from pydantic import Field
+    from ldmkit.inputs import Picture, Prompt
+    from ldmkit.tasks import Request
+
+    class EditRequest(Request):
+        image: Picture = Field(description="the picture to edit")
+        prompt: Prompt = Field(description="what to change")
+
+:class:`Picture`, :class:`Mask`, :class:`Layout`, :class:`SegmentationMap`, :class:`Label`,
+:class:`Prompt`, :class:`Number` and :class:`Text` read what their names say; :class:`InputKind`
+is the metadata each carries and :func:`describe_request` lists a request model's inputs.
+Readers that need to know the task's classes (a label given by name, a segmentation map's
+range) find them in the validation context (``class_names``, ``n_classes``), which
+:meth:`ldmkit.tasks.ConditionedTask.parse_request` fills from the task's params.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import torch
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError, PydanticUndefined
 from torch import Tensor
 
 from ldmkit.errors import InputError
 from ldmkit.validation import format_validation_error
 
 __all__ = [
+    "InputField",
+    "InputKind",
+    "Label",
+    "Layout",
     "LayoutObject",
+    "Mask",
+    "Number",
+    "Picture",
+    "Prompt",
+    "SegmentationMap",
+    "Text",
     "check_size",
     "class_map_input",
+    "describe_request",
     "image_input",
+    "input_kind",
     "label_input",
     "layout_input",
     "mask_input",
+    "number_input",
     "prompt_input",
+    "text_input",
 ]
 
 # float pictures may overshoot [-1, 1] by rounding (e.g. after a resize), not by a wrong scale
@@ -267,3 +304,198 @@ def check_size(picture: Tensor, expected: tuple[int, int], what: str) -> None:
         picture.dim() == 3 and tuple(picture.shape[:2]) == tuple(expected)
     ):
         raise InputError(f"{what}: expected {expected[0]}x{expected[1]} pixels, got {tuple(picture.shape)}")
+
+
+MAX_TEXT = 10_000  # characters of a free-text input
+
+
+def text_input(data: Any, what: str = "text", max_length: int = MAX_TEXT) -> str:
+    """Free text: a string (or UTF-8 bytes of a text file) of at most ``max_length`` characters; may be empty."""
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{what}: not UTF-8 text") from None
+    if not isinstance(data, str):
+        raise InputError(f"{what}: expected a string, got {type(data).__name__}")
+    if len(data) > max_length:
+        raise InputError(f"{what}: {len(data)} characters, more than the maximum {max_length}")
+    return data
+
+
+def number_input(data: Any, what: str = "number") -> float:
+    """A finite number: an int or float (not a bool), or its decimal text (``"2.5"``, ``"1e-3"``)."""
+    if isinstance(data, bool):
+        raise InputError(f"{what}: expected a number, got {data!r}")
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data).decode("utf-8", errors="replace")
+    if isinstance(data, str):
+        try:
+            data = float(data.strip())
+        except ValueError:
+            raise InputError(f"{what}: {data!r} is not a number") from None
+    if not isinstance(data, (int, float)):
+        raise InputError(f"{what}: expected a number, got {type(data).__name__}")
+    if not math.isfinite(data):
+        raise InputError(f"{what}: must be a finite number, got {data!r}")
+    return float(data)
+
+
+# -- annotated input types for request models -----------------------------------------------------
+@dataclass(frozen=True)
+class InputKind:
+    """What an annotated input type tells the CLI and ``ldmkit tasks`` about a request field.
+
+    ``name`` is the kind shown to users (``picture``, ``mask`` ...), ``takes_file`` whether the CLI
+    reads the value from a file (``--input image=@pic.png``), ``shown_as`` how help shows a value.
+    """
+
+    name: str
+    takes_file: bool
+    shown_as: str
+
+
+def _reader(read: Callable[[Any, str, Any], Any]) -> BeforeValidator:
+    """A BeforeValidator running ``read(value, field_name, context)``; its InputError becomes a field error."""
+
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        what = info.field_name or "input"
+        try:
+            return read(value, what, info.context or {})
+        except InputError as exc:
+            reason = str(exc).removeprefix(f"{what}: ")  # the field is named by the error's location
+            raise PydanticCustomError("input", "{reason}", {"reason": reason}) from None
+
+    return BeforeValidator(validate)
+
+
+def _label(value: Any, what: str, context: Any) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        value = text_input(value, what).strip()
+    return label_input(value, context.get("class_names"), what)
+
+
+def _class_map(value: Any, what: str, context: Any) -> Tensor:
+    n_classes = context.get("n_classes")
+    return class_map_input(value, 256 if n_classes is None else int(n_classes), what)
+
+
+Picture = Annotated[
+    Tensor,
+    _reader(lambda value, what, _: image_input(value, what)),
+    InputKind("picture", True, "an RGB picture file (PNG, JPEG ...)"),
+]
+"""An RGB picture, read by :func:`image_input`: (3, H, W) float32 in [-1, 1]."""
+
+Mask = Annotated[
+    Tensor,
+    _reader(lambda value, what, _: mask_input(value, what)),
+    InputKind("mask", True, "a mask picture, white = fill in"),
+]
+"""A mask, read by :func:`mask_input`: (1, H, W) float32 in [0, 1], 1 where to fill in."""
+
+Layout = Annotated[
+    list[LayoutObject],
+    _reader(lambda value, what, _: layout_input(value, what)),
+    InputKind("layout", True, 'a JSON file: [{"label": ..., "box": [x0, y0, x1, y1]}, ...]'),
+]
+"""Labelled boxes, read by :func:`layout_input`: 1 to 16 :class:`LayoutObject`."""
+
+SegmentationMap = Annotated[
+    Tensor,
+    _reader(_class_map),
+    InputKind("segmentation map", True, "an 8-bit single-channel picture file, pixel value = class id"),
+]
+"""A map of class ids, read by :func:`class_map_input`: (H, W) int64 (classes: the context's ``n_classes``)."""
+
+Label = Annotated[int, _reader(_label), InputKind("label", False, "a class id or class name")]
+"""A class id, read by :func:`label_input` (names: the context's ``class_names``)."""
+
+Prompt = Annotated[str, _reader(lambda value, what, _: prompt_input(value, what)), InputKind("prompt", False, "text")]
+"""A non-empty prompt of at most 1000 characters, read by :func:`prompt_input`."""
+
+Number = Annotated[
+    float, _reader(lambda value, what, _: number_input(value, what)), InputKind("number", False, "a number")
+]
+"""A finite number, read by :func:`number_input` (decimal text from the CLI)."""
+
+Text = Annotated[str, _reader(lambda value, what, _: text_input(value, what)), InputKind("text", False, "text")]
+"""Free text (may be empty), read by :func:`text_input`."""
+
+
+def _kind_in(annotation: Any) -> InputKind | None:
+    """The InputKind inside an annotation: ``Picture``, ``Picture | None``, ``Optional[Mask]`` ..."""
+    if get_origin(annotation) is Annotated:
+        found = next((m for m in get_args(annotation)[1:] if isinstance(m, InputKind)), None)
+        return found if found is not None else _kind_in(get_args(annotation)[0])
+    return next((k for k in map(_kind_in, get_args(annotation)) if k is not None), None)
+
+
+def input_kind(field: Any) -> InputKind | None:
+    """The :class:`InputKind` of a request field (a pydantic ``FieldInfo``), or None for a plain field."""
+    found = next((m for m in getattr(field, "metadata", ()) if isinstance(m, InputKind)), None)
+    return found if found is not None else _kind_in(getattr(field, "annotation", None))
+
+
+@dataclass(frozen=True)
+class InputField:
+    """One input of a task's request model, as ``ldmkit tasks`` and ``ldmkit generate`` show it."""
+
+    name: str
+    kind: str
+    takes_file: bool
+    shown_as: str
+    required: bool
+    default: Any
+    description: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (the default as text unless it is JSON already)."""
+        default = (
+            self.default
+            if self.default is None or isinstance(self.default, (bool, int, float, str))
+            else repr(self.default)
+        )
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "takes_file": self.takes_file,
+            "shown_as": self.shown_as,
+            "required": self.required,
+            "default": default,
+            "description": self.description,
+        }
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``str | None``, ``list[int]``: how a plain field's type reads in a listing."""
+    if get_origin(annotation) is Annotated:
+        return _type_name(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return " | ".join(_type_name(arg) for arg in get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if get_args(annotation):
+        return repr(annotation).removeprefix("typing.")
+    return getattr(annotation, "__name__", repr(annotation))
+
+
+def describe_request(model: type[BaseModel]) -> list[InputField]:
+    """The inputs of a request model, in declaration order: kind, whether a file, default, description."""
+    fields = []
+    for name, info in model.model_fields.items():
+        kind = input_kind(info)
+        required = info.is_required()
+        default = None if required or info.default is PydanticUndefined else info.get_default(call_default_factory=True)
+        fields.append(
+            InputField(
+                name=name,
+                kind=kind.name if kind else _type_name(info.annotation),
+                takes_file=kind.takes_file if kind else False,
+                shown_as=kind.shown_as if kind else _type_name(info.annotation),
+                required=required,
+                default=default,
+                description=info.description or "",
+            )
+        )
+    return fields

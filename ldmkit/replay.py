@@ -100,8 +100,12 @@ def replay_picture(
     *,
     whole_batch: bool = False,
     progress: bool = False,
+    files: dict[str, bytes] | None = None,
 ) -> ReplayResult:
     """Make ``picture`` again with ``pipe`` (already on its device) and write it into ``out_dir``.
+
+    ``files`` gives again the input files the picture recorded by sha256 only (too large to carry);
+    they must match the recorded hash.
 
     One picture (seed + index) unless ``whole_batch``; a lone picture that differs from the recorded
     one is followed by the recorded batch. The written picture records the original batch and index.
@@ -112,7 +116,7 @@ def replay_picture(
     options = check_options(meta["options"]).sample_options()
     options = replace(options, progress=progress)
     index = int(meta.get("index", 0))
-    inputs = decode_inputs(meta["inputs"])
+    inputs = decode_inputs(meta["inputs"], files)
     recorded = recorded_pixels(picture)
 
     def make(batch: bool) -> torch.Tensor:

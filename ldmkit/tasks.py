@@ -2,26 +2,29 @@
 
 A task turns what a user asks for (a prompt, a label, boxes, a picture and a mask ...) into the raw
 input of the pipeline's conditioner, samples, and decodes. :class:`ConditionedTask` does all but the
-first step; a task author declares a :class:`Request` model, the names of the inputs it reads, and
-how one request becomes the conditioner's raw input for ``n`` pictures::
+first step; a task author declares a :class:`Request` model whose fields are the task's inputs
+(typed with :mod:`ldmkit.inputs`' annotated types, or any pydantic type), and how one request
+becomes the conditioner's raw input for ``n`` pictures::
 
     from pydantic import Field
+    from ldmkit.inputs import Number
     from ldmkit.tasks import ConditionedTask, Request
 
     class CountRequest(Request):
-        count: int = Field(ge=1, le=9)
+        count: Number = Field(ge=1, le=9, description="how many shapes to draw")
 
     class CountTask(ConditionedTask):
         name = "count2img"
         Request = CountRequest
-        inputs = ("count",)
 
         def raw_input(self, pipeline, request, n):
             return torch.full((n,), request.count)  # (n,)
 
-The same request reaches the task from the CLI (strings, or the bytes of files: ``{"count": "3"}``),
-from Python (``task.parse_request({"count": 3})``) and from benchmarks (``CountRequest(count=3)``);
-readers for pictures, masks, maps, layouts, labels and prompts are in :mod:`ldmkit.inputs`.
+The same request reaches the task from the CLI (strings, or the bytes of files:
+``ldmkit generate --task count2img --input count=3``), from Python
+(``task.parse_request({"count": 3})``) and from benchmarks (``CountRequest(count=3)``); the request
+model's fields are what ``ldmkit tasks`` lists. Checks across fields (a mask the size of its picture)
+are the model's own validators.
 """
 
 from __future__ import annotations
@@ -76,16 +79,35 @@ class Request(BaseModel):
 class ConditionedTask(Task):
     """A task that turns a request into one raw conditioner input and samples the pipeline with it.
 
-    Subclasses set ``name``, ``Request`` and ``inputs``, and override :meth:`raw_input`; tasks whose
-    inputs need reading (files, arrays) override :meth:`build_request`, and tasks that constrain
-    sampling (masked sampling) override :meth:`sample_kwargs`. A task without inputs samples the
-    conditioner's unconditional input.
+    Subclasses set ``name`` and ``Request`` and override :meth:`raw_input`; the request model's
+    fields are the task's inputs, read by their types' validators with :meth:`validation_context`.
+    Tasks that constrain sampling (masked sampling) override :meth:`sample_kwargs`. A task without
+    inputs samples the conditioner's unconditional input.
     """
 
     Params = TaskParams
     Request: ClassVar[type[BaseModel]] = Request
-    inputs: ClassVar[tuple[str, ...]] = ()
-    """Names of the CLI inputs (``--label``, ``--prompt`` ...) this task reads."""
+    inputs: ClassVar[tuple[str, ...] | None] = None
+    """Names of the inputs this task reads; None (the default): the fields of its ``Request``."""
+
+    @classmethod
+    def input_names(cls) -> tuple[str, ...]:
+        """The inputs this task reads: ``inputs`` if set, else its request model's fields."""
+        return tuple(cls.inputs) if cls.inputs is not None else tuple(cls.Request.model_fields)
+
+    @classmethod
+    def required_inputs(cls) -> tuple[str, ...]:
+        """The inputs without a default, which every request must give."""
+        fields = cls.Request.model_fields
+        return tuple(name for name in cls.input_names() if name not in fields or fields[name].is_required())
+
+    def validation_context(self) -> dict[str, Any]:
+        """What the input types may read beyond the value: the task, its ``class_names`` and ``n_classes`` params."""
+        context: dict[str, Any] = {"task": self.name}
+        for key in ("class_names", "n_classes"):
+            if getattr(self.params, key, None) is not None:
+                context[key] = getattr(self.params, key)
+        return context
 
     def parse_request(self, inputs: Mapping[str, Any] | None) -> BaseModel:
         """Build the request from CLI-style inputs (strings, or bytes of files) or Python objects.
@@ -95,10 +117,13 @@ class ConditionedTask(Task):
         return self.build_request(self.check_inputs(inputs))
 
     def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        """The request from checked inputs; tasks with inputs other than plain fields override this."""
-        values = {name: self.require(inputs, name) for name in self.inputs}
+        """The request model validated from checked inputs; every problem an :class:`InputError` naming its field."""
+        missing = [name for name in self.required_inputs() if inputs.get(name) is None]
+        if missing:
+            raise InputError(f"task {self.name!r} needs {', '.join(f'--{m}' for m in missing)}")
+        values = {name: value for name, value in inputs.items() if value is not None}
         try:
-            return self.Request(**values)
+            return self.Request.model_validate(values, context=self.validation_context())
         except ValidationError as exc:  # e.g. an empty prompt: name the input, no pydantic traceback
             raise InputError(f"task {self.name!r}: {format_validation_error(exc)}") from None
 
@@ -106,17 +131,18 @@ class ConditionedTask(Task):
         """``inputs`` as a dict; refused unless a mapping of only the inputs this task reads (None: none)."""
         if inputs is None:
             return {}
-        takes = ", ".join(self.inputs) or "no inputs"
+        names = self.input_names()
+        takes = ", ".join(names) or "no inputs"
         if not isinstance(inputs, Mapping):
             raise InputError(f"task {self.name!r}: inputs must be a dict ({takes}), got {type(inputs).__name__}")
-        unknown = sorted(str(key) for key, value in inputs.items() if key not in self.inputs and value is not None)
+        unknown = sorted(str(key) for key, value in inputs.items() if key not in names and value is not None)
         if unknown:
             raise InputError(f"task {self.name!r} takes {takes}; it does not read {', '.join(unknown)}")
         return dict(inputs)
 
     def require(self, inputs: dict[str, Any], name: str) -> Any:
         """The input ``name``, or InputError naming every missing flag."""
-        missing = [m for m in self.inputs if inputs.get(m) is None]
+        missing = [m for m in self.required_inputs() if inputs.get(m) is None]
         if name in missing:
             flags = ", ".join(f"--{m}" for m in missing)
             raise InputError(f"task {self.name!r} needs {flags}")

@@ -333,6 +333,152 @@ def test_bad_input_exits_2_with_a_message(case, inputs, tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing is written on error"
 
 
+# -- --input and --sampler-param -----------------------------------------------------------------
+
+
+def input_args(task: str, inputs: dict) -> list[str]:
+    """The same inputs as :func:`task_args`, written as ``--input KEY=VALUE`` (``@PATH`` for files)."""
+    args = task_args(task, inputs)
+    out = []
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        key = flag.removeprefix("--")
+        out += ["--input", f"{key}={value}" if key in ("label", "prompt") else f"{key}=@{value}"]
+    return out
+
+
+@pytest.mark.parametrize("task", [t for t in TASKS if t != "uncond"])
+def test_input_flags_are_shorthands_for_input(task, inputs, generated, tmp_path):
+    shorthand, _ = generated(task)
+    argv = ["generate", "--task", task, *input_args(task, inputs), *FAST, "--out", str(tmp_path)]
+    code, _, stderr = run_cli(argv)
+    assert code == 0, stderr
+    for i in range(N):
+        name = f"{i:06d}.png"
+        assert np.array_equal(_pixels(tmp_path / name), _pixels(shorthand / name))
+        assert read_metadata(tmp_path / name)["inputs"] == read_metadata(shorthand / name)["inputs"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--task", "class2img", "--input", "lable=0"],
+            "does not read lable (did you mean 'label'?); its inputs: label",
+        ),
+        (["--task", "uncond", "--input", "colour=red"], "task 'uncond' does not read colour; its inputs: none"),
+        (["--task", "class2img", "--input", "label"], "--input 'label': expected KEY=VALUE"),
+        (["--task", "class2img", "--label", "0", "--input", "label=1"], "label is given twice (by --label too)"),
+        (["--task", "inpaint", "--input", "image=@{dir}/absent.png", "--mask", "{mask}"], "absent.png: no such file"),
+        (["--task", "inpaint", "--input", "image={image}", "--mask", "{mask}"], "task 'inpaint': image: expected"),
+        (["--task", "class2img", "--input", "label=purple circle"], "unknown label 'purple circle'"),
+        (["--task", "class2img", "--input", "label=\u00b2"], "--input label"),
+        (["--task", "class2img"], "task 'class2img' needs --label"),
+    ],
+)
+def test_bad_task_inputs_exit_2(args, expected, inputs, tmp_path):
+    names = {k: str(v) for k, v in inputs.items()}
+    argv = ["generate", *[a.format(**names) for a in args], *ONE, "--out", str(tmp_path / "out")]
+    code, stdout, stderr = run_cli(argv)
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("ldmkit: error:") and expected in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_sampler_params_are_used_recorded_and_replayed(tmp_path):
+    base = ["generate", "--task", "class2img", "--label", "0", "--sampler", "dpmpp-2m", *ONE, "-n", "2"]
+    runs = {}
+    for spacing in ("leading", "trailing"):
+        out = tmp_path / spacing
+        code, _, stderr = run_cli([*base, "--sampler-param", f"spacing={spacing}", "--out", str(out)])
+        assert code == 0, stderr
+        meta = read_metadata(out / "000001.png")
+        assert meta["options"]["sampler"] == {"type": "dpmpp-2m", "params": {"spacing": spacing}}
+        runs[spacing] = _pixels(out / "000001.png")
+    assert not np.array_equal(runs["leading"], runs["trailing"]), "the sampler param changes the sampling"
+    original = tmp_path / "trailing" / "000001.png"
+    code, stdout, stderr = run_cli(["generate", "--replay", str(original), "--out", str(tmp_path / "replay")])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+    replayed = read_metadata(tmp_path / "replay" / "000000.png")
+    assert replayed["options"]["sampler"] == {"type": "dpmpp-2m", "params": {"spacing": "trailing"}}
+
+
+def test_a_large_input_file_is_recorded_by_hash_and_given_again_on_replay(inputs, tmp_path):
+    from PIL import PngImagePlugin
+
+    from ldmkit.generation import MAX_EMBEDDED_INPUT
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("padding", random_text(MAX_EMBEDDED_INPUT))  # a 64x64 picture in a file too large to carry
+    large = tmp_path / "large.png"
+    with Image.open(inputs["image"]) as img:
+        img.save(large, pnginfo=info)
+    assert large.stat().st_size > MAX_EMBEDDED_INPUT
+    argv = ["generate", "--task", "inpaint", "--input", f"image=@{large}", "--mask", str(inputs["mask"]), *ONE]
+    code, _, stderr = run_cli([*argv, "--out", str(tmp_path / "out")])
+    assert code == 0, stderr
+    picture = tmp_path / "out" / "000000.png"
+    recorded = read_metadata(picture)["inputs"]
+    assert "base64" not in recorded["image"] and "base64" in recorded["mask"]
+    code, _, stderr = run_cli(["generate", "--replay", str(picture), "--out", str(tmp_path / "r1")])
+    assert code == 2 and "give the file again: --input image=@PATH" in stderr, stderr
+    replay = ["generate", "--replay", str(picture), "--input", f"image=@{inputs['image']}"]
+    code, _, stderr = run_cli([*replay, "--out", str(tmp_path / "r2")])
+    assert code == 2 and "do not match the recorded sha256" in stderr, stderr
+    code, stdout, stderr = run_cli([*replay[:-1], f"image=@{large}", "--out", str(tmp_path / "r3")])
+    assert code == 0 and "identical" in stdout, stdout + stderr
+
+
+def random_text(n: int) -> str:
+    """``n`` characters that do not compress, so a PNG text chunk of them stays ``n`` bytes."""
+    import random
+
+    rng = random.Random(0)
+    return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(n))
+
+
+def test_sampler_param_values_are_yaml_scalars(tmp_path):
+    # the task's default sampler takes the param; "quad" stays text, and the value is recorded as validated
+    argv = ["generate", "--task", "class2img", "--label", "0", "--sampler", "ddim", *ONE]
+    code, _, stderr = run_cli([*argv, "--sampler-param", "discretize=quad", "--out", str(tmp_path)])
+    assert code == 0, stderr
+    sampler = read_metadata(tmp_path / "000000.png")["options"]["sampler"]
+    assert sampler == {"type": "ddim", "params": {"discretize": "quad"}}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--sampler", "dpmpp-2m", "--sampler-param", "spacing=bogus"], "--sampler-param spacing='bogus'"),
+        (["--sampler", "ddim", "--sampler-param", "spacing=trailing"], "--sampler-param spacing='trailing'"),
+        (["--sampler", "ddim", "--sampler-param", "discretize"], "--sampler-param 'discretize': expected KEY=VALUE"),
+        (["--sampler", "ddim", "--sampler-param", "discretize=.nan"], "must be a finite number"),
+        (["--sampler", "nonesuch", "--sampler-param", "spacing=leading"], "nonesuch"),
+    ],
+)
+def test_bad_sampler_params_exit_2_naming_the_field(args, expected, tmp_path):
+    argv = ["generate", "--task", "class2img", "--label", "0", *args, *ONE, "--out", str(tmp_path / "out")]
+    code, stdout, stderr = run_cli(argv)
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("ldmkit: error:") and expected in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_registered_tasks_and_samplers():
+    registry = ldmkit.get_registry()
+    code, stdout, _ = run_cli_help(["generate", "--help"])
+    assert code == 0
+    text = " ".join(stdout.split())
+    assert ", ".join(registry.names("task")) in text and ", ".join(registry.names("sampler")) in text
+
+
+def run_cli_help(argv: list[str]) -> tuple[int, str, str]:
+    """Like :func:`run_cli` for ``--help``, which argparse ends with SystemExit."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return int(exit_.value.code or 0), out.getvalue(), err.getvalue()
+
+
 # -- --device and --fast -------------------------------------------------------------------------
 
 ONE = ["-n", "1", "--steps", "2", "--no-progress"]  # the cheapest generation that still samples

@@ -94,6 +94,46 @@ def test_round_trip(valid_png: bytes, tmp_path) -> None:
     assert decode_inputs(meta["inputs"]) == INPUTS
 
 
+def test_input_files_are_recorded_by_hash_and_small_ones_carried(valid_meta: dict) -> None:
+    import hashlib
+
+    from ldmkit.generation import MAX_EMBEDDED_INPUT, decode_inputs, encode_inputs
+
+    mask = INPUTS["mask"]
+    assert valid_meta["inputs"]["label"] == "4"
+    assert valid_meta["inputs"]["mask"]["sha256"] == hashlib.sha256(mask).hexdigest()
+    assert valid_meta["inputs"]["mask"]["size"] == len(mask)
+    large = bytes(MAX_EMBEDDED_INPUT + 1)
+    entry = encode_inputs({"image": large})["image"]
+    assert entry == {"sha256": hashlib.sha256(large).hexdigest(), "size": len(large)}, "no bytes past the limit"
+    with pytest.raises(
+        InputError, match=r"'image' is a file of 262145 bytes recorded by its sha256 only.*--input image=@PATH"
+    ):
+        decode_inputs({"image": entry})
+    assert decode_inputs({"image": entry}, {"image": large}) == {"image": large}
+    with pytest.raises(
+        InputError, match=r"'image': its bytes \(from the file given\) do not match the recorded sha256"
+    ):
+        decode_inputs({"image": entry}, {"image": large + b"x"})
+    forged = {**encode_inputs({"mask": mask})["mask"], "sha256": "00" * 32}
+    with pytest.raises(InputError, match=r"'mask': its bytes \(from the picture\) do not match"):
+        decode_inputs({"mask": forged})
+    assert decode_inputs({"mask": {"base64": encode_inputs({"mask": mask})["mask"]["base64"]}}) == {"mask": mask}
+
+
+def test_a_sampler_with_params_round_trips(tmp_path) -> None:
+    from ldmkit.generation_options import check_options
+
+    options = check_options({"n": 1, "sampler": {"type": "dpmpp-2m", "params": {"spacing": "trailing"}}})
+    (path,) = save_pictures(
+        tmp_path, torch.zeros(1, 3, 4, 4), task="uncond", inputs={}, options=options.sample_options(), model=MODEL
+    )
+    recorded = read_metadata(path)["options"]["sampler"]
+    assert recorded == {"type": "dpmpp-2m", "params": {"spacing": "trailing"}}
+    again = check_options(read_metadata(path)["options"]).sample_options()
+    assert (str(again.sampler), again.sampler.params) == ("dpmpp-2m", {"spacing": "trailing"})
+
+
 def test_metadata_after_the_pixels_is_found(valid_png: bytes, valid_meta: dict, tmp_path) -> None:
     parts = [p for p in chunks_of(valid_png) if p[0] != b"iTXt"]
     moved = build(parts[:-1] + [itxt(json.dumps(valid_meta).encode())] + parts[-1:])
@@ -267,6 +307,13 @@ def test_missing_fields(valid_png: bytes, valid_meta: dict, tmp_path, field: str
         ({"inputs": ["a"]}, "inputs"),
         ({"inputs": {"image": {"base64": 3}}}, "'image'"),
         ({"inputs": {"image": {"path": "/etc/passwd"}}}, "'image'"),
+        ({"inputs": {"image": {"sha256": 3}}}, "'image'"),
+        ({"inputs": {"image": {"size": 3}}}, "'image'"),
+        ({"inputs": {"image": {"sha256": "ab", "size": True}}}, "'image'"),
+        ({"inputs": {"image": {}}}, "'image'"),
+        ({"options": {"sampler": {"type": "ddim", "params": [1]}}}, "options.sampler"),
+        ({"options": {"sampler": {"type": "no such", "params": {}}}}, "options.sampler"),
+        ({"options": {"sampler": {"name": "ddim"}}}, "options.sampler"),
         ({"options": "n=1"}, "options"),
         ({"options": {"steps": "5"}}, "options.steps"),
         ({"options": {"n": 1.5}}, "options.n"),

@@ -1,16 +1,38 @@
-"""Picture-like task inputs given from Python: every accepted form reads the same; others are refused."""
+"""Task inputs: every accepted picture-like form reads the same, others are refused; the annotated
+input types of request models read CLI text and Python objects and name the field of each problem."""
 
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
 
+import ldmkit
 from ldmkit.errors import InputError
-from ldmkit.inputs import class_map_input, image_input, mask_input
+from ldmkit.generation import default_model_dir
+from ldmkit.inputs import (
+    Label,
+    Layout,
+    Mask,
+    Number,
+    Picture,
+    Prompt,
+    SegmentationMap,
+    Text,
+    class_map_input,
+    describe_request,
+    image_input,
+    input_kind,
+    mask_input,
+)
+from ldmkit.specs import format_validation_error
+from ldmkit.tasks import Request
 
 
 def _png(array: np.ndarray, mode: str) -> bytes:
@@ -103,3 +125,68 @@ def test_class_maps_from_images_and_arrays():
 def test_bad_class_maps_are_refused(data, message):
     with pytest.raises(InputError, match=message):
         class_map_input(data, n_classes=4)
+
+
+# -- annotated input types in request models ------------------------------------------------------
+class _Request(Request):
+    label: Label = Field(description="a class")
+    strength: Number = Field(0.5, ge=0, le=1, description="how strong")
+    note: Text = ""
+    mask: Mask | None = None
+
+
+def test_annotated_types_read_cli_text_with_the_task_context():
+    request = _Request.model_validate({"label": "Blue", "strength": "0.25"}, context={"class_names": ["red", "blue"]})
+    assert (request.label, request.strength, request.note, request.mask) == (1, 0.25, "", None)
+    request = _Request.model_validate({"label": 3, "mask": np.ones((4, 4), bool)})
+    assert request.mask.shape == (1, 4, 4) and request.mask.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("values", "field", "message"),
+    [
+        ({"label": "pink"}, "label", "unknown label 'pink'"),
+        ({"label": 0, "strength": "nan"}, "strength", "must be a finite number"),
+        ({"label": 0, "strength": "2"}, "strength", "less than or equal to 1"),
+        ({"label": 0, "mask": torch.zeros(3, 4, 4)}, "mask", r"got shape \(3, 4, 4\)"),
+    ],
+)
+def test_annotated_types_name_the_field(values, field, message):
+    with pytest.raises(ValidationError) as caught:
+        _Request.model_validate(values, context={"class_names": ["red", "blue"]})
+    text = format_validation_error(caught.value)
+    assert text.startswith(f"{field}: ") and re.search(message, text), text
+    assert f"{field}: {field}:" not in text, "the field is named once"
+
+
+def test_describe_request_lists_kinds_defaults_and_descriptions():
+    fields = {f.name: f for f in describe_request(_Request)}
+    assert list(fields) == ["label", "strength", "note", "mask"]
+    assert (fields["label"].kind, fields["label"].required, fields["label"].takes_file) == ("label", True, False)
+    assert (fields["strength"].kind, fields["strength"].default, fields["strength"].description) == (
+        "number",
+        0.5,
+        "how strong",
+    )
+    assert (fields["mask"].kind, fields["mask"].takes_file, fields["mask"].required) == ("mask", True, False)
+    for typed, kind in ((Picture, "picture"), (Layout, "layout"), (SegmentationMap, "segmentation map")):
+        assert input_kind(FieldInfo.from_annotation(typed)).name == kind
+    assert input_kind(FieldInfo.from_annotation(Prompt)).takes_file is False
+
+
+def test_every_builtin_task_declares_typed_described_inputs():
+    registry = ldmkit.get_registry()
+    for name in registry.names("task"):
+        cls = registry.get("task", name)
+        for field in describe_request(cls.Request):
+            assert field.description, f"{name}.{field.name} has no description"
+            assert input_kind(cls.Request.model_fields[field.name]) is not None, f"{name}.{field.name} is untyped"
+
+
+def test_segmentation_maps_are_checked_against_the_tasks_classes():
+    pipe = ldmkit.Pipeline.load(default_model_dir())
+    task = pipe.task("semantic2img")
+    with pytest.raises(InputError, match=r"task 'semantic2img': segmentation: value 7 found; classes are 0..3"):
+        task.parse_request({"segmentation": torch.full((64, 64), 7)})
+    with pytest.raises(InputError, match="mask .* and image .* differ in size"):
+        pipe.task("inpaint").parse_request({"image": torch.zeros(3, 64, 64), "mask": torch.zeros(1, 32, 32)})

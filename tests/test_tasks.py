@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 
 import ldmkit
+from ldmkit.cli import main
 from ldmkit.errors import InputError, SpecError
 from ldmkit.generation import default_model_dir
 from ldmkit.interfaces import SampleOptions
@@ -246,3 +249,39 @@ def test_inputs_a_task_does_not_read_are_refused(task, inputs, message):
     pipe = ldmkit.Pipeline.load(default_model_dir())
     with pytest.raises(InputError, match=message):
         pipe.task(task).parse_request(inputs)
+
+
+# -- ldmkit tasks ------------------------------------------------------------------------------------
+def _cli(argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``ldmkit ARGV`` run in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_tasks_command_lists_every_task_with_its_request_fields():
+    code, stdout, stderr = _cli(["tasks", "--json"])
+    assert code == 0, stderr
+    tasks = {task["name"]: task for task in json.loads(stdout)}
+    registry = ldmkit.get_registry()
+    assert sorted(tasks) == registry.names("task")
+    for name, task in tasks.items():
+        fields = registry.get("task", name).Request.model_fields
+        assert [field["name"] for field in task["inputs"]] == list(fields)
+        assert all(field["description"] == fields[field["name"]].description for field in task["inputs"])
+    inpaint = {field["name"]: field for field in tasks["inpaint"]["inputs"]}
+    assert {k: (v["kind"], v["takes_file"], v["required"]) for k, v in inpaint.items()} == {
+        "image": ("picture", True, True),
+        "mask": ("mask", True, True),
+    }
+    assert tasks["uncond"]["inputs"] == [] and tasks["class2img"]["inputs"][0]["kind"] == "label"
+
+
+def test_tasks_command_describes_one_task_and_refuses_unknown_ones():
+    code, stdout, stderr = _cli(["tasks", "superres"])
+    assert code == 0, stderr
+    assert stdout.startswith("superres: ") and "image" in stdout and "--input image=@PATH" in stdout
+    assert "inpaint" not in stdout
+    code, _, stderr = _cli(["tasks", "inpiant"])
+    assert code == 2 and "unknown task type 'inpiant'. Did you mean 'inpaint'?" in stderr, stderr

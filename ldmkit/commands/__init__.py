@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     import argparse
 
-BUILTIN_COMMANDS: tuple[str, ...] = ("plugins", "validate", "schema", "generate", "train", "convert")
+BUILTIN_COMMANDS: tuple[str, ...] = ("plugins", "tasks", "validate", "schema", "generate", "train", "convert")
 """Names of the core's own subcommands (modules of this package); a plugin may not take them."""
 
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ldmkit.errors import InputError
+from ldmkit.errors import InputError, LdmkitError
 
 if TYPE_CHECKING:  # torch, numpy and the pipeline load only when the command runs
     import numpy as np
@@ -17,8 +17,20 @@ if TYPE_CHECKING:  # torch, numpy and the pipeline load only when the command ru
 
 log = logging.getLogger(__name__)
 
-FILE_INPUTS = ("layout", "segmentation", "image", "mask")
-TEXT_INPUTS = ("label", "prompt")
+# today's flags, shorthands for --input: those read a file named by their value, these pass text
+FILE_SHORTHANDS = ("layout", "segmentation", "image", "mask")
+TEXT_SHORTHANDS = ("label", "prompt")
+MAX_INPUT_FILE = 16 * 1024 * 1024
+
+
+def _registered(kind: str) -> str:
+    """The registered names of ``kind``, for help texts (the registry is loaded when the CLI starts)."""
+    from ldmkit.registry import get_registry
+
+    try:
+        return ", ".join(get_registry().names(kind)) or "none registered"
+    except LdmkitError:  # a strict registry that failed: the CLI reports it itself
+        return "see `ldmkit plugins`"
 
 
 def add_parser(sub) -> None:
@@ -33,24 +45,42 @@ def add_parser(sub) -> None:
   ldmkit generate --model shapes --task uncond -n 8 --out out/
   ldmkit generate --task layout2img --layout boxes.json --out out/
   ldmkit generate --task inpaint --image pic.png --mask mask.png --out out/
+  ldmkit generate --task inpaint --input image=@pic.png --input mask=@mask.png --out out/
+  ldmkit generate --task class2img --label 0 --sampler dpmpp-2m --sampler-param spacing=trailing --out out/
   ldmkit generate --task text2img --prompt "a blue triangle" --device cuda --fast --out out/
-  ldmkit generate --replay out/000000.png --out replay/""",
+  ldmkit generate --replay out/000000.png --out replay/
+
+`ldmkit tasks NAME` lists a task's inputs; `ldmkit plugins` lists the samplers.""",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--spec", help="pipeline folder (spec.yaml + weights) or spec file; default: the default model")
     p.add_argument("--model", help="a model a plugin provides, by name (`ldmkit plugins` lists them)")
-    p.add_argument("--task", help="uncond, class2img, text2img, layout2img, semantic2img, superres, inpaint")
-    p.add_argument("--label", help="class id or name (class2img)")
-    p.add_argument("--prompt", help="caption (text2img)")
-    p.add_argument("--layout", help="JSON file: [{label, box: [x0, y0, x1, y1]}] (layout2img)")
-    p.add_argument("--segmentation", help="8-bit PNG map of class ids (semantic2img)")
-    p.add_argument("--image", help="PNG input picture (superres, inpaint)")
-    p.add_argument("--mask", help="PNG mask, white = fill in (inpaint)")
+    p.add_argument("--task", help=f"the task: {_registered('task')} (`ldmkit tasks` lists their inputs)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one of the task's inputs (repeatable); @PATH reads a file where the input takes one "
+        "(a picture, mask, layout or map): --input colour=red, --input image=@pic.png",
+    )
+    p.add_argument("--label", help="class id or name (the same as --input label=VALUE)")
+    p.add_argument("--prompt", help="caption (the same as --input prompt=VALUE)")
+    p.add_argument("--layout", metavar="PATH", help="JSON file of labelled boxes (--input layout=@PATH)")
+    p.add_argument("--segmentation", metavar="PATH", help="8-bit PNG map of class ids (--input segmentation=@PATH)")
+    p.add_argument("--image", metavar="PATH", help="input picture (--input image=@PATH)")
+    p.add_argument("--mask", metavar="PATH", help="mask picture, white = fill in (--input mask=@PATH)")
     p.add_argument("-n", type=int, default=None, help="number of pictures (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first picture (default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the task's, else the spec's)")
+    p.add_argument("--sampler", default=None, help=f"{_registered('sampler')} (default: the task's, else the spec's)")
     p.add_argument(
-        "--sampler", default=None, help="ddim, plms, ddpm, dpmpp-2m, euler-a (default: the task's, else the spec's)"
+        "--sampler-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one of the sampler's params (repeatable; the value read as a YAML scalar): --sampler-param "
+        "spacing=trailing",
     )
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the spec's)")
     p.add_argument(
@@ -94,19 +124,115 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _read_inputs(args) -> dict:
-    inputs: dict = {k: getattr(args, k) for k in TEXT_INPUTS if getattr(args, k) is not None}
-    for key in FILE_INPUTS:
-        value = getattr(args, key)
-        if value is None:
-            continue
-        path = Path(value)
-        if not path.is_file():
-            raise InputError(f"--{key} {value}: no such file")
-        if path.stat().st_size > 16 * 1024 * 1024:
-            raise InputError(f"--{key} {value}: larger than 16 MB")
-        inputs[key] = path.read_bytes()
-    return inputs
+def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    """``KEY=VALUE`` items split at the first ``=``; refused unless each has a key."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{flag} {item!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _read_file(shown: str, value: str) -> bytes:
+    """The bytes of file ``value``; ``shown`` is how the command line gave it, for messages."""
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(f"{shown}: no such file")
+    if path.stat().st_size > MAX_INPUT_FILE:
+        raise InputError(f"{shown}: larger than 16 MB")
+    return path.read_bytes()
+
+
+def _input_names(task) -> tuple[str, ...]:
+    """The inputs ``task`` reads: a ConditionedTask says; any other Task reads its request model's fields."""
+    names = getattr(task, "input_names", None)
+    return tuple(names()) if callable(names) else tuple(task.Request.model_fields)
+
+
+def _required_inputs(task) -> tuple[str, ...]:
+    required = getattr(task, "required_inputs", None)
+    if callable(required):
+        return tuple(required())
+    return tuple(name for name, field in task.Request.model_fields.items() if field.is_required())
+
+
+def _unknown_input(task, key: str) -> InputError:
+    import difflib
+
+    names = _input_names(task)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return InputError(
+        f"task {task.name!r} does not read {key}{hint}; its inputs: {', '.join(names) or 'none'} "
+        f"(`ldmkit tasks {task.name}` describes them)"
+    )
+
+
+def _needed(task, missing: list[str]) -> InputError:
+    flags = [f"--{m}" if m in FILE_SHORTHANDS + TEXT_SHORTHANDS else f"--input {m}=VALUE" for m in missing]
+    return InputError(f"task {task.name!r} needs {', '.join(flags)} (`ldmkit tasks {task.name}` describes them)")
+
+
+def _read_inputs(args, task) -> dict:
+    """The task's inputs from ``--input KEY=VALUE`` and the shorthand flags: text, or the bytes of files."""
+    from ldmkit.inputs import describe_request
+
+    given: dict[str, tuple[str, str, bool]] = {}  # key -> (as given, value, whether the value names a file)
+    for key in TEXT_SHORTHANDS + FILE_SHORTHANDS:
+        if getattr(args, key) is not None:
+            given[key] = (f"--{key} {getattr(args, key)}", getattr(args, key), key in FILE_SHORTHANDS)
+    takes_file = {field.name: field.takes_file for field in describe_request(task.Request)}
+    for key, value in _pairs(args.input, "--input"):
+        if key in given:
+            raise InputError(f"--input {key}: {key} is given twice (by {given[key][0].split()[0]} too)")
+        from_file = takes_file.get(key, False) and value.startswith("@")
+        given[key] = (f"--input {key}={value}", value[1:] if from_file else value, from_file)
+    for key in given:
+        if key not in _input_names(task):
+            raise _unknown_input(task, key)
+    missing = [name for name in _required_inputs(task) if name not in given]
+    if missing:
+        raise _needed(task, missing)
+    return {key: _read_file(shown, value) if from_file else value for key, (shown, value, from_file) in given.items()}
+
+
+def _replay_files(args) -> dict[str, bytes]:
+    """Input files given with ``--replay`` (``--input KEY=@PATH`` or a file flag): those a picture recorded by hash."""
+    files = {key: _read_file(f"--{key} {value}", value) for key in FILE_SHORTHANDS if (value := getattr(args, key))}
+    for key, value in _pairs(args.input, "--input"):
+        if not value.startswith("@"):
+            raise InputError(
+                f"--input {key}={value}: with --replay, inputs come from the picture; only files are given"
+            )
+        files[key] = _read_file(f"--input {key}={value}", value[1:])
+    given = [f"--{key}" for key in TEXT_SHORTHANDS if getattr(args, key) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: with --replay, inputs come from the picture; only files are given")
+    return files
+
+
+def _sampler_params(items: list[str]) -> dict:
+    """``--sampler-param KEY=VALUE`` items, each value read as a YAML scalar (``10``, ``0.5``, ``true``, ``text``)."""
+    import math
+
+    import yaml
+
+    params: dict = {}
+    for key, text in _pairs(items, "--sampler-param"):
+        if key in params:
+            raise InputError(f"--sampler-param {key}: given twice")
+        try:
+            value = yaml.safe_load(text) if text.strip() else text
+        except yaml.YAMLError:
+            value = text
+        if not isinstance(value, (str, int, float, bool)) and value is not None:
+            value = text  # a list, mapping or date: the text as written, for the sampler's Params to judge
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"--sampler-param {key}={text!r}: must be a finite number")
+        params[key] = value
+    return params
 
 
 def _prepare(pipe: Pipeline, device: torch.device, fast: bool, precision: str | None) -> None:
@@ -183,7 +309,14 @@ def _replay(args) -> int:
     _check_task(pipe, meta["task"])
     _prepare(pipe, device, fast, precision)
     result = replay_picture(
-        pipe, args.replay, meta, model, args.out, whole_batch=args.replay_batch, progress=not args.no_progress
+        pipe,
+        args.replay,
+        meta,
+        model,
+        args.out,
+        whole_batch=args.replay_batch,
+        progress=not args.no_progress,
+        files=_replay_files(args),
     )
     if result.identical:
         print(f"{result.path}: identical to {args.replay}")
@@ -208,8 +341,8 @@ def run(args) -> int:
         runtime_of,
         save_pictures,
     )
-    from ldmkit.generation_options import check_label, check_options
-    from ldmkit.options import resolve_options
+    from ldmkit.generation_options import check_label, check_options, check_sampler_params
+    from ldmkit.options import resolve_options, sampler_type
 
     check_output_folder(args.out)  # refused before any time goes into loading and sampling
     if args.replay:
@@ -223,9 +356,9 @@ def run(args) -> int:
     told = {k: getattr(args, k) for k in ("n", "seed", "sampler", "steps", "eta")} | {"guidance_scale": args.guidance}
     told = {k: v for k, v in told.items() if v is not None}
     check_options({"n": 4, **told}, CLI_FLAGS)  # before any time goes into loading
-
     if args.label is not None:
         check_label(args.label)
+
     device = resolve_device(args.device if args.device is not None else "cpu")
     precision = _fast_precision(args.precision, bool(args.fast))
     pipe, model = open_model(args.model) if args.model is not None else open_pipeline(args.spec)
@@ -233,8 +366,16 @@ def run(args) -> int:
     # spec < task defaults < the command line, layered once (ldmkit.options); then the CLI's own bounds
     layered = resolve_options(pipe, args.task, {"n": 4, **told})
     chosen = {k: getattr(layered, k) for k in ("n", "seed", "sampler", "steps", "eta", "guidance_scale")}
+    params = _sampler_params(args.sampler_param)
+    if params:  # checked by the sampler's own Params; recorded as given, in the form they validate to
+        name = sampler_type(chosen["sampler"])
+        base = {} if isinstance(chosen["sampler"], str) else dict(chosen["sampler"].params)  # a spec's {type, params}
+        checked = check_sampler_params(pipe.registry, name, {**base, **params})
+        chosen["sampler"] = {"type": name, "params": checked.model_dump(mode="json", include=set(base) | set(params))}
     options = check_options({**chosen, "progress": not args.no_progress}, CLI_FLAGS).sample_options()
-    inputs = _read_inputs(args)
+    inputs = _read_inputs(args, pipe.task(args.task))
+    if args.label is None and isinstance(inputs.get("label"), str):
+        check_label(inputs["label"], where="--input label")
     from ldmkit.distributed_generate import generate_sharded, rank_device, world_size
 
     _prepare(pipe, rank_device(device), bool(args.fast), precision)

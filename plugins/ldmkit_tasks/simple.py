@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from ldmkit.inputs import label_input, prompt_input
+from ldmkit.inputs import Label, Prompt, label_input
 from ldmkit.tasks import ConditionedTask, Request, TaskParams
 
 
@@ -22,7 +22,7 @@ class ClassParams(TaskParams):
 
 
 class ClassRequest(Request):
-    label: int | str
+    label: Label = Field(description="the class to draw: a class id, or one of the task's class_names")
 
 
 class Class2ImgTask(ConditionedTask):
@@ -31,7 +31,6 @@ class Class2ImgTask(ConditionedTask):
     name = "class2img"
     Params = ClassParams
     Request = ClassRequest
-    inputs = ("label",)
 
     def label_id(self, label: int | str) -> int:
         """The class id of ``label``: an id, or one of ``params.class_names``."""
@@ -42,7 +41,7 @@ class Class2ImgTask(ConditionedTask):
 
 
 class TextRequest(Request):
-    prompt: str = Field(min_length=1, max_length=1000)
+    prompt: Prompt = Field(description="what to draw, in words (1 to 1000 characters)")
 
 
 class Text2ImgTask(ConditionedTask):
@@ -50,10 +49,6 @@ class Text2ImgTask(ConditionedTask):
 
     name = "text2img"
     Request = TextRequest
-    inputs = ("prompt",)
-
-    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        return TextRequest(prompt=prompt_input(self.require(inputs, "prompt"), f"task {self.name!r}: prompt"))
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         return [request.prompt] * n

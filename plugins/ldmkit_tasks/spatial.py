@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from ldmkit.errors import InputError
-from ldmkit.inputs import LayoutObject, check_size, class_map_input, image_input, layout_input, mask_input
+from ldmkit.inputs import Layout, Mask, Picture, SegmentationMap, check_size
 from ldmkit.masking import blur_fill
 from ldmkit.tasks import ConditionedTask, Request, TaskParams, image_size
 
 
 class LayoutRequest(Request):
-    layout: list[LayoutObject] = Field(min_length=1, max_length=16)
+    layout: Layout = Field(description="1 to 16 labelled boxes; labels are the conditioner's class names or ids")
 
 
 class Layout2ImgTask(ConditionedTask):
@@ -22,10 +21,6 @@ class Layout2ImgTask(ConditionedTask):
 
     name = "layout2img"
     Request = LayoutRequest
-    inputs = ("layout",)
-
-    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        return LayoutRequest(layout=layout_input(self.require(inputs, "layout")))
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         objects = [obj.model_dump() for obj in request.layout]
@@ -37,7 +32,9 @@ class SemanticParams(TaskParams):
 
 
 class SemanticRequest(Request):
-    segmentation: Any  # (H, W) int64 tensor of class ids
+    segmentation: SegmentationMap = Field(
+        description="a map of class ids (0 = background) the size of the generated picture; (H, W) int64"
+    )
 
 
 class Semantic2ImgTask(ConditionedTask):
@@ -46,11 +43,6 @@ class Semantic2ImgTask(ConditionedTask):
     name = "semantic2img"
     Params = SemanticParams
     Request = SemanticRequest
-    inputs = ("segmentation",)
-
-    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        seg = class_map_input(self.require(inputs, "segmentation"), self.params.n_classes)
-        return SemanticRequest(segmentation=seg)
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         seg = request.segmentation
@@ -65,7 +57,7 @@ class SuperresParams(TaskParams):
 
 
 class ImageRequest(Request):
-    image: Any  # (3, h, w) float in [-1, 1]
+    image: Picture = Field(description="the low-resolution picture, 1/factor of the generated size")
 
 
 class SuperresTask(ConditionedTask):
@@ -74,10 +66,6 @@ class SuperresTask(ConditionedTask):
     name = "superres"
     Params = SuperresParams
     Request = ImageRequest
-    inputs = ("image",)
-
-    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        return ImageRequest(image=image_input(self.require(inputs, "image")))
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         h, w = image_size(pipeline)
@@ -105,8 +93,16 @@ class InpaintParams(TaskParams):
 
 
 class InpaintRequest(Request):
-    image: Any  # (3, H, W) float in [-1, 1]
-    mask: Any  # (1, H, W) float, 1 = fill in
+    image: Picture = Field(description="the picture to fill in, the size of the generated picture")
+    mask: Mask = Field(description="where to fill in (white), the size of the image")
+
+    @model_validator(mode="after")
+    def _same_size(self) -> InpaintRequest:
+        if tuple(self.mask.shape[-2:]) != tuple(self.image.shape[-2:]):
+            raise ValueError(
+                f"mask {tuple(self.mask.shape[-2:])} and image {tuple(self.image.shape[-2:])} differ in size"
+            )
+        return self
 
 
 class InpaintTask(ConditionedTask):
@@ -115,14 +111,6 @@ class InpaintTask(ConditionedTask):
     name = "inpaint"
     Params = InpaintParams
     Request = InpaintRequest
-    inputs = ("image", "mask")
-
-    def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        img = image_input(self.require(inputs, "image"))
-        m = mask_input(self.require(inputs, "mask"))
-        if tuple(m.shape[-2:]) != tuple(img.shape[-2:]):
-            raise InputError(f"mask {tuple(m.shape[-2:])} and image {tuple(img.shape[-2:])} differ in size")
-        return InpaintRequest(image=img, mask=m)
 
     def _batch(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
         check_size(request.image, image_size(pipeline), "image")
