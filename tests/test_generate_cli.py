@@ -439,17 +439,22 @@ def random_text(n: int) -> str:
 def test_sampler_param_values_are_yaml_scalars(tmp_path):
     # the task's default sampler takes the param; "quad" stays text, and the value is recorded as validated
     argv = ["generate", "--task", "class2img", "--label", "0", "--sampler", "ddim", *ONE]
-    code, _, stderr = run_cli([*argv, "--sampler-param", "discretize=quad", "--out", str(tmp_path)])
+    code, _, stderr = run_cli([*argv, "--sampler-param", "spacing=quad", "--out", str(tmp_path)])
     assert code == 0, stderr
     sampler = read_metadata(tmp_path / "000000.png")["options"]["sampler"]
-    assert sampler == {"type": "ddim", "params": {"discretize": "quad"}}
+    assert sampler == {"type": "ddim", "params": {"spacing": "quad"}}
+    # the deprecated key still works, and is recorded under its current name
+    with pytest.warns(DeprecationWarning, match="spacing"):
+        code, _, stderr = run_cli([*argv, "--sampler-param", "discretize=quad", "--out", str(tmp_path / "old")])
+    assert code == 0, stderr
+    assert read_metadata(tmp_path / "old" / "000000.png")["options"]["sampler"] == sampler
 
 
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["--sampler", "dpmpp-2m", "--sampler-param", "spacing=bogus"], "--sampler-param spacing='bogus'"),
-        (["--sampler", "ddim", "--sampler-param", "spacing=trailing"], "--sampler-param spacing='trailing'"),
+        (["--sampler", "ddim", "--sampler-param", "spacing=cubic"], "--sampler-param spacing='cubic'"),
         (["--sampler", "ddim", "--sampler-param", "discretize"], "--sampler-param 'discretize': expected KEY=VALUE"),
         (["--sampler", "ddim", "--sampler-param", "discretize=.nan"], "must be a finite number"),
         (["--sampler", "nonesuch", "--sampler-param", "spacing=leading"], "nonesuch"),

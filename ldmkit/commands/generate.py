@@ -371,7 +371,8 @@ def run(args) -> int:
         name = sampler_type(chosen["sampler"])
         base = {} if isinstance(chosen["sampler"], str) else dict(chosen["sampler"].params)  # a spec's {type, params}
         checked = check_sampler_params(pipe.registry, name, {**base, **params})
-        chosen["sampler"] = {"type": name, "params": checked.model_dump(mode="json", include=set(base) | set(params))}
+        # the fields given (a deprecated key such as discretize is recorded under its current name)
+        chosen["sampler"] = {"type": name, "params": checked.model_dump(mode="json", exclude_unset=True)}
     options = check_options({**chosen, "progress": not args.no_progress}, CLI_FLAGS).sample_options()
     inputs = _read_inputs(args, pipe.task(args.task))
     if args.label is None and isinstance(inputs.get("label"), str):
