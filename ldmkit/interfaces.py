@@ -59,6 +59,9 @@ class _Configurable:
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
+    example_params: ClassVar[Mapping[str, Any] | None] = None
+    """Small params that build a fast instance, for tests and docs. ``ldmkit.testing.sweep`` builds every
+    registered component from them and runs its kind's conformance class (None: ``Params()`` defaults)."""
 
     params: Params
 
@@ -135,6 +138,10 @@ class Denoiser(Component, ABC):
     kind = "denoiser"
     prediction: Prediction = "eps"
 
+    def example_inputs(self, batch: int) -> tuple[Tensor, Tensor, Conditioning]:
+        """``(x_t, t, cond)`` of ``batch`` items that this instance (built from ``example_params``) accepts."""
+        raise NotImplementedError(f"denoiser {self.name!r} declares no example_inputs")
+
     @abstractmethod
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         """x_t (B, C, h, w), t (B,) integer timesteps -> (B, C_out, h, w) in the ``prediction`` parameterization."""
@@ -160,6 +167,12 @@ class Conditioner(Component, ABC):
 
     kind = "conditioner"
     slots: ClassVar[tuple[Slot, ...]] = ()
+    example_first_stage: ClassVar[Mapping[str, Any] | None] = None
+    """``{"type", "params"}`` of a first stage to ``attach`` in examples, for conditioners that encode pictures."""
+
+    def example_input(self, batch: int) -> Any:
+        """A raw input of ``batch`` items that this instance (built from ``example_params``) accepts."""
+        raise NotImplementedError(f"conditioner {self.name!r} declares no example_input")
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)

@@ -14,6 +14,7 @@ class IdentityFirstStage(IdentityCompVis, ldmkit.FirstStage):
     """``encode`` and ``decode`` return their input; the 'latent' is the image itself (f = 1)."""
 
     name = "identity"
+    example_params = {"channels": 3}
 
     class Params(ldmkit.Params):
         channels: int = Field(3, ge=1, description="image (and latent) channels")

@@ -12,7 +12,7 @@ from ldmkit_autoencoders.compvis import KLCompVis
 from ldmkit_autoencoders.diffusers import KLDiffusers
 from ldmkit_autoencoders.distributions import DiagonalGaussian
 from ldmkit_autoencoders.encoder_decoder import Decoder, Encoder
-from ldmkit_autoencoders.params import AutoencoderParams
+from ldmkit_autoencoders.params import TINY_EXAMPLE, AutoencoderParams
 
 
 class KLAutoencoder(KLCompVis, KLDiffusers, ldmkit.FirstStage):
@@ -23,6 +23,7 @@ class KLAutoencoder(KLCompVis, KLDiffusers, ldmkit.FirstStage):
     """
 
     name = "kl-autoencoder"
+    example_params = {**TINY_EXAMPLE, "embed_dim": 4}
 
     class Params(AutoencoderParams):
         embed_dim: int = Field(4, ge=1, description="latent channels")

@@ -8,6 +8,19 @@ import ldmkit
 
 GROUPS = 32  # every GroupNorm in the autoencoder has 32 groups
 
+TINY_EXAMPLE: dict = {
+    "z_channels": 4,
+    "resolution": 16,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
+"""A 16x16 autoencoder of two levels (downsampling 2): the example params of both kinds."""
+
 
 class AutoencoderParams(ldmkit.Params):
     """Fields of the reference ``ddconfig``, flattened. Defaults: the 256px, f8 configuration."""

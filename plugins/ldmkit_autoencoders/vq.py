@@ -13,7 +13,7 @@ from ldmkit.checks import image_tensor
 from ldmkit_autoencoders.compvis import VQCompVis
 from ldmkit_autoencoders.diffusers import VQDiffusers
 from ldmkit_autoencoders.encoder_decoder import Decoder, Encoder
-from ldmkit_autoencoders.params import AutoencoderParams
+from ldmkit_autoencoders.params import TINY_EXAMPLE, AutoencoderParams
 from ldmkit_autoencoders.quantize import VectorQuantizer
 
 
@@ -26,6 +26,7 @@ class VQAutoencoder(VQCompVis, VQDiffusers, ldmkit.FirstStage):
     """
 
     name = "vq-autoencoder"
+    example_params = {**TINY_EXAMPLE, "double_z": False, "z_channels": 3, "embed_dim": 3, "n_embed": 16}
 
     class Params(AutoencoderParams):
         double_z: bool = Field(False, description="must be false: the VQ encoder outputs z_channels")

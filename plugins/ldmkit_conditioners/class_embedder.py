@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
+from torch import Tensor
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
 from ldmkit.checks import check_batch, index_tensor
@@ -22,6 +23,7 @@ class ClassEmbedder(ClassEmbedderCompVis, ClassEmbedderDiffusers, Conditioner):
     """
 
     name = "class-embedder"
+    example_params = {"embed_dim": 8, "n_classes": 5, "null_class": 4}
     slots = ("crossattn", "vector")  # one of them, chosen by ``target``
 
     class Params(Params):
@@ -40,6 +42,9 @@ class ClassEmbedder(ClassEmbedderCompVis, ClassEmbedderDiffusers, Conditioner):
             return self
 
     params: Params
+
+    def example_input(self, batch: int) -> Tensor:
+        return torch.arange(batch) % max(self.params.n_classes - 1, 1)  # (B,) class ids
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)

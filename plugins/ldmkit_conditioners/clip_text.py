@@ -35,6 +35,7 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
     """
 
     name = "clip-text"
+    example_params = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
     slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
 
     class Params(Params):
@@ -64,6 +65,9 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
             return self
 
     params: Params
+
+    def example_input(self, batch: int) -> list[str]:
+        return ["a photo of a cat"] * batch
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)

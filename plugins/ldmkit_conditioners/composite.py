@@ -53,6 +53,12 @@ class CompositeConditioner(Conditioner):
     """
 
     name = "composite"
+    example_params = {
+        "parts": {
+            "label": {"type": "class-embedder", "params": {"embed_dim": 8, "n_classes": 4, "null_class": 3}},
+            "map": {"type": "spatial-rescaler", "params": {"in_channels": 1, "out_size": [8, 8]}},
+        }
+    }
     slots: ClassVar[tuple[Slot, ...]] = SLOTS  # narrowed per instance to what the parts fill
 
     class Params(Params):
@@ -75,6 +81,9 @@ class CompositeConditioner(Conditioner):
             return parts
 
     params: Params
+
+    def example_input(self, batch: int) -> dict[str, Any]:
+        return {name: part.example_input(batch) for name, part in self.parts.items()}
 
     def __init__(self, params: Params | None = None, registry: Registry | None = None) -> None:
         super().__init__(params)

@@ -46,6 +46,7 @@ class MaskedImageConditioner(Conditioner):
     """
 
     name = "masked-image"
+    example_params = {"latent_size": [8, 8]}
     slots: ClassVar[tuple[Slot, ...]] = ("concat",)
 
     class Params(Params):
@@ -65,6 +66,18 @@ class MaskedImageConditioner(Conditioner):
         )
 
     params: Params
+
+    # a 16x16 KL autoencoder of two levels: latents (4, 8, 8), the example's latent_size
+    example_first_stage = {
+        "type": "kl-autoencoder",
+        "params": {"z_channels": 4, "embed_dim": 4, "resolution": 16, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1},
+    }
+
+    def example_input(self, batch: int) -> dict[str, Tensor]:
+        image = torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1  # (B, 3, 16, 16)
+        mask = torch.zeros(batch, 1, 16, 16)
+        mask[..., 4:12, 4:12] = 1  # a square hole
+        return {"image": image, "mask": mask}
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)

@@ -56,6 +56,14 @@ class LayoutConditioner(Conditioner):
     """Layouts (one list of objects per image) or layout tokens (B, max_seq_len) -> (B, max_seq_len, n_embed)."""
 
     name = "layout"
+    example_params = {
+        "n_classes": 3,
+        "class_names": ["red circle", "blue square", "green triangle"],
+        "coord_bins": 4,
+        "max_objects": 2,
+        "n_embed": 16,
+        "n_layer": 1,
+    }
     slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
 
     class Params(Params):
@@ -105,6 +113,9 @@ class LayoutConditioner(Conditioner):
             return self
 
     params: Params
+
+    def example_input(self, batch: int) -> list[list[dict[str, Any]]]:
+        return [[{"label": i % self.params.n_classes, "box": [0.1, 0.2, 0.6, 0.9]}] for i in range(batch)]
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)

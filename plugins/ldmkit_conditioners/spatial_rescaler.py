@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
-from torch import nn
+from torch import Tensor, nn
 
 from ldmkit import Conditioner, Conditioning, InputError, Params
 from ldmkit.checks import check_batch, image_tensor
@@ -28,6 +28,7 @@ class SpatialRescaler(SpatialRescalerCompVis, Conditioner):
     """
 
     name = "spatial-rescaler"
+    example_params = {"n_stages": 2, "out_channels": 2, "out_size": [4, 4]}
     slots: ClassVar[tuple[Slot, ...]] = ("concat",)
 
     class Params(Params):
@@ -51,6 +52,10 @@ class SpatialRescaler(SpatialRescalerCompVis, Conditioner):
         )
 
     params: Params
+
+    def example_input(self, batch: int) -> Tensor:
+        g = torch.Generator().manual_seed(batch)
+        return torch.randn(batch, self.params.in_channels, 16, 16, generator=g)  # (B, C, 16, 16)
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)

@@ -26,6 +26,14 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
     """
 
     name = "transformer-text"
+    example_params = {
+        "n_embed": 16,
+        "n_layer": 1,
+        "vocab_size": 8,
+        "max_seq_len": 6,
+        "tokenizer": "words",
+        "vocabulary": ["red", "blue", "circle", "square"],
+    }
     slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
 
     class Params(Params):
@@ -74,6 +82,10 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
             return self
 
     params: Params
+
+    def example_input(self, batch: int) -> list[str]:
+        words = " ".join(self.params.vocabulary[:4])
+        return [words] * batch
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)

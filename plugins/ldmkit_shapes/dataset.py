@@ -31,6 +31,20 @@ class ShapesDataset(Dataset):
     then the scene (:func:`sample_scene`).
     """
 
+    example_params: ClassVar[dict[str, Any]] = {"seed": 3, "size": 10}
+    example_item_shapes: ClassVar[dict[str, tuple[int, ...]]] = {
+        "image": (3, 64, 64),
+        "segmentation": (64, 64),
+        "lowres": (3, 16, 16),
+        "mask": (1, 64, 64),
+    }
+    example_value_ranges: ClassVar[dict[str, tuple[float, float]]] = {
+        "image": (-1, 1),
+        "lowres": (-1, 1),
+        "mask": (0, 1),
+        "segmentation": (0, 3),
+    }
+
     name: ClassVar[str] = "shapes"
 
     class Params(ldmkit.Params):

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 import ldmkit
+from ldmkit import Conditioning
 from ldmkit.errors import InputError
 from ldmkit_unet.attention import AttentionBlock
 from ldmkit_unet.compvis import UNetCompVis
@@ -40,8 +41,29 @@ class UNet(UNetCompVis, UNetDiffusers, ldmkit.Denoiser):
     """
 
     name = "unet"
+    example_params = {
+        "image_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "model_channels": 32,
+        "channel_mult": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [2],
+        "num_head_channels": 16,
+        "use_spatial_transformer": True,
+        "context_dim": 8,
+    }
     Params = UNetParams
     params: UNetParams
+
+    def example_inputs(self, batch: int) -> tuple[Tensor, Tensor, Conditioning]:
+        p = self.params
+        g = torch.Generator().manual_seed(11)
+        x = torch.randn(batch, p.in_channels, p.image_size, p.image_size, generator=g)  # (B, C, h, w)
+        t = torch.linspace(1, 999, batch).long()  # (B,) distinct, so mixed-up samples show
+        context = torch.randn(batch, 3, p.context_dim, generator=g) if p.context_dim else None  # (B, L, D)
+        labels = torch.arange(batch) % p.num_classes if p.num_classes else None  # (B,)
+        return x, t, Conditioning(crossattn=context, vector=labels)
 
     def __init__(self, params: UNetParams) -> None:
         super().__init__(params)
