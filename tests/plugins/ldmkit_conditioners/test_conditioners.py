@@ -21,7 +21,7 @@ from ldmkit_conditioners.layout import LayoutConditioner
 from ldmkit_conditioners.spatial_rescaler import SpatialRescaler
 from ldmkit_conditioners.transformer_text import TransformerTextConditioner
 
-FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "compvis"
 NAMES = ["class-embedder", "transformer-text", "clip-text", "layout", "spatial-rescaler", "masked-image", "composite"]
 
 
@@ -165,7 +165,7 @@ def test_transformer_text_rejects_bad_params(params, message):
         create("transformer-text", {"n_embed": 16, "n_layer": 1, "vocab_size": 20, **params})
 
 
-# -- CLIP text encoder (the tokenizer's tests: tests/test_clip_tokenizer.py) -----------------------
+# -- CLIP text encoder (the tokenizer's tests: test_clip_tokenizer.py) -----------------------------------
 TINY_CLIP = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from ldmkit import hookspecs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(
     name
     for name, fn in vars(hookspecs).items()

@@ -21,7 +21,7 @@ from ldmkit_unet.resblocks import Downsample, ResBlock, Upsample
 from ldmkit_unet.transformer import SpatialTransformer
 from ldmkit_unet.unet import UNet
 
-FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "compvis"
 PREFIX = "model.diffusion_model."
 
 TINY = dict(

@@ -20,7 +20,7 @@ from ldmkit.pipeline import COMPONENT_FIELDS, SPEC_FILE
 from ldmkit.specs import load_spec
 from ldmkit.training.spec import AutoencoderTrainSpec, LDMTrainSpec, load_train_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 MODEL = ROOT / "plugins" / "ldmkit_shapes" / "model"
 TRAIN_SH = ROOT / "examples" / "shapes" / "train.sh"
 TASKS = {"uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint"}

@@ -20,7 +20,7 @@ from ldmkit_autoencoders.identity import IdentityFirstStage
 from ldmkit_autoencoders.kl import KLAutoencoder
 from ldmkit_autoencoders.vq import VQAutoencoder
 
-FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "compvis"
 PREFIX = "first_stage_model."
 TOLERANCE = 1e-4
 

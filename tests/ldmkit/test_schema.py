@@ -14,7 +14,7 @@ from ldmkit.schema import SPEC_KINDS, pipeline_model, pipeline_schema, render
 
 jsonschema = pytest.importorskip("jsonschema")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = yaml.safe_load((ROOT / "examples" / "specs" / "txt2img-tiny.yaml").read_text())
 
 

@@ -27,7 +27,7 @@ from ldmkit.errors import PluginError, SpecError, UnknownComponentError
 from ldmkit.generation import default_model_dir, model_dir, open_model, read_metadata, weights_hash
 from ldmkit.registry import PluginInfo, Registry, discover
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ONE = ["--task", "uncond", "-n", "1", "--steps", "2", "--no-progress"]  # the cheapest generation that samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "ldmkit"
 PLUGIN_ROOTS = [ROOT / "plugins", ROOT / "examples" / "ldmkit-plugin-example"]
 API_DOC = ROOT / "docs" / "reference" / "api.md"

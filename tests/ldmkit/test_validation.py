@@ -20,7 +20,7 @@ from ldmkit.schedules import ScheduleSpec
 from ldmkit.schema import builtin_registry
 from ldmkit.specs import ComponentSpec, PipelineSpec, StrictModel, dump_spec, format_validation_error, validate_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHAPES_SPEC = yaml.safe_load((ROOT / "plugins" / "ldmkit_shapes" / "model" / "spec.yaml").read_text())
 
 

@@ -36,7 +36,7 @@ from ldmkit.errors import CheckpointError, CheckpointFormatError
 from ldmkit.generation import weights_hash
 from tests.tiny import TINY_SPEC
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 CIN_VQ = ROOT / "tests" / "fixtures" / "compvis" / "cin-vq"
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ldmkit import CheckpointError, Conditioning, SpecError, UnsafeCheckpointError, compvis, get_registry
 from ldmkit.checkpoints import load_checkpoint
 
-FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "compvis"
 CASES = ["txt2img-kl", "cin-vq"]
 TOL = 1e-4
 

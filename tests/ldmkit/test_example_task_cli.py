@@ -3,7 +3,7 @@
 ``colour2img-example`` reads ``colour``, an input no built-in task has: ``ldmkit tasks`` lists it,
 ``ldmkit generate --input colour=red`` makes pictures that replay byte for byte, bad values exit 2
 naming the field, and the example's sampler takes ``--sampler-param``. The CLI runs in one
-subprocess with the installed example on PYTHONPATH (as ``tests/test_plugin_example.py`` does).
+subprocess with the installed example on PYTHONPATH (as ``tests/ldmkit/test_plugin_example.py`` does).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_plugin_example import COLOUR_SPEC, EXAMPLE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ONE = ["-n", "2", "--steps", "2", "--no-progress"]
 
 # each entry: a name and the argv of one ``ldmkit`` call; {spec} and {out} are filled in

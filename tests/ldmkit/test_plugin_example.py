@@ -32,7 +32,7 @@ from ldmkit.testing import (
     TaskConformance,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "ldmkit-plugin-example"
 FAILED = (AssertionError, pytest.fail.Exception)
 

@@ -15,7 +15,7 @@ import pytest
 import ldmkit
 from ldmkit.cli import COMMANDS, build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 TASKS = ("uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint")
 SAMPLERS = ("ddim", "plms", "ddpm", "dpmpp-2m", "euler-a")

@@ -13,7 +13,7 @@ import yaml
 from ldmkit.cli import main
 from ldmkit.generation import default_model_dir
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 EXAMPLE_DOCUMENTS = sorted(EXAMPLES.rglob("*.yaml")) + sorted(EXAMPLES.rglob("*.json"))
 KIND = {"specs": "pipeline spec", "train": "train spec", "shapes": "train spec"}
 

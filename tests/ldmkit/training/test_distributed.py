@@ -17,7 +17,7 @@ from ldmkit.errors import InputError
 from ldmkit.training import load_train_spec, train
 from ldmkit.training.data import IndexStream
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 AE_SPEC = ROOT / "examples" / "train" / "tiny-autoencoder.yaml"
 LDM_SPEC = ROOT / "examples" / "train" / "tiny-ldm.yaml"
 ATOL = 1e-6

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ldmkit import Pipeline, compvis
 
-CONFIG = Path(__file__).parent / "fixtures" / "sd-v1" / "v1-inference.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "fixtures" / "sd-v1" / "v1-inference.yaml"
 POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 
 

@@ -25,7 +25,7 @@ from ldmkit.training.ema import EMA
 from ldmkit.training.losses import PerceptualLoss
 from ldmkit.training.spec import DatasetSpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 AE_SPEC = ROOT / "examples" / "train" / "tiny-autoencoder.yaml"
 LDM_SPEC = ROOT / "examples" / "train" / "tiny-ldm.yaml"
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from ldmkit import Pipeline, compvis
 from ldmkit.cli import main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "compvis"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "compvis"
 CASES = ["txt2img-kl", "cin-vq"]
 
 

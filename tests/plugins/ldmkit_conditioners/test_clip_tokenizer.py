@@ -14,7 +14,8 @@ pytest.importorskip("transformers")
 from ldmkit import InputError  # noqa: E402
 from ldmkit_conditioners.clip_tokenizer import CONTEXT_LENGTH, EOT_ID, SOT_ID, CLIPTokenizer, default_tokenizer  # noqa: E402
 
-GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "clip_token_ids.json").read_text(encoding="utf-8"))
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+GOLDEN = json.loads((FIXTURES / "clip_token_ids.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")

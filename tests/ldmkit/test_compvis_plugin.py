@@ -14,7 +14,7 @@ from ldmkit import SpecError, compvis
 from ldmkit.registry import PluginInfo, Registry, discover
 from ldmkit.testing import DenoiserConformance
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "ldmkit-plugin-example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ldmkit-plugin-example"
 TARGET = "ldmkit_plugin_example.models.TinyUNet"
 # the original module's parameter names, as its checkpoints hold them
 ORIGINAL_KEYS = {
