@@ -19,16 +19,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ldmkit_shapes.world import COLOURS
+
 log = logging.getLogger("inpaint_fill")
 
-PALETTE = {
-    "red": (215, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 70, 215),
-    "yellow": (235, 200, 30),
-    "magenta": (190, 50, 190),
-    "cyan": (30, 180, 200),
-}
 
 
 def draw_scene(rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +40,7 @@ def draw_scene(rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
                 boxes.append(box)
                 break
     for x0, y0, x1, y1 in boxes:
-        colour = PALETTE[rng.choice(list(PALETTE))]
+        colour = COLOURS[rng.choice(list(COLOURS))]  # the world's palette
         shape = rng.choice(["circle", "square", "triangle"])
         if shape == "circle":
             draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=colour)

@@ -218,7 +218,7 @@ class Sampler(_Configurable, ABC):
         x_T: Tensor,
         *,
         steps: int,
-        eta: float = 0.0,
+        eta: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback: StepCallback | None = None,
         mask: Tensor | None = None,

@@ -18,23 +18,14 @@ from ldmkit_autoencoders.compvis import first_stage_from_compvis
 from ldmkit_autoencoders.distributions import DiagonalGaussian
 from ldmkit_autoencoders.identity import IdentityFirstStage
 from ldmkit_autoencoders.kl import KLAutoencoder
+from ldmkit_autoencoders.params import TINY_EXAMPLE
 from ldmkit_autoencoders.vq import VQAutoencoder
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "compvis"
 PREFIX = "first_stage_model."
 TOLERANCE = 1e-4
 
-TINY = {
-    "z_channels": 4,
-    "resolution": 16,
-    "in_channels": 3,
-    "out_ch": 3,
-    "ch": 32,
-    "ch_mult": [1, 2],
-    "num_res_blocks": 1,
-    "attn_resolutions": [],
-    "dropout": 0.0,
-}
+TINY = TINY_EXAMPLE  # 16x16, two levels
 
 
 @pytest.fixture(autouse=True, scope="module")
