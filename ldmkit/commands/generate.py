@@ -82,7 +82,12 @@ def add_parser(sub) -> None:
         help="one of the sampler's params (repeatable; the value read as a YAML scalar): --sampler-param "
         "spacing=trailing",
     )
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the spec's)")
+    p.add_argument(
+        "--eta",
+        type=float,
+        default=None,
+        help="scale of the fresh noise each step adds (DDIM: CompVis eta; ddpm, euler-a: 1 = full ancestral noise; default: the spec's, else the sampler's)",
+    )
     p.add_argument(
         "--guidance",
         type=float,
