@@ -86,7 +86,8 @@ def add_parser(sub) -> None:
         "--eta",
         type=float,
         default=None,
-        help="scale of the fresh noise each step adds (DDIM: CompVis eta; ddpm, euler-a: 1 = full ancestral noise; default: the spec's, else the sampler's)",
+        help="scale of the fresh noise each step adds (DDIM: CompVis eta; ddpm, euler-a: 1 = full ancestral "
+        "noise; default: the spec's, else the sampler's)",
     )
     p.add_argument(
         "--guidance",
