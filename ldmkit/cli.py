@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except LdmkitError as exc:  # e.g. LDMKIT_STRICT_PLUGINS=1 and a plugin failed to load
         print(f"ldmkit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl-C (or a plugin raising it) while the plugins load
+        print(f"ldmkit: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ldmkit.building import build_component
 from ldmkit.conditioning import Conditioning
-from ldmkit.errors import InputError, SpecError
+from ldmkit.errors import InputError, PluginError, SpecError
 from ldmkit.guidance import DenoiseStep, check_guidance_scale, denoiser_step, guided_model_fn
 from ldmkit.interfaces import Conditioner, Denoiser, FirstStage, ModelFn, Sampler, StepCallback, Task
 from ldmkit.numerics import OnNonFinite
@@ -319,7 +319,7 @@ class Pipeline:
         if x_T is None:
             batch = cond.batch_size or batch_size or (len(generator) if isinstance(generator, list) else 1)
             x_T = self.initial_noise(batch, generator)
-        return sampler.sample(
+        latents = sampler.sample(
             self.model_fn(cond, uncond, guidance_scale),
             self.schedule,
             x_T,
@@ -331,6 +331,13 @@ class Pipeline:
             x0=x0,
             progress=progress,
         )
+        if not isinstance(latents, Tensor) or tuple(latents.shape) != tuple(x_T.shape):
+            got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+            raise PluginError(
+                f"sampler {type(sampler).name!r} ({type(sampler).__module__}) returned {got}, "
+                f"not latents of x_T's shape {tuple(x_T.shape)}"
+            )
+        return latents
 
     @torch.no_grad()
     def decode(self, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry") -> Tensor:

@@ -237,7 +237,7 @@ class Registry:
                     if impl.plugin is plugin:
                         impl.function(register=register)
             self._commit(staged, info)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a hook that calls sys.exit() fails its plugin, not the program
             manager.unregister(plugin)
             return self._fail(info, f"{type(exc).__name__}: {exc}")
         self.plugins.append(info)
@@ -458,9 +458,14 @@ def discover(strict: bool | None = None, only: list[str] | None = None) -> Regis
         only = [s.strip() for s in os.environ["LDMKIT_LOAD_PLUGINS"].split(",") if s.strip()]
     registry = Registry(strict=strict, manager=make_plugin_manager())
     seen: set[tuple[str, str, str]] = set()
-    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    # ldmkit's own plugins first: a third-party plugin that registers a built-in name then collides and is
+    # skipped, rather than loading first and disabling the built-in plugin
+    def load_order(ep: metadata.EntryPoint) -> tuple[bool, str]:
+        return (_dist_name(ep) != BUILTIN_DISTRIBUTION, ep.name)
+
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=load_order):
         dist = ep.dist
-        dist_name = dist.metadata["Name"] if dist else "(unknown)"
+        dist_name = _dist_name(ep)
         # the same distribution can be visible twice on sys.path; two distributions may share an entry-point name
         key = (dist_name, ep.name, ep.value)
         if key in seen or (only is not None and ep.name not in only):
@@ -469,24 +474,48 @@ def discover(strict: bool | None = None, only: list[str] | None = None) -> Regis
         info = PluginInfo(ep.name, dist_name, dist.version if dist else "")
         try:
             module = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() at import fails that plugin only
             registry._fail(info, f"import failed: {type(exc).__name__}: {exc}")
             continue
+        except KeyboardInterrupt:  # the user's Ctrl-C, or a plugin raising it: say where it happened
+            raise KeyboardInterrupt(f"while loading plugin {ep.name!r} from {dist_name}") from None
         registry.add_plugin(module, info)
     return registry
 
 
-_lock = threading.Lock()
+BUILTIN_DISTRIBUTION = "ldmkit"
+"""The distribution whose plugins load first (their names are reserved)."""
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    return ep.dist.metadata["Name"] if ep.dist else "(unknown)"
+
+
+_lock = threading.RLock()
 _registry: Registry | None = None
+_discovering = threading.local()
 
 
 def get_registry() -> Registry:
-    """The process's registry, discovered on first use (lazily, once, thread-safely)."""
+    """The process's registry, discovered on first use (lazily, once, thread-safely).
+
+    :raises PluginError: when called while the plugins are being loaded (from a plugin's import or hook):
+        that plugin fails and is reported, instead of the process waiting on itself.
+    """
     global _registry
     if _registry is None:
         with _lock:
+            if getattr(_discovering, "active", False):
+                raise PluginError(
+                    "ldmkit.get_registry() was called while the plugins were loading (at a plugin's import or in "
+                    "its hook); look components up when they are used instead"
+                )
             if _registry is None:
-                _registry = discover()
+                _discovering.active = True
+                try:
+                    _registry = discover()
+                finally:
+                    _discovering.active = False
     return _registry
 
 
