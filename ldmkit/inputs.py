@@ -40,6 +40,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import UnionType
@@ -88,15 +89,24 @@ def _read_image(data: bytes, what: str, mode: str) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > _MAX_PIXELS:
-                raise InputError(f"{what}: image of {img.width}x{img.height} is too large")
-            arr = torch.frombuffer(bytearray(img.convert(mode).tobytes()), dtype=torch.uint8)
-            if mode == "L":
-                return arr.view(img.height, img.width)
-            return arr.view(img.height, img.width, 3)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"{what}: not a readable image ({exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded with a warning
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > _MAX_PIXELS:  # checked on the header, before any pixel is decoded
+                    raise InputError(
+                        f"{what}: a picture of {img.width}x{img.height} pixels, more than the "
+                        f"{_MAX_PIXELS:,} pixels ldmkit reads"
+                    )
+                arr = torch.frombuffer(bytearray(img.convert(mode).tobytes()), dtype=torch.uint8)
+                if mode == "L":
+                    return arr.view(img.height, img.width)
+                return arr.view(img.height, img.width, 3)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{what}: the picture declares more pixels than ldmkit reads ({_MAX_PIXELS:,})") from None
+    except UnidentifiedImageError:  # its message names an in-memory buffer object, which helps no one
+        raise InputError(f"{what}: not a picture Pillow can read (PNG, JPEG, BMP, ...)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what}: a damaged or truncated picture ({exc})") from None
 
 
 def _to_signed(images_u8: Tensor) -> Tensor:

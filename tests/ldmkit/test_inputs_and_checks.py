@@ -99,3 +99,33 @@ def test_ids_and_batches() -> None:
     for batch in (0, True, 1.0):
         with pytest.raises(InputError, match="positive int"):
             check_batch(batch)
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [5000, 30000])
+def test_a_picture_declaring_too_many_pixels_is_refused_before_decoding(side):
+    from ldmkit.inputs import image_input
+
+    with pytest.raises(InputError, match="more pixels than ldmkit reads|more than the .* pixels ldmkit reads"):
+        image_input(_png_declaring(side, side))
+
+
+def test_an_unreadable_picture_is_named_without_internal_objects():
+    from ldmkit.inputs import image_input
+
+    with pytest.raises(InputError) as caught:
+        image_input(b"hello, not a picture")
+    assert "Pillow can read" in str(caught.value) and "BytesIO" not in str(caught.value)

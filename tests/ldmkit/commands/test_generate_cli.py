@@ -288,7 +288,7 @@ BAD = {
     "lowres size": (["--task", "superres", "--image", "{rgb32}"], "expected 16x16"),
     "inpaint image size": (["--task", "inpaint", "--image", "{rgb32}", "--mask", "{mask32}"], "expected 64x64"),
     "mask size": (["--task", "inpaint", "--image", "{image}", "--mask", "{mask32}"], "differ in size"),
-    "text as image": (["--task", "inpaint", "--image", "{text}", "--mask", "{mask}"], "not a readable image"),
+    "text as image": (["--task", "inpaint", "--image", "{text}", "--mask", "{mask}"], "not a picture Pillow can read"),
     "missing prompt": (["--task", "text2img"], "--prompt"),
     "empty prompt": (["--task", "text2img", "--prompt", ""], "task 'text2img': prompt"),
     "missing mask": (["--task", "inpaint", "--image", "{image}"], "--mask"),

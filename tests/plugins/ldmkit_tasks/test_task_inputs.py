@@ -71,7 +71,7 @@ def test_every_picture_form_reads_the_same(rgb):
         (torch.full((3, 8, 8), float("nan")), "NaN or Inf"),
         (torch.zeros(3, 8, 8, dtype=torch.int32), "expected float or uint8 values"),
         ("a picture", "expected image bytes"),
-        (b"not a picture", "not a readable image"),
+        (b"not a picture", "not a picture Pillow can read"),
     ],
 )
 def test_bad_pictures_are_refused(data, message):
