@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 import ldmkit
 from ldmkit.cli import main
@@ -13,6 +15,7 @@ from ldmkit.errors import InputError
 from ldmkit.generation import default_model_dir
 from ldmkit.specs import ComponentSpec
 from ldmkit_shapes.bench import TARGETS, BenchRow, format_table, run_bench, time_generation
+from ldmkit_shapes.metrics import class_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -81,7 +84,8 @@ def test_cli_prints_the_table(tmp_path, capsys):
     argv = ["bench", "shapes", "-n", "2", "--steps", "2", "--tasks", "class2img", "--no-timing", "--json", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| class2img | class accuracy |" in printed and "| inpaint |" not in printed
+    assert "| class2img | class accuracy (exactly one object, of the class) |" in printed
+    assert "| inpaint |" not in printed
     saved = json.loads(out.read_text())
     assert [r["task"] for r in saved["rows"]] == ["class2img"] and saved["rows"][0]["real"] == 1.0
     assert saved["model"]["source"] == "default"
@@ -95,3 +99,22 @@ def test_cli_bad_arguments_exit_2(args, message, capsys):
     assert main(["bench", "shapes", *args, "--no-timing"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ldmkit: error:") and message in err
+
+
+def _drawn(*squares: tuple[int, int]) -> np.ndarray:
+    """A 64x64 grey picture with a red 20 px square at each (x, y), drawn by PIL (not the Shapes renderer)."""
+    picture = Image.new("RGB", (64, 64), (233, 233, 233))
+    draw = ImageDraw.Draw(picture)
+    for x, y in squares:
+        draw.rectangle([x, y, x + 19, y + 19], fill=(215, 40, 40))
+    return np.array(picture)
+
+
+def test_class_accuracy_counts_exactly_one_object_of_the_class():
+    red_square = 6  # class ids run colour by colour through circles, squares, triangles
+    one, two, none = _drawn((8, 8)), _drawn((4, 4), (38, 38)), _drawn()
+    assert class_accuracy([one], [red_square]) == 1.0
+    assert class_accuracy([one], [red_square + 1]) == 0.0  # one object, of another class
+    assert class_accuracy([two], [red_square]) == 0.0  # the class is there, but twice
+    assert class_accuracy([none], [red_square]) == 0.0
+    assert class_accuracy([one, two, none, one], [red_square] * 4) == 0.5

@@ -103,4 +103,3 @@ def test_unconditional_needs_no_part(shipped):
 def test_no_inference_without_a_conditioner(bad):
     task = ldmkit.get_registry().create("task", "class2img")
     assert task.wrap(5) == 5 and task.part_for(bad) is None
-

@@ -54,14 +54,13 @@ def _paired(pictures: Any, targets: Sequence[Any], what: str) -> list[PicturePar
 
 
 def class_accuracy(pictures: Any, labels: Sequence[int] | torch.Tensor) -> float:
-    """Fraction of (single-object) pictures whose largest parsed object has the requested class id."""
+    """Fraction of pictures that show exactly one object, of the requested class id.
+
+    A label names one object: a picture with a second object (even one more of the class) or none is wrong.
+    """
     labels = [int(v) for v in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     parses = _paired(pictures, labels, "labels")
-    hits = 0
-    for parse, label in zip(parses, labels, strict=True):
-        if parse.objects:
-            largest = max(parse.objects, key=lambda o: o.area)
-            hits += largest.label == label
+    hits = sum(len(p.objects) == 1 and p.objects[0].label == label for p, label in zip(parses, labels, strict=True))
     return hits / len(parses)
 
 
