@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 import ldmkit
@@ -14,8 +15,10 @@ from ldmkit.cli import main
 from ldmkit.errors import InputError
 from ldmkit.generation import default_model_dir
 from ldmkit.specs import ComponentSpec
-from ldmkit_shapes.bench import TARGETS, BenchRow, format_table, run_bench, time_generation
-from ldmkit_shapes.metrics import class_accuracy
+from ldmkit_shapes import metrics
+from ldmkit_shapes.bench import BENCH_SEED, TARGETS, BenchRow, _generate, format_table, run_bench, time_generation
+from ldmkit_shapes.dataset import ShapesDataset
+from ldmkit_shapes.metrics import class_accuracy, psnr
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -40,7 +43,7 @@ def test_rows_have_finite_metrics_and_real_pictures_score_well(rows):
     class_row, inpaint_row = rows
     assert class_row.real == 1.0  # the parser classifies real Shapes pictures exactly
     assert 0.0 <= class_row.generated <= 1.0
-    assert inpaint_row.real > 30.0  # PSNR (dB) of the autoencoder's reconstruction outside the mask
+    assert inpaint_row.real == 1.0 and 0.0 <= inpaint_row.generated <= 1.0  # valid fills of real / inpainted
 
 
 def test_format_table_has_a_row_per_task(rows):
@@ -55,18 +58,33 @@ def test_format_table_has_a_row_per_task(rows):
         assert cells[3] == f"{row.real:.3f}" and cells[5] == "2"
 
 
-def test_inpainting_is_scored_as_the_task_samples_it(shipped):
+def test_inpainting_is_sampled_as_the_task_samples_it(shipped):
     # masked sampling keeps the known latents, so outside the mask the picture is close to the
     # autoencoder's reconstruction even after two steps (about 23 dB here); sampling that ignored the
     # task's known latents would draw an unrelated picture (about 10 dB)
     spec = shipped.spec
     masked = ComponentSpec(type="inpaint", params={"mode": "masked-sampling"})
+    scenes = ShapesDataset.from_params({"seed": BENCH_SEED + 1}).batch(range(2))
+    image, masks = scenes["image"], scenes["mask"]
     shipped.spec = spec.model_copy(update={"tasks": {**spec.tasks, "inpaint": masked}})
     try:
-        (row,) = run_bench(shipped, n=2, steps=2, tasks=["inpaint"])
+        reqs = [shipped.task("inpaint").Request(image=x, mask=m) for x, m in zip(image, masks, strict=True)]
+        pics = _generate(shipped, "inpaint", reqs, steps=2, sampler="ddim", guidance=2.0, seed=0, batch=2)
     finally:
         shipped.spec = spec
-    assert 18.0 < row.generated < row.real
+    recon = shipped.decode(shipped.encode(image)).clamp(-1, 1)
+    assert 18.0 < psnr(pics, image, mask=1 - masks) < psnr(recon, image, mask=1 - masks)
+
+
+def test_the_inpaint_row_scores_what_the_task_delivers(shipped, monkeypatch):
+    scored = []
+    monkeypatch.setattr(metrics, "valid_fill_rate", lambda pictures: scored.append(pictures) or 1.0)
+    run_bench(shipped, n=2, steps=1, tasks=["inpaint"])
+    delivered, real = scored
+    masks = ShapesDataset.from_params({"seed": BENCH_SEED + 1}).batch(range(2))["mask"]
+    outside = (1 - masks).bool().expand_as(real)  # (2, 3, H, W)
+    assert torch.equal(delivered[outside], real[outside])  # the known pixels, pasted back as the task does
+    assert not torch.equal(delivered, real)
 
 
 def test_unknown_task_is_refused_not_dropped(shipped):

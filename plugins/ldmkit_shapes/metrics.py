@@ -141,6 +141,15 @@ def valid_scene_rate(pictures: Any) -> float:
     return sum(p.valid for p in parses) / len(parses)
 
 
+def valid_fill_rate(pictures: Any) -> float:
+    """Fraction of inpainted pictures whose hole holds a valid object or background: a valid scene, or one
+    emptied cleanly of its only object (no objects, no stray foreground pixels)."""
+    parses = parse_all(pictures)
+    if not parses:
+        raise InputError("no pictures to score")
+    return sum(p.valid or (not p.objects and p.stray_pixels == 0) for p in parses) / len(parses)
+
+
 def _as_float_array(x: Any) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
 
