@@ -89,6 +89,9 @@ class ConditionedTask(Task):
     Request: ClassVar[type[BaseModel]] = Request
     inputs: ClassVar[tuple[str, ...] | None] = None
     """Names of the inputs this task reads; None (the default): the fields of its ``Request``."""
+    feeds: ClassVar[tuple[str, ...]] = ()
+    """Registered names of the conditioners this task's raw input is made for (``class-embedder`` for class ids):
+    how :meth:`part_for` finds this task's part of a conditioner made of parts when ``params.part`` is unset."""
 
     @classmethod
     def input_names(cls) -> tuple[str, ...]:
@@ -152,9 +155,41 @@ class ConditionedTask(Task):
         """The conditioner input for ``n`` copies of the request (None: unconditional)."""
         return None
 
-    def wrap(self, value: Any) -> Any:
-        """``value`` addressed to this task's part of a composite conditioner (``params.part``), if it names one."""
-        return {self.params.part: value} if self.params.part is not None else value
+    def part_for(self, conditioner: Any) -> str | None:
+        """The part of ``conditioner`` this task fills: ``params.part`` if set, else inferred; None: the whole.
+
+        A conditioner made of named parts (the built-in ``composite``) exposes them as ``parts``, a mapping of
+        part name -> :class:`~ldmkit.interfaces.Conditioner`. The inferred part is the one whose registered
+        name is in :attr:`feeds`; among several, the one named after the task or one of its inputs. SpecError
+        when no part, or more than one, fits: the spec then names it (``tasks.<task>.params.part``).
+        """
+        if self.params.part is not None:
+            return self.params.part
+        parts = getattr(conditioner, "parts", None)
+        if parts is None or not hasattr(parts, "items"):
+            return None
+        kinds = {name: getattr(type(part), "name", type(part).__name__) for name, part in parts.items()}
+        fits = [name for name, kind in kinds.items() if kind in self.feeds]
+        if len(fits) == 1:
+            return fits[0]
+        # none or several fit by kind: a part named after the task or one of its inputs settles it
+        named = [name for name in (fits or kinds) if name in (self.name, *self.input_names())]
+        if len(named) == 1:
+            return named[0]
+        listed = ", ".join(f"{name} ({kind})" for name, kind in kinds.items())
+        which = "more than one part" if len(fits) > 1 else "no part"
+        raise SpecError(
+            f"task {self.name!r}: {which} of the conditioner can take its input (parts: {listed}); "
+            f"name it in the pipeline spec: tasks.{self.name}.params.part"
+        )
+
+    def wrap(self, value: Any, conditioner: Any = None) -> Any:
+        """``value`` addressed to this task's part of a composite conditioner (:meth:`part_for`), if it has one.
+
+        Without ``conditioner`` only ``params.part`` is used (no inference).
+        """
+        part = self.part_for(conditioner) if conditioner is not None else self.params.part
+        return {part: value} if part is not None else value
 
     def conditioning(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Conditioning, Conditioning | None]:
         """(cond, uncond) for ``n`` pictures; uncond is None when the pipeline has no conditioner."""
@@ -166,7 +201,7 @@ class ConditionedTask(Task):
         uncond = pipeline.conditioner.unconditional(n)
         if raw is None:
             return uncond, None
-        return pipeline.conditioner(self.wrap(raw)), uncond
+        return pipeline.conditioner(self.wrap(raw, pipeline.conditioner)), uncond
 
     def sample_kwargs(self, pipeline: Any, request: BaseModel, n: int) -> dict[str, Any]:
         """Extra arguments for ``Pipeline.sample`` (masked sampling passes ``mask`` and ``x0``)."""

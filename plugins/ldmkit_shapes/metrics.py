@@ -54,14 +54,13 @@ def _paired(pictures: Any, targets: Sequence[Any], what: str) -> list[PicturePar
 
 
 def class_accuracy(pictures: Any, labels: Sequence[int] | torch.Tensor) -> float:
-    """Fraction of (single-object) pictures whose largest parsed object has the requested class id."""
+    """Fraction of pictures that show exactly one object, of the requested class id.
+
+    A label names one object: a picture with a second object (even one more of the class) or none is wrong.
+    """
     labels = [int(v) for v in (labels.tolist() if isinstance(labels, torch.Tensor) else labels)]
     parses = _paired(pictures, labels, "labels")
-    hits = 0
-    for parse, label in zip(parses, labels, strict=True):
-        if parse.objects:
-            largest = max(parse.objects, key=lambda o: o.area)
-            hits += largest.label == label
+    hits = sum(len(p.objects) == 1 and p.objects[0].label == label for p, label in zip(parses, labels, strict=True))
     return hits / len(parses)
 
 
@@ -140,6 +139,15 @@ def valid_scene_rate(pictures: Any) -> float:
     if not parses:
         raise InputError("no pictures to score")
     return sum(p.valid for p in parses) / len(parses)
+
+
+def valid_fill_rate(pictures: Any) -> float:
+    """Fraction of inpainted pictures whose hole holds a valid object or background: a valid scene, or one
+    emptied cleanly of its only object (no objects, no stray foreground pixels)."""
+    parses = parse_all(pictures)
+    if not parses:
+        raise InputError("no pictures to score")
+    return sum(p.valid or (not p.objects and p.stray_pixels == 0) for p in parses) / len(parses)
 
 
 def _as_float_array(x: Any) -> np.ndarray:

@@ -29,6 +29,7 @@ class Class2ImgTask(ConditionedTask):
     """Class-conditional generation from a class id or name."""
 
     name = "class2img"
+    feeds = ("class-embedder",)
     Params = ClassParams
     Request = ClassRequest
 
@@ -48,6 +49,7 @@ class Text2ImgTask(ConditionedTask):
     """Text-to-image generation from a prompt."""
 
     name = "text2img"
+    feeds = ("transformer-text", "clip-text")
     Request = TextRequest
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:

@@ -20,6 +20,7 @@ class Layout2ImgTask(ConditionedTask):
     """Layout-to-image generation from labelled boxes."""
 
     name = "layout2img"
+    feeds = ("layout",)
     Request = LayoutRequest
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
@@ -41,6 +42,7 @@ class Semantic2ImgTask(ConditionedTask):
     """Semantic-map-to-image generation: a map of class ids, one-hot encoded into concat channels."""
 
     name = "semantic2img"
+    feeds = ("spatial-rescaler",)
     Params = SemanticParams
     Request = SemanticRequest
 
@@ -64,6 +66,7 @@ class SuperresTask(ConditionedTask):
     """Super-resolution: the low-resolution picture conditions by concatenation."""
 
     name = "superres"
+    feeds = ("spatial-rescaler",)
     Params = SuperresParams
     Request = ImageRequest
 
@@ -109,6 +112,7 @@ class InpaintTask(ConditionedTask):
     """Inpainting: fill the white region of the mask."""
 
     name = "inpaint"
+    feeds = ("masked-image",)
     Params = InpaintParams
     Request = InpaintRequest
 
