@@ -18,7 +18,7 @@ from ldmkit.errors import SpecError
 from ldmkit.generation import default_model_dir
 from ldmkit.training import load_train_spec, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 AE_SPEC = ROOT / "examples" / "train" / "tiny-autoencoder.yaml"
 LDM_SPEC = ROOT / "examples" / "train" / "tiny-ldm.yaml"
 
