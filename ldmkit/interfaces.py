@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +21,9 @@ from ldmkit.errors import InputError
 from ldmkit.options import SampleOptions
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.validation import StrictModel, format_validation_error
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "Component",
@@ -53,17 +56,24 @@ class Params(StrictModel):
     model_config = ConfigDict(frozen=True)
 
 
+# the base under another name: inside the classes below, ``Params`` is the class attribute
+_BaseParams = Params
+
+
 class _Configurable:
     """Shared ``name`` / ``Params`` plumbing of all component kinds."""
 
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
-    Params: ClassVar[type[Params]] = Params
+    Params: ClassVar[type[_BaseParams]] = _BaseParams
 
-    params: Params
+    params: _BaseParams
+
+    def __init__(self, params: _BaseParams | None = None) -> None:
+        self.params = params if params is not None else type(self).Params()
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | Params | None = None):
+    def from_params(cls, params: Mapping[str, Any] | _BaseParams | None = None) -> Self:
         """Validate ``params`` with ``cls.Params`` and build the component; bad params raise SpecError."""
         if not isinstance(params, BaseModel):
             from pydantic import ValidationError
@@ -80,7 +90,7 @@ class _Configurable:
 class Component(_Configurable, nn.Module):
     """A component with weights (first stage, denoiser, conditioner)."""
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: _BaseParams | None = None) -> None:
         nn.Module.__init__(self)
         self.params = params if params is not None else type(self).Params()
 
@@ -160,8 +170,9 @@ class Conditioner(Component, ABC):
 
     kind = "conditioner"
     slots: ClassVar[tuple[Slot, ...]] = ()
+    _device_anchor: Tensor
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: _BaseParams | None = None) -> None:
         super().__init__(params)
         # follows .to() so conditioners without weights still know their device (not saved in state dicts)
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
@@ -194,9 +205,6 @@ class Sampler(_Configurable, ABC):
 
     kind = "sampler"
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params if params is not None else type(self).Params()
-
     @abstractmethod
     def sample(
         self,
@@ -223,9 +231,6 @@ class Task(_Configurable, ABC):
 
     kind = "task"
     Request: ClassVar[type[BaseModel]] = BaseModel
-
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params if params is not None else type(self).Params()
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
         """Build the request from CLI-style inputs (strings, or the bytes of files)."""

@@ -7,7 +7,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor
 from ldmkit_conditioners.compvis import ClassEmbedderCompVis
 from ldmkit_conditioners.diffusers import ClassEmbedderDiffusers
@@ -24,7 +25,7 @@ class ClassEmbedder(ClassEmbedderCompVis, ClassEmbedderDiffusers, Conditioner):
     name = "class-embedder"
     slots = ("crossattn", "vector")  # one of them, chosen by ``target``
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         embed_dim: int = Field(gt=0, description="embedding width (the UNet's context_dim)")
         n_classes: int = Field(1000, gt=0)
         """Number of classes; ids lie in [0, n_classes)."""

@@ -7,7 +7,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.clip_tokenizer import default_tokenizer
@@ -37,7 +38,7 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
     name = "clip-text"
     slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         vocab_size: int = Field(49408, gt=0)
         """Tokens of the CLIP byte-pair vocabulary."""
         hidden_size: int = Field(768, gt=0)

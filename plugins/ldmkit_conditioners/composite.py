@@ -9,12 +9,12 @@ import torch
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
+import ldmkit
 from ldmkit import (
     Conditioner,
     Conditioning,
     FirstStage,
     InputError,
-    Params,
     SpecError,
     UnknownComponentError,
 )
@@ -55,7 +55,7 @@ class CompositeConditioner(Conditioner):
     name = "composite"
     slots: ClassVar[tuple[Slot, ...]] = SLOTS  # narrowed per instance to what the parts fill
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         parts: dict[str, PartSpec] = Field(min_length=1)
         """The conditioners side by side: part name -> {type, params, dropout, weight}."""
         training_mode: Literal["independent", "one-part"] = Field(

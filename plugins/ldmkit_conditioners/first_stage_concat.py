@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor
 
-from ldmkit import Conditioner, Conditioning, FirstStage, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, FirstStage, InputError
 from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
 from ldmkit.masking import blur_fill
@@ -48,7 +49,7 @@ class MaskedImageConditioner(Conditioner):
     name = "masked-image"
     slots: ClassVar[tuple[Slot, ...]] = ("concat",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         scale_factor: float = Field(1.0, gt=0, description="multiplies the encoded masked image")
         mask_resize: Literal["nearest", "area"] = "nearest"
         """How the mask is resized to the latent: nearest or area (fractional coverage)."""

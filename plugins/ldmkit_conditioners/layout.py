@@ -18,7 +18,8 @@ import torch
 from pydantic import ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from torch import Tensor
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, format_validation_error, host_to_device, index_tensor
 from ldmkit.interfaces import Slot
 from ldmkit.specs import StrictModel
@@ -58,7 +59,7 @@ class LayoutConditioner(Conditioner):
     name = "layout"
     slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         n_classes: int = Field(gt=0)
         """Object classes; labels are ids in [0, n_classes) or names from class_names."""
         class_names: list[str] | None = Field(None, description="names of the classes, so labels can be names")

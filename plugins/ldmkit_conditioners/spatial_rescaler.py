@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.compvis import SpatialRescalerCompVis
@@ -30,7 +31,7 @@ class SpatialRescaler(SpatialRescalerCompVis, Conditioner):
     name = "spatial-rescaler"
     slots: ClassVar[tuple[Slot, ...]] = ("concat",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         n_stages: int = Field(1, ge=0)
         """Successive interpolations by multiplier (0 keeps the size)."""
         method: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"

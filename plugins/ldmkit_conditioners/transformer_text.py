@@ -8,7 +8,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.compvis import TransformerTextCompVis
@@ -28,7 +29,7 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
     name = "transformer-text"
     slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         n_embed: int = Field(gt=0, description="width of the embeddings (the UNet's context_dim)")
         n_layer: int = Field(ge=1, description="number of (attention, feed-forward) blocks")
         vocab_size: int = Field(30522, gt=0)
