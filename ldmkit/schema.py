@@ -59,7 +59,7 @@ def _params_model(kind: str, name: str, params_cls: type[BaseModel]) -> type[Bas
     )
 
 
-def _component_model(kind: str, name: str, cls: type) -> type[BaseModel]:
+def _component_model(kind: str, name: str, cls: type[Any]) -> type[BaseModel]:
     """``{type: Literal[name], params: Params}`` for one registered component."""
     params = _params_model(kind, name, cls.Params)
     return create_model(
