@@ -169,7 +169,7 @@ class Conditioner(Component, ABC):
     """Turns a raw input into :class:`Conditioning`; declares the slots it fills."""
 
     kind = "conditioner"
-    slots: ClassVar[tuple[Slot, ...]] = ()
+    slots: tuple[Slot, ...] = ()  # a class default; an instance may narrow it to what its params fill
     _device_anchor: Tensor
 
     def __init__(self, params: _BaseParams | None = None) -> None:

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 import ldmkit
 from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor
+from ldmkit.interfaces import Slot
 from ldmkit_conditioners.compvis import ClassEmbedderCompVis
 from ldmkit_conditioners.diffusers import ClassEmbedderDiffusers
 
@@ -23,7 +24,7 @@ class ClassEmbedder(ClassEmbedderCompVis, ClassEmbedderDiffusers, Conditioner):
     """
 
     name = "class-embedder"
-    slots = ("crossattn", "vector")  # one of them, chosen by ``target``
+    slots: tuple[Slot, ...] = ("crossattn", "vector")  # one of them, chosen by ``target``
 
     class Params(ldmkit.Params):
         embed_dim: int = Field(gt=0, description="embedding width (the UNet's context_dim)")

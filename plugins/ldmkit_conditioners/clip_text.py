@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
     """
 
     name = "clip-text"
-    slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
+    slots: tuple[Slot, ...] = ("crossattn",)
 
     class Params(ldmkit.Params):
         vocab_size: int = Field(49408, gt=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,7 @@ class MaskedImageConditioner(Conditioner):
     """
 
     name = "masked-image"
-    slots: ClassVar[tuple[Slot, ...]] = ("concat",)
+    slots: tuple[Slot, ...] = ("concat",)
 
     class Params(ldmkit.Params):
         scale_factor: float = Field(1.0, gt=0, description="multiplies the encoded masked image")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -57,7 +57,7 @@ class LayoutConditioner(Conditioner):
     """Layouts (one list of objects per image) or layout tokens (B, max_seq_len) -> (B, max_seq_len, n_embed)."""
 
     name = "layout"
-    slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
+    slots: tuple[Slot, ...] = ("crossattn",)
 
     class Params(ldmkit.Params):
         n_classes: int = Field(gt=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ class SpatialRescaler(SpatialRescalerCompVis, Conditioner):
     """
 
     name = "spatial-rescaler"
-    slots: ClassVar[tuple[Slot, ...]] = ("concat",)
+    slots: tuple[Slot, ...] = ("concat",)
 
     class Params(ldmkit.Params):
         n_stages: int = Field(1, ge=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
@@ -27,7 +27,7 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
     """
 
     name = "transformer-text"
-    slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
+    slots: tuple[Slot, ...] = ("crossattn",)
 
     class Params(ldmkit.Params):
         n_embed: int = Field(gt=0, description="width of the embeddings (the UNet's context_dim)")
