@@ -22,7 +22,7 @@ from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
 
 if TYPE_CHECKING:
-    from ldmkit.fast.config import FastConfig
+    from ldmkit.fast.config import FastConfig, Resolved
     from ldmkit.registry import Registry
 
 __all__ = [
@@ -45,6 +45,8 @@ class InferencePath(Protocol):
 
     The pipeline knows only this interface; :meth:`Pipeline.optimize` installs the fast path.
     """
+
+    settings: Resolved  # what it computes with (the precision is recorded in the pictures' metadata)
 
     def denoise_step(self, schedule: NoiseSchedule) -> DenoiseStep:
         """One denoiser call returning epsilon (:data:`ldmkit.guidance.DenoiseStep`)."""
@@ -268,7 +270,8 @@ class Pipeline:
     def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
         if self.latent_size is None:
             raise SpecError("the latent size is unknown: pass x_T or set latent_size in the spec")
-        return (batch, self.first_stage.latent_channels, *self.latent_size)
+        height, width = self.latent_size
+        return (batch, self.first_stage.latent_channels, height, width)
 
     def initial_noise(self, batch: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
         """x_T drawn on the CPU (so results do not depend on the device), one generator per sample if a list."""

@@ -55,7 +55,8 @@ def _params_model(kind: str, name: str, params_cls: type[BaseModel]) -> type[Bas
         f"{kind}-{name}-params",
         __base__=params_cls,
         __doc__=params_cls.__doc__,
-        __validators__={"_as_declared": model_validator(mode="wrap")(_as_declared)},
+        # pydantic's stub types validators as plain callables; the decorated one is what it takes
+        __validators__={"_as_declared": model_validator(mode="wrap")(_as_declared)},  # type: ignore[dict-item]
     )
 
 
