@@ -80,7 +80,8 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
         super().__init__(params)
         p = self.params
         self.transformer = TransformerWrapper(p.vocab_size, p.max_seq_len, p.n_embed, p.n_layer, p.embedding_dropout)
-        self.tokenizer = WordTokenizer(p.vocabulary, p.max_seq_len) if p.tokenizer == "words" else None
+        vocabulary = p.vocabulary if p.tokenizer == "words" else None  # the validator gives "words" one
+        self.tokenizer = WordTokenizer(vocabulary, p.max_seq_len) if vocabulary is not None else None
 
     def tokenize(self, raw: Any) -> Tensor:
         """Strings (with the word tokenizer) or token ids -> validated LongTensor (B, L)."""
