@@ -51,11 +51,11 @@ def _params_model(kind: str, name: str, params_cls: type[BaseModel]) -> type[Bas
             return data
         return params_cls.model_validate(data, context=info.context)
 
+    # (pydantic's stub types __validators__ as plain callables; a decorated validator is what it takes)
     return create_model(
         f"{kind}-{name}-params",
         __base__=params_cls,
         __doc__=params_cls.__doc__,
-        # pydantic's stub types validators as plain callables; the decorated one is what it takes
         __validators__={"_as_declared": model_validator(mode="wrap")(_as_declared)},  # type: ignore[dict-item]
     )
 
