@@ -123,8 +123,7 @@ def _sampler_choice(samplers: list[str], registry: Registry) -> Any:
     from pydantic import Discriminator, Tag
 
     return Annotated[
-        Annotated[Literal[tuple(samplers)], Tag("name")]  # type: ignore[valid-type]
-        | Annotated[_slot_type("sampler", registry), Tag("ref")],
+        Annotated[Literal[tuple(samplers)], Tag("name")] | Annotated[_slot_type("sampler", registry), Tag("ref")],
         Discriminator(lambda value: "name" if isinstance(value, str) else "ref"),
     ]
 
