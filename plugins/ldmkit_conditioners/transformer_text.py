@@ -53,7 +53,7 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
             return value
 
         @model_validator(mode="after")
-        def _vocabulary(self):
+        def _vocabulary(self) -> TransformerTextConditioner.Params:
             if self.tokenizer is None:
                 if self.vocabulary is not None:
                     raise ValueError("vocabulary is given but tokenizer is not set; add tokenizer: words")
