@@ -24,7 +24,7 @@ import numbers
 import operator
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -40,9 +40,6 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pydantic_core import PydanticCustomError
 
 from ldmkit.errors import InputError, UnknownComponentError
-
-if TYPE_CHECKING:
-    from ldmkit.interfaces import Sampler
 
 # ldmkit.interfaces imports this module: the registry, Params and Sampler types are named in words here
 __all__ = [
@@ -225,7 +222,7 @@ def validate_sampler_params(
         raise error(_format(exc, f"{where}.params")) from None
 
 
-def build_sampler(registry: Any, choice: Any, *, where: str = "sampler") -> Sampler:
+def build_sampler(registry: Any, choice: Any, *, where: str = "sampler") -> Any:
     """The :class:`~ldmkit.Sampler` a choice names: an instance as is, else built through ``registry``.
 
     A name builds the sampler with its default params; ``{type, params}`` (a dict or :class:`SamplerRef`)

@@ -314,7 +314,7 @@ class Pipeline:
         """
         cond = self.condition(cond)
         uncond = self.condition(uncond) if uncond is not None else None
-        sampler = build_sampler(self.registry, sampler)
+        chosen: Sampler = build_sampler(self.registry, sampler)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if batch_size is not None and batch_size < 1:
@@ -322,7 +322,7 @@ class Pipeline:
         if x_T is None:
             batch = cond.batch_size or batch_size or (len(generator) if isinstance(generator, list) else 1)
             x_T = self.initial_noise(batch, generator)
-        return sampler.sample(
+        return chosen.sample(
             self.model_fn(cond, uncond, guidance_scale),
             self.schedule,
             x_T,
