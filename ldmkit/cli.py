@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from ldmkit import __version__
 from ldmkit.commands import BUILTIN_COMMANDS, Command
@@ -30,7 +31,7 @@ EPILOG = """examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code is already 2; keep one line
+    def error(self, message: str) -> NoReturn:  # argparse's own exit code is already 2; keep one line
         self.print_usage(sys.stderr)
         self.exit(2, f"ldmkit: error: {message}\n")
 

@@ -231,6 +231,7 @@ def load(
         raise CheckpointError(f"{ckpt}: no state_dict found")
     if "scale_factor" in state:  # scale_by_std stores the measured factor as a buffer
         pipe.scale_factor = check_scale_factor(state["scale_factor"], str(ckpt))
+        assert pipe.spec is not None  # the pipeline was built from one
         pipe.spec = pipe.spec.model_copy(update={"scale_factor": pipe.scale_factor})
     for name, part in split_state_dict(state, pipe, ema=ema).items():
         module = pipe.modules()[name]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 __all__ = ["SLOTS", "Conditioning"]
 
-SLOTS = ("crossattn", "concat", "vector")
+SLOTS: tuple[Literal["crossattn", "concat", "vector"], ...] = ("crossattn", "concat", "vector")
 
 
 @dataclass(frozen=True)

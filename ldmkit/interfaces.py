@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -21,6 +21,9 @@ from ldmkit.errors import InputError
 from ldmkit.options import SampleOptions
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.validation import StrictModel, format_validation_error
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "Component",
@@ -53,20 +56,27 @@ class Params(StrictModel):
     model_config = ConfigDict(frozen=True)
 
 
+# the base under another name: inside the classes below, ``Params`` is the class attribute
+_BaseParams = Params
+
+
 class _Configurable:
     """Shared ``name`` / ``Params`` plumbing of all component kinds."""
 
     kind: ClassVar[str] = ""
     name: ClassVar[str] = ""
-    Params: ClassVar[type[Params]] = Params
+    Params: ClassVar[type[_BaseParams]] = _BaseParams
     example_params: ClassVar[Mapping[str, Any] | None] = None
     """Small params that build a fast instance, for tests and docs. ``ldmkit.testing.sweep`` builds every
     registered component from them and runs its kind's conformance class (None: ``Params()`` defaults)."""
 
-    params: Params
+    params: _BaseParams
+
+    def __init__(self, params: _BaseParams | None = None) -> None:
+        self.params = params if params is not None else type(self).Params()
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | Params | None = None):
+    def from_params(cls, params: Mapping[str, Any] | _BaseParams | None = None) -> Self:
         """Validate ``params`` with ``cls.Params`` and build the component; bad params raise SpecError."""
         if not isinstance(params, BaseModel):
             from pydantic import ValidationError
@@ -83,7 +93,7 @@ class _Configurable:
 class Component(_Configurable, nn.Module):
     """A component with weights (first stage, denoiser, conditioner)."""
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: _BaseParams | None = None) -> None:
         nn.Module.__init__(self)
         self.params = params if params is not None else type(self).Params()
 
@@ -166,7 +176,8 @@ class Conditioner(Component, ABC):
     """Turns a raw input into :class:`Conditioning`; declares the slots it fills."""
 
     kind = "conditioner"
-    slots: ClassVar[tuple[Slot, ...]] = ()
+    slots: tuple[Slot, ...] = ()  # a class default; an instance may narrow it to what its params fill
+    _device_anchor: Tensor
     example_first_stage: ClassVar[Mapping[str, Any] | None] = None
     """``{"type", "params"}`` of a first stage to ``attach`` in examples, for conditioners that encode pictures."""
 
@@ -174,7 +185,7 @@ class Conditioner(Component, ABC):
         """A raw input of ``batch`` items that this instance (built from ``example_params``) accepts."""
         raise NotImplementedError(f"conditioner {self.name!r} declares no example_input")
 
-    def __init__(self, params: Params | None = None) -> None:
+    def __init__(self, params: _BaseParams | None = None) -> None:
         super().__init__(params)
         # follows .to() so conditioners without weights still know their device (not saved in state dicts)
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
@@ -207,9 +218,6 @@ class Sampler(_Configurable, ABC):
 
     kind = "sampler"
 
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params if params is not None else type(self).Params()
-
     @abstractmethod
     def sample(
         self,
@@ -236,9 +244,6 @@ class Task(_Configurable, ABC):
 
     kind = "task"
     Request: ClassVar[type[BaseModel]] = BaseModel
-
-    def __init__(self, params: Params | None = None) -> None:
-        self.params = params if params is not None else type(self).Params()
 
     def parse_request(self, inputs: dict[str, Any]) -> BaseModel:
         """Build the request from CLI-style inputs (strings, or the bytes of files)."""

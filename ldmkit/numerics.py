@@ -18,12 +18,15 @@ import os
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from ldmkit.errors import NumericsError
+
+if TYPE_CHECKING:
+    from ldmkit.interfaces import FirstStage
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ def _weights_dtype(module: torch.nn.Module) -> torch.dtype | None:
     return None
 
 
-def safe_decode(first_stage: torch.nn.Module, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry") -> Tensor:
+def safe_decode(first_stage: FirstStage, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry") -> Tensor:
     """``first_stage.decode(latents)`` that never returns NaN or Inf.
 
     Non-finite ``latents`` raise :class:`NumericsError` at once (no precision can fix them). When

@@ -111,15 +111,15 @@ class SampleOptions:
     the wrong kind raise :class:`~ldmkit.errors.InputError` naming the field.
     """
 
-    n: int = Field(1, description="number of pictures")
-    seed: int = Field(0, description="picture i draws its noise from seed + i")
-    sampler: SamplerChoice = Field("ddim", description="a registered sampler's name, or {type, params}")
-    steps: int = Field(50, description="number of sampling steps")
+    n: int = Field(default=1, description="number of pictures")
+    seed: int = Field(default=0, description="picture i draws its noise from seed + i")
+    sampler: SamplerChoice = Field(default="ddim", description="a registered sampler's name, or {type, params}")
+    steps: int = Field(default=50, description="number of sampling steps")
     eta: float | None = Field(
-        None, ge=0.0, description="scale of the fresh noise added per step (None: the sampler's own default)"
+        default=None, ge=0.0, description="scale of the fresh noise added per step (None: the sampler's own default)"
     )
-    guidance_scale: float = Field(1.0, description="classifier-free guidance scale (1: no guidance)")
-    progress: bool = Field(False, description="show a progress bar")
+    guidance_scale: float = Field(default=1.0, description="classifier-free guidance scale (1: no guidance)")
+    progress: bool = Field(default=False, description="show a progress bar")
 
     @field_validator("n", "seed", "steps", mode="before")
     @classmethod

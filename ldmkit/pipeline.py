@@ -22,7 +22,7 @@ from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
 
 if TYPE_CHECKING:
-    from ldmkit.fast.config import FastConfig
+    from ldmkit.fast.config import FastConfig, Resolved
     from ldmkit.registry import Registry
 
 __all__ = [
@@ -45,6 +45,8 @@ class InferencePath(Protocol):
 
     The pipeline knows only this interface; :meth:`Pipeline.optimize` installs the fast path.
     """
+
+    settings: Resolved  # what it computes with (the precision is recorded in the pictures' metadata)
 
     def denoise_step(self, schedule: NoiseSchedule) -> DenoiseStep:
         """One denoiser call returning epsilon (:data:`ldmkit.guidance.DenoiseStep`)."""
@@ -268,7 +270,8 @@ class Pipeline:
     def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
         if self.latent_size is None:
             raise SpecError("the latent size is unknown: pass x_T or set latent_size in the spec")
-        return (batch, self.first_stage.latent_channels, *self.latent_size)
+        height, width = self.latent_size
+        return (batch, self.first_stage.latent_channels, height, width)
 
     def initial_noise(self, batch: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
         """x_T drawn on the CPU (so results do not depend on the device), one generator per sample if a list."""
@@ -311,7 +314,7 @@ class Pipeline:
         """
         cond = self.condition(cond)
         uncond = self.condition(uncond) if uncond is not None else None
-        sampler = build_sampler(self.registry, sampler)
+        chosen: Sampler = build_sampler(self.registry, sampler)
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if batch_size is not None and batch_size < 1:
@@ -319,7 +322,7 @@ class Pipeline:
         if x_T is None:
             batch = cond.batch_size or batch_size or (len(generator) if isinstance(generator, list) else 1)
             x_T = self.initial_noise(batch, generator)
-        latents = sampler.sample(
+        latents: object = chosen.sample(
             self.model_fn(cond, uncond, guidance_scale),
             self.schedule,
             x_T,
@@ -334,7 +337,7 @@ class Pipeline:
         if not isinstance(latents, Tensor) or tuple(latents.shape) != tuple(x_T.shape):
             got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
             raise PluginError(
-                f"sampler {type(sampler).name!r} ({type(sampler).__module__}) returned {got}, "
+                f"sampler {type(chosen).name!r} ({type(chosen).__module__}) returned {got}, "
                 f"not latents of x_T's shape {tuple(x_T.shape)}"
             )
         return latents

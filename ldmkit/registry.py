@@ -19,6 +19,7 @@ registry (listing names never warns).
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import fnmatch
 import logging
@@ -61,7 +62,7 @@ class PluginInfo:
 class ComponentInfo:
     kind: str
     name: str
-    cls: type
+    cls: type[Any]  # a component class, checked by _validate_component when registered
     plugin: PluginInfo
     aliases: tuple[str, ...] = ()
     deprecated_aliases: tuple[tuple[str, str], ...] = ()
@@ -169,7 +170,7 @@ class Registry:
         listing = ", ".join(known) if known else "(none)"
         raise UnknownComponentError(f"unknown {kind.replace('_', ' ')} type {name!r}.{hint} Registered: {listing}.")
 
-    def get(self, kind: str, name: str) -> type:
+    def get(self, kind: str, name: str) -> type[Any]:
         """The class registered as ``name`` of ``kind``; raises UnknownComponentError with suggestions.
 
         A deprecated component or alias emits a :class:`DeprecationWarning` (once per name).
@@ -199,7 +200,7 @@ class Registry:
         """The model registered with ``default=True``, or None when no plugin provides one."""
         return next((info for info in self.models.values() if info.default), None)
 
-    def _lookup(self, kind: str, name: str, stacklevel: int) -> type:
+    def _lookup(self, kind: str, name: str, stacklevel: int) -> type[Any]:
         info = self.info(kind, name)
         notes = []
         if name != info.name and (message := dict(info.deprecated_aliases).get(name)) is not None:
@@ -250,9 +251,9 @@ class Registry:
             return _model_stager(info, staged.models)
         return self._stager(hookspecs.HOOK_KINDS[hook], info, staged.components)
 
-    def _stager(self, kind: str, info: PluginInfo, staged: list[ComponentInfo]):
+    def _stager(self, kind: str, info: PluginInfo, staged: builtins.list[ComponentInfo]):
         def register(
-            cls: type,
+            cls: type[Any],
             *,
             aliases: Iterable[str] = (),
             deprecated_aliases: Mapping[str, str] | Iterable[str] = (),
@@ -275,7 +276,7 @@ class Registry:
         self.commands.update((command.name, command) for command in staged.commands)
         self.models.update((model.name, model) for model in staged.models)
 
-    def _check_component_names(self, staged: list[ComponentInfo], info: PluginInfo) -> None:
+    def _check_component_names(self, staged: builtins.list[ComponentInfo], info: PluginInfo) -> None:
         seen: set[tuple[str, str]] = set()
         for comp in staged:
             for name in (comp.name, *comp.aliases):
@@ -291,7 +292,7 @@ class Registry:
                     )
                 seen.add(key)
 
-    def _check_command_names(self, staged: list[CommandInfo], info: PluginInfo) -> None:
+    def _check_command_names(self, staged: builtins.list[CommandInfo], info: PluginInfo) -> None:
         seen: set[str] = set()
         for command in staged:
             if command.name in BUILTIN_COMMANDS:
@@ -301,7 +302,7 @@ class Registry:
                 _collision("command", command.name, owner.plugin if owner else info, info)
             seen.add(command.name)
 
-    def _check_model_names(self, staged: list[ModelInfo], info: PluginInfo) -> None:
+    def _check_model_names(self, staged: builtins.list[ModelInfo], info: PluginInfo) -> None:
         seen: set[str] = set()
         default = self.default_model()
         for model in staged:

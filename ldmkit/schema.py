@@ -51,15 +51,16 @@ def _params_model(kind: str, name: str, params_cls: type[BaseModel]) -> type[Bas
             return data
         return params_cls.model_validate(data, context=info.context)
 
+    # (pydantic's stub types __validators__ as plain callables; a decorated validator is what it takes)
     return create_model(
         f"{kind}-{name}-params",
         __base__=params_cls,
         __doc__=params_cls.__doc__,
-        __validators__={"_as_declared": model_validator(mode="wrap")(_as_declared)},
+        __validators__={"_as_declared": model_validator(mode="wrap")(_as_declared)},  # type: ignore[dict-item]
     )
 
 
-def _component_model(kind: str, name: str, cls: type) -> type[BaseModel]:
+def _component_model(kind: str, name: str, cls: type[Any]) -> type[BaseModel]:
     """``{type: Literal[name], params: Params}`` for one registered component."""
     params = _params_model(kind, name, cls.Params)
     return create_model(
@@ -122,8 +123,7 @@ def _sampler_choice(samplers: list[str], registry: Registry) -> Any:
     from pydantic import Discriminator, Tag
 
     return Annotated[
-        Annotated[Literal[tuple(samplers)], Tag("name")]  # type: ignore[valid-type]
-        | Annotated[_slot_type("sampler", registry), Tag("ref")],
+        Annotated[Literal[tuple(samplers)], Tag("name")] | Annotated[_slot_type("sampler", registry), Tag("ref")],
         Discriminator(lambda value: "name" if isinstance(value, str) else "ref"),
     ]
 

@@ -11,7 +11,7 @@ import json
 import re
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, cast
 
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -42,7 +42,7 @@ __all__ = [
     "validate_spec",
 ]
 
-SPEC_VERSION = 1
+SPEC_VERSION: Final = 1
 MAX_SPEC_BYTES = 1 << 20  # a spec is a small text file
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
@@ -83,7 +83,7 @@ class ComponentSpec(StrictModel):
             try:
                 self.bind(registry, cls.Params.model_validate(self.params, context=info.context))
             except ValidationError as exc:  # name the field as the spec does: <part>.params.<field>
-                errors = [{k: v for k, v in e.items() if k != "url"} for e in exc.errors()]
+                errors: list[dict[str, Any]] = [{k: v for k, v in e.items() if k != "url"} for e in exc.errors()]
                 for e in errors:
                     e["loc"] = ("params", *e["loc"])
                 raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
@@ -264,7 +264,7 @@ def validate_spec(
     for field_name, comp in spec.components().items():
         comp.bind(registry, getattr(checked, field_name).params)
     for task_name, comp in spec.tasks.items():
-        comp.bind(registry, checked.tasks[task_name].params)
+        comp.bind(registry, cast("BaseModel", checked.tasks[task_name].params))  # the typed model's Params
     from ldmkit.options import validate_sampler_params
 
     validate_sampler_params(registry, spec.sampling.sampler, where=f"{source}: sampling.sampler", error=SpecError)

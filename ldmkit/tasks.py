@@ -86,6 +86,7 @@ class ConditionedTask(Task):
     """
 
     Params = TaskParams
+    params: TaskParams
     Request: ClassVar[type[BaseModel]] = Request
     inputs: ClassVar[tuple[str, ...] | None] = None
     """Names of the inputs this task reads; None (the default): the fields of its ``Request``."""

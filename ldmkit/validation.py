@@ -7,7 +7,7 @@ pydantic ``ValidationError`` into a message calls :func:`format_validation_error
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,7 +25,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True)
 
 
-def format_errors(errors: Iterable[dict[str, Any]], prefix: str = "", top: str | None = "(top level)") -> str:
+def format_errors(errors: Iterable[Mapping[str, Any]], prefix: str = "", top: str | None = "(top level)") -> str:
     """Pydantic error records as one ``field.path: message`` per problem, joined by ``"; "``.
 
     A problem of the whole value (no field path) is named ``top``, or given as the bare message

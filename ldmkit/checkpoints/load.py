@@ -47,7 +47,7 @@ def _torch_load_safe(f: IO[bytes], path: Path) -> Any:
     try:
         # Scoped: torch's process-wide safe-globals list is restored on exit. A file object, not
         # the path, so torch cannot choose a reader by extension and reads exactly what was scanned.
-        with _TORCH_LOAD_LOCK, safe_globals(_stand_ins()):
+        with _TORCH_LOAD_LOCK, safe_globals(list(_stand_ins())):
             return torch.load(f, map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # torch raises UnpicklingError/RuntimeError/... for malformed files
         raise CheckpointFormatError(f"{path}: could not load it ({_torch_reason(e)})") from e
@@ -106,7 +106,8 @@ def _names(names: list[str]) -> str:
 
 
 def _state_dict_of(obj: Mapping[Any, Any], source: str) -> dict[str, torch.Tensor]:
-    state = obj.get("state_dict") if isinstance(obj.get("state_dict"), Mapping) else obj
+    inner = obj.get("state_dict")
+    state = inner if isinstance(inner, Mapping) else obj
     bad = [_shown(k) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if bad:
         raise CheckpointError(f"{source}: {len(bad)} state-dict entries are not tensors: {_names(bad)}")

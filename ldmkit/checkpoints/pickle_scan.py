@@ -163,7 +163,7 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: Pickl
     # BytesIO.read(n) returns what is there without reserving n bytes, and its size is known; any
     # other stream (a legacy file) is read through the bounds of _BoundedReader.
     bounded = not isinstance(stream, io.BytesIO)
-    if not bounded and len(stream.getbuffer()) - stream.tell() > limits.max_bytes:
+    if isinstance(stream, io.BytesIO) and len(stream.getbuffer()) - stream.tell() > limits.max_bytes:
         raise CheckpointFormatError(
             f"{source}: refusing to load, the pickle is larger than the {limits.max_bytes}-byte limit"
         )
@@ -207,6 +207,7 @@ def scan_pickle_globals(stream: IO[bytes], source: str = "pickle", limits: Pickl
                 f"{source}: refusing to load, {what} targets something other than a named global"
             )
 
+    arg: Any  # its type depends on the opcode
     try:
         for op, arg, pos in pickletools.genops(reader):
             if bounded and reader.past_limit(pos):

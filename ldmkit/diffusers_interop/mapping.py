@@ -97,8 +97,7 @@ def _group(state: Mapping[str, Tensor], prefixes: Mapping[str, int], what: str) 
 
 
 def _apply(state: Mapping[str, Tensor], pairs: list[Pair], what: str, forward: bool) -> dict[str, Tensor]:
-    source = 0 if forward else 1
-    prefixes = {pair[source]: i for i, pair in enumerate(pairs)}
+    prefixes = {(pair[0] if forward else pair[1]): i for i, pair in enumerate(pairs)}
     out: dict[str, Tensor] = {}
     for index, sub in _group(state, prefixes, what).items():
         pair = pairs[index]

@@ -64,7 +64,7 @@ def params_from_diffusers(
     *,
     class_name: str | None = None,
     registry: Registry | None = None,
-) -> tuple[type, Any]:
+) -> tuple[type[Any], Any]:
     """(component class, validated params) for a model config of ``kind``; SpecError when none reads it."""
     class_name = class_name or diffusers_class_name(config)
     info = find_diffusers_component(_registry(registry), kind, class_name, _WHAT.get(kind, kind))

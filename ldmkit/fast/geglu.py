@@ -20,6 +20,9 @@ class KernelGEGLU(nn.Module):
     operations on the interleaved weights.
     """
 
+    weight_i: Tensor  # buffers
+    bias_i: Tensor
+
     def __init__(self, source: nn.Module) -> None:
         super().__init__()
         proj = source.proj

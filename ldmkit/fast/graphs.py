@@ -46,6 +46,7 @@ class _Graph:
     def run(self, args: tuple[Tensor | None, ...]) -> Tensor:
         for static, value in zip(self.inputs, args, strict=True):
             if static is not None:
+                assert value is not None  # one signature: the same arguments are None
                 static.copy_(value)
         self.graph.replay()
         # the next replay overwrites the static output; callers (multistep samplers) may keep theirs

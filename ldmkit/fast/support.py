@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,9 +45,7 @@ def hopper_with_triton(device: torch.device) -> bool:
     return _hopper(index)
 
 
-def swap_modules(
-    module: nn.Module, wanted: Callable[[nn.Module], bool], swap: Callable[[nn.Module], nn.Module]
-) -> nn.Module:
+def swap_modules(module: nn.Module, wanted: Callable[[nn.Module], bool], swap: Callable[[Any], nn.Module]) -> nn.Module:
     """A structural copy of ``module`` in which every submodule for which ``wanted`` holds is ``swap(it)``.
 
     ``module`` itself is swapped if ``wanted`` holds for it (it has no parent to swap it in).

@@ -78,13 +78,15 @@ def tiled_decode(
     th, tw = min(tile, height), min(tile, width)
     ys, wys, win_h = _windows(height, th, overlap, pad)
     xs, wxs, win_w = _windows(width, tw, overlap, pad)
-    out = weight = None
-    ramps_y = ramps_x = None
+    out: Tensor  # (B, 3, H, W), weight (1, 1, H, W) and the ramps are sized by the first window
+    weight: Tensor
+    ramps_y: list[Tensor]
+    ramps_x: list[Tensor]
     for iy, (y0, wy0) in enumerate(zip(ys, wys, strict=True)):
         for ix, (x0, wx0) in enumerate(zip(xs, wxs, strict=True)):
             window = decode(latents[:, :, wy0 : wy0 + win_h, wx0 : wx0 + win_w]).float()  # (B, 3, win_h*f, win_w*f)
             f = window.shape[-1] // win_w
-            if out is None:
+            if iy == 0 and ix == 0:
                 out = window.new_zeros(window.shape[0], window.shape[1], height * f, width * f)  # (B, 3, H, W)
                 weight = window.new_zeros(1, 1, height * f, width * f)  # (1, 1, H, W)
                 ramps_y = _axis_weights(ys, th, f, window.device)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.errors import TrainingError
+from ldmkit.interfaces import FirstStage
 from ldmkit.training import distributed, fsdp
 from ldmkit.training.ema import EMA
 from ldmkit.training.export import save_weights, write_component_spec
@@ -42,14 +43,14 @@ class AutoencoderStage(Stage):
         super().__init__(spec, device)
         registry = registry or get_registry()
         model = create_component(registry, "first_stage", spec.first_stage, "first_stage")
-        self.model: nn.Module = model.to(device).train()
+        self.model: FirstStage = model.to(device).train()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise TrainingError(f"first stage {spec.first_stage.type!r} has no trainable weights")
         self.vq = hasattr(model, "quantize_latents")
         self.is_kl = not self.vq
         loss = spec.loss
-        channels = getattr(model.params, "out_ch", None) or getattr(model.params, "in_channels", 3)
+        channels = getattr(model.params, "out_ch", 0) or getattr(model.params, "in_channels", 3)
         self.discriminator = NLayerDiscriminator(channels, loss.disc_ndf, loss.disc_num_layers).to(device).train()
         self.perceptual = None
         if loss.perceptual_weights is not None and loss.perceptual_weight > 0:
@@ -99,10 +100,11 @@ class AutoencoderStage(Stage):
     def _reconstruct(self, images: Tensor, step: int) -> tuple[Tensor, Tensor, Any]:
         """(reconstruction, regularizer per sample or codebook loss, posterior or None)."""
         if self.vq:
-            h = self.model.encode(images)  # (B, C, h, w) before quantization
-            quant, codebook_loss, _ = self.model.quantize_latents(h, self.step_generator(step, "quantize"))
+            vq: Any = self.model  # a VQ first stage: quantize_latents, and decode(force_not_quantize=...)
+            h = vq.encode(images)  # (B, C, h, w) before quantization
+            quant, codebook_loss, _ = vq.quantize_latents(h, self.step_generator(step, "quantize"))
             # the latents are already on the codebook (with a straight-through gradient): decode them as they are
-            return self.model.decode(quant, force_not_quantize=True), codebook_loss, None
+            return vq.decode(quant, force_not_quantize=True), codebook_loss, None
         posterior = self.model.encode_distribution(images)
         gen = self.step_generator(step, "posterior")
         if self.world.enabled:
@@ -209,6 +211,7 @@ class AutoencoderStage(Stage):
 
         # FSDP puts the gathered weight in the module for the step: the one the graph used
         last_layer = _last_layer(self.model) if fsdp.sharded(self.world) else self.last_layer
+        assert last_layer is not None  # the same decoder.conv_out, gathered
         nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
         g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
         both = torch.stack([nll_grads, g_grads])  # (2, *last_layer.shape)

@@ -110,7 +110,8 @@ def _reshard_optimizer(
         {**{k: v for k, v in g.items() if k != "params"}, "params": [new_of[id(p)] for p in g["params"]]}
         for g in opt.param_groups
     ]
-    new_opt = type(opt)(groups)  # every group carries its settings
+    # the stub wants Optimizer.__init__(params, defaults); a concrete optimizer takes its settings from the groups
+    new_opt = type(opt)(groups)  # type: ignore[call-arg]
     new_opt.defaults = dict(opt.defaults)
     new_sched = LambdaLR(new_opt, list(sched.lr_lambdas))
     ordered = [p for g in new_opt.param_groups for p in g["params"]]
@@ -164,8 +165,8 @@ def gather(world: World, value: Any) -> Any:
 def full_state_dicts(modules: dict[str, nn.Module], states: dict[str, dict[str, Tensor]]) -> Iterator[None]:
     """Within the block ``modules[name].state_dict()`` returns ``states[name]`` (gathered weights), for writers."""
     try:
-        for name, module in modules.items():
-            module.state_dict = lambda *args, _s=states[name], **kwargs: dict(_s)  # type: ignore[method-assign]
+        for name, module in modules.items():  # an instance attribute shadows the method for the block
+            module.state_dict = lambda *args, _s=states[name], **kwargs: dict(_s)  # type: ignore[assignment]
         yield
     finally:
         for module in modules.values():

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldmkit.errors import CheckpointError, SpecError, TrainingError
+from ldmkit.interfaces import Denoiser
 from ldmkit.nested import map_tensors
 from ldmkit.pipeline import Pipeline
 from ldmkit.prediction import target_for
@@ -53,7 +54,7 @@ class LDMStage(Stage):
         first_stage.requires_grad_(False)
         frozen = {id(p) for p in first_stage.parameters()}
         self.pipe.to(device)
-        self.denoiser: nn.Module = self.pipe.denoiser
+        self.denoiser: Denoiser = self.pipe.denoiser
         self.conditioner = self.pipe.conditioner
         self.denoiser.train()
         trained: dict[str, nn.Module] = {"denoiser": self.denoiser}

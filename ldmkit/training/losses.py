@@ -80,6 +80,9 @@ _CONV_KEY = re.compile(r"^net\.slice(\d+)\.(\d+)\.weight$")
 class ScalingLayer(nn.Module):
     """Shift and scale [-1, 1] images to the statistics the feature net was trained on."""
 
+    shift: Tensor  # buffers
+    scale: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])

@@ -29,7 +29,7 @@ class LinearWarmup:
 
 def build_optimizer(
     params: Iterable[nn.Parameter], spec: OptimizerSpec, lr: float | None = None
-) -> tuple[torch.optim.AdamW, LambdaLR]:
+) -> tuple[torch.optim.Optimizer, LambdaLR]:
     """AdamW over ``params`` and its per-step warm-up scheduler."""
     opt = torch.optim.AdamW(
         list(params),

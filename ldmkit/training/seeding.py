@@ -37,6 +37,7 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 def rng_state() -> dict[str, Any]:
     """The process's RNG states, in types ``torch.load(weights_only=True)`` reads back."""
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy form: the global generator is always MT19937
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": list(random.getstate()[1]),

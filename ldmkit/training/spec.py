@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ldmkit.errors import SpecError
 from ldmkit.specs import ComponentSpec, PipelineSpec, StrictModel, format_validation_error, read_document
 
-TRAIN_SPEC_VERSION = 1
+TRAIN_SPEC_VERSION: Final = 1
 
 
 class DatasetSpec(ComponentSpec):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ldmkit.training.ema import EMA
+
+if TYPE_CHECKING:
+    from ldmkit.training.distributed import World
 from ldmkit.training.seeding import derive_seed, generator
 
 
@@ -33,6 +36,10 @@ class Stage(ABC):
     def on_start(self, batch: dict[str, Any]) -> None:
         """Called with the first batch of a fresh (not resumed) run."""
         return None
+
+    @abstractmethod
+    def distribute(self, world: World) -> None:
+        """Train as one of ``world.size`` processes (called once, after any resumed state is loaded)."""
 
     @abstractmethod
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:

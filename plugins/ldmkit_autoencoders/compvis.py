@@ -130,7 +130,11 @@ class IdentityCompVis:
         return {} if context.channels is None else {"channels": context.channels}
 
 
-_MIXINS: dict[str, type] = {"kl-autoencoder": KLCompVis, "vq-autoencoder": VQCompVis, "identity": IdentityCompVis}
+_MIXINS: dict[str, type[AutoencoderCompVis] | type[IdentityCompVis]] = {
+    "kl-autoencoder": KLCompVis,
+    "vq-autoencoder": VQCompVis,
+    "identity": IdentityCompVis,
+}
 
 
 def first_stage_from_compvis(config: Mapping[str, Any], channels: int | None = None) -> tuple[str, dict[str, Any]]:

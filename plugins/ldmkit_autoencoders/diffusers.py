@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
 from ldmkit.checks import format_validation_error
@@ -184,7 +184,7 @@ def _levels_with_attention(r: ConfigReader, levels: int) -> tuple[list[bool], li
     return [n == DOWN_BLOCKS[0] for n in down], [n == UP_BLOCKS[0] for n in reversed(up)]
 
 
-def autoencoder_params_from_diffusers(config: Mapping[str, Any], params_cls: type) -> Any:
+def autoencoder_params_from_diffusers(config: Mapping[str, Any], params_cls: type[BaseModel]) -> Any:
     """Validated ``params_cls`` for a diffusers AutoencoderKL / VQModel config."""
     cls = config.get("_class_name")
     if cls not in NAMES:

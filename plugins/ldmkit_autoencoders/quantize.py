@@ -19,6 +19,8 @@ class VectorQuantizer(nn.Module):
     instead of the commitment term; ``legacy=False`` puts it on the commitment term.
     """
 
+    used: Tensor  # buffer (U,): the codebook rows in use, registered only with ``remap``
+
     def __init__(
         self,
         n_embed: int,

@@ -8,8 +8,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor
+from ldmkit.interfaces import Slot
 from ldmkit_conditioners.compvis import ClassEmbedderCompVis
 from ldmkit_conditioners.diffusers import ClassEmbedderDiffusers
 
@@ -24,9 +26,9 @@ class ClassEmbedder(ClassEmbedderCompVis, ClassEmbedderDiffusers, Conditioner):
 
     name = "class-embedder"
     example_params = {"embed_dim": 8, "n_classes": 5, "null_class": 4}
-    slots = ("crossattn", "vector")  # one of them, chosen by ``target``
+    slots: tuple[Slot, ...] = ("crossattn", "vector")  # one of them, chosen by ``target``
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         embed_dim: int = Field(gt=0, description="embedding width (the UNet's context_dim)")
         n_classes: int = Field(1000, gt=0)
         """Number of classes; ids lie in [0, n_classes)."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.clip_tokenizer import default_tokenizer
@@ -36,9 +37,9 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
 
     name = "clip-text"
     example_params = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
-    slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
+    slots: tuple[Slot, ...] = ("crossattn",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         vocab_size: int = Field(49408, gt=0)
         """Tokens of the CLIP byte-pair vocabulary."""
         hidden_size: int = Field(768, gt=0)

@@ -31,7 +31,8 @@ CONTEXT_LENGTH = 77
 
 def _load_fast_tokenizer(folder: Path) -> Any:
     try:
-        from transformers import CLIPTokenizerFast
+        # transformers 5 keeps this name as an alias outside its static exports (4.x exports it)
+        from transformers import CLIPTokenizerFast  # type: ignore[attr-defined,unused-ignore]
     except ImportError as err:
         raise InputError(
             'tokenizing prompts for clip-text needs transformers: pip install "ldmkit[clip]" '

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import torch
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
+import ldmkit
 from ldmkit import (
     Conditioner,
     Conditioning,
     FirstStage,
     InputError,
-    Params,
     SpecError,
     UnknownComponentError,
 )
@@ -59,9 +59,9 @@ class CompositeConditioner(Conditioner):
             "map": {"type": "spatial-rescaler", "params": {"in_channels": 1, "out_size": [8, 8]}},
         }
     }
-    slots: ClassVar[tuple[Slot, ...]] = SLOTS  # narrowed per instance to what the parts fill
+    slots: tuple[Slot, ...] = SLOTS  # narrowed per instance to what the parts fill
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         parts: dict[str, PartSpec] = Field(min_length=1)
         """The conditioners side by side: part name -> {type, params, dropout, weight}."""
         training_mode: Literal["independent", "one-part"] = Field(
@@ -83,7 +83,8 @@ class CompositeConditioner(Conditioner):
     params: Params
 
     def example_input(self, batch: int) -> dict[str, Any]:
-        return {name: part.example_input(batch) for name, part in self.parts.items()}
+        parts: dict[str, Conditioner] = dict(self.parts.items())  # type: ignore[arg-type]  # ModuleDict of Conditioners
+        return {name: part.example_input(batch) for name, part in parts.items()}
 
     def __init__(self, params: Params | None = None, registry: Registry | None = None) -> None:
         super().__init__(params)
@@ -99,13 +100,18 @@ class CompositeConditioner(Conditioner):
                     self.parts[part_name] = cls.from_params(spec.params_for(registry) or spec.params)
             except (ValidationError, SpecError) as exc:
                 raise SpecError(f"composite part {part_name!r} ({spec.type}): {exc}") from None
-        filled = [slot for part in self.parts.values() for slot in part.slots]
+        filled = [slot for part in self._parts.values() for slot in part.slots]
         if filled.count("vector") > 1:
             raise SpecError("composite: at most one part may fill the 'vector' slot (vectors cannot be merged)")
         self.slots = tuple(slot for slot in SLOTS if slot in filled)
 
+    @property
+    def _parts(self) -> Mapping[str, Conditioner]:
+        """``parts`` as the conditioners they are (a ModuleDict types its values as plain modules)."""
+        return cast("Mapping[str, Conditioner]", self.parts)
+
     def attach(self, first_stage: FirstStage) -> None:
-        for part in self.parts.values():
+        for part in self._parts.values():
             part.attach(first_stage)
 
     # -- conditioning ---------------------------------------------------------------------------
@@ -127,7 +133,7 @@ class CompositeConditioner(Conditioner):
         if len(set(sizes.values())) > 1:
             raise InputError(f"composite: the parts have different batch sizes {sizes}")
         batch = next(iter(sizes.values()))
-        return {name: given[name] if name in given else part.unconditional(batch) for name, part in self.parts.items()}
+        return {name: given[name] if name in given else part.unconditional(batch) for name, part in self._parts.items()}
 
     def _merge(self, conds: list[Conditioning]) -> Conditioning:
         out = conds[0]
@@ -151,12 +157,13 @@ class CompositeConditioner(Conditioner):
         conds = self._conditionings(raw)
         if self.params.training_mode == "one-part":
             return self._merge(list(self._keep_one_part(conds, generator).values()))
-        for name, part in self.parts.items():
+        for name, part in self._parts.items():
             p = self.params.parts[name].dropout
             if p <= 0.0:
                 continue
             cond = conds[name]
             batch = cond.batch_size
+            assert batch is not None  # every part's conditioning fills a slot
             drop = torch.rand(batch, generator=generator) < p  # (B,) on the CPU
             if bool(drop.any()):
                 conds[name] = _where(drop, part.unconditional(batch), cond)
@@ -167,19 +174,20 @@ class CompositeConditioner(Conditioner):
     ) -> dict[str, Conditioning]:
         names = list(self.parts)
         batch = next(iter(conds.values())).batch_size
+        assert batch is not None  # every part's conditioning fills a slot
         weights = torch.tensor([self.params.parts[n].weight for n in names], dtype=torch.float64)
         kept = torch.multinomial(weights, batch, replacement=True, generator=generator)  # (B,) part index
         none = torch.rand(batch, generator=generator) < self.params.uncond_rate  # (B,)
         out = {}
         for index, name in enumerate(names):
             drop = (kept != index) | none
-            out[name] = _where(drop, self.parts[name].unconditional(batch), conds[name]) if drop.any() else conds[name]
+            out[name] = _where(drop, self._parts[name].unconditional(batch), conds[name]) if drop.any() else conds[name]
         return out
 
     def unconditional(self, batch: int) -> Conditioning:
         """Every part's unconditional, merged."""
         batch = check_batch(batch)
-        return self._merge([part.unconditional(batch) for part in self.parts.values()])
+        return self._merge([part.unconditional(batch) for part in self._parts.values()])
 
 
 def _where(drop: Tensor, uncond: Conditioning, cond: Conditioning) -> Conditioning:

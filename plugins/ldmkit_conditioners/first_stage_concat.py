@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor
 
-from ldmkit import Conditioner, Conditioning, FirstStage, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, FirstStage, InputError
 from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
 from ldmkit.masking import blur_fill
@@ -47,9 +48,9 @@ class MaskedImageConditioner(Conditioner):
 
     name = "masked-image"
     example_params = {"latent_size": [8, 8]}
-    slots: ClassVar[tuple[Slot, ...]] = ("concat",)
+    slots: tuple[Slot, ...] = ("concat",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         scale_factor: float = Field(1.0, gt=0, description="multiplies the encoded masked image")
         mask_resize: Literal["nearest", "area"] = "nearest"
         """How the mask is resized to the latent: nearest or area (fractional coverage)."""

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 from torch import Tensor
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, format_validation_error, host_to_device, index_tensor
 from ldmkit.interfaces import Slot
 from ldmkit.specs import StrictModel
@@ -64,9 +65,9 @@ class LayoutConditioner(Conditioner):
         "n_embed": 16,
         "n_layer": 1,
     }
-    slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
+    slots: tuple[Slot, ...] = ("crossattn",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         n_classes: int = Field(gt=0)
         """Object classes; labels are ids in [0, n_classes) or names from class_names."""
         class_names: list[str] | None = Field(None, description="names of the classes, so labels can be names")

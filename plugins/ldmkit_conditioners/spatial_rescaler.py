@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, image_tensor
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.compvis import SpatialRescalerCompVis
@@ -29,9 +30,9 @@ class SpatialRescaler(SpatialRescalerCompVis, Conditioner):
 
     name = "spatial-rescaler"
     example_params = {"n_stages": 2, "out_channels": 2, "out_size": [4, 4]}
-    slots: ClassVar[tuple[Slot, ...]] = ("concat",)
+    slots: tuple[Slot, ...] = ("concat",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         n_stages: int = Field(1, ge=0)
         """Successive interpolations by multiplier (0 keeps the size)."""
         method: Literal["nearest", "bilinear", "bicubic", "area"] = "bilinear"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-from ldmkit import Conditioner, Conditioning, InputError, Params
+import ldmkit
+from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.compvis import TransformerTextCompVis
@@ -34,9 +35,9 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
         "tokenizer": "words",
         "vocabulary": ["red", "blue", "circle", "square"],
     }
-    slots: ClassVar[tuple[Slot, ...]] = ("crossattn",)
+    slots: tuple[Slot, ...] = ("crossattn",)
 
-    class Params(Params):
+    class Params(ldmkit.Params):
         n_embed: int = Field(gt=0, description="width of the embeddings (the UNet's context_dim)")
         n_layer: int = Field(ge=1, description="number of (attention, feed-forward) blocks")
         vocab_size: int = Field(30522, gt=0)
@@ -60,7 +61,7 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
             return value
 
         @model_validator(mode="after")
-        def _vocabulary(self):
+        def _vocabulary(self) -> TransformerTextConditioner.Params:
             if self.tokenizer is None:
                 if self.vocabulary is not None:
                     raise ValueError("vocabulary is given but tokenizer is not set; add tokenizer: words")
@@ -84,14 +85,15 @@ class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
     params: Params
 
     def example_input(self, batch: int) -> list[str]:
-        words = " ".join(self.params.vocabulary[:4])
+        words = " ".join((self.params.vocabulary or [])[:4])
         return [words] * batch
 
     def __init__(self, params: Params | None = None) -> None:
         super().__init__(params)
         p = self.params
         self.transformer = TransformerWrapper(p.vocab_size, p.max_seq_len, p.n_embed, p.n_layer, p.embedding_dropout)
-        self.tokenizer = WordTokenizer(p.vocabulary, p.max_seq_len) if p.tokenizer == "words" else None
+        vocabulary = p.vocabulary if p.tokenizer == "words" else None  # the validator gives "words" one
+        self.tokenizer = WordTokenizer(vocabulary, p.max_seq_len) if vocabulary is not None else None
 
     def tokenize(self, raw: Any) -> Tensor:
         """Strings (with the word tokenizer) or token ids -> validated LongTensor (B, L)."""

@@ -9,6 +9,8 @@ conditioning but is part of the original checkpoints, so it is kept for strict l
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -80,7 +82,8 @@ class Encoder(nn.Module):
             self.layers.append(nn.ModuleList([nn.LayerNorm(dim), FeedForward(dim)]))
 
     def forward(self, x: Tensor) -> Tensor:
-        for norm, block in self.layers:
+        for pair in self.layers:
+            norm, block = cast(nn.ModuleList, pair)  # [LayerNorm, Attention or FeedForward]
             x = x + block(norm(x))  # (B, L, D), pre-norm residual
         return x
 

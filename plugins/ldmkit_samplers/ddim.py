@@ -83,6 +83,8 @@ class DDIMSampler(LoopSampler):
     class Params(SpacingParams):
         spacing: Spacing = Field("uniform", description="which timesteps the steps visit (see ldmkit.sampling)")
 
+    params: Params
+
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         c = DDIMCoefficients.build(
             schedule, select_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset=1), eta

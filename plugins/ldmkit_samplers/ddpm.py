@@ -63,6 +63,8 @@ class DDPMSampler(LoopSampler):
     class Params(SpacingParams):
         spacing: Spacing = Field("leading", description="which timesteps the steps visit (see ldmkit.sampling)")
 
+    params: Params
+
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         spacing = self.params.spacing
         timesteps = distinct_timesteps(select_timesteps(spacing, steps, schedule.num_timesteps), spacing, steps)

@@ -36,6 +36,8 @@ class DPMPP2MSampler(LoopSampler):
     class Params(SpacingParams):
         spacing: Spacing = Field("linspace", description="which timesteps the steps visit (see ldmkit.sampling)")
 
+    params: Params
+
     def loop(self, run: SamplingRun, schedule: NoiseSchedule, x_T: Tensor, steps: int, eta: float) -> Tensor:
         spacing = self.params.spacing
         ascending = select_timesteps(spacing, steps, schedule.num_timesteps, offset=1)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ldmkit.errors import InputError
+from ldmkit.options import SamplerRef
 from ldmkit.tasks import default_guidance, default_sampling, on_device
 from ldmkit_shapes import metrics
 from ldmkit_shapes.dataset import ShapesDataset
@@ -40,7 +41,7 @@ class BenchRow:
     n: int
     seconds: float
     guidance: float = 1.0
-    sampler: str = "ddim"
+    sampler: str | SamplerRef = "ddim"
     steps: int = 50
 
     @property
@@ -61,7 +62,15 @@ def _combine(raws: list[Any]) -> Any:
 
 
 def _generate(
-    pipe: Any, task_name: str, requests: list[Any], *, steps: int, sampler: str, guidance: float, seed: int, batch: int
+    pipe: Any,
+    task_name: str,
+    requests: list[Any],
+    *,
+    steps: int,
+    sampler: str | SamplerRef,
+    guidance: float,
+    seed: int,
+    batch: int,
 ) -> Tensor:
     """Pictures (N, 3, H, W) in [-1, 1], one per request, in batches."""
     task = pipe.task(task_name)
@@ -129,7 +138,7 @@ def run_bench(
         scale = 1.0 if name == "uncond" else scale  # nothing to guide by
         own_sampler, own_steps = default_sampling(pipe, name)
         task_sampler, task_steps = sampler or own_sampler, steps or own_steps
-        kw = dict(steps=task_steps, sampler=task_sampler, guidance=scale, seed=seed, batch=batch)
+        kw: dict[str, Any] = dict(steps=task_steps, sampler=task_sampler, guidance=scale, seed=seed, batch=batch)
         t0 = time.perf_counter()
         if name == "class2img":
             labels = single["class_label"].tolist()

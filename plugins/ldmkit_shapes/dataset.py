@@ -77,7 +77,7 @@ class ShapesDataset(Dataset):
         self.params = params if params is not None else type(self).Params()
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any] | BaseModel | None = None) -> ShapesDataset:
+    def from_params(cls, params: Mapping[str, Any] | ShapesDataset.Params | None = None) -> ShapesDataset:
         """Validate ``params`` and build the dataset; invalid params raise SpecError naming the field."""
         if not isinstance(params, BaseModel):
             try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from pydantic import BaseModel, Field
@@ -31,6 +31,7 @@ class Class2ImgTask(ConditionedTask):
     name = "class2img"
     feeds = ("class-embedder",)
     Params = ClassParams
+    params: ClassParams
     Request = ClassRequest
 
     def label_id(self, label: int | str) -> int:
@@ -38,7 +39,7 @@ class Class2ImgTask(ConditionedTask):
         return label_input(label, self.params.class_names)
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
-        return torch.full((n,), self.label_id(request.label), dtype=torch.long)
+        return torch.full((n,), self.label_id(cast(ClassRequest, request).label), dtype=torch.long)
 
 
 class TextRequest(Request):
@@ -53,4 +54,4 @@ class Text2ImgTask(ConditionedTask):
     Request = TextRequest
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
-        return [request.prompt] * n
+        return [cast(TextRequest, request).prompt] * n

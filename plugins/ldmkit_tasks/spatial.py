@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch.nn.functional as F
 from pydantic import BaseModel, Field, model_validator
@@ -24,7 +24,7 @@ class Layout2ImgTask(ConditionedTask):
     Request = LayoutRequest
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
-        objects = [obj.model_dump() for obj in request.layout]
+        objects = [obj.model_dump() for obj in cast(LayoutRequest, request).layout]
         return [list(objects) for _ in range(n)]
 
 
@@ -44,10 +44,11 @@ class Semantic2ImgTask(ConditionedTask):
     name = "semantic2img"
     feeds = ("spatial-rescaler",)
     Params = SemanticParams
+    params: SemanticParams
     Request = SemanticRequest
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
-        seg = request.segmentation
+        seg = cast(SemanticRequest, request).segmentation
         check_size(seg, image_size(pipeline), "segmentation")
         onehot = F.one_hot(seg, self.params.n_classes).permute(2, 0, 1).float()  # (C, H, W)
         return onehot.unsqueeze(0).repeat(n, 1, 1, 1)  # (n, C, H, W)
@@ -68,13 +69,15 @@ class SuperresTask(ConditionedTask):
     name = "superres"
     feeds = ("spatial-rescaler",)
     Params = SuperresParams
+    params: SuperresParams
     Request = ImageRequest
 
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         h, w = image_size(pipeline)
         f = self.params.factor
-        check_size(request.image, (h // f, w // f), "image")
-        return request.image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, h, w)
+        image = cast(ImageRequest, request).image
+        check_size(image, (h // f, w // f), "image")
+        return image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, h, w)
 
 
 HOLE_SIGMA = 2.0
@@ -114,9 +117,11 @@ class InpaintTask(ConditionedTask):
     name = "inpaint"
     feeds = ("masked-image",)
     Params = InpaintParams
+    params: InpaintParams
     Request = InpaintRequest
 
     def _batch(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
+        request = cast(InpaintRequest, request)
         check_size(request.image, image_size(pipeline), "image")
         image = request.image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, H, W)
         mask = request.mask.reshape(1, 1, *request.mask.shape[-2:]).repeat(n, 1, 1, 1).float()  # (n, 1, H, W)

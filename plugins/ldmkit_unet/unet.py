@@ -7,6 +7,7 @@ unchanged once the ``model.diffusion_model.`` prefix is stripped.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -174,7 +175,8 @@ class UNet(UNetCompVis, UNetDiffusers, ldmkit.Denoiser):
         """The network on checked inputs: x (B, C, h, w), t (R,) with R = B, or R = k * B when k
         context rows share each row of x (blocks before the first cross-attention then run on B rows).
         """
-        t_emb = timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)  # (R, mc)
+        dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
+        t_emb = timestep_embedding(t, self.model_channels).to(dtype)  # (R, mc)
         emb = self.time_embed(t_emb)  # (R, 4 * mc)
         if y is not None:
             emb = emb + self.label_emb(y)  # (R, 4 * mc)
