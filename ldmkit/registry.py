@@ -459,6 +459,7 @@ def discover(strict: bool | None = None, only: list[str] | None = None) -> Regis
         only = [s.strip() for s in os.environ["LDMKIT_LOAD_PLUGINS"].split(",") if s.strip()]
     registry = Registry(strict=strict, manager=make_plugin_manager())
     seen: set[tuple[str, str, str]] = set()
+
     # ldmkit's own plugins first: a third-party plugin that registers a built-in name then collides and is
     # skipped, rather than loading first and disabling the built-in plugin
     def load_order(ep: metadata.EntryPoint) -> tuple[bool, str]:
