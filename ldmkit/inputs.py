@@ -294,18 +294,10 @@ def label_input(label: Any, class_names: Sequence[str] | None = None, what: str 
 
 def prompt_input(data: Any, what: str = "prompt", max_length: int = 1000) -> str:
     """A prompt: a string (or UTF-8 bytes of a text file) of 1 to ``max_length`` characters."""
-    if isinstance(data, (bytes, bytearray)):
-        try:
-            data = bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{what}: not UTF-8 text") from None
-    if not isinstance(data, str):
-        raise InputError(f"{what}: expected a string, got {type(data).__name__}")
-    if not data:
+    text = text_input(data, what, max_length)
+    if not text:
         raise InputError(f"{what}: must not be empty")
-    if len(data) > max_length:
-        raise InputError(f"{what}: {len(data)} characters, more than the maximum {max_length}")
-    return data
+    return text
 
 
 def check_size(picture: Tensor, expected: tuple[int, int], what: str) -> None:
