@@ -63,10 +63,11 @@ def _params_model(kind: str, name: str, params_cls: type[BaseModel]) -> type[Bas
 def _component_model(kind: str, name: str, cls: type[Any]) -> type[BaseModel]:
     """``{type: Literal[name], params: Params}`` for one registered component."""
     params = _params_model(kind, name, cls.Params)
+    tag: Any = Literal[name]  # a type made at run time (typed Any: pydantic's stubs differ across versions)
     return create_model(
         f"{kind}-{name}",
         __config__=ConfigDict(extra="forbid", title=f"{kind}: {name}", json_schema_extra=_description(cls)),
-        type=(Literal[name], ...),
+        type=(tag, ...),
         params=(params, Field(default_factory=dict, validate_default=True)),
     )
 
