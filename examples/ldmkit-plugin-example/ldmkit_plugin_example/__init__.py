@@ -1,5 +1,5 @@
-"""An example ldmkit plugin: the ``heun-example`` sampler, the ``colour-example`` conditioner and the
-``colour2img-example`` task."""
+"""An example ldmkit plugin: the ``heun-example`` sampler, the ``colour-example`` conditioner, the
+``colour2img-example`` task and the ``tiny-unet-example`` denoiser (with its own CompVis target)."""
 
 from __future__ import annotations
 
