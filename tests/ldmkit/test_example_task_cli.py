@@ -20,46 +20,22 @@ from test_plugin_example import COLOUR_SPEC, EXAMPLE
 
 ROOT = Path(__file__).resolve().parents[2]
 ONE = ["-n", "2", "--steps", "2", "--no-progress"]
+COLOUR_RED = ["generate", "--spec", "{spec}", "--task", "colour2img-example", "--input", "colour=red", *ONE]
+HEUN = ["--sampler", "heun-example", "--sampler-param"]
 
 # each entry: a name and the argv of one ``ldmkit`` call; {spec} and {out} are filled in
 CALLS = {
     "tasks_json": ["tasks", "--json"],
     "task_text": ["tasks", "colour2img-example"],
-    "red": ["generate", "--spec", "{spec}", "--task", "colour2img-example", "--input", "colour=red", *ONE],
+    "red": COLOUR_RED,
     "red_replay": ["generate", "--replay", "{out}/red/000001.png", "--spec", "{spec}"],
     "blue": ["generate", "--spec", "{spec}", "--task", "colour2img-example", "--input", "colour=#0000ff", *ONE],
     "mauve": ["generate", "--spec", "{spec}", "--task", "colour2img-example", "--input", "colour=mauve", *ONE],
     "misspelled": ["generate", "--spec", "{spec}", "--task", "colour2img-example", "--input", "color=red", *ONE],
     "missing": ["generate", "--spec", "{spec}", "--task", "colour2img-example", *ONE],
-    "quad": [
-        "generate",
-        "--spec",
-        "{spec}",
-        "--task",
-        "colour2img-example",
-        "--input",
-        "colour=red",
-        *ONE,
-        "--sampler",
-        "heun-example",
-        "--sampler-param",
-        "discretize=quad",
-    ],  # fmt: skip
+    "quad": [*COLOUR_RED, *HEUN, "discretize=quad"],
     "quad_replay": ["generate", "--replay", "{out}/quad/000001.png", "--spec", "{spec}"],
-    "bogus": [
-        "generate",
-        "--spec",
-        "{spec}",
-        "--task",
-        "colour2img-example",
-        "--input",
-        "colour=red",
-        *ONE,
-        "--sampler",
-        "heun-example",
-        "--sampler-param",
-        "discretize=bogus",
-    ],  # fmt: skip
+    "bogus": [*COLOUR_RED, *HEUN, "discretize=bogus"],
 }
 
 SCRIPT = """

@@ -65,6 +65,12 @@ def run_isolated(code: str, *args: str, env: dict[str, str] | None = None) -> su
     )
 
 
+def generate_from(folder: Path, out: Path) -> int:
+    """``ldmkit generate`` of one class2img picture in one step from the pipeline folder ``folder``."""
+    argv = ["generate", "--spec", str(folder), "--task", "class2img", "--label", "1", "-n", "1", "--steps", "1"]
+    return main([*argv, "--out", str(out)])
+
+
 def cli_error(capsys) -> str:
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
@@ -222,27 +228,7 @@ def test_safetensors_shape_error_in_a_pipeline_folder_cli(tmp_path, capsys):
     safetensors_file(
         folder / "conditioner.safetensors", {"w": {"dtype": "F32", "shape": [0, 2**62, 2**62], "data_offsets": [0, 0]}}
     )
-    out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "generate",
-                "--spec",
-                str(folder),
-                "--task",
-                "class2img",
-                "--label",
-                "1",
-                "-n",
-                "1",
-                "--out",
-                str(out),
-                "--steps",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert generate_from(folder, tmp_path / "out") == 2
     assert "larger than torch can address" in cli_error(capsys)
 
 
@@ -284,26 +270,7 @@ def test_hashing_refuses_special_files_without_blocking(tmp_path):
 def test_generate_with_a_folder_holding_a_dev_zero_link_exits_2(tmp_path, capsys):
     folder = Pipeline.from_spec(TINY_SPEC).save(tmp_path / "pipe")
     (folder / "extra.safetensors").symlink_to("/dev/zero")
-    assert (
-        main(
-            [
-                "generate",
-                "--spec",
-                str(folder),
-                "--task",
-                "class2img",
-                "--label",
-                "1",
-                "-n",
-                "1",
-                "--out",
-                str(tmp_path / "out"),
-                "--steps",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert generate_from(folder, tmp_path / "out") == 2
     assert "links outside its folder" in cli_error(capsys)
 
 
@@ -382,26 +349,7 @@ def test_pipeline_folder_with_a_weights_link_outside_is_refused(tmp_path, capsys
     (folder / "conditioner.safetensors").symlink_to(outside)
     with pytest.raises(CheckpointError, match="links outside its folder"):
         Pipeline.load(folder)
-    assert (
-        main(
-            [
-                "generate",
-                "--spec",
-                str(folder),
-                "--task",
-                "class2img",
-                "--label",
-                "1",
-                "-n",
-                "1",
-                "--out",
-                str(tmp_path / "out"),
-                "--steps",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert generate_from(folder, tmp_path / "out") == 2
     assert "links outside its folder" in cli_error(capsys)
     monkeypatch.setenv("LDMKIT_FOLLOW_LINKS", "1")  # a deliberate choice for a folder one trusts
     assert Pipeline.load(folder).conditioner is not None
