@@ -217,6 +217,8 @@ class Sampler(_Configurable, ABC):
     """Reverse process. Stateless between calls; moves nothing to another device."""
 
     kind = "sampler"
+    starts_from_init: ClassVar[bool] = False
+    """Whether :meth:`sample` takes ``init`` and ``strength`` (image-to-image); every LoopSampler does."""
 
     @abstractmethod
     def sample(
@@ -232,10 +234,15 @@ class Sampler(_Configurable, ABC):
         mask: Tensor | None = None,
         x0: Tensor | None = None,
         progress: bool = False,
+        init: Tensor | None = None,
+        strength: float | None = None,
     ) -> Tensor:
         """Run the reverse process from ``x_T`` (B, C, h, w) and return x_0 (B, C, h, w).
 
         ``mask`` (B or 1, 1, h, w), 1 where ``x0`` is known: that region is re-noised from ``x0`` and kept.
+        ``init`` (B, C, h, w), clean latents, with ``strength`` in [0, 1] (samplers with ``starts_from_init``):
+        start from ``init`` noised with ``x_T`` and take only the last ``int(n * strength)`` of the ``n`` steps
+        (:meth:`ldmkit.sampling.SamplingRun.start`); the pipeline passes them only when given.
         """
 
 

@@ -299,6 +299,8 @@ class Pipeline:
         x0: Tensor | None = None,
         batch_size: int | None = None,
         progress: bool = False,
+        init: Tensor | None = None,
+        strength: float | None = None,
     ) -> Tensor:
         """Sample latents (B, C, h, w) (still multiplied by ``scale_factor``; use :meth:`decode`).
 
@@ -311,6 +313,11 @@ class Pipeline:
         by that sampler's ``Params``, through :attr:`registry`) or a :class:`~ldmkit.Sampler` instance,
         used as is. ``eta`` scales the fresh noise each step adds; ``None`` is the sampler's own default
         (see :mod:`ldmkit.sampling`).
+
+        Image-to-image: ``init`` (B, C, h, w), scaled latents (:meth:`encode` of pictures), with ``strength`` in
+        [0, 1] starts from ``init`` noised with ``x_T`` (by default drawn like ``init``, one generator per sample
+        if a list) and takes the last ``int(n * strength)`` of the sampler's ``n`` steps
+        (:meth:`ldmkit.sampling.SamplingRun.start`); strength 0 returns ``init``.
         """
         cond = self.condition(cond)
         uncond = self.condition(uncond) if uncond is not None else None
@@ -319,6 +326,15 @@ class Pipeline:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size}")
+        start: dict[str, Any] = {}
+        if init is not None or strength is not None:
+            if not getattr(chosen, "starts_from_init", False):
+                raise InputError(f"sampler {type(chosen).name!r} cannot start from given latents (image-to-image)")
+            start = {"init": init, "strength": strength}
+        if x_T is None and isinstance(init, Tensor):
+            from ldmkit.sampling import draw_noise  # the noise drawn as initial_noise draws it, init's shape
+
+            x_T = draw_noise(init.shape, generator, init.to(self.device, self.dtype))
         if x_T is None:
             batch = cond.batch_size or batch_size or (len(generator) if isinstance(generator, list) else 1)
             x_T = self.initial_noise(batch, generator)
@@ -333,6 +349,7 @@ class Pipeline:
             mask=mask,
             x0=x0,
             progress=progress,
+            **start,
         )
         if not isinstance(latents, Tensor) or tuple(latents.shape) != tuple(x_T.shape):
             got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__

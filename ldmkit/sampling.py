@@ -59,7 +59,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from ldmkit.errors import InputError
+from ldmkit.errors import InputError, PluginError
 from ldmkit.interfaces import ModelFn, Params, Sampler, StepCallback
 from ldmkit.schedules import NoiseSchedule
 
@@ -73,6 +73,7 @@ __all__ = [
     "alphas_cumprod64",
     "check_eta",
     "check_generator",
+    "check_init",
     "check_mask",
     "check_steps",
     "check_timesteps",
@@ -186,6 +187,29 @@ def check_mask(mask: object, x0: object, x_T: Tensor) -> tuple[Tensor | None, Te
     if bool(((mask < 0) | (mask > 1)).any()):
         raise InputError("mask values must lie in [0, 1] (1 = known)")
     return mask, x0.to(device=x_T.device, dtype=x_T.dtype)
+
+
+def check_init(init: object, strength: object, x_T: Tensor) -> tuple[Tensor | None, float]:
+    """``init`` (copied to ``x_T``'s device and dtype) and ``strength`` as a float (``(None, 1.0)`` if unused).
+
+    ``init`` is the clean latent to start from (image-to-image), shaped like ``x_T``; ``strength`` in [0, 1] is
+    the fraction of the sampler's steps taken from it (see :meth:`SamplingRun.start`).
+
+    :raises InputError: when only ``strength`` is given, ``init`` is no tensor of ``x_T``'s shape, or ``strength``
+        is no number in [0, 1].
+    """
+    if init is None:
+        if strength is not None:
+            raise InputError("strength goes with init (the latents to start from)")
+        return None, 1.0
+    if not isinstance(init, Tensor) or tuple(init.shape) != tuple(x_T.shape):
+        got = tuple(init.shape) if isinstance(init, Tensor) else type(init).__name__
+        raise InputError(f"init must be latents of x_T's shape {tuple(x_T.shape)}, got {got}")
+    if strength is None:
+        strength = 1.0
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+        raise InputError(f"strength must be a number in [0, 1], got {strength!r}")
+    return init.to(device=x_T.device, dtype=x_T.dtype), float(strength)
 
 
 # -- timestep selection ---------------------------------------------------------------------------
@@ -340,7 +364,11 @@ class SamplingRun:
     :param generator: see :data:`Generators`; checked with :func:`check_generator`.
     :param mask: 1 where ``x0`` is known; with ``x0``, checked with :func:`check_mask`.
     :param progress: whether :meth:`steps` shows a progress bar.
-    :raises InputError: for an ``x_T`` that is no floating point tensor, or a bad generator, mask or x0.
+    :param init: the clean latent to start from (image-to-image), checked with :func:`check_init`; ``x_T`` is then
+        the noise it is noised with.
+    :param strength: with ``init``: the fraction of the steps taken (0 keeps ``init``, 1 takes them all).
+    :raises InputError: for an ``x_T`` that is no floating point tensor, or a bad generator, mask, x0, init or
+        strength.
     """
 
     def __init__(
@@ -355,6 +383,8 @@ class SamplingRun:
         mask: Tensor | None = None,
         x0: Tensor | None = None,
         progress: bool = False,
+        init: Tensor | None = None,
+        strength: float | None = None,
     ) -> None:
         if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.dim() < 1:
             raise InputError(f"x_T must be a floating point tensor (B, ...), got {type(x_T).__name__}")
@@ -366,6 +396,10 @@ class SamplingRun:
         self.progress = progress
         self.generator = check_generator(generator, x_T.shape[0])
         self.mask, self.x0 = check_mask(mask, x0, x_T)
+        self.init, self.strength = check_init(init, strength, x_T)
+        self.first = 0  # the first step taken: set by start()
+        self._started = False
+        self._alphas_cumprod = schedule.alphas_cumprod
         if self.mask is not None:
             ac = alphas_cumprod64(schedule)
             # Python floats: no host-to-device copy per step, and x * c computes in x's dtype
@@ -406,6 +440,25 @@ class SamplingRun:
         noisy = self._sqrt_a[t] * self.x0 + self._sqrt_1ma[t] * self.noise()  # q_sample
         return noisy * self.mask + (1.0 - self.mask) * x
 
+    def start(self, x_T: Tensor, timesteps: Sequence[int]) -> tuple[int, Tensor]:
+        """The first step a loop over descending ``timesteps`` takes, and the latent it starts from.
+
+        Without ``init``: ``(0, x_T)``. With it, as diffusers' image-to-image pipelines do, the last
+        ``int(n * strength)`` of the ``n`` steps are taken: the loop starts at step ``first = n - int(n * strength)``
+        from ``init`` noised to ``timesteps[first]`` with ``x_T`` as the noise (``q_sample``); when no step is left
+        (strength 0, or ``n * strength < 1``) it starts and ends at ``init`` itself. :meth:`steps` skips the steps
+        before ``first``. Call it once, before :meth:`steps`; the latent is in the VP scale.
+        """
+        self._started = True
+        if self.init is None:
+            return 0, x_T
+        n = len(timesteps)
+        self.first = n - min(int(n * self.strength), n)
+        if self.first == n:
+            return n, self.init
+        t = torch.full((x_T.shape[0],), int(timesteps[self.first]), dtype=torch.long)
+        return self.first, _q_sample(self._alphas_cumprod, self.init, x_T, t)
+
     def finish(self, x: Tensor) -> Tensor:
         """The final sample: ``x`` with its known region set to ``x0`` (``x`` itself without a mask)."""
         if self.mask is None or self.x0 is None:
@@ -422,11 +475,28 @@ class SamplingRun:
     def steps(self, total: int) -> Iterator[int]:
         """``range(total)``, with a progress bar on stderr when the caller asked for ``progress``.
 
-        This is all ``progress`` does: it shows (or hides) the bar and never changes what is computed.
+        This is all ``progress`` does: it shows (or hides) the bar and never changes what is computed. After
+        :meth:`start` of an image-to-image run the steps before its first are skipped.
+
+        :raises PluginError: for a run with ``init`` whose loop did not call :meth:`start` first.
         """
         from tqdm.auto import tqdm
 
-        yield from tqdm(range(total), total=total, desc=self.sampler, disable=not self.progress, leave=False)
+        if self.init is not None and not self._started:
+            raise PluginError(
+                f"sampler {self.sampler!r} cannot start from given latents (image-to-image): its loop does not "
+                "call run.start(x_T, timesteps)"
+            )
+        steps = range(self.first, total)
+        yield from tqdm(steps, total=len(steps), desc=self.sampler, disable=not self.progress, leave=False)
+
+
+def _q_sample(alphas_cumprod: Tensor, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+    """``sqrt(a_t) x0 + sqrt(1 - a_t) noise`` (B, C, h, w), in float32 from the float32 ``a_t``, as diffusers'
+    ``add_noise`` computes it."""
+    a = alphas_cumprod.detach().to("cpu", torch.float32)[t].view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1)
+    sqrt_a, sqrt_1ma = a.sqrt().to(x0), (1 - a).sqrt().to(x0)
+    return sqrt_a * x0 + sqrt_1ma * noise
 
 
 class LoopSampler(Sampler):
@@ -442,6 +512,7 @@ class LoopSampler(Sampler):
 
     uses_eta: ClassVar[bool] = False
     default_eta: ClassVar[float] = 0.0
+    starts_from_init = True
 
     def sample(
         self,
@@ -456,13 +527,15 @@ class LoopSampler(Sampler):
         mask: Tensor | None = None,
         x0: Tensor | None = None,
         progress: bool = False,
+        init: Tensor | None = None,
+        strength: float | None = None,
     ) -> Tensor:
         """Check the arguments and run :meth:`loop`; see :meth:`ldmkit.Sampler.sample` for their meaning."""
         steps = check_steps(steps, schedule.num_timesteps)
         eta = check_eta(eta, self.name, uses_eta=self.uses_eta, default=self.default_eta)
         run = SamplingRun(
             self.name, model_fn, schedule, x_T, generator=generator, callback=callback, mask=mask, x0=x0,
-            progress=progress,
+            progress=progress, init=init, strength=strength,
         )  # fmt: skip
         return self.loop(run, schedule, x_T, steps, eta)
 
@@ -472,7 +545,8 @@ class LoopSampler(Sampler):
 
         ``steps`` is already in ``1..schedule.num_timesteps`` and ``eta`` a float >= 0 (``default_eta`` where the
         caller gave None; 0 unless ``uses_eta``).
-        Take model calls, noise, masking and callbacks through ``run``, iterate with ``run.steps(n)``, call
+        Take model calls, noise, masking and callbacks through ``run``, take the starting latent from
+        ``run.start(x_T, timesteps)`` (image-to-image), iterate with ``run.steps(n)``, call
         ``run.report`` once per step, and return ``run.finish(x)`` (or the current latent when ``run.report``
         said stop).
         """

@@ -24,11 +24,20 @@ The same request reaches the task from the CLI (strings, or the bytes of files:
 ``ldmkit generate --task count2img --input count=3``), from Python
 (``task.parse_request({"count": 3})``) and from benchmarks (``CountRequest(count=3)``); the request
 model's fields are what ``ldmkit tasks`` lists. Checks across fields (a mask the size of its picture)
-are the model's own validators.
+are the model's own validators. A task param named like an input (``strength``, ``negative_prompt``) is that
+input's default (:meth:`ConditionedTask.input_defaults`), so a spec sets it per task.
+
+Negative conditioning: a request that declares ``negative_prompt`` or ``negative_label`` fields (the built-in
+text2img, class2img and img2img do) replaces the unconditional branch of classifier-free guidance with the
+conditioning of that prompt or label (:meth:`ConditionedTask.negative_input`). A conditioner made of parts gets
+the negative in the part that takes prompts (labels); its other parts stay unconditional, as in the plain
+unconditional branch. Without guidance (scale 1) there is no unconditional branch: the negative has no effect,
+as in diffusers, and a warning says so.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -44,6 +53,9 @@ from ldmkit.options import SamplerChoice, SamplerRef, resolve_options
 from ldmkit.specs import format_validation_error
 
 __all__ = [
+    "LABEL_KINDS",
+    "NEGATIVE_INPUTS",
+    "PROMPT_KINDS",
     "ConditionedTask",
     "Request",
     "SampleOptions",
@@ -53,6 +65,16 @@ __all__ = [
     "image_size",
     "on_device",
 ]
+
+
+log = logging.getLogger(__name__)
+
+PROMPT_KINDS = ("transformer-text", "clip-text")
+"""Registered names of the built-in conditioners that take prompts (a list of strings)."""
+LABEL_KINDS = ("class-embedder",)
+"""Registered names of the built-in conditioners that take class ids."""
+NEGATIVE_INPUTS = {"negative_prompt": PROMPT_KINDS, "negative_label": LABEL_KINDS}
+"""The negative inputs a request may declare, and the conditioner kinds each goes to."""
 
 
 class TaskParams(Params):
@@ -120,8 +142,23 @@ class ConditionedTask(Task):
         """
         return self.build_request(self.check_inputs(inputs))
 
+    def input_defaults(self) -> dict[str, Any]:
+        """Inputs left out take these values: this task's params named like one of its inputs, where set.
+
+        The CLI records them in each picture with the inputs given, so a picture names e.g. the img2img
+        ``strength`` it was made with even where the spec chose it.
+        """
+        fields = type(self.params).model_fields
+        names = [name for name in self.input_names() if name in fields]
+        return {name: getattr(self.params, name) for name in names if getattr(self.params, name) is not None}
+
     def build_request(self, inputs: dict[str, Any]) -> BaseModel:
-        """The request model validated from checked inputs; every problem an :class:`InputError` naming its field."""
+        """The request model validated from checked inputs; every problem an :class:`InputError` naming its field.
+
+        Inputs left out (or None) take :meth:`input_defaults`.
+        """
+        given = {name: value for name, value in inputs.items() if value is not None}
+        inputs = {**self.input_defaults(), **given}
         missing = [name for name in self.required_inputs() if inputs.get(name) is None]
         if missing:
             raise InputError(f"task {self.name!r} needs {', '.join(f'--{m}' for m in missing)}")
@@ -192,17 +229,70 @@ class ConditionedTask(Task):
         part = self.part_for(conditioner) if conditioner is not None else self.params.part
         return {part: value} if part is not None else value
 
+    def part_taking(self, conditioner: Any, kinds: tuple[str, ...], what: str) -> str | None:
+        """The part of ``conditioner`` that takes inputs of the conditioner ``kinds`` (registered names); None: whole.
+
+        ``params.part`` when that part is of such a kind; else the one part of such a kind. A conditioner without
+        parts takes the input whole if it is of such a kind. ``what`` names the input in the SpecError raised when
+        no part, or more than one, fits.
+        """
+        parts = getattr(conditioner, "parts", None)
+        if parts is None or not hasattr(parts, "items"):
+            kind = getattr(type(conditioner), "name", type(conditioner).__name__)
+            if kind in kinds:
+                return None
+            raise SpecError(f"task {self.name!r}: this pipeline's conditioner ({kind}) takes no {what}")
+        kinds_of = {name: getattr(type(part), "name", type(part).__name__) for name, part in parts.items()}
+        if self.params.part is not None and kinds_of.get(self.params.part) in kinds:
+            return self.params.part
+        fits = [name for name, kind in kinds_of.items() if kind in kinds]
+        if len(fits) == 1:
+            return fits[0]
+        listed = ", ".join(f"{name} ({kind})" for name, kind in kinds_of.items())
+        which = "more than one part" if fits else "no part"
+        raise SpecError(f"task {self.name!r}: {which} of the conditioner takes a {what} (parts: {listed})")
+
+    def negative_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
+        """The conditioner input of guidance's unconditional branch for ``n`` pictures; None: its own unconditional.
+
+        Made of the request's ``negative_prompt`` and ``negative_label`` (the fields it declares of
+        :data:`NEGATIVE_INPUTS`), each in the part that takes prompts or labels (:meth:`part_taking`); a
+        conditioner made of parts keeps its other parts unconditional.
+        """
+        given = {name: value for name in NEGATIVE_INPUTS if (value := getattr(request, name, None)) is not None}
+        if not given:
+            return None
+        conditioner = pipeline.conditioner
+        if conditioner is None:
+            raise SpecError(f"task {self.name!r}: a {' and '.join(given)} needs a conditioner; this pipeline has none")
+        raw: dict[str | None, Any] = {}
+        for name, value in given.items():
+            what = name.removeprefix("negative_")
+            part = self.part_taking(conditioner, NEGATIVE_INPUTS[name], what)
+            raw[part] = [value] * n if name == "negative_prompt" else torch.full((n,), int(value), dtype=torch.long)
+        if None in raw:
+            if len(raw) > 1:
+                raise InputError(f"task {self.name!r}: this pipeline's conditioner takes one of {', '.join(given)}")
+            return raw[None]
+        return raw
+
     def conditioning(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Conditioning, Conditioning | None]:
-        """(cond, uncond) for ``n`` pictures; uncond is None when the pipeline has no conditioner."""
+        """(cond, uncond) for ``n`` pictures; uncond is None when the pipeline has no conditioner.
+
+        uncond is the conditioner's unconditional, or the request's negative (:meth:`negative_input`); with a
+        negative and no input, cond is the unconditional (guidance then steers away from the negative alone).
+        """
         raw = on_device(self.raw_input(pipeline, request, n), pipeline.device)
+        negative = on_device(self.negative_input(pipeline, request, n), pipeline.device)
         if pipeline.conditioner is None:
             if raw is not None:  # silently ignoring the input would hand back unconditional pictures
                 raise SpecError(f"task {self.name!r} needs a conditioner for its input; this pipeline has none")
             return Conditioning(), None
         uncond = pipeline.conditioner.unconditional(n)
-        if raw is None:
-            return uncond, None
-        return pipeline.conditioner(self.wrap(raw, pipeline.conditioner)), uncond
+        cond = uncond if raw is None else pipeline.conditioner(self.wrap(raw, pipeline.conditioner))
+        if negative is not None:
+            return cond, pipeline.conditioner(negative)
+        return cond, None if raw is None else uncond
 
     def sample_kwargs(self, pipeline: Any, request: BaseModel, n: int) -> dict[str, Any]:
         """Extra arguments for ``Pipeline.sample`` (masked sampling passes ``mask`` and ``x0``)."""
@@ -216,6 +306,9 @@ class ConditionedTask(Task):
         """
         if options.n < 1:
             raise InputError("the number of pictures must be at least 1")
+        negatives = [name for name in NEGATIVE_INPUTS if getattr(request, name, None) is not None]
+        if negatives and options.guidance_scale == 1.0:
+            log.warning("%s has no effect: guidance scale 1 has no unconditional branch to replace", negatives[0])
         with torch.no_grad():
             cond, uncond = self.conditioning(pipeline, request, options.n)
             generators = [torch.Generator().manual_seed(options.seed + i) for i in range(options.n)]

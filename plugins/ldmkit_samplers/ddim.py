@@ -89,7 +89,7 @@ class DDIMSampler(LoopSampler):
         c = DDIMCoefficients.build(
             schedule, select_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset=1), eta
         )
-        x = x_T
+        _, x = run.start(x_T, c.timesteps[::-1])
         for i in run.steps(len(c)):
             index = len(c) - 1 - i
             t = c.timesteps[index]

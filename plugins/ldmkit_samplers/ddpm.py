@@ -69,7 +69,7 @@ class DDPMSampler(LoopSampler):
         spacing = self.params.spacing
         timesteps = distinct_timesteps(select_timesteps(spacing, steps, schedule.num_timesteps), spacing, steps)
         p = respaced_posterior(schedule, timesteps)
-        x = x_T
+        _, x = run.start(x_T, timesteps[::-1])
         for i in run.steps(len(timesteps)):
             index = len(timesteps) - 1 - i
             t = timesteps[index]

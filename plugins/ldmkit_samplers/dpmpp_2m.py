@@ -47,7 +47,7 @@ class DPMPP2MSampler(LoopSampler):
         sigmas = [math.sqrt(1.0 - float(ac[t])) for t in timesteps] + [0.0]
         lambdas = [math.log(a) - math.log(s) for a, s in zip(alphas[:-1], sigmas[:-1], strict=True)]
 
-        x = x_T
+        _, x = run.start(x_T, timesteps)
         prev_x0: Tensor | None = None
         for i in run.steps(len(timesteps)):
             t = timesteps[i]

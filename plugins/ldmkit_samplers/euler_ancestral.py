@@ -52,7 +52,8 @@ class EulerAncestralSampler(LoopSampler):
         # scale[i] = sqrt(1 + sigma_i^2) = 1 / sqrt(a_t) turns the VP x into the VE one
         scales = [math.sqrt(1.0 + s * s) for s in sigmas]
 
-        x = x_T * scales[0]
+        first, x = run.start(x_T, timesteps)
+        x = x * scales[first]
         for i in run.steps(len(timesteps)):
             t, sigma, sigma_next = timesteps[i], sigmas[i], sigmas[i + 1]
             if run.masked:

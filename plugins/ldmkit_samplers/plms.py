@@ -42,7 +42,7 @@ class PLMSSampler(LoopSampler):
         c = DDIMCoefficients.build(
             schedule, select_timesteps(self.params.spacing, steps, schedule.num_timesteps, offset=1), 0.0
         )
-        x = x_T
+        _, x = run.start(x_T, c.timesteps[::-1])
         old_eps: list[Tensor] = []
         for i in run.steps(len(c)):
             index = len(c) - 1 - i
