@@ -346,8 +346,9 @@ def _check_fields(path: Path, meta: dict[str, Any]) -> None:
     recorded = check_options(options, prefix=f"{path}: metadata options.")
     if index >= recorded.n:
         raise InputError(f"{path}: metadata index {index} is past the batch of {recorded.n} pictures it names")
-    if "label" in meta["inputs"]:
-        check_label(meta["inputs"]["label"], where=f"{path}: metadata input 'label'")
+    for key in ("label", "negative_label"):
+        if key in meta["inputs"]:
+            check_label(meta["inputs"][key], where=f"{path}: metadata input {key!r}")
     model = meta["model"]
     if not isinstance(model, dict):
         raise InputError(f"{path}: metadata model must be a mapping")

@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 
 # today's flags, shorthands for --input: those read a file named by their value, these pass text
 FILE_SHORTHANDS = ("layout", "segmentation", "image", "mask")
-TEXT_SHORTHANDS = ("label", "prompt")
+TEXT_SHORTHANDS = ("label", "prompt", "negative_prompt", "negative_label", "strength")
 MAX_INPUT_FILE = 16 * 1024 * 1024
+
+
+def _flag(key: str) -> str:
+    """The command-line flag of a shorthand input: ``negative_prompt`` -> ``--negative-prompt``."""
+    return "--" + key.replace("_", "-")
 
 
 def _registered(kind: str) -> str:
@@ -46,6 +51,8 @@ def add_parser(sub) -> None:
   ldmkit generate --task layout2img --layout boxes.json --out out/
   ldmkit generate --task inpaint --image pic.png --mask mask.png --out out/
   ldmkit generate --task inpaint --input image=@pic.png --input mask=@mask.png --out out/
+  ldmkit generate --task text2img --prompt "a red circle" --negative-prompt "a blue circle" --out out/
+  ldmkit generate --task img2img --image pic.png --strength 0.6 --prompt "a green square" --out out/
   ldmkit generate --task class2img --label 0 --sampler dpmpp-2m --sampler-param spacing=trailing --out out/
   ldmkit generate --task text2img --prompt "a blue triangle" --device cuda --fast --out out/
   ldmkit generate --replay out/000000.png --out replay/
@@ -66,6 +73,19 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--label", help="class id or name (the same as --input label=VALUE)")
     p.add_argument("--prompt", help="caption (the same as --input prompt=VALUE)")
+    p.add_argument(
+        "--negative-prompt",
+        help="what to steer away from: replaces the unconditional branch of guidance (--input negative_prompt=VALUE)",
+    )
+    p.add_argument(
+        "--negative-label",
+        help="class id or name to steer away from, for class-conditional models (--input negative_label=VALUE)",
+    )
+    p.add_argument(
+        "--strength",
+        help="img2img: how much of the picture to redraw, 0 (keep it) to 1 (--input strength=VALUE; default: the "
+        "task's)",
+    )
     p.add_argument("--layout", metavar="PATH", help="JSON file of labelled boxes (--input layout=@PATH)")
     p.add_argument("--segmentation", metavar="PATH", help="8-bit PNG map of class ids (--input segmentation=@PATH)")
     p.add_argument("--image", metavar="PATH", help="input picture (--input image=@PATH)")
@@ -177,7 +197,7 @@ def _unknown_input(task, key: str) -> InputError:
 
 
 def _needed(task, missing: list[str]) -> InputError:
-    flags = [f"--{m}" if m in FILE_SHORTHANDS + TEXT_SHORTHANDS else f"--input {m}=VALUE" for m in missing]
+    flags = [_flag(m) if m in FILE_SHORTHANDS + TEXT_SHORTHANDS else f"--input {m}=VALUE" for m in missing]
     return InputError(f"task {task.name!r} needs {', '.join(flags)} (`ldmkit tasks {task.name}` describes them)")
 
 
@@ -188,7 +208,7 @@ def _read_inputs(args, task) -> dict:
     given: dict[str, tuple[str, str, bool]] = {}  # key -> (as given, value, whether the value names a file)
     for key in TEXT_SHORTHANDS + FILE_SHORTHANDS:
         if getattr(args, key) is not None:
-            given[key] = (f"--{key} {getattr(args, key)}", getattr(args, key), key in FILE_SHORTHANDS)
+            given[key] = (f"{_flag(key)} {getattr(args, key)}", getattr(args, key), key in FILE_SHORTHANDS)
     takes_file = {field.name: field.takes_file for field in describe_request(task.Request)}
     for key, value in _pairs(args.input, "--input"):
         if key in given:
@@ -213,7 +233,7 @@ def _replay_files(args) -> dict[str, bytes]:
                 f"--input {key}={value}: with --replay, inputs come from the picture; only files are given"
             )
         files[key] = _read_file(f"--input {key}={value}", value[1:])
-    given = [f"--{key}" for key in TEXT_SHORTHANDS if getattr(args, key) is not None]
+    given = [_flag(key) for key in TEXT_SHORTHANDS if getattr(args, key) is not None]
     if given:
         raise InputError(f"{', '.join(given)}: with --replay, inputs come from the picture; only files are given")
     return files
@@ -362,8 +382,9 @@ def run(args) -> int:
     told = {k: getattr(args, k) for k in ("n", "seed", "sampler", "steps", "eta")} | {"guidance_scale": args.guidance}
     told = {k: v for k, v in told.items() if v is not None}
     check_options({"n": 4, **told}, CLI_FLAGS)  # before any time goes into loading
-    if args.label is not None:
-        check_label(args.label)
+    for key in ("label", "negative_label"):
+        if getattr(args, key) is not None:
+            check_label(getattr(args, key), where=_flag(key))
 
     device = resolve_device(args.device if args.device is not None else "cpu")
     precision = _fast_precision(args.precision, bool(args.fast))
@@ -380,9 +401,14 @@ def run(args) -> int:
         # the fields given (a deprecated key such as discretize is recorded under its current name)
         chosen["sampler"] = {"type": name, "params": checked.model_dump(mode="json", exclude_unset=True)}
     options = check_options({**chosen, "progress": not args.no_progress}, CLI_FLAGS).sample_options()
-    inputs = _read_inputs(args, pipe.task(args.task))
-    if args.label is None and isinstance(inputs.get("label"), str):
-        check_label(inputs["label"], where="--input label")
+    task = pipe.task(args.task)
+    inputs = _read_inputs(args, task)
+    for key in ("label", "negative_label"):
+        if getattr(args, key) is None and isinstance(inputs.get(key), str):
+            check_label(inputs[key], where=f"--input {key}")
+    defaults = getattr(task, "input_defaults", None)  # recorded too, so each picture names e.g. its strength
+    if callable(defaults):
+        inputs = {**defaults(), **inputs}
     from ldmkit.distributed_generate import generate_sharded, rank_device, world_size
 
     _prepare(pipe, rank_device(device), bool(args.fast), precision)
