@@ -23,7 +23,7 @@ from ldmkit.training.spec import AutoencoderTrainSpec, LDMTrainSpec, load_train_
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = ROOT / "plugins" / "ldmkit_shapes" / "model"
 TRAIN_SH = ROOT / "examples" / "shapes" / "train.sh"
-TASKS = {"uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint"}
+TASKS = {"uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint", "img2img"}
 
 
 def test_default_model_dir_is_the_shipped_folder():
@@ -40,7 +40,7 @@ def test_weights_are_small_fp16_safetensors():
         assert dtypes <= {"F16", "I64", "I32"} and "F16" in dtypes, (path.name, dtypes)
 
 
-def test_spec_validates_and_serves_the_seven_tasks():
+def test_spec_validates_and_serves_the_eight_tasks():
     spec = load_spec(MODEL / SPEC_FILE)
     assert set(spec.tasks) == TASKS
     assert spec.latent_size == [16, 16] and spec.scale_factor != 1.0
