@@ -149,6 +149,16 @@ def write_page(out_dir: Path, page: Path, args: argparse.Namespace, described: d
     ]
     for task in TASKS:
         lines += [f"## {task}", "", f"Input: {described[task]}.", "", f"![{task}]({rel.as_posix()}/{task}.png)", ""]
+    lines += [
+        "## img2img",
+        "",
+        "Made by `python scripts/make_img2img_figure.py` (see [image-to-image](img2img.md)): the input picture in",
+        "the first column, redrawn with a prompt that changes its first colour, at strengths 0.25, 0.5, 0.75 and 1",
+        "(left to right), a row per sampler as above, 25 steps, guidance 3.",
+        "",
+        f"![img2img]({rel.as_posix()}/img2img.png)",
+        "",
+    ]
     page.write_text("\n".join(lines))
 
 

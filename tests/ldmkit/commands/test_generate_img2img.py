@@ -62,7 +62,9 @@ def test_img2img_records_strength_and_the_picture_sha256(img2img, picture):
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_img2img_replays_byte_for_byte(img2img, tmp_path, index):
-    code, stdout, stderr = run_cli(["generate", "--replay", str(img2img[index]), "--out", str(tmp_path), "--no-progress"])
+    code, stdout, stderr = run_cli(
+        ["generate", "--replay", str(img2img[index]), "--out", str(tmp_path), "--no-progress"]
+    )
     assert code == 0, stderr
     assert "identical" in stdout
     (replayed,) = tmp_path.iterdir()
@@ -94,7 +96,9 @@ def test_a_negative_prompt_is_recorded_and_replays_byte_for_byte(negative, tmp_p
 
 
 def test_the_negative_prompt_changes_the_pictures(negative, tmp_path):
-    code, stdout, stderr = run_cli(["generate", "--task", "text2img", "--prompt", "a red circle", *FAST, "--out", str(tmp_path)])
+    code, stdout, stderr = run_cli(
+        ["generate", "--task", "text2img", "--prompt", "a red circle", *FAST, "--out", str(tmp_path)]
+    )
     assert code == 0, stderr
     plain = [pixels(Path(line)) for line in stdout.split()]
     assert not all(np.array_equal(a, pixels(b)) for a, b in zip(plain, negative, strict=True))

@@ -84,7 +84,9 @@ def _deterministic_encoding(monkeypatch) -> None:
     """diffusers draws one sample of the autoencoder's posterior; ldmkit encodes to its mode (deterministic)."""
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as module
 
-    monkeypatch.setattr(module, "retrieve_latents", lambda output, generator=None, sample_mode="sample": output.latent_dist.mode())
+    monkeypatch.setattr(
+        module, "retrieve_latents", lambda output, generator=None, sample_mode="sample": output.latent_dist.mode()
+    )
 
 
 @pytest.mark.slow
@@ -99,7 +101,9 @@ def test_img2img_latents_match_diffusers(pair, picture, monkeypatch, strength):
         negative_prompt=NEGATIVE, generator=torch.Generator().manual_seed(5), output_type="latent",
     ).images  # fmt: skip
     task = pipe.task("img2img")
-    request = task.parse_request({"image": picture, "strength": strength, "prompt": PROMPT, "negative_prompt": NEGATIVE})
+    request = task.parse_request(
+        {"image": picture, "strength": strength, "prompt": PROMPT, "negative_prompt": NEGATIVE}
+    )
     kwargs = task.sample_kwargs(pipe, request, 1)
     cond, uncond = task.conditioning(pipe, request, 1)
     ours = pipe.sample(
