@@ -326,11 +326,11 @@ class Pipeline:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size}")
-        start: dict[str, Any] = {}
-        if init is not None or strength is not None:
+        extra: dict[str, Any] = {} if eta is None else {"eta": eta}  # None: the sampler's own default
+        if init is not None or strength is not None:  # only then: samplers written before img2img take neither
             if not getattr(chosen, "starts_from_init", False):
                 raise InputError(f"sampler {type(chosen).name!r} cannot start from given latents (image-to-image)")
-            start = {"init": init, "strength": strength}
+            extra.update(init=init, strength=strength)
         if x_T is None and isinstance(init, Tensor):
             from ldmkit.sampling import draw_noise  # the noise drawn as initial_noise draws it, init's shape
 
@@ -343,13 +343,12 @@ class Pipeline:
             self.schedule,
             x_T,
             steps=steps,
-            **({} if eta is None else {"eta": eta}),  # None: the sampler's own default
             generator=generator,
             callback=callback,
             mask=mask,
             x0=x0,
             progress=progress,
-            **start,
+            **extra,
         )
         if not isinstance(latents, Tensor) or tuple(latents.shape) != tuple(x_T.shape):
             got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__

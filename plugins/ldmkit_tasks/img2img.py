@@ -21,6 +21,8 @@ STRENGTH = "how much to change the picture, 0 to 1: the fraction of the sampler'
 
 
 class Img2ImgParams(TaskParams):
+    """img2img's settings: the default strength, class names for labels, and default negatives."""
+
     strength: float = Field(
         0.75, ge=0.0, le=1.0, description="the default strength (0 keeps the picture, 1 redraws it nearly from noise)"
     )

@@ -48,6 +48,8 @@ class Class2ImgTask(ConditionedTask):
 
 
 class TextParams(TaskParams):
+    """text2img's settings: the common ones and a default negative prompt for guided sampling."""
+
     negative_prompt: str | None = Field(
         None, min_length=1, max_length=1000, description="the default negative_prompt (None: no negative)"
     )
