@@ -241,8 +241,8 @@ def test_sample_options_take_numpy_scalars_as_python_numbers():
     ("task", "inputs", "message"),
     [
         ("uncond", {"prompt": "a red circle"}, "task 'uncond' takes no inputs; it does not read prompt"),
-        ("class2img", {"label": "red circle", "mask": b""}, "task 'class2img' takes label; it does not read mask"),
-        ("text2img", "a red circle", "task 'text2img': inputs must be a dict \\(prompt\\), got str"),
+        ("class2img", {"label": "red circle", "mask": b""}, "task 'class2img' takes label, negative_label; it does not read mask"),
+        ("text2img", "a red circle", "task 'text2img': inputs must be a dict \\(prompt, negative_prompt\\), got str"),
     ],
 )
 def test_inputs_a_task_does_not_read_are_refused(task, inputs, message):
