@@ -241,7 +241,11 @@ def test_sample_options_take_numpy_scalars_as_python_numbers():
     ("task", "inputs", "message"),
     [
         ("uncond", {"prompt": "a red circle"}, "task 'uncond' takes no inputs; it does not read prompt"),
-        ("class2img", {"label": "red circle", "mask": b""}, "task 'class2img' takes label, negative_label; it does not read mask"),
+        (
+            "class2img",
+            {"label": "red circle", "mask": b""},
+            "task 'class2img' takes label, negative_label; it does not read mask",
+        ),
         ("text2img", "a red circle", "task 'text2img': inputs must be a dict \\(prompt, negative_prompt\\), got str"),
     ],
 )
