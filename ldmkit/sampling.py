@@ -193,7 +193,7 @@ def check_init(init: object, strength: object, x_T: Tensor) -> tuple[Tensor | No
     """``init`` (copied to ``x_T``'s device and dtype) and ``strength`` as a float (``(None, 1.0)`` if unused).
 
     ``init`` is the clean latent to start from (image-to-image), shaped like ``x_T``; ``strength`` in [0, 1] is
-    the fraction of the sampler's steps taken from it (see :meth:`SamplingRun.start`).
+    the fraction of the sampler's steps taken from it (see :meth:`SamplingRun.start`; None with ``init``: 1).
 
     :raises InputError: when only ``strength`` is given, ``init`` is no tensor of ``x_T``'s shape, or ``strength``
         is no number in [0, 1].

@@ -233,9 +233,12 @@ class ConditionedTask(Task):
         """The part of ``conditioner`` that takes inputs of the conditioner ``kinds`` (registered names); None: whole.
 
         ``params.part`` when that part is of such a kind; else the one part of such a kind. A conditioner without
-        parts takes the input whole if it is of such a kind. ``what`` names the input in the SpecError raised when
-        no part, or more than one, fits.
+        parts takes the input whole if it is of such a kind. A task that feeds only such kinds (text2img's prompt
+        and its negative) sends it where its own input goes (:meth:`part_for`), whatever conditioner is there.
+        ``what`` names the input in the SpecError raised when no part, or more than one, fits.
         """
+        if self.feeds and set(self.feeds) <= set(kinds):
+            return self.part_for(conditioner)
         parts = getattr(conditioner, "parts", None)
         if parts is None or not hasattr(parts, "items"):
             kind = getattr(type(conditioner), "name", type(conditioner).__name__)

@@ -17,7 +17,10 @@ from ldmkit.inputs import Label, Number, Picture, Prompt, check_size
 from ldmkit.tasks import LABEL_KINDS, PROMPT_KINDS, ConditionedTask, Request, TaskParams, image_size
 from ldmkit_tasks.simple import NEGATIVE_LABEL, NEGATIVE_PROMPT
 
-STRENGTH = "how much to change the picture, 0 to 1: the fraction of the sampler's steps taken from it"
+STRENGTH = (
+    "how much to change the picture, 0 to 1: the fraction of the sampler's steps taken from it "
+    "(None: the task's strength param)"
+)
 
 
 class Img2ImgParams(TaskParams):

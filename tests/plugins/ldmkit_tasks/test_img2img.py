@@ -10,6 +10,7 @@ import torch
 import ldmkit
 from ldmkit.errors import InputError, SpecError
 from ldmkit.generation import default_model_dir
+from ldmkit.tasks import PROMPT_KINDS
 from ldmkit_shapes import ShapesDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -168,3 +169,13 @@ def test_a_sampler_that_cannot_start_from_latents_is_refused(shipped, pictures):
     request = task.parse_request({"image": pictures[0]})
     with pytest.raises(InputError, match="cannot start from given latents"):
         shipped.sample(None, sampler=Plain(), steps=2, **task.sample_kwargs(shipped, request, 1))
+
+
+def test_text2img_sends_its_negative_where_its_prompt_goes_whatever_the_conditioner():
+    class MyText:  # a third-party text conditioner without parts, unknown to the built-in kinds
+        name = "my-text"
+
+    registry = ldmkit.get_registry()
+    assert registry.create("task", "text2img").part_taking(MyText(), PROMPT_KINDS, "prompt") is None
+    with pytest.raises(SpecError, match=r"\(my-text\) takes no prompt"):
+        registry.create("task", "img2img").part_taking(MyText(), PROMPT_KINDS, "prompt")
