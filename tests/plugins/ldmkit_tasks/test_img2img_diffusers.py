@@ -89,7 +89,6 @@ def _deterministic_encoding(monkeypatch) -> None:
     )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
 def test_img2img_latents_match_diffusers(pair, picture, monkeypatch, strength):
     pipe, folder = pair
@@ -111,7 +110,7 @@ def test_img2img_latents_match_diffusers(pair, picture, monkeypatch, strength):
         generator=torch.Generator().manual_seed(5), **kwargs,
     )  # fmt: skip
     assert ours.shape == theirs.shape == (1, 4, 8, 8)
-    assert rel_err(ours, theirs) <= TOL
+    assert rel_err(ours, theirs) <= TOL  # about 1e-6 to 3e-6 on x86-64
 
 
 def test_img2img_task_run_is_the_pipeline_sample_it_states(pair, picture):
@@ -129,7 +128,6 @@ def test_img2img_task_run_is_the_pipeline_sample_it_states(pair, picture):
     assert torch.equal(images, pipe.decode(latents).clamp(-1, 1))
 
 
-@pytest.mark.slow
 def test_negative_prompt_matches_diffusers(pair):
     pipe, folder = pair
     sd = diffusers.StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
@@ -143,7 +141,7 @@ def test_negative_prompt_matches_diffusers(pair):
     request = task.parse_request({"prompt": PROMPT, "negative_prompt": NEGATIVE})
     cond, uncond = task.conditioning(pipe, request, 1)
     ours = pipe.sample(cond, uncond=uncond, guidance_scale=SCALE, sampler="ddim", steps=STEPS, x_T=noise)
-    assert rel_err(ours, theirs) <= TOL
+    assert rel_err(ours, theirs) <= TOL  # about 2e-6 on x86-64
     # ignoring the negative would fail the tolerance: the empty prompt's branch lands elsewhere
     plain = pipe.sample(cond, uncond=pipe.conditioner.unconditional(1), guidance_scale=SCALE, steps=STEPS, x_T=noise)
     assert rel_err(plain, theirs) > 5 * TOL
@@ -154,5 +152,5 @@ def test_strength_zero_is_the_reconstruction(pair, picture):
     task = pipe.task("img2img")
     request = task.parse_request({"image": picture, "strength": 0.0})
     images = task.run(pipe, request, ldmkit.SampleOptions(n=1, steps=STEPS))
-    pixels = torch.from_numpy(np.asarray(picture)).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
+    pixels = torch.from_numpy(np.array(picture)).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
     assert torch.equal(images, pipe.decode(pipe.encode(pixels[None])).clamp(-1, 1))
