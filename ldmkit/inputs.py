@@ -185,9 +185,10 @@ def image_input(data: Any, what: str = "image") -> Tensor:
 def mask_input(data: Any, what: str = "mask") -> Tensor:
     """A mask, 1 (or white) where to fill in -> (1, H, W) float32 in [0, 1].
 
-    Accepted: image file bytes or a PIL image (white = fill in), a bool array, a uint8 array with
-    values 0..255 (over 127 = fill in), or a float array in [0, 1]; shaped (H, W), (1, H, W) or
-    (1, 1, H, W).
+    Accepted: picture file bytes in any format Pillow reads (PNG, JPEG, BMP, ...; the format comes
+    from the bytes, not a file name) or a PIL image, read as grey levels with over 127 = fill in (so a
+    JPEG's compression noise does not move the mask); a bool array, a uint8 array with values 0..255
+    (over 127 = fill in), or a float array in [0, 1]; shaped (H, W), (1, H, W) or (1, 1, H, W).
     """
     forms = "image bytes, a PIL image, or an (H, W) bool, uint8 or float array"
     png = _image_bytes(data)
@@ -392,7 +393,7 @@ Picture = Annotated[
 Mask = Annotated[
     Tensor,
     _reader(lambda value, what, _: mask_input(value, what)),
-    InputKind("mask", True, "a mask picture, white = fill in"),
+    InputKind("mask", True, "a mask picture (PNG, JPEG ...), white = fill in"),
 ]
 """A mask, read by :func:`mask_input`: (1, H, W) float32 in [0, 1], 1 where to fill in."""
 

@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
     p.add_argument("--layout", metavar="PATH", help="JSON file of labelled boxes (--input layout=@PATH)")
     p.add_argument("--segmentation", metavar="PATH", help="8-bit PNG map of class ids (--input segmentation=@PATH)")
     p.add_argument("--image", metavar="PATH", help="input picture (--input image=@PATH)")
-    p.add_argument("--mask", metavar="PATH", help="mask picture, white = fill in (--input mask=@PATH)")
+    p.add_argument("--mask", metavar="PATH", help="mask picture (PNG, JPEG ...), white = fill in (--input mask=@PATH)")
     p.add_argument("-n", type=int, default=None, help="number of pictures (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first picture (default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the task's, else the spec's)")
