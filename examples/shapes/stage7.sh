@@ -38,6 +38,10 @@ STAGE7=(--set init_from=$MODEL --set first_stage_weights=$MODEL/first_stage.safe
     --set batch_size=1024 --set optimizer.lr=2.0e-4 --set optimizer.warmup_steps=100
     --set ema.decay=0.995 --set ema.start=0 --set dataset.preload=300000 --set num_workers=7
     --set checkpoint_every=100 --set log_every=50 --set dataset.params.seed=7 --out-dir $RUN)
+mkdir -p $RUN && rm -f $RUN/log.csv
+tail -n +1 -F $RUN/log.csv 2>/dev/null &  # the log's rows (every 50 steps) as they are written
+TAIL=$!
+trap 'kill $TAIL 2>/dev/null' EXIT
 LIMIT=()
 [ -n "${TIME_LIMIT:-}" ] && LIMIT=(timeout -s INT --kill-after=120 "$TIME_LIMIT")
 "${LIMIT[@]}" python3 -m ldmkit.cli train examples/shapes/ldm.yaml --no-progress --fresh --max-steps 1200 \
@@ -48,8 +52,8 @@ if [ $rc -eq 124 ] || [ $rc -eq 130 ] || [ $rc -eq 137 ]; then  # timeout, Ctrl-
     STEP=$(python3 -c "from ldmkit.training.checkpoint import load_state; print(load_state('$RUN/last.ckpt')['step'])") \
         || exit $rc
     echo "stage 7 stopped (exit $rc) at step $STEP; writing the pipeline of that step"
-    python3 -m ldmkit.cli train examples/shapes/ldm.yaml --no-progress --max-steps "$STEP" "${STAGE7[@]}" "$@" \
-        --set dataset.preload=null || exit 1
+    python3 -m ldmkit.cli train examples/shapes/ldm.yaml --no-progress "${STAGE7[@]}" "$@" \
+        --max-steps "$STEP" --set dataset.preload=null || exit 1
 elif [ $rc -ne 0 ]; then
     exit $rc
 fi
