@@ -151,6 +151,8 @@ class DiffusersContext:
     """The tokenizer class a folder's ``model_index.json`` declares, when reading."""
     denoiser_config: Mapping[str, Any] | None = None
     """The exported denoiser's diffusers config, when a conditioner is exported next to it."""
+    tokenizer_json: Mapping[str, Any] | None = None
+    """The folder's parsed ``tokenizer/tokenizer.json``, when reading and the file exists (a vocabulary lives there)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ class DiffusersModel:
     config: dict[str, Any]
     state: dict[str, Tensor]
     companions: tuple[DiffusersCompanion, ...] = ()
+    pipeline: str | None = None
+    """For a conditioner: the diffusers pipeline class that runs it (it decides the folders' names)."""
 
 
 def diffusers_classes(cls: type) -> tuple[str, ...]:
