@@ -43,6 +43,19 @@ def _paths(args, count: int, names: str) -> list[str]:
     return list(args.paths)
 
 
+def _report_export(out: Path) -> None:
+    """Say which diffusers pipeline was written and what diffusers could not take (the warning itself is logged)."""
+    import json
+
+    from ldmkit.diffusers_interop.pipeline import EXPORT_RECORD
+
+    record = json.loads((out / EXPORT_RECORD).read_text(encoding="utf-8"))
+    print(f"{out}: written in diffusers' layout as a {record['pipeline']} ({', '.join(sorted(record['components']))})")
+    for item in record["left_out"]:
+        what = f"{item['component']} {item['type']!r}"
+        print(f"{out}: left out {what}; see README.md there (convert --from diffusers restores it)")
+
+
 def run(args) -> int:
     if args.target == "diffusers" or args.source == "diffusers":
         if args.ema:
@@ -54,7 +67,7 @@ def run(args) -> int:
 
             source, outdir = _paths(args, 2, "PIPELINE_DIR OUTDIR")
             out = diffusers_interop.to_diffusers(Pipeline.load(source), outdir)
-            print(f"{out}: written in diffusers' layout")
+            _report_export(out)
             return 0
         source, outdir = _paths(args, 2, "DIFFUSERS_DIR OUTDIR")
         pipe = diffusers_interop.from_diffusers(source)

@@ -233,14 +233,18 @@ def _write_model(directory: Path, folder: str, model: DiffusersModel) -> None:
     write_weights(directory / folder, WEIGHTS.get(model.library, DIFFUSERS_WEIGHTS), model.state)
 
 
-def _left_out_reason(conditioner: Any) -> str | None:
+def _left_out_reason(pipeline: Pipeline, conditioner: Any) -> str | None:
     """Why ``conditioner`` has no diffusers counterpart, or None when it writes (or needs) nothing else."""
     explain = getattr(conditioner, "diffusers_left_out", None)
     if callable(explain):
         return explain()
-    if not callable(getattr(conditioner, "to_diffusers", None)):
-        return f"ldmkit's {conditioner.name!r} conditioner has no diffusers counterpart"
-    return None
+    if callable(getattr(conditioner, "to_diffusers", None)):
+        return None
+    reason = f"ldmkit's {conditioner.name!r} conditioner has no diffusers counterpart"
+    extra = getattr(pipeline.denoiser.params, "in_channels", 0) - pipeline.first_stage.latent_channels
+    if extra > 0:  # channels no diffusers text-to-image pipeline supplies
+        reason += f"; the unet also reads {extra} conditioning channels concatenated to the latent"
+    return reason
 
 
 def _record(pipeline: Pipeline, layout: str, index: dict[str, Any], left_out: list[dict[str, str]]) -> dict[str, Any]:
@@ -277,8 +281,11 @@ def _readme(record: dict[str, Any]) -> str:
         lines += [
             "",
             f"The left-out conditioner's spec is in `{EXPORT_RECORD}` and its weights in `{LEFT_OUT_WEIGHTS}`;",
-            "`ldmkit convert --from diffusers` on this folder gives back the whole ldmkit pipeline. Without it the",
-            "pipeline's `__call__` cannot condition the unet: call the unet with your own `encoder_hidden_states`.",
+            "`ldmkit convert --from diffusers` on this folder gives back the whole ldmkit pipeline. In diffusers the",
+            "pipeline's `__call__` cannot condition the unet; its models work on their own: denoise with",
+            "`unet(latents, t, encoder_hidden_states=context).sample` (concatenate any conditioning channels to",
+            "`latents` first), where the context comes from the left-out conditioner, and decode with",
+            "`vqvae.decode(latents / vqvae.config.scaling_factor).sample`.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -309,7 +316,7 @@ def to_diffusers(pipeline: Pipeline, directory: str | Path, registry: Registry |
     left_out: list[dict[str, str]] = []
     cond = pipeline.conditioner
     if cond is not None:
-        reason = _left_out_reason(cond)
+        reason = _left_out_reason(pipeline, cond)
         if reason is None:
             text = component_to_diffusers(cond, DiffusersContext(prediction=prediction, denoiser_config=unet.config))
         else:
