@@ -113,6 +113,7 @@ class CLIPTextDiffusers:
     """Mixin of ``clip-text``: a transformers ``CLIPTextModel`` folder both ways."""
 
     diffusers_classes: ClassVar[tuple[str, ...]] = (ARCHITECTURE,)
+    diffusers_model_types: ClassVar[tuple[str, ...]] = (MODEL_TYPE,)
     Params: ClassVar[type]
     params: Any
 
@@ -313,6 +314,7 @@ class TransformerTextDiffusers:
     """
 
     diffusers_classes: ClassVar[tuple[str, ...]] = (LDMBERT,)
+    diffusers_model_types: ClassVar[tuple[str, ...]] = (LDMBERT_TYPE,)
     Params: ClassVar[type]
     params: Any
     name: ClassVar[str]

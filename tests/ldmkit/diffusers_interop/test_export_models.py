@@ -123,14 +123,24 @@ def word_model(max_seq_len: int) -> ldmkit.Pipeline:
         },
         "denoiser": {
             "type": "unet",
-            "params": dict(image_size=8, model_channels=32, num_res_blocks=1, channel_mult=[1, 2], in_channels=4,
-                           out_channels=4, attention_resolutions=[2], num_heads=2, use_spatial_transformer=True,
-                           context_dim=32),
+            "params": dict(
+                image_size=8,
+                model_channels=32,
+                num_res_blocks=1,
+                channel_mult=[1, 2],
+                in_channels=4,
+                out_channels=4,
+                attention_resolutions=[2],
+                num_heads=2,
+                use_spatial_transformer=True,
+                context_dim=32,
+            ),
         },  # fmt: skip
         "conditioner": {
             "type": "transformer-text",
-            "params": dict(n_embed=32, n_layer=2, vocab_size=10, max_seq_len=max_seq_len, tokenizer="words",
-                           vocabulary=WORDS),
+            "params": dict(
+                n_embed=32, n_layer=2, vocab_size=10, max_seq_len=max_seq_len, tokenizer="words", vocabulary=WORDS
+            ),
         },  # fmt: skip
         "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012},
         "scale_factor": 0.5,
@@ -168,7 +178,8 @@ def test_ldm_text_to_image_pipeline_runs_a_77_token_model(tmp_path):
         ctx = dp.bert(ids)
         assert rel_err(ctx[0], pipe.conditioner(["a red circle"]).crossattn) <= TOL
     generator = torch.Generator().manual_seed(0)
-    # the pipeline sizes latents as height // 8: 64 pixels ask for an 8x8 latent, which this f2 autoencoder decodes to 16
+    # the pipeline sizes latents as height // 8: 64 pixels ask for an 8x8 latent, which this f2 autoencoder
+    # decodes to 16 pixels
     images = dp("a red circle", num_inference_steps=2, guidance_scale=2.0, generator=generator, output_type="pt",
                 height=64, width=64).images  # fmt: skip
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(torch.as_tensor(images)).all()
