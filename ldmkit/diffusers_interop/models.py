@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from ldmkit.conversions import DiffusersContext, DiffusersModel, find_diffusers_component
+from ldmkit.conversions import DiffusersContext, DiffusersModel, diffusers_classes, find_diffusers_component
 from ldmkit.errors import SpecError
 
 if TYPE_CHECKING:
@@ -62,8 +62,10 @@ def _by_model_type(registry: Registry, kind: str, config: Mapping[str, Any]) -> 
         return None
     for name in registry.names(kind):
         cls = registry.info(kind, name).cls
-        if model_type in getattr(cls, "diffusers_model_types", ()) and getattr(cls, "diffusers_classes", ()):
-            return str(cls.diffusers_classes[0])
+        model_types: tuple[str, ...] = tuple(getattr(cls, "diffusers_model_types", ()))
+        classes = diffusers_classes(cls)
+        if model_type in model_types and classes:
+            return classes[0]
     return None
 
 

@@ -266,6 +266,8 @@ def test_shapes_model_loads_in_diffusers_and_computes_the_same(shapes):
         assert rel_err(theirs, ours) <= TOL
         z = torch.randn(1, 3, 16, 16, generator=g)
         assert rel_err(dp.vqvae.decode(z / dp.vqvae.config.scaling_factor).sample, pipe.decode(z)) <= TOL
+        image = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
+        assert rel_err(dp.vqvae.encode(image).latent_dist.mode(), pipe.first_stage.encode(image)) <= TOL
 
 
 def test_shapes_model_round_trip_keeps_conditioner_and_tasks(shapes):
