@@ -281,6 +281,7 @@ def test_shapes_model_round_trip_keeps_conditioner_and_tasks(shapes):
     assert back.scale_factor == pytest.approx(pipe.scale_factor)
 
 
+@pytest.mark.slow  # the Shapes model is written and read twice
 def test_cli_exports_the_shapes_model_and_warns(tmp_path, capsys, caplog):
     from ldmkit.cli import main
 
