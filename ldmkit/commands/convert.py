@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
         description=(
             "Read an original CompVis config and checkpoint safely and write spec.yaml + safetensors; "
             "with --from diffusers read a diffusers folder instead; with --to diffusers write an ldmkit "
-            "pipeline folder in diffusers' layout. Only safetensors weights are read from diffusers folders."
+            "pipeline folder in diffusers' layout, loadable with DiffusionPipeline.from_pretrained (a conditioner "
+            "diffusers cannot represent is left out, with a warning, and kept for --from diffusers). Only "
+            "safetensors weights are read from diffusers folders."
         ),
         epilog=(
             "examples:\n  ldmkit convert v1-inference.yaml sd-v1-4.ckpt sd14/ --ema\n"

@@ -60,6 +60,7 @@ LAYOUTS: dict[str, tuple[str, str | None]] = {
     "LDMPipeline": ("vqvae", None),
 }
 PLAIN_PIPELINE = "LDMPipeline"
+TEXT_PIPELINE = "StableDiffusionPipeline"
 # entries a pipeline's constructor takes besides the models (Stable Diffusion: no safety checker)
 EXTRA_ENTRIES: dict[str, dict[str, Any]] = {
     "StableDiffusionPipeline": {
@@ -321,7 +322,8 @@ def to_diffusers(pipeline: Pipeline, directory: str | Path, registry: Registry |
             text = component_to_diffusers(cond, DiffusersContext(prediction=prediction, denoiser_config=unet.config))
         else:
             left_out.append({"component": "conditioner", "type": cond.name, "reason": reason})
-    layout = (text.pipeline if text is not None else None) or PLAIN_PIPELINE
+    # a text encoder that names no pipeline goes where CLIP's does, as before the field existed
+    layout = PLAIN_PIPELINE if text is None else text.pipeline or TEXT_PIPELINE
     if layout not in LAYOUTS:
         raise SpecError(f"diffusers pipeline {layout!r} is not one ldmkit writes ({', '.join(LAYOUTS)})")
     stage_name, text_name = LAYOUTS[layout]
