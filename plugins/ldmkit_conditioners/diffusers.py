@@ -33,6 +33,11 @@ __all__ = [
     "CLIPTextDiffusers",
     "ClassEmbedderDiffusers",
     "TransformerTextDiffusers",
+    "ldmbert_config",
+    "ldmbert_pairs",
+    "vocabulary_from_tokenizer",
+    "write_id_tokenizer",
+    "write_word_tokenizer",
     "clip_text_config_to_transformers",
     "write_clip_tokenizer",
 ]
@@ -208,6 +213,27 @@ FAST_TOKENIZER = "PreTrainedTokenizerFast"
 # the fixed shape of the paper's transformer (ldmkit_conditioners.xtransformer)
 BERT_HEADS, BERT_HEAD_DIM, BERT_FF_MULT = 8, 64, 4
 TEXT_PREFIX = "transformer."
+LDM_PIPELINE_TOKENS = 77  # LDMTextToImagePipeline tokenizes every prompt to this length
+# LDMBertConfig's constructor defaults (older configs leave keys out)
+LDMBERT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 30522,
+    "max_position_embeddings": 77,
+    "encoder_layers": 32,
+    "encoder_ffn_dim": 5120,
+    "encoder_attention_heads": 8,
+    "head_dim": 64,
+    "encoder_layerdrop": 0.0,
+    "activation_function": "gelu",
+    "d_model": 1280,
+    "dropout": 0.1,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "init_std": 0.02,
+    "classifier_dropout": 0.0,
+    "scale_embedding": False,
+    "use_cache": True,
+    "pad_token_id": 0,
+}
 
 
 def ldmbert_pairs(n_layer: int) -> list[Pair]:
@@ -380,26 +406,3 @@ class TransformerTextDiffusers:
         return DiffusersModel(
             LDMBERT_LIBRARY, LDMBERT, ldmbert_config(p), state, (companion,), pipeline=LDM_TEXT_PIPELINE
         )
-
-
-LDM_PIPELINE_TOKENS = 77  # LDMTextToImagePipeline tokenizes every prompt to this length
-# LDMBertConfig's constructor defaults (older configs leave keys out)
-LDMBERT_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 30522,
-    "max_position_embeddings": 77,
-    "encoder_layers": 32,
-    "encoder_ffn_dim": 5120,
-    "encoder_attention_heads": 8,
-    "head_dim": 64,
-    "encoder_layerdrop": 0.0,
-    "activation_function": "gelu",
-    "d_model": 1280,
-    "dropout": 0.1,
-    "attention_dropout": 0.0,
-    "activation_dropout": 0.0,
-    "init_std": 0.02,
-    "classifier_dropout": 0.0,
-    "scale_embedding": False,
-    "use_cache": True,
-    "pad_token_id": 0,
-}

@@ -112,6 +112,17 @@ def test_bert_fixture_round_trip(txt2img):
     assert torch.equal(back.schedule.alphas_cumprod, pipe.schedule.alphas_cumprod)
 
 
+def test_ldmbert_configs_ldmkit_cannot_build_are_refused(txt2img):
+    from ldmkit.errors import SpecError
+
+    _, _, out, _ = txt2img
+    config = json.loads((out / "bert" / "config.json").read_text())
+    assert di.conditioner_params_from_diffusers(config).n_layer == 2
+    for key, value in (("encoder_attention_heads", 12), ("head_dim", 32), ("encoder_ffn_dim", 100)):
+        with pytest.raises(SpecError, match=key):
+            di.conditioner_params_from_diffusers({**config, key: value})
+
+
 WORDS = ["a", "red", "blue", "circle", "square", "and"]
 
 
