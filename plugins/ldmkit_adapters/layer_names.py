@@ -37,6 +37,11 @@ class LayerIndex:
             underscored[key] = ours if underscored.get(key, ours) == ours else None  # None: two layers collide
         self.underscored = {k: v for k, v in underscored.items() if v is not None}
 
+    def file_name(self, ours: str) -> str:
+        """The name a file gives the layer ``ours``: its diffusers name where it has one, else its own."""
+        theirs = [d for d, o in self.dotted.items() if o == ours and d != ours]
+        return theirs[0] if theirs else ours
+
     def find(self, layer: str, underscored: bool) -> tuple[str, nn.Module] | None:
         """(ldmkit module name, module) of a file's layer name, or None."""
         name = (self.underscored if underscored else self.dotted).get(layer)

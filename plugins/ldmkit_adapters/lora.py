@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -14,16 +17,19 @@ from ldmkit.errors import CheckpointError, InputError
 from ldmkit_adapters.layer_names import LayerIndex
 from ldmkit_adapters.lora_files import LoraPair, Part, parse_lora, read_lora
 from ldmkit_adapters.lora_layers import LoraUpdate, slot_of
+from ldmkit_adapters.lora_training import DEFAULT_LAYERS, TrainedLayer, fresh_layers, save_kohya
 
 if TYPE_CHECKING:
     from ldmkit.pipeline import Pipeline
 
-__all__ = ["LoraAdapter", "match_layers"]
+__all__ = ["UNSAVED", "LoraAdapter", "match_layers"]
 
 log = logging.getLogger(__name__)
 
 _PARTS: dict[Part, str] = {"unet": "denoiser", "text_encoder": "conditioner"}
 _SHOWN = 20
+UNSAVED = "(not saved)"
+"""The ``path`` of a LoRA made by :meth:`LoraAdapter.new` until it is saved."""
 
 
 def _listing(keys: list[str]) -> str:
@@ -53,6 +59,48 @@ class LoraAdapter(Adapter):
         super().__init__(params)
         self.merged = self.params.merge
         self._layers: list[nn.Module] = []
+        self._trained: list[TrainedLayer] = []
+        self._shape: tuple[int, float | None] = (0, None)  # (rank, alpha) of a LoRA made by new()
+
+    @classmethod
+    def new(
+        cls,
+        pipeline: Pipeline,
+        *,
+        rank: int = 4,
+        alpha: float | None = None,
+        layers: Mapping[Part, str] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> LoraAdapter:
+        """A new LoRA to train, applied (unmerged) to ``pipeline`` and changing nothing yet.
+
+        ``layers`` maps ``unet`` / ``text_encoder`` to a regular expression of ldmkit layer names
+        (default :data:`~ldmkit_adapters.lora_training.DEFAULT_LAYERS` for the UNet only). Train
+        :meth:`parameters` (the base weights stay as they are), then :meth:`save` it in kohya's layout.
+        """
+        adapter = cls(cls.Params(path=UNSAVED))
+        adapter.check_not_applied()
+        chosen = dict(layers) if layers is not None else {"unet": DEFAULT_LAYERS["unet"]}
+        adapter._trained = fresh_layers(pipeline, rank=rank, alpha=alpha, layers=chosen, generator=generator)
+        adapter._shape = (rank, alpha)
+        for layer in adapter._trained:
+            slot_of(layer.module).add(id(adapter), layer.update, merge=False)
+        adapter._layers = [layer.module for layer in adapter._trained]
+        adapter.pipeline = pipeline
+        return adapter
+
+    def parameters(self) -> list[Tensor]:
+        """The trainable tensors (down and up of every layer) of a LoRA made by :meth:`new`."""
+        return [t for layer in self._trained for t in (layer.update.down, layer.update.up)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write a LoRA made by :meth:`new` as a kohya-layout safetensors file; ``params.path`` becomes it."""
+        if not self._trained:
+            raise InputError("only a LoRA made by LoraAdapter.new can be saved (a loaded one is its file already)")
+        rank, alpha = self._shape
+        written = save_kohya(self._trained, path, rank, alpha)
+        self.params = self.Params.model_validate({**self.params.model_dump(), "path": str(written)})
+        return written
 
     @property
     def scale(self) -> float:
@@ -97,6 +145,7 @@ class LoraAdapter(Adapter):
         for module in self._layers:
             slot_of(module).drop(id(self))
         self._layers = []
+        self._trained = []
         self.pipeline = None
 
 
@@ -134,9 +183,3 @@ def _update(pair: LoraPair, module: nn.Module, path: str, scale: float) -> LoraU
     if getattr(module, "groups", 1) != 1:
         raise InputError(f"{path}: {pair.key}: LoRA on grouped convolutions is not supported")
     return LoraUpdate(down.detach().clone(), up.detach().clone(), pair.factor, scale)
-
-
-def describe_lora(record: dict[str, Any]) -> str:
-    """A short label of a recorded LoRA (for logs)."""
-    params = record.get("params", {})
-    return f"lora {params.get('path')} x{params.get('scale')}"
