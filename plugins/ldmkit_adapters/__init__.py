@@ -11,5 +11,7 @@ LDMKIT_API_VERSION = "1.0"
 def register_adapters(register) -> None:
     """Register the built-in adapters (imports stay inside the hook)."""
     from ldmkit_adapters.lora import LoraAdapter
+    from ldmkit_adapters.textual_inversion import TextualInversion
 
     register(LoraAdapter)
+    register(TextualInversion)
