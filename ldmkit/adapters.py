@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
-from pydantic import BaseModel
 from torch import Tensor
 
 from ldmkit.errors import InputError
@@ -105,12 +104,13 @@ class LearnsTokens(Protocol):
         ...
 
 
-def resolve_paths(params: BaseModel, base: str | Path | None) -> BaseModel:
-    """``params`` with a relative ``path`` field made absolute against ``base`` (a spec's folder)."""
-    path = getattr(params, "path", None)
-    if base is None or not isinstance(path, str) or not path or Path(path).is_absolute():
-        return params
-    return params.model_copy(update={"path": str(Path(base) / path)})
+def resolve_paths(params: Mapping[str, Any], base: str | Path | None) -> dict[str, Any]:
+    """``params`` with a relative ``path`` made absolute against ``base`` (a spec's folder; None: as it is)."""
+    out = dict(params)
+    path = out.get("path")
+    if base is not None and isinstance(path, str) and path and not Path(path).is_absolute():
+        out["path"] = str(Path(base) / path)
+    return out
 
 
 def file_sha256(path: str | Path) -> str:
