@@ -261,20 +261,22 @@ class Pipeline:
         """
         from ldmkit.adapters import Adapter
 
-        if not isinstance(adapter, Adapter):
+        if isinstance(adapter, Adapter):
+            built = adapter
+        else:
+            name: Any = adapter
             if isinstance(adapter, Mapping):
                 if params is not None:
                     raise InputError("give params inside {type, params} or as the second argument, not both")
-                unknown = sorted(set(adapter) - {"type", "params"})
-                if unknown or not isinstance(adapter.get("type"), str):
+                if set(adapter) - {"type", "params"} or not isinstance(adapter.get("type"), str):
                     raise InputError(f"an adapter is {{type, params}}; got keys {sorted(adapter)}")
-                adapter, params = adapter["type"], adapter.get("params")
-            adapter = build_component(self.registry, "adapter", str(adapter), dict(params or {}))
+                name, params = adapter["type"], adapter.get("params")
+            built = build_component(self.registry, "adapter", str(name), dict(params or {}))
         with self.lock:
-            adapter.apply(self)
-            self.adapters.append(adapter)
+            built.apply(self)
+            self.adapters.append(built)
             self._adapters_changed()
-        return adapter
+        return built
 
     def load_lora(self, path: str | Path, *, scale: float = 1.0, merge: bool = False, strict: bool = True) -> Adapter:
         """Apply a LoRA file (kohya or diffusers/PEFT layout) to the denoiser and text encoder; see ``lora``."""

@@ -79,7 +79,7 @@ class LoraAdapter(Adapter):
         :meth:`parameters` (the base weights stay as they are), then :meth:`save` it in kohya's layout.
         """
         adapter = cls(cls.Params(path=UNSAVED))
-        chosen = dict(layers) if layers is not None else {"unet": DEFAULT_LAYERS["unet"]}
+        chosen: dict[Part, str] = dict(layers) if layers is not None else {"unet": DEFAULT_LAYERS["unet"]}
         adapter._trained = fresh_layers(pipeline, rank=rank, alpha=alpha, layers=chosen, generator=generator)
         adapter._shape = (rank, alpha)
         pipeline.add_adapter(adapter)  # listed with the pipeline's adapters, removed like them
