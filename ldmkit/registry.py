@@ -6,6 +6,9 @@ invalid class, or collides with another plugin is reported and skipped as a whol
 else keeps working. ``LDMKIT_STRICT_PLUGINS=1`` turns any such failure into a :class:`PluginError`;
 ``LDMKIT_LOAD_PLUGINS=a,b`` loads only the named entry points.
 
+Adapters (``register_adapters``, LoRA and textual inversion) are a component kind like the others
+(``"adapter"``), their classes subclassing :class:`ldmkit.adapters.Adapter`.
+
 Besides components, plugins add CLI subcommands (``register_commands``, looked up with
 :meth:`Registry.command`) and named ready-to-use pipelines (``register_models``, looked up with
 :meth:`Registry.model`); their names collide like component names, and a command may not take a
@@ -389,8 +392,16 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(KIND_NAMES)}")
 
 
+def _kind_base(kind: str) -> type | None:
+    if kind == "adapter":  # a kind of its own module, outside the five pipeline interfaces
+        from ldmkit.adapters import Adapter
+
+        return Adapter
+    return KINDS.get(kind)
+
+
 def _validate_component(kind: str, cls: Any) -> None:
-    base = KINDS.get(kind)
+    base = _kind_base(kind)
     if not isinstance(cls, type):
         raise PluginError(f"register() for {kind} got {cls!r}, not a class")
     if base is not None and not issubclass(cls, base):
