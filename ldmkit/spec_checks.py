@@ -47,14 +47,6 @@ class _TooLarge(Exception):
 _counting = threading.local()
 
 
-def _count_parameter(module: Any, name: str, param: Any) -> None:
-    state = getattr(_counting, "state", None)
-    if state is not None and param is not None:
-        state["parameters"] += param.numel()
-        if state["parameters"] > state["limit"]:
-            raise _TooLarge(f"more than {state['limit']:,} parameters")
-
-
 def _count_module(module: Any, name: str, submodule: Any) -> None:
     state = getattr(_counting, "state", None)
     if state is not None:
@@ -66,8 +58,9 @@ def _count_module(module: Any, name: str, submodule: Any) -> None:
 def count_parameters(kind: str, type_name: str, params: dict[str, Any], where: str, registry) -> int | None:
     """Parameters the component would have, counted on torch's ``meta`` device (no memory is allocated).
 
-    The build stops as soon as it passes :func:`max_parameters` or :data:`MAX_MODULES` (a spec asking
-    for a million blocks is refused in moments, not after building them): :class:`SpecError`. None
+    The build stops as soon as it passes :data:`MAX_MODULES` (a spec asking for a million blocks is
+    refused in moments, not after building them) and sizes torch cannot describe are refused
+    (:class:`SpecError`); parameters on ``meta`` cost nothing, so their count is exact. None
     when the component cannot be built without real tensors; the count is then left to loading.
     """
     import torch
@@ -76,19 +69,15 @@ def count_parameters(kind: str, type_name: str, params: dict[str, Any], where: s
     cls = registry.get(kind, type_name)
     if not hasattr(cls, "from_params"):
         return None
-    _counting.state = {"parameters": 0, "modules": 0, "limit": max_parameters()}
-    hooks = [
-        torch_module.register_module_parameter_registration_hook(_count_parameter),
-        torch_module.register_module_module_registration_hook(_count_module),
-    ]
+    _counting.state = {"modules": 0}
+    hook = torch_module.register_module_module_registration_hook(_count_module)
     try:
         with torch.device("meta"):
             module = cls.from_params(params)
     except SpecError:
         raise
     except _TooLarge as exc:
-        how = f"set {MAX_PARAMETERS_ENV} to raise it deliberately" if "parameters" in str(exc) else "a fixed limit"
-        raise SpecError(f"{where}: {type_name} with these params has {exc} ({how})") from None
+        raise SpecError(f"{where}: {type_name} with these params has {exc} (a fixed limit)") from None
     except RuntimeError as exc:
         if "overflow" not in str(exc):
             return None  # a component that needs real tensors to build: not countable here
@@ -96,8 +85,7 @@ def count_parameters(kind: str, type_name: str, params: dict[str, Any], where: s
     except Exception:  # noqa: BLE001 - a component that needs real tensors to build: not countable here
         return None
     finally:
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
         _counting.state = None
     if not isinstance(module, torch.nn.Module):
         return None

@@ -49,7 +49,8 @@ HUGE: dict[str, tuple[Any, str]] = {
     ),
     "n_classes 10^9 in a composite part": (
         lambda s: s["conditioner"]["params"]["parts"]["label"]["params"].update(n_classes=10**9),
-        f"conditioner: composite with these params has more than 10,000,000,000 parameters (set {MAX_PARAMETERS_ENV}",
+        "conditioner: composite with these params has 256,002,143,040 parameters (1,024.0 GB in float32), "
+        f"more than the limit of 10,000,000,000; set {MAX_PARAMETERS_ENV}",
     ),
     "latent_size 4096x4096": (
         lambda s: s.update(latent_size=[4096, 4096]),
@@ -97,7 +98,7 @@ def test_the_limits_are_raised_deliberately(monkeypatch) -> None:
         Pipeline.from_spec(spec)
     monkeypatch.setenv(MAX_ACTIVATION_BYTES_ENV, str(1 << 40))
     monkeypatch.setenv(MAX_PARAMETERS_ENV, "1000")
-    with pytest.raises(SpecError, match=f"first_stage: .* more than 1,000 parameters .*set {MAX_PARAMETERS_ENV}"):
+    with pytest.raises(SpecError, match=f"first_stage: .* more than the limit of 1,000; set {MAX_PARAMETERS_ENV}"):
         Pipeline.from_spec(spec)
     monkeypatch.setenv(MAX_PARAMETERS_ENV, "10000000000000")
     assert isinstance(Pipeline.from_spec(spec), Pipeline)
@@ -123,7 +124,7 @@ def test_every_path_that_builds_checks_first(monkeypatch, tmp_path: Path) -> Non
     folder = tmp_path / "folder"
     Pipeline.from_spec(SHIPPED).save(folder)
     monkeypatch.setenv(MAX_PARAMETERS_ENV, "1000")
-    expected = "more than 1,000 parameters"
+    expected = "more than the limit of 1,000; set LDMKIT_MAX_PARAMETERS"
     with pytest.raises(SpecError, match=expected):
         Pipeline.load(folder)
     runs = {
