@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,8 @@ def largest_activation(spec: PipelineSpec, registry) -> tuple[int, str] | None:
     return largest
 
 
-_checked: dict[str, None] = {}  # specs (as JSON, with the limits) found buildable in this process
+# specs (as JSON, with the limits) found buildable in this process, each with the registry that checked it
+_checked: dict[str, weakref.ref] = {}
 
 
 def check_buildable(spec: PipelineSpec, source: str, registry=None) -> None:
@@ -180,8 +182,8 @@ def check_buildable(spec: PipelineSpec, source: str, registry=None) -> None:
     from ldmkit.registry import get_registry
 
     registry = registry or get_registry()
-    key = json.dumps([spec.model_dump(mode="json"), max_parameters(), max_activation_bytes(), id(registry)])
-    if key in _checked:
+    key = json.dumps([spec.model_dump(mode="json"), max_parameters(), max_activation_bytes()])
+    if key in _checked and _checked[key]() is registry:
         return
     for field_name, comp in spec.components().items():
         try:
@@ -199,7 +201,7 @@ def check_buildable(spec: PipelineSpec, source: str, registry=None) -> None:
         )
     if len(_checked) > 256:
         _checked.clear()
-    _checked[key] = None
+    _checked[key] = weakref.ref(registry)
 
 
 def _nested_parts(params: BaseModel) -> list[tuple[str, str, dict[str, Any]]]:
