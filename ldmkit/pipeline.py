@@ -144,6 +144,10 @@ class Pipeline:
             spec = load_spec(spec_or_path, registry)
         else:
             spec = validate_spec(spec_or_path, registry)
+        from ldmkit.spec_checks import check_buildable
+
+        source = str(spec_or_path) if isinstance(spec_or_path, (str, Path)) else "spec"
+        check_buildable(spec, source, registry)  # sizes that cannot be built are refused before building
         parts: dict[str, Any] = {}
         for field_name, comp in spec.components().items():
             # the spec carries its validated Params: the component is built from them as they are
