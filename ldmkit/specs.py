@@ -38,6 +38,7 @@ __all__ = [
     "format_validation_error",
     "load_spec",
     "parse_document",
+    "parse_value",
     "read_document",
     "validate_spec",
 ]
@@ -136,6 +137,11 @@ class PipelineSpec(StrictModel):
     tasks: dict[str, ComponentSpec] = Field(
         default_factory=dict, description="tasks this pipeline serves: task name -> {type, params}"
     )
+    adapters: list[ComponentSpec] = Field(
+        default_factory=list,
+        description="adapters applied after the weights load, in order (LoRA, textual inversion): {type, params}; "
+        "a relative path param is resolved against the spec's folder",
+    )
 
     @field_validator("version", mode="before")
     @classmethod
@@ -152,7 +158,20 @@ class PipelineSpec(StrictModel):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML loader that also refuses duplicate mapping keys."""
+    """Safe YAML loader that also refuses duplicate mapping keys, deep nesting and overlong numbers."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # PyYAML composes nested collections recursively: stop long before Python's recursion limit
+        self._depth += 1
+        try:
+            if self._depth > strict_json.MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise SpecError(f"line {mark.line + 1}: nested more than {strict_json.MAX_DEPTH} deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -178,7 +197,23 @@ def _construct_timestamp(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any
     return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
 
 
+def _number_constructor(tag: str) -> Any:
+    base = yaml.constructor.SafeConstructor.yaml_constructors[tag]
+
+    def construct(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
+        if len(str(node.value)) > strict_json.MAX_NUMBER_CHARS:
+            raise SpecError(
+                f"line {node.start_mark.line + 1}: a number of {len(str(node.value))} characters; "
+                f"at most {strict_json.MAX_NUMBER_CHARS} are read"
+            )
+        return base(loader, node)
+
+    return construct
+
+
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+for _tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+    _UniqueKeyLoader.add_constructor(_tag, _number_constructor(_tag))
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
@@ -190,7 +225,7 @@ def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
         if source.endswith(".json"):
             try:
                 data = strict_json.loads(text)
-            except strict_json.DuplicateKeyError as exc:
+            except (strict_json.DuplicateKeyError, strict_json.JSONLimitError) as exc:
                 raise SpecError(str(exc)) from None
         else:
             data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -215,6 +250,24 @@ def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
     return data
 
 
+def parse_value(text: str, what: str = "value", *, text_if_not_yaml: bool = False) -> Any:
+    """One YAML value given on the command line (``--set KEY=VALUE``), read with a spec's rules.
+
+    Safe YAML with the same limits as a spec file (nesting, number length, duplicate keys). Text
+    that is not YAML raises :class:`SpecError` naming ``what``, or with ``text_if_not_yaml`` is
+    returned as the string it is; a value past a limit is always a :class:`SpecError`.
+    """
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except SpecError as exc:
+        raise SpecError(f"{what}: {exc}") from None
+    except (yaml.YAMLError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        if text_if_not_yaml:
+            return text
+        detail = " ".join(str(exc).split())
+        raise SpecError(f"{what}: the value is not valid YAML ({detail})") from None
+
+
 def read_document(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -223,8 +276,10 @@ def read_document(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES} bytes; a spec is a small text file")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     return parse_document(text, str(path))
 
 
@@ -265,6 +320,8 @@ def validate_spec(
         comp.bind(registry, getattr(checked, field_name).params)
     for task_name, comp in spec.tasks.items():
         comp.bind(registry, cast("BaseModel", checked.tasks[task_name].params))  # the typed model's Params
+    for i, comp in enumerate(spec.adapters):
+        comp.bind(registry, cast("BaseModel", checked.adapters[i].params))
     from ldmkit.options import validate_sampler_params
 
     validate_sampler_params(registry, spec.sampling.sampler, where=f"{source}: sampling.sampler", error=SpecError)
@@ -272,7 +329,7 @@ def validate_spec(
 
 
 def _validated_by(spec: PipelineSpec, registry: Registry) -> bool:
-    comps = [*spec.components().values(), *spec.tasks.values()]
+    comps = [*spec.components().values(), *spec.tasks.values(), *spec.adapters]
     return all(comp.params_for(registry) is not None for comp in comps)
 
 
@@ -291,6 +348,8 @@ def _typed_document(spec: PipelineSpec, registry: Registry, source: str) -> dict
         document[field_name]["type"] = canonical(field_name, comp.type, f"{field_name}.type")
     for task_name, comp in spec.tasks.items():
         document["tasks"][task_name]["type"] = canonical("task", comp.type, f"tasks.{task_name}.type")
+    for i, comp in enumerate(spec.adapters):
+        document["adapters"][i]["type"] = canonical("adapter", comp.type, f"adapters.{i}.type")
     sampling = document.get("sampling", {})
     sampler = sampling.get("sampler")
     if isinstance(sampler, str):
@@ -309,12 +368,19 @@ def _untagged(exc: ValidationError, document: dict[str, Any]) -> list[dict[str, 
             del loc[1]
         elif loc[:1] == ["tasks"] and len(loc) > 2 and loc[2] == document["tasks"].get(loc[1], {}).get("type"):
             del loc[2]
+        elif loc[:1] == ["adapters"] and len(loc) > 2 and _adapter_type(document, loc[1]) == loc[2]:
+            del loc[2]
         elif loc[:3] == ["sampling", "sampler", "ref"] and len(loc) > 3:
             del loc[2:4]  # the form tag and the sampler's name: sampling.sampler.params.<field>
         elif loc[:3] == ["sampling", "sampler", "name"]:
             del loc[2]
         out.append({**err, "loc": tuple(loc)})
     return out
+
+
+def _adapter_type(document: dict[str, Any], index: Any) -> Any:
+    adapters = document.get("adapters") or []
+    return adapters[index].get("type") if isinstance(index, int) and 0 <= index < len(adapters) else None
 
 
 def load_spec(path: str | Path, registry=None) -> PipelineSpec:
@@ -324,4 +390,7 @@ def load_spec(path: str | Path, registry=None) -> PipelineSpec:
 
 def dump_spec(spec: PipelineSpec) -> str:
     """YAML text of a spec (round-trips through :func:`load_spec`)."""
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    data = spec.model_dump(mode="json", exclude_none=True)
+    if not data.get("adapters"):
+        data.pop("adapters", None)  # specs without adapters read as they did before adapters existed
+    return yaml.safe_dump(data, sort_keys=False)

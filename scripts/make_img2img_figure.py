@@ -2,8 +2,8 @@
 
 Measures the mean absolute pixel difference (pictures in [-1, 1]) between Shapes pictures and their img2img
 redraws without a prompt, for strengths 0, 0.25, 0.5, 0.75 and 1, and prints it as a Markdown table (the
-numbers in ``docs/img2img.md``). Then renders ``docs/gallery/img2img.png``: one picture redrawn with a prompt
-that changes a colour, a row per sampler, the input in the first column and strengths 0.25 to 1 after it.
+numbers in ``docs/img2img.md``). Then renders ``docs/gallery/img2img-strengths.png``: one picture redrawn
+with a prompt that changes a colour, a row per sampler, the input in the first column and strengths 0.25 to 1 after it.
 Everything runs on the CPU from fixed seeds, so a rerun writes the same file and prints the same numbers.
 
     python scripts/make_img2img_figure.py
@@ -22,7 +22,7 @@ import ldmkit
 from ldmkit.generation import default_model_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_gallery import GAP, SAMPLERS, _unsigned, grid, save_png  # noqa: E402  (the gallery's own grid)
+from make_gallery import SAMPLERS, _unsigned, other_colour, save_png  # noqa: E402  (the gallery's helpers)
 
 log = logging.getLogger("make_img2img_figure")
 
@@ -30,15 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMAND = "python scripts/make_img2img_figure.py"
 MEASURED = (0.0, 0.25, 0.5, 0.75, 1.0)
 SHOWN = (0.25, 0.5, 0.75, 1.0)
-COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan")
+GAP = 2  # white pixels between the tiles of the grid
 
 
-def other_colour(caption: str) -> str:
-    """The caption with its first colour word replaced by the next colour: the edit the prompt asks for."""
-    words = caption.split()
-    i = next(i for i, word in enumerate(words) if word in COLOURS)
-    words[i] = COLOURS[(COLOURS.index(words[i]) + 1) % len(COLOURS)]
-    return " ".join(words)
+def grid(rows: list[list[torch.Tensor]]) -> torch.Tensor:
+    """Tiles (3, s, s) uint8 in rows -> one (3, H, W) uint8 picture with GAP white pixels between them."""
+    size = rows[0][0].shape[-1]
+    cols = max(len(r) for r in rows)
+    out = torch.full((3, len(rows) * (size + GAP) - GAP, cols * (size + GAP) - GAP), 255, dtype=torch.uint8)
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            y, x = i * (size + GAP), j * (size + GAP)
+            out[:, y : y + size, x : x + size] = tile
+    return out
 
 
 def distances(pipe: ldmkit.Pipeline, images: torch.Tensor, steps: int, seed: int) -> list[float]:
@@ -57,7 +61,9 @@ def distances(pipe: ldmkit.Pipeline, images: torch.Tensor, steps: int, seed: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "gallery" / "img2img.png", help="the grid")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "docs" / "gallery" / "img2img-strengths.png", help="the grid"
+    )
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the measurement")
     parser.add_argument("--grid-steps", type=int, default=25, help="steps of every sampler in the grid")
     parser.add_argument("--pictures", type=int, default=8, help="Shapes pictures measured")

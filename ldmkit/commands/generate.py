@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ldmkit.errors import InputError, LdmkitError
+from ldmkit.commands import adapter_flags
+from ldmkit.errors import InputError, LdmkitError, SpecError
 
 if TYPE_CHECKING:  # torch, numpy and the pipeline load only when the command runs
     import numpy as np
@@ -89,7 +90,7 @@ def add_parser(sub) -> None:
     p.add_argument("--layout", metavar="PATH", help="JSON file of labelled boxes (--input layout=@PATH)")
     p.add_argument("--segmentation", metavar="PATH", help="8-bit PNG map of class ids (--input segmentation=@PATH)")
     p.add_argument("--image", metavar="PATH", help="input picture (--input image=@PATH)")
-    p.add_argument("--mask", metavar="PATH", help="mask picture, white = fill in (--input mask=@PATH)")
+    p.add_argument("--mask", metavar="PATH", help="mask picture (PNG, JPEG ...), white = fill in (--input mask=@PATH)")
     p.add_argument("-n", type=int, default=None, help="number of pictures (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first picture (default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the task's, else the spec's)")
@@ -147,6 +148,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    adapter_flags.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -243,16 +245,16 @@ def _sampler_params(items: list[str]) -> dict:
     """``--sampler-param KEY=VALUE`` items, each value read as a YAML scalar (``10``, ``0.5``, ``true``, ``text``)."""
     import math
 
-    import yaml
+    from ldmkit.specs import parse_value
 
     params: dict = {}
     for key, text in _pairs(items, "--sampler-param"):
         if key in params:
             raise InputError(f"--sampler-param {key}: given twice")
         try:
-            value = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            value = text
+            value = parse_value(text, f"--sampler-param {key}", text_if_not_yaml=True) if text.strip() else text
+        except SpecError as exc:  # past a limit (nesting, number length)
+            raise InputError(str(exc)) from None
         if not isinstance(value, (str, int, float, bool)) and value is not None:
             value = text  # a list, mapping or date: the text as written, for the sampler's Params to judge
         if isinstance(value, float) and not math.isfinite(value):
@@ -331,8 +333,12 @@ def _replay(args) -> int:
         device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
     fast = recorded["fast"] if args.fast is None else args.fast
     precision = _fast_precision(args.precision, fast, recorded.get("precision"))
+    adapters = adapter_flags.parse_flags(args)
     pipe, model = open_recorded_model(args.replay, meta, spec=args.spec, model=args.model)
     _check_task(pipe, meta["task"])
+    adapter_flags.apply_adapter_flags(pipe, adapters)
+    adapter_flags.check_recorded_adapters(args.replay, meta, pipe)
+    model = adapter_flags.with_adapters(model, pipe)
     _prepare(pipe, device, fast, precision)
     result = replay_picture(
         pipe,
@@ -388,8 +394,11 @@ def run(args) -> int:
 
     device = resolve_device(args.device if args.device is not None else "cpu")
     precision = _fast_precision(args.precision, bool(args.fast))
+    adapters = adapter_flags.parse_flags(args)  # files checked before any time goes into loading
     pipe, model = open_model(args.model) if args.model is not None else open_pipeline(args.spec)
     _check_task(pipe, args.task)
+    adapter_flags.apply_adapter_flags(pipe, adapters)
+    model = adapter_flags.with_adapters(model, pipe)
     # spec < task defaults < the command line, layered once (ldmkit.options); then the CLI's own bounds
     layered = resolve_options(pipe, args.task, {"n": 4, **told})
     chosen = {k: getattr(layered, k) for k in ("n", "seed", "sampler", "steps", "eta", "guidance_scale")}
