@@ -6,7 +6,6 @@ Registered through the ``register_commands`` hook; torch and the experiment load
 from __future__ import annotations
 
 import argparse
-import logging
 
 from ldmkit.commands import Command
 
@@ -15,11 +14,12 @@ EPILOG = """examples:
   ldmkit paper run --out /tmp/paper-tiny --tiny            the same with tiny models on the CPU (a smoke run)
   ldmkit paper plot runs/paper/results.json --out docs/    the two figures (needs: pip install 'ldmkit[paper]')
   ldmkit paper report runs/paper/results.json --page docs/paper.md   fill the page's tables
+  ldmkit paper metric                                      the Frechet distance of real and degraded pictures
 """
 
 
 class PaperCommand(Command):
-    """``ldmkit paper run|plot|report``."""
+    """``ldmkit paper run|plot|report|metric``."""
 
     name = "paper"
     help = "reproduce the paper's central experiment (pixel vs latent diffusion) on Shapes"
@@ -31,7 +31,7 @@ class PaperCommand(Command):
     epilog = EPILOG
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Actions ``run`` (the experiment), ``plot`` and ``report`` (from a results.json)."""
+        """Actions ``run`` (the experiment), ``plot`` and ``report`` (from a results.json), ``metric`` (its sanity)."""
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
         sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
         run = sub.add_parser("run", help="run the experiment, writing results.json and results.md to --out")
@@ -44,6 +44,9 @@ class PaperCommand(Command):
         plot = sub.add_parser("plot", help="draw paper-steps.png and paper-speed.png from a results.json")
         plot.add_argument("results", help="results.json of 'ldmkit paper run'")
         plot.add_argument("--out", required=True, help="folder for the two PNG files")
+        metric = sub.add_parser("metric", help="the metric's sanity: real pictures against degraded ones")
+        metric.add_argument("--specs", default="examples/paper", help="the experiment's specs (default examples/paper)")
+        metric.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
         report = sub.add_parser("report", help="print the tables of a results.json, or fill a page's tables")
         report.add_argument("results", help="results.json of 'ldmkit paper run'")
         report.add_argument("--page", default=None, help="a markdown page with the result markers (docs/paper.md)")
@@ -53,10 +56,15 @@ class PaperCommand(Command):
         if args.action == "run":
             from ldmkit_shapes.paper_run import run_experiment
 
-            logging.getLogger("ldmkit_shapes.paper").setLevel(logging.INFO)
-            if not logging.getLogger().handlers:
-                logging.basicConfig(level=logging.WARNING, format="[paper] %(asctime)s %(message)s")
             run_experiment(args.specs, args.out, tiny=args.tiny, device=args.device, jobs=args.jobs, work=args.work)
+            return 0
+        if args.action == "metric":
+            from ldmkit_shapes.paper_eval import metric_sanity
+            from ldmkit_shapes.paper_plan import load_experiment
+            from ldmkit_shapes.paper_report import sanity_table
+
+            plan = load_experiment(args.specs).plan.evaluation
+            print(sanity_table(metric_sanity(plan, args.device), plan.samples, plan.reference), end="")
             return 0
         from ldmkit_shapes.paper_report import markdown_report, plot, read_results, update_page
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from ldmkit_shapes import metrics
 from ldmkit_shapes.classifier import N_CLASSES, load_classifier, predict
 from ldmkit_shapes.dataset import ShapesDataset
-from ldmkit_shapes.fid import FeatureStats, feature_stats, features, frechet_distance
+from ldmkit_shapes.fid import FeatureStats, degrade, feature_stats, features, frechet_distance
 from ldmkit_shapes.paper_plan import EvaluationPlan
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,24 @@ def evaluate_autoencoder(first_stage: Any, judge: Judge, device: Any) -> dict[st
     return row
 
 
+DEGRADATIONS: list[tuple[str, str, float | None]] = [
+    ("blurred, sigma 0.5 px", "blur", 0.5),
+    ("blurred, sigma 1 px", "blur", 1.0),
+    ("blurred, sigma 2 px", "blur", 2.0),
+    ("noise, sigma 0.1", "noise", 0.1),
+    ("wrong colours (RGB rotated)", "colours", None),
+]
+
+
+def metric_sanity(plan: EvaluationPlan, device: Any = "cpu") -> list[tuple[str, dict[str, float]]]:
+    """The scores of held-out real pictures, as they are and deliberately degraded, in the experiment's setting."""
+    judge = Judge(plan, device)
+    images, labels = real_pictures(REAL_SEED, plan.samples)
+    rows = [("real held-out pictures", judge.score(images, labels))]
+    rows += [(name, judge.score(degrade(images, kind, amount), labels)) for name, kind, amount in DEGRADATIONS]
+    return rows
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -119,6 +137,7 @@ __all__ = [
     "Judge",
     "evaluate_autoencoder",
     "evaluate_pipeline",
+    "metric_sanity",
     "real_pictures",
     "sample_pictures",
     "sampling_throughput",

@@ -79,6 +79,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _speed(value: float | None) -> str:
+    """Throughputs span 0.1 (tiny CPU runs) to thousands: three significant digits, no exponent."""
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _latent(results: dict[str, Any], f: int) -> str:
     shape = results.get("latent", {}).get(str(f), "?")
     return f"pixels {shape}" if f == 1 else shape
@@ -145,8 +152,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         cells = []
         for s in sweep_steps:
             rate = _rate(results, f, f"sample_pictures_per_s@{s}")
-            cells.append(f"{_fmt(rate, 1)}, {_fmt(quality[s]['fd'], 2) if s in quality else '-'}")
-        lines.append(f"| {f} | {_fmt(_rate(results, f, 'train_samples_per_s'), 0)} | " + " | ".join(cells) + " |")
+            cells.append(f"{_speed(rate)}, {_fmt(quality[s]['fd'], 2) if s in quality else '-'}")
+        lines.append(f"| {f} | {_speed(_rate(results, f, 'train_samples_per_s'))} | " + " | ".join(cells) + " |")
     eq = equal_time(results)
     if eq is not None:
         lines += [
@@ -165,6 +172,18 @@ def markdown_report(results: dict[str, Any]) -> str:
             )
     if results.get("errors"):
         lines += ["", "Failed: " + "; ".join(f"f={f}: {m}" for f, m in results["errors"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def sanity_table(rows: list[tuple[str, dict[str, float]]], samples: int, reference: int) -> str:
+    """The metric's sanity rows (:func:`ldmkit_shapes.paper_eval.metric_sanity`) as a markdown table."""
+    lines = [
+        f"| {samples} pictures | FD against {reference} real | accuracy (parser) | classifier accuracy |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, r in rows:
+        acc, cls = _fmt(r["accuracy"], 3), _fmt(r["classifier_accuracy"], 3)
+        lines.append(f"| {name} | {_fmt(r['fd'], 2)} | {acc} | {cls} |")
     return "\n".join(lines) + "\n"
 
 
@@ -249,4 +268,14 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return [steps_png, speed_png]
 
 
-__all__ = ["END", "PLOTS", "START", "equal_time", "markdown_report", "plot", "read_results", "update_page"]
+__all__ = [
+    "END",
+    "PLOTS",
+    "START",
+    "equal_time",
+    "markdown_report",
+    "plot",
+    "read_results",
+    "sanity_table",
+    "update_page",
+]

@@ -102,7 +102,7 @@ def launch_workers(
     exp: Experiment, specs: Path, work: Path, device: str, deadline: float, jobs: int, out: Path, results: dict
 ) -> dict[int, int]:
     """Run the factor processes (at most ``jobs`` at once, pixel space first); their exit codes."""
-    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 0
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # the parser and the data run on the CPU on any device
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     queue = sorted(exp.plan.factors)  # f = 1 trains longest: start it first
     running: dict[int, subprocess.Popen] = {}
@@ -199,6 +199,8 @@ def run_experiment(
     from ldmkit_shapes.paper_eval import Judge
 
     start_wall, t0 = time.time(), time.perf_counter()
+    torch.backends.cuda.matmul.allow_tf32 = True  # as in the factor processes: the timings use the same kernels
+    torch.backends.cudnn.allow_tf32 = True
     specs, out = Path(specs), Path(out)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA device is available")

@@ -115,7 +115,8 @@ def test_markdown_report_shows_every_measured_number(tmp_path):
     text = markdown_report(_results())
     assert "| 1 | pixels 64x64x3 | 9.00 / 0.10 | 5.00 / 0.30 | 2.00 / 0.60 |" in text
     assert "| 4 | 16x16x3 | 4.00 / 0.40 | - | 1.00 / 0.90 |" in text
-    assert "| 4 | 400 | 500.0, 1.50 | 100.0, 1.00 |" in text
+    assert "| 4 | 400 | 500, 1.50 | 100, 1.00 |" in text
+    assert "| 1 | 100 | 50, - | 10, 2.00 |" in text
     page = tmp_path / "paper.md"
     page.write_text(f"intro\n{START}\nold\n{END}\nverdicts\n")
     update_page(page, _results())
