@@ -40,12 +40,13 @@ def pictures(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=weights_path(), help="weights file (default: the shipped one)")
-    p.add_argument("--train", type=int, default=12_000, help="training pictures")
-    p.add_argument("--test", type=int, default=4_000, help="held-out pictures")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--train", type=int, default=6_000, help="training pictures")
+    p.add_argument("--test", type=int, default=2_000, help="held-out pictures")
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the pictures are rendered on the CPU either way)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
@@ -56,14 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     test_images, test_labels, test_boxes = pictures(TEST_SEED, args.test)
     log.info("rendered %d + %d pictures in %.1f s", args.train, args.test, time.perf_counter() - t0)
 
-    model = ShapesClassifier()
+    device = torch.device(args.device)
+    images, labels, boxes = images.to(device), labels.to(device), boxes.to(device)
+    model = ShapesClassifier().to(device)
     steps = args.epochs * (args.train // args.batch)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(0)
     step = 0
     for epoch in range(args.epochs):
-        order = torch.randperm(args.train, generator=gen)
+        order = torch.randperm(args.train, generator=gen).to(device)
         for start in range(0, args.train - args.batch + 1, args.batch):
             idx = order[start : start + args.batch]
             logits, box = model(images[idx])  # (B, 18), (B, 4)
@@ -79,12 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     with torch.no_grad():
         accuracy = float((predict(model, test_images) == test_labels).float().mean())
-        box_error = float(
-            torch.cat([model(test_images[i : i + 512])[1] for i in range(0, args.test, 512)])
-            .sub(test_boxes)
-            .abs()
-            .mean()
-        )
+        predicted = [model(test_images[i : i + 512].to(device))[1].cpu() for i in range(0, args.test, 512)]
+        box_error = float(torch.cat(predicted).sub(test_boxes).abs().mean())
     report = {
         "test_accuracy": round(accuracy, 4),
         "test_box_mae_pixels": round(box_error * 64, 3),
@@ -95,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         "test_seed": TEST_SEED,
     }
     log.info("held-out: %s (%.0f s)", json.dumps(report), time.perf_counter() - t0)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    report["device"] = args.device
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_state_dict(state, args.out, metadata={k: str(v) for k, v in report.items()})
     log.info("wrote %s", args.out)
     return 0

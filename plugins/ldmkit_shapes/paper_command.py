@@ -41,12 +41,14 @@ class PaperCommand(Command):
         run.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
         run.add_argument("--jobs", type=int, default=None, help="factors trained at once (default: all)")
         run.add_argument("--work", default=None, help="folder for checkpoints and models (default: a new temp folder)")
+        run.add_argument("--classifier", default=None, help="Shapes classifier weights (default: the shipped ones)")
         plot = sub.add_parser("plot", help="draw paper-steps.png and paper-speed.png from a results.json")
         plot.add_argument("results", help="results.json of 'ldmkit paper run'")
         plot.add_argument("--out", required=True, help="folder for the two PNG files")
         metric = sub.add_parser("metric", help="the metric's sanity: real pictures against degraded ones")
         metric.add_argument("--specs", default="examples/paper", help="the experiment's specs (default examples/paper)")
         metric.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+        metric.add_argument("--classifier", default=None, help="Shapes classifier weights (default: the shipped ones)")
         report = sub.add_parser("report", help="print the tables of a results.json, or fill a page's tables")
         report.add_argument("results", help="results.json of 'ldmkit paper run'")
         report.add_argument("--page", default=None, help="a markdown page with the result markers (docs/paper.md)")
@@ -56,7 +58,15 @@ class PaperCommand(Command):
         if args.action == "run":
             from ldmkit_shapes.paper_run import run_experiment
 
-            run_experiment(args.specs, args.out, tiny=args.tiny, device=args.device, jobs=args.jobs, work=args.work)
+            run_experiment(
+                args.specs,
+                args.out,
+                tiny=args.tiny,
+                device=args.device,
+                jobs=args.jobs,
+                work=args.work,
+                classifier=args.classifier,
+            )
             return 0
         if args.action == "metric":
             from ldmkit_shapes.paper_eval import metric_sanity
@@ -64,7 +74,8 @@ class PaperCommand(Command):
             from ldmkit_shapes.paper_report import sanity_table
 
             plan = load_experiment(args.specs).plan.evaluation
-            print(sanity_table(metric_sanity(plan, args.device), plan.samples, plan.reference), end="")
+            rows = metric_sanity(plan, args.device, args.classifier)
+            print(sanity_table(rows, plan.samples, plan.reference), end="")
             return 0
         from ldmkit_shapes.paper_report import markdown_report, plot, read_results, update_page
 

@@ -35,9 +35,9 @@ def real_pictures(seed: int, n: int) -> tuple[Tensor, Tensor]:
 class Judge:
     """The classifier, the real reference statistics and the fixed labels of one evaluation setting."""
 
-    def __init__(self, plan: EvaluationPlan, device: Any = "cpu") -> None:
+    def __init__(self, plan: EvaluationPlan, device: Any = "cpu", classifier: str | None = None) -> None:
         self.plan = plan
-        self.model = load_classifier(device=device)
+        self.model = load_classifier(classifier, device=device)  # None: the shipped weights
         images, _ = real_pictures(REFERENCE_SEED, plan.reference)
         self.reference: FeatureStats = feature_stats(features(images, self.model))
         self.labels = torch.arange(plan.samples) % N_CLASSES  # (N,)
@@ -107,9 +107,11 @@ DEGRADATIONS: list[tuple[str, str, float | None]] = [
 ]
 
 
-def metric_sanity(plan: EvaluationPlan, device: Any = "cpu") -> list[tuple[str, dict[str, float]]]:
+def metric_sanity(
+    plan: EvaluationPlan, device: Any = "cpu", classifier: str | None = None
+) -> list[tuple[str, dict[str, float]]]:
     """The scores of held-out real pictures, as they are and deliberately degraded, in the experiment's setting."""
-    judge = Judge(plan, device)
+    judge = Judge(plan, device, classifier)
     images, labels = real_pictures(REAL_SEED, plan.samples)
     rows = [("real held-out pictures", judge.score(images, labels))]
     rows += [(name, judge.score(degrade(images, kind, amount), labels)) for name, kind, amount in DEGRADATIONS]

@@ -99,7 +99,15 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
 
 
 def launch_workers(
-    exp: Experiment, specs: Path, work: Path, device: str, deadline: float, jobs: int, out: Path, results: dict
+    exp: Experiment,
+    specs: Path,
+    work: Path,
+    device: str,
+    deadline: float,
+    jobs: int,
+    out: Path,
+    results: dict,
+    classifier: str | None = None,
 ) -> dict[int, int]:
     """Run the factor processes (at most ``jobs`` at once, pixel space first); their exit codes."""
     threads = max(1, (os.cpu_count() or 1) // jobs)  # the parser and the data run on the CPU on any device
@@ -114,6 +122,7 @@ def launch_workers(
             cmd = [sys.executable, "-m", "ldmkit_shapes.paper_worker", "--specs", str(specs), "--factor", str(f)]
             cmd += ["--work", str(work), "--device", device, "--deadline", str(deadline), "--threads", str(threads)]
             cmd += ["--tiny"] if exp.tiny else []
+            cmd += ["--classifier", classifier] if classifier else []
             log.info("starting f=%d", f)
             running[f] = subprocess.Popen(cmd, env=env)  # noqa: S603 (our own module, no shell)
         time.sleep(0.5)
@@ -192,10 +201,16 @@ def run_experiment(
     device: str = "cpu",
     jobs: int | None = None,
     work: str | Path | None = None,
+    classifier: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the experiment of the specs folder; return the results (also written to ``out``)."""
+    """Run the experiment of the specs folder; return the results (also written to ``out``).
+
+    ``classifier``: the Shapes classifier weights behind the Fréchet distance (default: the shipped ones).
+    """
     import tempfile
 
+    from ldmkit.checkpoints import safetensors_metadata
+    from ldmkit_shapes.classifier import weights_path
     from ldmkit_shapes.paper_eval import Judge
 
     start_wall, t0 = time.time(), time.perf_counter()
@@ -214,6 +229,8 @@ def run_experiment(
     if any(work.glob("f*.jsonl")):
         raise SpecError(f"{work}: holds the results of an earlier run; give an empty work folder")
     check_specs(exp, work, device)
+    classifier = str(Path(classifier).resolve()) if classifier is not None else None
+    judge = Judge(exp.plan.evaluation, device, classifier)  # a bad classifier file fails here, before any training
     log.info("specs %s (%s), results in %s, work files in %s", specs, "tiny" if tiny else "full", out, work)
     results: dict[str, Any] = {
         "experiment": exp.plan.model_dump(mode="json", exclude={"tiny"}),
@@ -223,15 +240,15 @@ def run_experiment(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start_wall)),
         "batch_size": {str(f): exp.ldms[f].get("batch_size") for f in exp.plan.factors},
         "latent": {str(f): latent_shape(exp, f) for f in exp.plan.factors},
+        "classifier": {"path": classifier or "shipped", **safetensors_metadata(classifier or weights_path())},
     }
-    judge = Judge(exp.plan.evaluation, device)
     results["real"] = judge.real_floor()
     log.info("real pictures: %s", json.dumps({k: round(v, 4) for k, v in results["real"].items()}))
     del judge
     write_results(out, results)
 
     deadline = start_wall + exp.plan.deadline_s
-    codes = launch_workers(exp, specs, work, device, deadline, jobs, out, results)
+    codes = launch_workers(exp, specs, work, device, deadline, jobs, out, results, classifier)
     results["exit_codes"] = {str(f): c for f, c in sorted(codes.items())}
     results["training_phase_s"] = time.perf_counter() - t0
     collect(results, read_rows(work, exp.plan.factors))

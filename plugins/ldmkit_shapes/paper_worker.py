@@ -63,7 +63,14 @@ def train_autoencoder(exp: Experiment, f: int, work: Path, device: str, judge: J
     from ldmkit.training import train
 
     t0 = time.perf_counter()
-    result = train(train_spec(exp, "autoencoder", f, work, device), resume=False)
+    spec = train_spec(exp, "autoencoder", f, work, device)
+    every = max(1, int(spec["max_steps"]) // 5)
+
+    def heartbeat(done: int, stage: Any) -> None:
+        if done % every == 0:
+            log.info("f=%d autoencoder: step %d of %d, %.0f s", f, done, spec["max_steps"], time.perf_counter() - t0)
+
+    result = train(spec, resume=False, callbacks=[heartbeat])
     seconds = time.perf_counter() - t0
     pipe = Pipeline.from_spec(exp.ldms[f]["pipeline"])
     load_into(pipe.first_stage, result.export, what="first stage")
@@ -82,7 +89,11 @@ def train_ldm(exp: Experiment, f: int, work: Path, device: str, judge: Judge, de
     final = exp.max_steps
     clock = {"start": time.perf_counter(), "eval": 0.0}
 
+    every = max(1, final // 10)
+
     def on_step(done: int, stage: Any) -> None:
+        if done % every == 0:  # a heartbeat in the log
+            log.info("f=%d: step %d of %d, %.0f s", f, done, final, time.perf_counter() - clock["start"])
         if done in checkpoints:
             synchronize(stage.device)
             t0 = time.perf_counter()
@@ -121,12 +132,14 @@ def _round(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def run_factor(specs: Path, f: int, work: Path, device: str, deadline: float, tiny: bool) -> None:
+def run_factor(
+    specs: Path, f: int, work: Path, device: str, deadline: float, tiny: bool, classifier: str | None = None
+) -> None:
     """The whole job of one factor (see the module docstring)."""
     exp = load_experiment(specs, tiny=tiny)
     if f not in exp.plan.factors:
         raise LdmkitError(f"factor {f} is not one of the experiment's {exp.plan.factors}")
-    judge = Judge(exp.plan.evaluation, device)
+    judge = Judge(exp.plan.evaluation, device, classifier)
     if f > 1:
         train_autoencoder(exp, f, work, device, judge)
     train_ldm(exp, f, work, device, judge, deadline)
@@ -142,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, required=True, help="time.time() after which LDM training stops")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--tiny", action="store_true")
+    p.add_argument("--classifier", default=None, help="Shapes classifier weights (default: the shipped ones)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"[f={args.factor}] %(asctime)s %(name)s: %(message)s")
     if args.threads:
@@ -149,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     try:
-        run_factor(args.specs, args.factor, args.work, args.device, args.deadline, args.tiny)
+        run_factor(args.specs, args.factor, args.work, args.device, args.deadline, args.tiny, args.classifier)
     except Exception as exc:  # recorded for the results, then the process fails
         append_row(args.work, args.factor, {"kind": "error", "message": f"{type(exc).__name__}: {exc}"})
         log.exception("f=%d failed", args.factor)
