@@ -167,7 +167,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         for f in fs:
             r = eq["rows"][str(f)]
             lines.append(
-                f"| {f} | {_fmt(r['steps_in_budget'], 0)} | {_fmt(r['checkpoint'])} | {_fmt(r.get('fd'), 2)} |"
+                f"| {f} | {int(r['steps_in_budget'])} | {_fmt(r['checkpoint'])} | {_fmt(r.get('fd'), 2)} |"
                 f" {_fmt(r.get('accuracy'), 2)} |"
             )
     if results.get("errors"):
