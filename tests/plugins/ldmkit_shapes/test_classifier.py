@@ -100,3 +100,17 @@ def test_features_and_degrade_reject_bad_input(classifier):
         features(torch.zeros(2, 3, 32, 32), classifier)
     with pytest.raises(InputError, match="unknown degradation"):
         degrade(torch.zeros(1, 3, 64, 64), "sepia")
+
+
+def test_metric_sanity_rows_rank_real_pictures_first():
+    from ldmkit_shapes.paper_eval import DEGRADATIONS, metric_sanity
+    from ldmkit_shapes.paper_plan import EvaluationPlan
+
+    rows = dict(metric_sanity(EvaluationPlan(samples=180, reference=720)))
+    assert list(rows) == ["real held-out pictures", *[name for name, _, _ in DEGRADATIONS]]
+    real = rows.pop("real held-out pictures")
+    assert real["accuracy"] == 1.0  # the parser reads every real picture
+    assert rows["wrong colours (RGB rotated)"]["accuracy"] == 0.0  # every colour is another class
+    blur = [rows[f"blurred, sigma {s} px"]["fd"] for s in ("0.5", "1", "2")]
+    assert real["fd"] < blur[0] < blur[1] < blur[2]  # more blur, further from the real pictures
+    assert all(r["fd"] > real["fd"] for r in rows.values())
