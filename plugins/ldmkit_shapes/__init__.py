@@ -1,7 +1,8 @@
 """Built-in Shapes world plugin: a synthetic dataset of coloured shapes, with a picture parser and metrics.
 
 It also provides the shipped Shapes model (the model ``shapes``, and the default model that
-``ldmkit generate`` opens without ``--spec`` or ``--model``) and the ``ldmkit bench`` command.
+``ldmkit generate`` opens without ``--spec`` or ``--model``), the ``ldmkit bench`` command and the
+``ldmkit paper`` command (the paper's central experiment, docs/paper.md).
 
 The public names of :mod:`ldmkit_shapes.world` (and ``ShapesDataset``, ``export``) are available from the
 package itself; they are imported on first access so that plugin discovery stays cheap.
@@ -81,5 +82,7 @@ def register_models(register: Register) -> None:
 @hookimpl
 def register_commands(register: Register) -> None:
     from ldmkit_shapes.command import BenchCommand
+    from ldmkit_shapes.paper_command import PaperCommand
 
     register(BenchCommand)
+    register(PaperCommand)
