@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ldmkit.errors import InputError, SpecError

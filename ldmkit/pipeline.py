@@ -269,7 +269,7 @@ class Pipeline:
     # -- sampling -----------------------------------------------------------------------------
     @property
     def default_size(self) -> tuple[int, int] | None:
-        """Pixel size (H, W) of the pictures made unless told otherwise: ``latent_size`` times the first stage's factor."""
+        """Pixel size (H, W) of the pictures made unless told otherwise: ``latent_size`` times the downsampling."""
         if self.latent_size is None:
             return None
         f = self.first_stage.downsample

@@ -39,7 +39,7 @@ def _examples(multiple: int, side: int) -> str:
 
 
 def check_picture_size(pipeline: Any, size: Any, what: str = "size") -> tuple[int, int]:
-    """``size`` (H, W) in pixels as a pair of ints, refused unless each side is a positive multiple of :func:`size_multiple`.
+    """``size`` (H, W) in pixels as ints, refused unless each side is a positive multiple of :func:`size_multiple`.
 
     :raises InputError: naming the valid multiples (and the nearest ones) and where ``what`` came from.
     """
