@@ -22,7 +22,7 @@ from torch import Tensor
 from ldmkit.conditioning import Conditioning
 from ldmkit.errors import InputError
 
-__all__ = ["check_picture_size", "fit_concat", "latent_size_for", "size_multiple"]
+__all__ = ["check_picture_size", "common_map_size", "fit_concat", "latent_size_for", "size_multiple", "varies"]
 
 
 def size_multiple(pipeline: Any) -> int:
@@ -73,13 +73,31 @@ def latent_size_for(pipeline: Any, size: Any, what: str = "size") -> tuple[int, 
     return height // factor, width // factor
 
 
+def varies(maps: Tensor) -> bool:
+    """Whether maps (B, C, h, w) vary over space (a constant map is the same map at any size)."""
+    return not torch.equal(maps, maps[:, :, :1, :1].expand_as(maps))
+
+
+def common_map_size(conds: list[Conditioning]) -> tuple[int, int] | None:
+    """The size (h, w) the ``concat`` maps of several conditionings are to share before they are merged.
+
+    The size of the maps that vary over space (drawn from an input, possibly at another size than the
+    training one), else of the first maps; None if no conditioning has maps. Fit each with :func:`fit_concat`.
+    """
+    maps = [cond.concat for cond in conds if cond.concat is not None]
+    if not maps:
+        return None
+    drawn = [m for m in maps if varies(m)]
+    first = (drawn or maps)[0]
+    return int(first.shape[-2]), int(first.shape[-1])
+
+
 def _fit(maps: Tensor, latent: tuple[int, int], which: str) -> Tensor:
     """``maps`` (B, C, h, w) at the latent size: as they are, or expanded if constant over space."""
     if tuple(maps.shape[-2:]) == latent:
         return maps
-    corner = maps[:, :, :1, :1]  # (B, C, 1, 1)
-    if torch.equal(maps, corner.expand_as(maps)):
-        return corner.expand(*maps.shape[:2], *latent).contiguous()  # (B, C, h', w'): the same constant map
+    if not varies(maps):
+        return maps[:, :, :1, :1].expand(*maps.shape[:2], *latent).contiguous()  # (B, C, h', w'): the same map
     raise InputError(
         f"the {which} conditioning maps are {maps.shape[-2]}x{maps.shape[-1]} cells but the latent is "
         f"{latent[0]}x{latent[1]}: a map that varies over space is drawn at one size (give the task's "
