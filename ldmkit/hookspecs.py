@@ -50,6 +50,11 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
+def register_adapters(register: Register) -> None:
+    """Register :class:`ldmkit.adapters.Adapter` subclasses (LoRA, textual inversion) with ``register(cls)``."""
+
+
+@hookspec
 def register_commands(register: Register) -> None:
     """Register CLI subcommands with ``register(CommandClass)``.
 
@@ -85,6 +90,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_samplers": "sampler",
     "register_tasks": "task",
     "register_datasets": "dataset",
+    "register_adapters": "adapter",
 }
 
 EXTENSION_HOOKS: tuple[str, ...] = ("register_commands", "register_models")
@@ -101,6 +107,7 @@ __all__ = [
     "Register",
     "hookimpl",
     "hookspec",
+    "register_adapters",
     "register_commands",
     "register_conditioners",
     "register_datasets",

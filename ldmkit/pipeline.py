@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,7 @@ from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import PipelineSpec, dump_spec, load_spec, validate_spec
 
 if TYPE_CHECKING:
+    from ldmkit.adapters import Adapter
     from ldmkit.fast.config import FastConfig, Resolved
     from ldmkit.registry import Registry
 
@@ -110,6 +112,8 @@ class Pipeline:
         # the fast inference path, off until optimize() is called
         self.fast: InferencePath | None = None
         self._registry = registry
+        self.adapters: list[Adapter] = []
+        """The adapters applied to this pipeline, in the order applied (see :meth:`add_adapter`)."""
         if conditioner is not None:
             conditioner.attach(first_stage)
         for module in self.modules().values():
@@ -122,7 +126,16 @@ class Pipeline:
 
         Components come from ``registry`` (default: the process registry, :func:`ldmkit.get_registry`),
         and so do their children, the samplers and the tasks of the pipeline: see :attr:`registry`.
+        The spec's ``adapters`` are applied last (a relative path against the spec file's folder).
         """
+        pipe = cls._build(spec_or_path, registry)
+        base = Path(spec_or_path).parent if isinstance(spec_or_path, (str, Path)) else None
+        pipe.apply_spec_adapters(base)
+        return pipe
+
+    @classmethod
+    def _build(cls, spec_or_path: PipelineSpec | dict | str | Path, registry: Registry | None) -> Pipeline:
+        """The pipeline of a spec, without its adapters."""
         if registry is None:
             from ldmkit.registry import get_registry
 
@@ -197,23 +210,28 @@ class Pipeline:
         ``dtype`` (e.g. ``torch.float16``) stores floating-point weights in that type; loading casts
         them back to the components' dtype.
         """
-        from ldmkit.checkpoints import save_state_dict
 
         if self.spec is None:
             raise SpecError("this pipeline has no spec; build it with Pipeline.from_spec to save it")
         from ldmkit.folders import ensure_output_folder
 
         directory = ensure_output_folder(directory)
-        for name, module in self.modules().items():
-            state = module.state_dict()
-            if dtype is not None:
-                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-            save_state_dict(state, directory / f"{name}.safetensors")
+        with self._merged_adapters_removed():  # the base weights; the spec's adapters apply again at load
+            self._save_weights(directory, dtype)
         spec = self.spec.model_copy(update={"scale_factor": self.scale_factor})
         from ldmkit.checkpoints import atomic_write_text
 
         atomic_write_text(directory / SPEC_FILE, dump_spec(spec))
         return directory
+
+    def _save_weights(self, directory: Path, dtype: torch.dtype | None) -> None:
+        from ldmkit.checkpoints import save_state_dict
+
+        for name, module in self.modules().items():
+            state = module.state_dict()
+            if dtype is not None:
+                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+            save_state_dict(state, directory / f"{name}.safetensors")
 
     @classmethod
     def load(
@@ -226,10 +244,87 @@ class Pipeline:
         from ldmkit.checkpoints import load_into
 
         directory = Path(directory)
-        pipe = cls.from_spec(directory / SPEC_FILE, registry)
+        pipe = cls._build(directory / SPEC_FILE, registry)
         for name, module in pipe.modules().items():
             load_into(module, directory / f"{name}.safetensors", what=name)
+        pipe.apply_spec_adapters(directory)  # on the loaded weights
         return pipe.to(device)
+
+    # -- adapters -----------------------------------------------------------------------------------
+    def add_adapter(
+        self, adapter: Adapter | str | Mapping[str, Any], params: Mapping[str, Any] | None = None
+    ) -> Adapter:
+        """Apply an adapter and return it (the handle :meth:`remove_adapter` takes).
+
+        ``adapter`` is an :class:`~ldmkit.adapters.Adapter` instance, a registered adapter's name with
+        ``params``, or ``{"type": name, "params": {...}}``; params are validated by the adapter's ``Params``.
+        """
+        from ldmkit.adapters import Adapter
+
+        if not isinstance(adapter, Adapter):
+            if isinstance(adapter, Mapping):
+                if params is not None:
+                    raise InputError("give params inside {type, params} or as the second argument, not both")
+                unknown = sorted(set(adapter) - {"type", "params"})
+                if unknown or not isinstance(adapter.get("type"), str):
+                    raise InputError(f"an adapter is {{type, params}}; got keys {sorted(adapter)}")
+                adapter, params = adapter["type"], adapter.get("params")
+            adapter = build_component(self.registry, "adapter", str(adapter), dict(params or {}))
+        with self.lock:
+            adapter.apply(self)
+            self.adapters.append(adapter)
+            self._adapters_changed()
+        return adapter
+
+    def load_lora(self, path: str | Path, *, scale: float = 1.0, merge: bool = False, strict: bool = True) -> Adapter:
+        """Apply a LoRA file (kohya or diffusers/PEFT layout) to the denoiser and text encoder; see ``lora``."""
+        params = {"path": str(path), "scale": scale, "merge": merge, "strict": strict}
+        return self.add_adapter("lora", params)
+
+    def load_embedding(self, path: str | Path, *, token: str | None = None) -> Adapter:
+        """Bind a textual-inversion embedding to ``token`` (default: the file's own); see ``textual-inversion``."""
+        return self.add_adapter("textual-inversion", {"path": str(path), "token": token})
+
+    def remove_adapter(self, adapter: Adapter) -> None:
+        """Undo one adapter applied to this pipeline (weights are restored bit for bit)."""
+        with self.lock:
+            if not any(a is adapter for a in self.adapters):
+                raise InputError(f"adapter {adapter.describe()} is not applied to this pipeline")
+            adapter.remove()
+            self.adapters = [a for a in self.adapters if a is not adapter]
+            self._adapters_changed()
+
+    def remove_adapters(self) -> None:
+        """Undo every adapter, the last applied first."""
+        with self.lock:
+            while self.adapters:
+                self.remove_adapter(self.adapters[-1])
+
+    def apply_spec_adapters(self, base: str | Path | None = None) -> None:
+        """Apply the spec's ``adapters`` in order; a relative ``path`` param is resolved against ``base``."""
+        from ldmkit.adapters import resolve_paths
+
+        if self.spec is None:
+            return
+        for comp in self.spec.adapters:  # validated by the adapter's Params as it is built
+            self.add_adapter(comp.type, resolve_paths(comp.params, base))
+
+    def _adapters_changed(self) -> None:
+        if self.fast is not None:  # the fast path may hold copies of the weights
+            self.fast = self.fast.rebuild(self)
+
+    @contextmanager
+    def _merged_adapters_removed(self) -> Iterator[None]:
+        """The base weights inside the block: merged adapters taken out, then applied again."""
+        merged = [a for a in self.adapters if a.merged]
+        with self.lock:
+            for adapter in reversed(merged):
+                adapter.remove()
+            try:
+                yield
+            finally:
+                for adapter in merged:
+                    adapter.apply(self)
 
     # -- tasks --------------------------------------------------------------------------------------
     def task(self, name: str, registry: Registry | None = None) -> Task:

@@ -389,8 +389,16 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(KIND_NAMES)}")
 
 
+def _kind_base(kind: str) -> type | None:
+    if kind == "adapter":  # a kind of its own module, outside the five pipeline interfaces
+        from ldmkit.adapters import Adapter
+
+        return Adapter
+    return KINDS.get(kind)
+
+
 def _validate_component(kind: str, cls: Any) -> None:
-    base = KINDS.get(kind)
+    base = _kind_base(kind)
     if not isinstance(cls, type):
         raise PluginError(f"register() for {kind} got {cls!r}, not a class")
     if base is not None and not issubclass(cls, base):

@@ -103,6 +103,11 @@ def pipeline_model(registry: Registry | None = None) -> type[PipelineSpec]:
             dict[str, _slot_type("task", registry)],  # type: ignore[misc]
             Field(default_factory=dict, description=PipelineSpec.model_fields["tasks"].description),
         )
+    if registry.names("adapter"):
+        fields["adapters"] = (
+            list[_slot_type("adapter", registry)],  # type: ignore[misc]
+            Field(default_factory=list, description=PipelineSpec.model_fields["adapters"].description),
+        )
     samplers = registry.names("sampler")
     if samplers:
         sampling = create_model(

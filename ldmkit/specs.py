@@ -151,6 +151,11 @@ class PipelineSpec(StrictModel):
     tasks: dict[str, ComponentSpec] = Field(
         default_factory=dict, description="tasks this pipeline serves: task name -> {type, params}"
     )
+    adapters: list[ComponentSpec] = Field(
+        default_factory=list,
+        description="adapters applied after the weights load, in order (LoRA, textual inversion): {type, params}; "
+        "a relative path param is resolved against the spec's folder",
+    )
 
     @field_validator("version", mode="before")
     @classmethod
@@ -280,6 +285,8 @@ def validate_spec(
         comp.bind(registry, getattr(checked, field_name).params)
     for task_name, comp in spec.tasks.items():
         comp.bind(registry, cast("BaseModel", checked.tasks[task_name].params))  # the typed model's Params
+    for i, comp in enumerate(spec.adapters):
+        comp.bind(registry, cast("BaseModel", checked.adapters[i].params))
     from ldmkit.options import validate_sampler_params
 
     validate_sampler_params(registry, spec.sampling.sampler, where=f"{source}: sampling.sampler", error=SpecError)
@@ -287,7 +294,7 @@ def validate_spec(
 
 
 def _validated_by(spec: PipelineSpec, registry: Registry) -> bool:
-    comps = [*spec.components().values(), *spec.tasks.values()]
+    comps = [*spec.components().values(), *spec.tasks.values(), *spec.adapters]
     return all(comp.params_for(registry) is not None for comp in comps)
 
 
@@ -306,6 +313,8 @@ def _typed_document(spec: PipelineSpec, registry: Registry, source: str) -> dict
         document[field_name]["type"] = canonical(field_name, comp.type, f"{field_name}.type")
     for task_name, comp in spec.tasks.items():
         document["tasks"][task_name]["type"] = canonical("task", comp.type, f"tasks.{task_name}.type")
+    for i, comp in enumerate(spec.adapters):
+        document["adapters"][i]["type"] = canonical("adapter", comp.type, f"adapters.{i}.type")
     sampling = document.get("sampling", {})
     sampler = sampling.get("sampler")
     if isinstance(sampler, str):
@@ -324,12 +333,19 @@ def _untagged(exc: ValidationError, document: dict[str, Any]) -> list[dict[str, 
             del loc[1]
         elif loc[:1] == ["tasks"] and len(loc) > 2 and loc[2] == document["tasks"].get(loc[1], {}).get("type"):
             del loc[2]
+        elif loc[:1] == ["adapters"] and len(loc) > 2 and _adapter_type(document, loc[1]) == loc[2]:
+            del loc[2]
         elif loc[:3] == ["sampling", "sampler", "ref"] and len(loc) > 3:
             del loc[2:4]  # the form tag and the sampler's name: sampling.sampler.params.<field>
         elif loc[:3] == ["sampling", "sampler", "name"]:
             del loc[2]
         out.append({**err, "loc": tuple(loc)})
     return out
+
+
+def _adapter_type(document: dict[str, Any], index: Any) -> Any:
+    adapters = document.get("adapters") or []
+    return adapters[index].get("type") if isinstance(index, int) and 0 <= index < len(adapters) else None
 
 
 def load_spec(path: str | Path, registry=None) -> PipelineSpec:
@@ -339,4 +355,7 @@ def load_spec(path: str | Path, registry=None) -> PipelineSpec:
 
 def dump_spec(spec: PipelineSpec) -> str:
     """YAML text of a spec (round-trips through :func:`load_spec`)."""
-    return yaml.safe_dump(spec.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    data = spec.model_dump(mode="json", exclude_none=True)
+    if not data.get("adapters"):
+        data.pop("adapters", None)  # specs without adapters read as they did before adapters existed
+    return yaml.safe_dump(data, sort_keys=False)

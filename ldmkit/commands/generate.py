@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ldmkit.commands import adapter_flags
 from ldmkit.errors import InputError, LdmkitError
 
 if TYPE_CHECKING:  # torch, numpy and the pipeline load only when the command runs
@@ -146,6 +147,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    adapter_flags.add_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -363,8 +365,12 @@ def _replay(args) -> int:
         device = resolve_device(recorded["device"], what=f"{args.replay}: recorded device", hint=hint)
     fast = recorded["fast"] if args.fast is None else args.fast
     precision = _fast_precision(args.precision, fast, recorded.get("precision"))
+    adapters = adapter_flags.parse_flags(args)
     pipe, model = open_recorded_model(args.replay, meta, spec=args.spec, model=args.model)
     _check_task(pipe, meta["task"])
+    adapter_flags.apply_adapter_flags(pipe, adapters)
+    adapter_flags.check_recorded_adapters(args.replay, meta, pipe)
+    model = adapter_flags.with_adapters(model, pipe)
     _prepare(pipe, device, fast, precision)
     result = replay_picture(
         pipe,
@@ -422,10 +428,13 @@ def run(args) -> int:
 
     device = resolve_device(args.device if args.device is not None else "cpu")
     precision = _fast_precision(args.precision, bool(args.fast))
+    adapters = adapter_flags.parse_flags(args)  # files checked before any time goes into loading
     pipe, model = open_model(args.model) if args.model is not None else open_pipeline(args.spec)
     _check_task(pipe, args.task)
     if size_told is not None:
         told["size"] = _picture_size(pipe, args.task, size_told)
+    adapter_flags.apply_adapter_flags(pipe, adapters)
+    model = adapter_flags.with_adapters(model, pipe)
     # spec < task defaults < the command line, layered once (ldmkit.options); then the CLI's own bounds
     layered = resolve_options(pipe, args.task, {"n": 4, **told})
     fields = ("n", "seed", "sampler", "steps", "eta", "guidance_scale", "size", "tile_size")

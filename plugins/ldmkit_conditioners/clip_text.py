@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -11,6 +12,7 @@ import ldmkit
 from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
+from ldmkit_conditioners.added_tokens import AddedTokens
 from ldmkit_conditioners.clip_tokenizer import default_tokenizer
 from ldmkit_conditioners.compvis import CLIPTextCompVis
 from ldmkit_conditioners.diffusers import CLIPTextDiffusers
@@ -96,6 +98,7 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
         self.register_load_state_dict_pre_hook(_drop_position_ids)
         if not p.trainable:
             self.transformer.requires_grad_(False)
+        self.added_tokens = AddedTokens(embeddings, p.vocab_size, p.hidden_size)  # textual inversion
 
     @property
     def context_length(self) -> int:
@@ -103,9 +106,14 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
 
     def tokenize(self, raw: Any) -> Tensor:
         """Prompts or token ids -> validated LongTensor (B, L)."""
+        known = self.params.vocab_size + len(self.added_tokens)
         if isinstance(raw, str) or (isinstance(raw, (list, tuple)) and raw and isinstance(raw[0], str)):
-            tokens = default_tokenizer()(text_batch(raw), self.context_length, device=self.device)
-            if int(tokens.max()) >= self.params.vocab_size:
+            texts = text_batch(raw)
+            tokenizer = self.added_tokens.tokenizer or default_tokenizer()
+            if self.added_tokens.tokenizer is not None:
+                texts = [self.added_tokens.spell(text) for text in texts]
+            tokens = tokenizer(texts, self.context_length, device=self.device)
+            if int(tokens.max()) >= known:
                 raise InputError(
                     f"this clip-text model has vocab_size {self.params.vocab_size}, smaller than the CLIP "
                     f"tokenizer's {default_tokenizer().vocab_size}; pass token ids instead of prompts"
@@ -114,11 +122,25 @@ class CLIPTextConditioner(CLIPTextCompVis, CLIPTextDiffusers, Conditioner):
         return index_tensor(
             raw,
             what="CLIP token ids",
-            high=self.params.vocab_size,
+            high=known,
             ndim=2,
             device=self.device,
             length=self.context_length,
         )
+
+    # -- new tokens (ldmkit.adapters.LearnsTokens) ----------------------------------------------
+    @property
+    def token_embedding_dim(self) -> int:
+        """Width of one token embedding (``hidden_size``)."""
+        return self.params.hidden_size
+
+    def add_token_embeddings(self, embeddings: Mapping[str, Tensor]) -> None:
+        """Bind each new token to its (hidden_size,) vector; prompts may use it from now on."""
+        self.added_tokens.add(embeddings)
+
+    def remove_token_embeddings(self, tokens: Iterable[str]) -> None:
+        """Forget tokens added by :meth:`add_token_embeddings` (the weights were never changed)."""
+        self.added_tokens.remove(tokens)
 
     def _encode(self, tokens: Tensor) -> Tensor:
         return self.transformer.text_model(input_ids=tokens).last_hidden_state  # (B, L, hidden_size)
