@@ -133,7 +133,9 @@ class LoraStage(LDMStage):
         self.world = distributed.SINGLE
         self.run = distributed.direct
         count = sum(p.numel() for p in self.params)
-        log.info("LoRA of rank %d on the denoiser: %d trained values; the base weights are frozen", spec.lora.rank, count)
+        log.info(
+            "LoRA of rank %d on the denoiser: %d trained values; the base weights are frozen", spec.lora.rank, count
+        )
 
     def distribute(self, world: distributed.World) -> None:
         if world.enabled:

@@ -206,7 +206,11 @@ class LoraTrainSpec(_TrainCommon):
 
 
 TrainSpec = AutoencoderTrainSpec | LDMTrainSpec | LoraTrainSpec
-STAGES: dict[str, type[_TrainCommon]] = {"autoencoder": AutoencoderTrainSpec, "ldm": LDMTrainSpec, "lora": LoraTrainSpec}
+STAGES: dict[str, type[_TrainCommon]] = {
+    "autoencoder": AutoencoderTrainSpec,
+    "ldm": LDMTrainSpec,
+    "lora": LoraTrainSpec,
+}
 
 
 def validate_train_spec(data: dict[str, Any] | TrainSpec, source: str = "train spec") -> TrainSpec:

@@ -99,3 +99,10 @@ def test_a_base_that_is_neither_a_folder_nor_a_model_is_refused(tmp_path: Path) 
 def test_layers_that_match_nothing_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="lora: no layer of the denoiser matches"):
         train(_spec(tmp_path, lora={"rank": 2, "layers": "no_such_layer$"}), resume=False)
+
+
+def test_ldmkit_validate_checks_the_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from ldmkit.cli import main
+
+    assert main(["validate", str(EXAMPLE)]) == 0
+    assert "valid train spec (stage lora, dataset=shapes; base=shapes, LoRA rank 4)" in capsys.readouterr().out
