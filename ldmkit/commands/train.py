@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
         "train",
         help="train an autoencoder, a latent diffusion model or a LoRA of one",
         description="Train the first stage (stage: autoencoder), the diffusion model (stage: ldm) or a LoRA of a "
-        "trained model (stage: lora) described by a train spec (YAML or JSON). Checkpoints go to OUT_DIR/last.ckpt; the result is exported at the end.",
+        "trained model (stage: lora) described by a train spec (YAML or JSON). Checkpoints go to "
+        "OUT_DIR/last.ckpt; the result is exported at the end.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
