@@ -410,6 +410,9 @@ def run(args) -> int:
 
     check_output_folder(args.out)  # refused before any time goes into loading and sampling
     if args.replay:
+        sized = [f"--{k.replace('_', '-')}" for k in ("size", "width", "height", "tile_size") if getattr(args, k)]
+        if sized:
+            raise InputError(f"{', '.join(sized)}: with --replay, the size and tiling come from the picture")
         return _replay(args)
     if args.replay_batch:
         raise InputError("--replay-batch goes with --replay IMAGE.png")

@@ -40,6 +40,8 @@ def test_size_is_made_recorded_and_replayed(tmp_path: Path) -> None:
     code, stdout, stderr = run_cli(["generate", "--replay", str(picture), "--out", str(tmp_path / "again")])
     assert code == 0 and "identical" in stdout, (stdout, stderr)
     assert _size(tmp_path / "again" / "000000.png") == (128, 128)
+    code, _, stderr = run_cli(["generate", "--replay", str(picture), "--size", "64", "--out", str(tmp_path / "x")])
+    assert code == 2 and "--size: with --replay, the size and tiling come from the picture" in stderr, stderr
 
 
 def test_width_alone_keeps_the_default_height(tmp_path: Path) -> None:
