@@ -20,15 +20,12 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor
 
 from ldmkit.errors import InputError
 from ldmkit.interfaces import _Configurable
-
-if TYPE_CHECKING:
-    from ldmkit.pipeline import Pipeline
 
 __all__ = ["Adapter", "LearnsTokens", "file_sha256", "resolve_paths"]
 
@@ -45,7 +42,7 @@ class Adapter(_Configurable, ABC):
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
-        self.pipeline: Pipeline | None = None
+        self.pipeline: Any = None  # the ldmkit.Pipeline applied to (typed loosely: the pipeline imports this module)
 
     @property
     def applied(self) -> bool:
@@ -53,7 +50,7 @@ class Adapter(_Configurable, ABC):
         return self.pipeline is not None
 
     @abstractmethod
-    def apply(self, pipeline: Pipeline) -> None:
+    def apply(self, pipeline: Any) -> None:
         """Change ``pipeline``'s components; set ``self.pipeline``. Raise InputError if already applied."""
 
     @abstractmethod

@@ -45,14 +45,18 @@ already removed.
         def to_diffusers(self, context: DiffusersContext) -> DiffusersModel | None: ...
 
 ``diffusers_classes`` are the class names a ``model_index.json`` (or a transformers ``architectures``
-entry) gives for the folders this class reads. ``params_from_diffusers`` translates the folder's
+entry) gives for the folders this class reads; a transformers model may add ``diffusers_model_types``
+(its config's ``model_type``), for configs that name no architecture. ``params_from_diffusers`` translates the folder's
 ``config.json`` into validated ``Params``; ``state_dict_from_diffusers`` renames the folder's weights to
 this module's keys; ``to_diffusers`` gives the folder to write (:class:`DiffusersModel`), or None for a
 conditioner that has nothing of its own to write (its information lives in the denoiser, as class ids
 do). A denoiser may also define ``diffusers_conditioner(self) -> (name, params) | None``: the registered
 conditioner to build when a folder holds no text encoder (for instance the class-id embedder of a
-class-conditional UNet). :mod:`ldmkit.diffusers_interop.mapping` and :mod:`ldmkit.diffusers_interop.config`
-hold the generic renaming and config-reading helpers these methods are written with.
+class-conditional UNet). A conditioner's :class:`DiffusersModel` names the diffusers ``pipeline`` class
+that runs it; a conditioner diffusers cannot represent may define ``diffusers_left_out(self) -> str | None``
+(the reason, or None when it converts): the pipeline is then written without it, and says why.
+:mod:`ldmkit.diffusers_interop.mapping` and :mod:`ldmkit.diffusers_interop.config` hold the generic
+renaming and config-reading helpers these methods are written with.
 """
 
 from __future__ import annotations
@@ -151,6 +155,8 @@ class DiffusersContext:
     """The tokenizer class a folder's ``model_index.json`` declares, when reading."""
     denoiser_config: Mapping[str, Any] | None = None
     """The exported denoiser's diffusers config, when a conditioner is exported next to it."""
+    tokenizer_json: Mapping[str, Any] | None = None
+    """The folder's parsed ``tokenizer/tokenizer.json``, when reading and the file exists (a vocabulary lives there)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,8 @@ class DiffusersModel:
     config: dict[str, Any]
     state: dict[str, Tensor]
     companions: tuple[DiffusersCompanion, ...] = ()
+    pipeline: str | None = None
+    """For a conditioner: the diffusers pipeline class that runs it (it decides the folders' names)."""
 
 
 def diffusers_classes(cls: type) -> tuple[str, ...]:

@@ -38,7 +38,6 @@ range) find them in the validation context (``class_names``, ``n_classes``), whi
 from __future__ import annotations
 
 import io
-import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -72,6 +71,7 @@ __all__ = [
     "image_input",
     "input_kind",
     "label_input",
+    "MAX_LAYOUT_BYTES",
     "layout_input",
     "mask_input",
     "number_input",
@@ -185,9 +185,10 @@ def image_input(data: Any, what: str = "image") -> Tensor:
 def mask_input(data: Any, what: str = "mask") -> Tensor:
     """A mask, 1 (or white) where to fill in -> (1, H, W) float32 in [0, 1].
 
-    Accepted: image file bytes or a PIL image (white = fill in), a bool array, a uint8 array with
-    values 0..255 (over 127 = fill in), or a float array in [0, 1]; shaped (H, W), (1, H, W) or
-    (1, 1, H, W).
+    Accepted: picture file bytes in any format Pillow reads (PNG, JPEG, BMP, ...; the format comes
+    from the bytes, not a file name) or a PIL image, read as grey levels with over 127 = fill in (so a
+    JPEG's compression noise does not move the mask); a bool array, a uint8 array with values 0..255
+    (over 127 = fill in), or a float array in [0, 1]; shaped (H, W), (1, H, W) or (1, 1, H, W).
     """
     forms = "image bytes, a PIL image, or an (H, W) bool, uint8 or float array"
     png = _image_bytes(data)
@@ -261,15 +262,40 @@ def layout_input(data: Any, what: str = "layout", max_objects: int = 16) -> list
     the classes by the conditioner that reads them, not here.
     """
     try:
-        objects = json.loads(data) if isinstance(data, (bytes, bytearray, str)) else data
+        objects = _layout_json(data, what) if isinstance(data, (bytes, bytearray, str)) else data
         layout = _LAYOUT.validate_python(objects)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{what}: not valid JSON ({exc})") from None
     except ValidationError as exc:
         raise InputError(f"{what}: {_problems(exc)}") from None
     if not 1 <= len(layout) <= max_objects:
         raise InputError(f"{what}: expected 1 to {max_objects} objects, got {len(layout)}")
     return layout
+
+
+MAX_LAYOUT_BYTES = 1 << 20  # 16 boxes take a few hundred bytes
+
+
+def _layout_json(data: str | bytes | bytearray, what: str) -> Any:
+    """Layout JSON text -> Python objects; every way the text can be wrong is an InputError."""
+    from ldmkit import strict_json
+
+    size = len(data) if isinstance(data, (bytes, bytearray)) else len(data.encode("utf-8", "surrogatepass"))
+    if size > MAX_LAYOUT_BYTES:
+        raise InputError(f"{what}: {size} bytes, more than the {MAX_LAYOUT_BYTES} a layout may have")
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{what}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})") from None
+    try:
+        return strict_json.loads(data, parse_constant=_no_constant)
+    except strict_json.DuplicateKeyError as exc:
+        raise InputError(f"{what}: an object with a {exc}; each key may appear once") from None
+    except ValueError as exc:  # JSONDecodeError, JSONLimitError, a refused constant
+        raise InputError(f"{what}: not valid JSON ({exc})") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a layout may hold")
 
 
 def label_input(label: Any, class_names: Sequence[str] | None = None, what: str = "label") -> int:
@@ -392,7 +418,7 @@ Picture = Annotated[
 Mask = Annotated[
     Tensor,
     _reader(lambda value, what, _: mask_input(value, what)),
-    InputKind("mask", True, "a mask picture, white = fill in"),
+    InputKind("mask", True, "a mask picture (PNG, JPEG ...), white = fill in"),
 ]
 """A mask, read by :func:`mask_input`: (1, H, W) float32 in [0, 1], 1 where to fill in."""
 

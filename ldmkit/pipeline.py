@@ -144,6 +144,10 @@ class Pipeline:
             spec = load_spec(spec_or_path, registry)
         else:
             spec = validate_spec(spec_or_path, registry)
+        from ldmkit.spec_checks import check_buildable
+
+        source = str(spec_or_path) if isinstance(spec_or_path, (str, Path)) else "spec"
+        check_buildable(spec, source, registry)  # sizes that cannot be built are refused before building
         parts: dict[str, Any] = {}
         for field_name, comp in spec.components().items():
             # the spec carries its validated Params: the component is built from them as they are
@@ -261,20 +265,22 @@ class Pipeline:
         """
         from ldmkit.adapters import Adapter
 
-        if not isinstance(adapter, Adapter):
+        if isinstance(adapter, Adapter):
+            built = adapter
+        else:
+            name: Any = adapter
             if isinstance(adapter, Mapping):
                 if params is not None:
                     raise InputError("give params inside {type, params} or as the second argument, not both")
-                unknown = sorted(set(adapter) - {"type", "params"})
-                if unknown or not isinstance(adapter.get("type"), str):
+                if set(adapter) - {"type", "params"} or not isinstance(adapter.get("type"), str):
                     raise InputError(f"an adapter is {{type, params}}; got keys {sorted(adapter)}")
-                adapter, params = adapter["type"], adapter.get("params")
-            adapter = build_component(self.registry, "adapter", str(adapter), dict(params or {}))
+                name, params = adapter["type"], adapter.get("params")
+            built = build_component(self.registry, "adapter", str(name), dict(params or {}))
         with self.lock:
-            adapter.apply(self)
-            self.adapters.append(adapter)
+            built.apply(self)
+            self.adapters.append(built)
             self._adapters_changed()
-        return adapter
+        return built
 
     def load_lora(self, path: str | Path, *, scale: float = 1.0, merge: bool = False, strict: bool = True) -> Adapter:
         """Apply a LoRA file (kohya or diffusers/PEFT layout) to the denoiser and text encoder; see ``lora``."""

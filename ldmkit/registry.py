@@ -6,6 +6,9 @@ invalid class, or collides with another plugin is reported and skipped as a whol
 else keeps working. ``LDMKIT_STRICT_PLUGINS=1`` turns any such failure into a :class:`PluginError`;
 ``LDMKIT_LOAD_PLUGINS=a,b`` loads only the named entry points.
 
+Adapters (``register_adapters``, LoRA and textual inversion) are a component kind like the others
+(``"adapter"``), their classes subclassing :class:`ldmkit.adapters.Adapter`.
+
 Besides components, plugins add CLI subcommands (``register_commands``, looked up with
 :meth:`Registry.command`) and named ready-to-use pipelines (``register_models``, looked up with
 :meth:`Registry.model`); their names collide like component names, and a command may not take a
@@ -25,6 +28,7 @@ import fnmatch
 import logging
 import os
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -482,6 +486,12 @@ def discover(strict: bool | None = None, only: list[str] | None = None) -> Regis
             continue
         seen.add(key)
         info = PluginInfo(ep.name, dist_name, dist.version if dist else "")
+        log.debug("loading plugin %r from %s (%s)", ep.name, dist_name, ep.value)
+        # a plugin's import is its own code and is not interrupted (see docs/security.md); a slow one is named
+        watch = threading.Timer(SLOW_IMPORT_SECONDS, _still_loading, (ep.name, dist_name))
+        watch.daemon = True
+        watch.start()
+        started = time.monotonic()
         try:
             module = ep.load()
         except (Exception, SystemExit) as exc:  # sys.exit() at import fails that plugin only
@@ -489,8 +499,25 @@ def discover(strict: bool | None = None, only: list[str] | None = None) -> Regis
             continue
         except KeyboardInterrupt:  # the user's Ctrl-C, or a plugin raising it: say where it happened
             raise KeyboardInterrupt(f"while loading plugin {ep.name!r} from {dist_name}") from None
+        finally:
+            watch.cancel()
+        log.debug("plugin %r imported in %.2f s", ep.name, time.monotonic() - started)
         registry.add_plugin(module, info)
     return registry
+
+
+SLOW_IMPORT_SECONDS = 10.0
+"""After this long importing one plugin, a warning names it (the import itself goes on)."""
+
+
+def _still_loading(name: str, dist_name: str) -> None:
+    log.warning(
+        "still importing plugin %r from %s after %.0f s; a plugin import that never returns hangs ldmkit "
+        "(leave it out with LDMKIT_LOAD_PLUGINS, listing the plugins to load)",
+        name,
+        dist_name,
+        SLOW_IMPORT_SECONDS,
+    )
 
 
 BUILTIN_DISTRIBUTION = "ldmkit"
@@ -547,6 +574,7 @@ __all__ = [
     "PluginFailure",
     "PluginInfo",
     "Registry",
+    "SLOW_IMPORT_SECONDS",
     "discover",
     "get_registry",
     "make_plugin_manager",

@@ -7,7 +7,10 @@ A component may hold other components (a ``composite`` conditioner's ``parts``: 
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from ldmkit.errors import SpecError, UnknownComponentError
 from ldmkit.specs import PipelineSpec, format_validation_error
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 MAX_PART_DEPTH = 8  # parts inside parts inside ...: deeper than any real model nests
 MAX_PARAMETERS_ENV = "LDMKIT_MAX_PARAMETERS"
@@ -34,23 +38,56 @@ def max_parameters() -> int:
     return int(value)
 
 
+MAX_MODULES = 20_000  # modules in one component; a Stable Diffusion UNet has about 1,000
+
+
+class _TooLarge(Exception):
+    """Raised from inside a meta build as soon as the component passes a limit (stops the build early)."""
+
+
+_counting = threading.local()
+
+
+def _count_module(module: Any, name: str, submodule: Any) -> None:
+    state = getattr(_counting, "state", None)
+    if state is not None:
+        state["modules"] += 1
+        if state["modules"] > MAX_MODULES:
+            raise _TooLarge(f"more than {MAX_MODULES:,} modules")
+
+
 def count_parameters(kind: str, type_name: str, params: dict[str, Any], where: str, registry) -> int | None:
     """Parameters the component would have, counted on torch's ``meta`` device (no memory is allocated).
 
-    None when the component cannot be built without real tensors; the count is then left to loading.
+    The build stops as soon as it passes :data:`MAX_MODULES` (a spec asking for a million blocks is
+    refused in moments, not after building them) and sizes torch cannot describe are refused
+    (:class:`SpecError`); parameters on ``meta`` cost nothing, so their count is exact. None
+    when the component cannot be built without real tensors; the count is then left to loading.
     """
     import torch
+    from torch.nn.modules import module as torch_module
 
     cls = registry.get(kind, type_name)
     if not hasattr(cls, "from_params"):
         return None
+    _counting.state = {"modules": 0}
+    hook = torch_module.register_module_module_registration_hook(_count_module)
     try:
         with torch.device("meta"):
             module = cls.from_params(params)
     except SpecError:
         raise
+    except _TooLarge as exc:
+        raise SpecError(f"{where}: {type_name} with these params has {exc} (a fixed limit)") from None
+    except RuntimeError as exc:
+        if "overflow" not in str(exc):
+            return None  # a component that needs real tensors to build: not countable here
+        raise SpecError(f"{where}: {type_name} with these params has tensors too large to describe ({exc})") from None
     except Exception:  # noqa: BLE001 - a component that needs real tensors to build: not countable here
         return None
+    finally:
+        hook.remove()
+        _counting.state = None
     if not isinstance(module, torch.nn.Module):
         return None
     return sum(p.numel() for p in module.parameters())
@@ -65,6 +102,106 @@ def check_size(kind: str, type_name: str, params: dict[str, Any], where: str, re
             f"{where}: {type_name} with these params has {count:,} parameters ({count * 4 / 1e9:,.1f} GB in "
             f"float32), more than the limit of {limit:,}; set {MAX_PARAMETERS_ENV} to raise it deliberately"
         )
+
+
+MAX_ACTIVATION_BYTES_ENV = "LDMKIT_MAX_ACTIVATION_BYTES"
+DEFAULT_MAX_ACTIVATION_BYTES = 4 << 30  # one float32 tensor of one picture; a 1024x1024 SD decoder needs 0.5 GiB
+
+
+def max_activation_bytes() -> int:
+    """The largest tensor one picture may need (``LDMKIT_MAX_ACTIVATION_BYTES`` raises it deliberately)."""
+    import os
+
+    value = os.environ.get(MAX_ACTIVATION_BYTES_ENV, "")
+    if not value:
+        return DEFAULT_MAX_ACTIVATION_BYTES
+    if not value.isascii() or not value.isdigit() or len(value) > 30:
+        raise SpecError(f"{MAX_ACTIVATION_BYTES_ENV}={value!r}: expected a whole number of bytes")
+    return int(value)
+
+
+def largest_activation(spec: PipelineSpec, registry) -> tuple[int, str] | None:
+    """(elements, where) of the largest tensor one picture's denoiser step and decoding produce.
+
+    Measured by running the pipeline on torch's ``meta`` device (shapes only, nothing allocated)
+    with forward hooks on every module. None when the spec has no latent size or a component
+    cannot run on ``meta``; the size is then left to the real run.
+    """
+    import torch
+
+    from ldmkit.building import build_component
+    from ldmkit.pipeline import Pipeline
+
+    if spec.latent_size is None:
+        return None
+    largest = (0, "")
+
+    def record(name: str):
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            nonlocal largest
+            if isinstance(output, torch.Tensor) and output.numel() > largest[0]:
+                largest = (output.numel(), f"{name} ({type(module).__name__}, shape {list(output.shape)})")
+
+        return hook
+
+    try:
+        with torch.device("meta"), torch.no_grad():
+            parts = {
+                name: build_component(registry, name, comp.type, comp.params_for(registry) or comp.params)
+                for name, comp in spec.components().items()
+            }
+            pipe = Pipeline(**parts, spec=spec, registry=registry)
+            for name, module in pipe.modules().items():
+                for sub_name, sub in module.named_modules():
+                    sub.register_forward_hook(record(f"{name}.{sub_name}" if sub_name else name))
+            x = torch.empty(pipe.latent_shape(1))  # (1, C, h, w)
+            pipe.first_stage.decode(x)  # first: it needs no conditioning
+            cond = pipe.conditioner.unconditional(1) if pipe.conditioner is not None else None
+            pipe.denoiser(x, torch.zeros(1, dtype=torch.long), cond)
+    except SpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a component that cannot run on meta: not measurable here
+        log.debug("activation size not measured on the meta device: %s", type(exc).__name__)
+        return None if largest[0] == 0 else largest
+    return largest
+
+
+# specs (as JSON, with the limits) found buildable in this process, each with the registry that checked it
+_checked: dict[str, weakref.ref] = {}
+
+
+def check_buildable(spec: PipelineSpec, source: str, registry=None) -> None:
+    """Refuse a spec whose components (parts included) are past :func:`max_parameters`, or whose
+    largest tensor for one picture is past :func:`max_activation_bytes`, before anything is allocated.
+
+    Every path that builds from a spec calls this (``Pipeline.from_spec``, and so ``generate
+    --spec``, pipeline folders, ``train``, ``convert``), as ``ldmkit validate`` does.
+    """
+    import json
+
+    from ldmkit.registry import get_registry
+
+    registry = registry or get_registry()
+    key = json.dumps([spec.model_dump(mode="json"), max_parameters(), max_activation_bytes()])
+    if key in _checked and _checked[key]() is registry:
+        return
+    for field_name, comp in spec.components().items():
+        try:
+            check_size(field_name, comp.type, comp.params, field_name, registry)
+        except SpecError as exc:
+            raise type(exc)(f"{source}: {exc}") from None
+    found = largest_activation(spec, registry)
+    limit = max_activation_bytes()
+    if found is not None and found[0] * 4 > limit:
+        elements, where = found
+        raise SpecError(
+            f"{source}: one picture of latent size {spec.latent_size} needs a tensor of {elements:,} values "
+            f"({elements * 4 / 2**30:,.1f} GiB in float32) at {where}, more than the limit of {limit:,} bytes; "
+            f"set {MAX_ACTIVATION_BYTES_ENV} to raise it deliberately"
+        )
+    if len(_checked) > 256:
+        _checked.clear()
+    _checked[key] = weakref.ref(registry)
 
 
 def _nested_parts(params: BaseModel) -> list[tuple[str, str, dict[str, Any]]]:
@@ -117,9 +254,9 @@ def check_pipeline_parts(spec: PipelineSpec, source: str, registry=None, prefix:
     for field_name, comp in spec.components().items():
         try:
             check_component(field_name, comp.type, comp.params, f"{prefix}{field_name}", registry)
-            check_size(field_name, comp.type, comp.params, f"{prefix}{field_name}", registry)
         except SpecError as exc:
             raise type(exc)(f"{source}: {exc}") from None
+    check_buildable(spec, source + (f": {prefix.rstrip('.')}" if prefix else ""), registry)
 
 
 def document_kind(data: Any) -> str:
@@ -183,7 +320,13 @@ def _summary(spec: PipelineSpec) -> str:
 
 
 __all__ = [
+    "DEFAULT_MAX_ACTIVATION_BYTES",
     "DEFAULT_MAX_PARAMETERS",
+    "MAX_ACTIVATION_BYTES_ENV",
+    "MAX_MODULES",
+    "check_buildable",
+    "largest_activation",
+    "max_activation_bytes",
     "MAX_PARAMETERS_ENV",
     "check_size",
     "count_parameters",

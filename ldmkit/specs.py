@@ -39,6 +39,7 @@ __all__ = [
     "format_validation_error",
     "load_spec",
     "parse_document",
+    "parse_value",
     "read_document",
     "validate_spec",
 ]
@@ -172,7 +173,20 @@ class PipelineSpec(StrictModel):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML loader that also refuses duplicate mapping keys."""
+    """Safe YAML loader that also refuses duplicate mapping keys, deep nesting and overlong numbers."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # PyYAML composes nested collections recursively: stop long before Python's recursion limit
+        self._depth += 1
+        try:
+            if self._depth > strict_json.MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise SpecError(f"line {mark.line + 1}: nested more than {strict_json.MAX_DEPTH} deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -198,7 +212,23 @@ def _construct_timestamp(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any
     return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
 
 
+def _number_constructor(tag: str) -> Any:
+    base = yaml.constructor.SafeConstructor.yaml_constructors[tag]
+
+    def construct(loader: _UniqueKeyLoader, node: yaml.ScalarNode) -> Any:
+        if len(str(node.value)) > strict_json.MAX_NUMBER_CHARS:
+            raise SpecError(
+                f"line {node.start_mark.line + 1}: a number of {len(str(node.value))} characters; "
+                f"at most {strict_json.MAX_NUMBER_CHARS} are read"
+            )
+        return base(loader, node)
+
+    return construct
+
+
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+for _tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+    _UniqueKeyLoader.add_constructor(_tag, _number_constructor(_tag))
 _UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
@@ -210,7 +240,7 @@ def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
         if source.endswith(".json"):
             try:
                 data = strict_json.loads(text)
-            except strict_json.DuplicateKeyError as exc:
+            except (strict_json.DuplicateKeyError, strict_json.JSONLimitError) as exc:
                 raise SpecError(str(exc)) from None
         else:
             data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
@@ -235,6 +265,24 @@ def parse_document(text: str, source: str = "<spec>") -> dict[str, Any]:
     return data
 
 
+def parse_value(text: str, what: str = "value", *, text_if_not_yaml: bool = False) -> Any:
+    """One YAML value given on the command line (``--set KEY=VALUE``), read with a spec's rules.
+
+    Safe YAML with the same limits as a spec file (nesting, number length, duplicate keys). Text
+    that is not YAML raises :class:`SpecError` naming ``what``, or with ``text_if_not_yaml`` is
+    returned as the string it is; a value past a limit is always a :class:`SpecError`.
+    """
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except SpecError as exc:
+        raise SpecError(f"{what}: {exc}") from None
+    except (yaml.YAMLError, RecursionError, ValueError, KeyError, AttributeError, TypeError) as exc:
+        if text_if_not_yaml:
+            return text
+        detail = " ".join(str(exc).split())
+        raise SpecError(f"{what}: the value is not valid YAML ({detail})") from None
+
+
 def read_document(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -243,8 +291,10 @@ def read_document(path: str | Path) -> dict[str, Any]:
         raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES} bytes; a spec is a small text file")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at {exc.start})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     return parse_document(text, str(path))
 
 

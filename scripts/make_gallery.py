@@ -1,11 +1,12 @@
 """Render the documentation gallery: the shipped Shapes model on every task with every sampler.
 
-Each task gets one PNG grid under ``docs/gallery/``: a row per sampler, the task's input in the first
-column (its source picture for class2img and text2img, the drawn boxes for layout2img, the coloured
-map for semantic2img, the upsampled low-resolution picture for superres, the masked picture for
-inpaint) and ``--n`` generated pictures after it. Inputs come from ``ShapesDataset`` with a fixed
-seed, pictures from fixed sampling seeds, everything on the CPU, so a rerun writes the same files.
-The script also writes ``docs/gallery.md``, which shows the grids, the inputs and this command.
+Each task gets a folder under ``docs/gallery/``: ``input.png`` (what the task was given, drawn: the boxes
+for layout2img, the coloured map for semantic2img, the upsampled low-resolution picture for superres,
+the masked picture for inpaint) and ``SAMPLER-SEED.png`` for each sampler and sampling seed. Every
+picture is 64x64 upscaled by nearest neighbour to ``--cell`` pixels, so the pixels stay sharp. Inputs
+come from ``ShapesDataset`` with a fixed seed, pictures from fixed sampling seeds, everything on the
+CPU, so a rerun writes the same files. The script also writes ``docs/gallery.md``: per task a table with
+a row per sampler, the input (its words, and its picture where it has one) beside the pictures.
 
     python scripts/make_gallery.py
 """
@@ -31,7 +32,7 @@ TASKS = ("uncond", "class2img", "text2img", "layout2img", "semantic2img", "super
 SAMPLERS = ("ddim", "plms", "ddpm", "dpmpp-2m", "euler-a")
 COMMAND = "python scripts/make_gallery.py"
 PAGE = "gallery.md"
-GAP = 2  # grey pixels between the tiles of a grid
+CELL = 128  # pixels a side of each picture on the page (64x64 upscaled by nearest neighbour)
 SEGMENT_COLOURS = torch.tensor([[235, 235, 235], [220, 60, 60], [60, 160, 60], [60, 90, 220]], dtype=torch.uint8)
 
 
@@ -53,12 +54,10 @@ def task_inputs(sample: dict[str, Any], class_names: list[str]) -> dict[str, dic
     }
 
 
-def input_tile(task: str, sample: dict[str, Any], size: int) -> Tensor:
-    """A (3, size, size) uint8 picture of what ``task`` was given."""
-    if task == "uncond":
-        return torch.full((3, size, size), 128, dtype=torch.uint8)
-    if task in ("class2img", "text2img"):
-        return _unsigned(sample["image"])
+def input_tile(task: str, sample: dict[str, Any], size: int) -> Tensor | None:
+    """A (3, size, size) uint8 picture of what ``task`` was given; None where the input is words or nothing."""
+    if task in ("uncond", "class2img", "text2img"):
+        return None
     if task == "layout2img":
         tile = torch.full((3, size, size), 240, dtype=torch.uint8)
         for obj in sample["layout"]:
@@ -78,16 +77,12 @@ def input_tile(task: str, sample: dict[str, Any], size: int) -> Tensor:
     raise ValueError(f"no input picture for task {task!r}")
 
 
-def grid(rows: list[list[Tensor]]) -> Tensor:
-    """Tiles (3, s, s) uint8 in rows -> one (3, H, W) uint8 picture with GAP pixels between them."""
-    size = rows[0][0].shape[-1]
-    cols = max(len(r) for r in rows)
-    out = torch.full((3, len(rows) * (size + GAP) - GAP, cols * (size + GAP) - GAP), 255, dtype=torch.uint8)
-    for i, row in enumerate(rows):
-        for j, tile in enumerate(row):
-            y, x = i * (size + GAP), j * (size + GAP)
-            out[:, y : y + size, x : x + size] = tile
-    return out
+def upscale(tile: Tensor, cell: int) -> Tensor:
+    """(3, s, s) uint8 -> (3, cell, cell) uint8 by nearest neighbour (cell a multiple of s)."""
+    factor = cell // tile.shape[-1]
+    if factor < 1 or factor * tile.shape[-1] != cell:
+        raise ValueError(f"--cell {cell} is not a multiple of the picture size {tile.shape[-1]}")
+    return tile.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
 def save_png(path: Path, picture: Tensor) -> None:
@@ -97,7 +92,7 @@ def save_png(path: Path, picture: Tensor) -> None:
 
 
 def describe(task: str, inputs: dict[str, Any], class_names: list[str]) -> str:
-    """One line saying what the task was given, for the page."""
+    """What the task was given, in words (Markdown, one line)."""
     if task == "uncond":
         return "nothing (unconditional)"
     if task == "class2img":
@@ -108,21 +103,48 @@ def describe(task: str, inputs: dict[str, Any], class_names: list[str]) -> str:
         boxes = "; ".join(f"{class_names[o['label']]} at {[round(v, 3) for v in o['box']]}" for o in inputs["layout"])
         return f"boxes: {boxes}"
     if task == "semantic2img":
-        return "the segmentation map of the source picture (shown in colour: circle red, square green, triangle blue)"
+        return "a segmentation map (shown in colour: circle red, square green, triangle blue)"
     if task == "superres":
-        return "the 16x16 picture (shown upsampled)"
-    return "the source picture and a mask; the region to fill in is shown grey"
+        return "a 16x16 picture (shown upsampled)"
+    return "a picture and a mask (the region to fill in shown grey)"
 
 
-def write_page(out_dir: Path, page: Path, args: argparse.Namespace, described: dict[str, str]) -> None:
-    rel = out_dir.resolve().relative_to(page.parent.resolve())
+def cell_path(task: str, sampler: str, seed: int) -> str:
+    """A picture's file, relative to the gallery folder."""
+    return f"{task}/{sampler}-{seed}.png"
+
+
+def task_table(task: str, rel: str, words: str, has_input_picture: bool, seeds: list[int]) -> list[str]:
+    """The Markdown of one task: its input in words, then a row per sampler with the input beside the pictures."""
+    short = words.split(":")[0] if task == "layout2img" else words
+    input_cell = f"![input: {short}]({rel}/{task}/input.png)" if has_input_picture else words.replace("|", "\\|")
+    lines = [
+        f"## {task}",
+        "",
+        f"Input: {words}.",
+        "",
+        "| sampler | input | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in seeds) + " |",
+    ]
+    for sampler in SAMPLERS:
+        pictures = " | ".join(f"![{task}, {sampler}, seed {s}]({rel}/{cell_path(task, sampler, s)})" for s in seeds)
+        lines.append(f"| `{sampler}` | {input_cell} | {pictures} |")
+    return lines + [""]
+
+
+def write_page(
+    out_dir: Path, page: Path, args: argparse.Namespace, described: dict[str, str], with_picture: dict[str, bool]
+) -> None:
+    rel = out_dir.resolve().relative_to(page.parent.resolve()).as_posix()
+    seeds = list(range(args.seed, args.seed + args.n))
     lines = [
         "# Gallery",
         "",
         "Pictures from the shipped Shapes model (`ldmkit.generation.default_model_dir()`), on the CPU, for",
-        "each of the seven tasks and each sampler. In each grid the rows are the samplers",
-        f"({', '.join(f'`{s}`' for s in SAMPLERS)}, top to bottom), the first column is the task's input",
-        f"and the other {args.n} columns are pictures for sampling seeds {args.seed} to {args.seed + args.n - 1}.",
+        "each of the seven tasks and each sampler. In each table the rows are the samplers",
+        f"({', '.join(f'`{s}`' for s in SAMPLERS)}), the input column shows what the task was given",
+        f"and the other {args.n} columns are pictures for sampling seeds {seeds[0]} to {seeds[-1]}; every",
+        f"64x64 picture is shown at {args.cell}x{args.cell} pixels (nearest-neighbour upscaling).",
         f"Inputs come from `ShapesDataset` (dataset seed {args.dataset_seed}, sample {args.index});",
         f"every sampler runs {args.steps} steps with classifier-free guidance "
         + (
@@ -136,7 +158,7 @@ def write_page(out_dir: Path, page: Path, args: argparse.Namespace, described: d
         "```sh",
         f"{COMMAND} --steps {args.steps} --n {args.n} --seed {args.seed} "
         + (f"--guidance {args.guidance} " if args.guidance is not None else "")
-        + f"--dataset-seed {args.dataset_seed} --index {args.index}",
+        + f"--dataset-seed {args.dataset_seed} --index {args.index} --cell {args.cell}",
         "```",
         "",
         "One task from the command line, for comparison:",
@@ -148,13 +170,13 @@ def write_page(out_dir: Path, page: Path, args: argparse.Namespace, described: d
         "",
     ]
     for task in TASKS:
-        lines += [f"## {task}", "", f"Input: {described[task]}.", "", f"![{task}]({rel.as_posix()}/{task}.png)", ""]
+        lines += task_table(task, rel, described[task], with_picture[task], seeds)
     page.write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "gallery", help="folder of the PNG grids")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "gallery", help="folder of the pictures")
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / PAGE, help="the Markdown page to write")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps of every sampler")
     parser.add_argument("--n", type=int, default=3, help="pictures per task and sampler")
@@ -162,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: each task's own)")
     parser.add_argument("--dataset-seed", type=int, default=7, help="ShapesDataset seed the inputs come from")
     parser.add_argument("--index", type=int, default=8, help="dataset sample the inputs come from")
+    parser.add_argument("--cell", type=int, default=CELL, help="pixels a side of each picture on the page")
     parser.add_argument("--tasks", nargs="*", default=list(TASKS), help="only these tasks (none: only the page)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one is fastest on a busy machine)")
     args = parser.parse_args(argv)
@@ -177,25 +200,30 @@ def main(argv: list[str] | None = None) -> int:
     inputs = task_inputs(sample, class_names)
     args.out.mkdir(parents=True, exist_ok=True)
     size = int(sample["image"].shape[-1])
-    described = {}
+    described, with_picture = {}, {}
     for task_name in TASKS:
         described[task_name] = describe(task_name, inputs[task_name], class_names)
+        tile = input_tile(task_name, sample, size)
+        with_picture[task_name] = tile is not None
         if task_name not in args.tasks:
             continue
+        folder = args.out / task_name
+        folder.mkdir(parents=True, exist_ok=True)
+        if tile is not None:
+            save_png(folder / "input.png", upscale(tile, args.cell))
         task = pipe.task(task_name)
         request = task.parse_request(inputs[task_name])
         guidance = default_guidance(pipe, task_name) if args.guidance is None else args.guidance
-        rows = []
         for sampler in SAMPLERS:
             start = time.perf_counter()
             options = ldmkit.SampleOptions(
                 n=args.n, seed=args.seed, sampler=sampler, steps=args.steps, guidance_scale=guidance
             )
             images = task.run(pipe, request, options)  # (n, 3, H, W) in [-1, 1]
-            rows.append([input_tile(task_name, sample, size)] + [_unsigned(im) for im in images])
+            for k, image in enumerate(images):
+                save_png(args.out / cell_path(task_name, sampler, args.seed + k), upscale(_unsigned(image), args.cell))
             log.info("%s / %s: %.1f s", task_name, sampler, time.perf_counter() - start)
-        save_png(args.out / f"{task_name}.png", grid(rows))
-    write_page(args.out, args.page, args, described)
+    write_page(args.out, args.page, args, described, with_picture)
     log.info("wrote %s and %s", args.out, args.page)
     return 0
 

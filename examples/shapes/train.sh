@@ -2,20 +2,23 @@
 # The exact commands that produced the shipped Shapes model (plugins/ldmkit_shapes/model), run on NVIDIA H200s
 # from the repository root. Their logs ship beside the weights: autoencoder.log.csv (stage 1), ldm.log.csv
 # (stage 2), ldm-finetune.log.csv (stage 3), ldm-finetune2.log.csv (stage 4), ldm-finetune3.log.csv (stage 5),
-# ldm-finetune4.log.csv (stage 6).
+# ldm-finetune4.log.csv (stage 6), ldm-finetune5.log.csv (stage 7).
 # The earlier stages predate the current ldm.yaml: their --set lines restore the architecture and settings
-# they ran with. Stage 6 trains with ldm.yaml as it is, the shipped architecture.
+# they ran with. Stage 7 trains with ldm.yaml as it is, the shipped architecture and mix.
 set -euo pipefail
 
 # 1. the KL-f4 autoencoder: 4000 steps of batch 128 (about 3 minutes)
 ldmkit train examples/shapes/autoencoder.yaml --fresh --set dataset.preload=100000 --set num_workers=12
+
+# Stages 2 to 6: the class label of a scene of several objects is its largest object's, the label part weighted 1
+BEFORE_STAGE7="--set dataset.params.multi_object_label=null --set pipeline.conditioner.params.parts.label.weight=1.0"
 
 # Stages 2 to 4: no box map (14 input channels), the paper's black inpainting hole, the old training mix
 BEFORE_STAGE5="--set pipeline.denoiser.params.in_channels=14
   --set pipeline.conditioner.params.parts.layout.params.spatial_map=null
   --set pipeline.conditioner.params.parts.inpaint.params.hole=constant
   --set pipeline.conditioner.params.uncond_rate=0.1 --set pipeline.conditioner.params.parts.layout.weight=1.5
-  --set pipeline.conditioner.params.parts.inpaint.weight=1.0"
+  --set pipeline.conditioner.params.parts.inpaint.weight=1.0 $BEFORE_STAGE7"
 OLD_LAYOUT="--set pipeline.conditioner.params.parts.layout.params.coordinates=corner-cells $BEFORE_STAGE5"
 
 # 2. the latent diffusion model: 2696 steps of batch 256 (about 6 minutes; the step count filled the time at hand)
@@ -60,17 +63,23 @@ FINETUNE="--set scale_by_std=false --set pipeline.scale_factor=0.227872 --set pr
 ldmkit train examples/shapes/ldm.yaml --fresh --max-steps 1300 $FINETUNE \
   --set init_from=runs/shapes-ldm-stage4-fp16 --set init_grow=[denoiser.input_blocks.0.0.weight] \
   --set pipeline.conditioner.params.uncond_rate=0.15 --set pipeline.conditioner.params.parts.inpaint.weight=1.5 \
-  --set pipeline.conditioner.params.parts.inpaint.params.hole=constant --out-dir runs/shapes-ldm-stage5
+  --set pipeline.conditioner.params.parts.inpaint.params.hole=constant $BEFORE_STAGE7 --out-dir runs/shapes-ldm-stage5
 python -c "import ldmkit, torch; ldmkit.Pipeline.load('runs/shapes-ldm-stage5/pipeline').save('runs/shapes-ldm-stage5-fp16', dtype=torch.float16)"
 
 # 6. the inpainting hole painted from the known pixels around it (hole: blur) instead of black, which the
 #    autoencoder's attention spreads over the known region; ldm.yaml's mix (25% unconditional samples).
-ldmkit train examples/shapes/ldm.yaml --fresh --max-steps 1400 $FINETUNE \
+ldmkit train examples/shapes/ldm.yaml --fresh --max-steps 1400 $FINETUNE $BEFORE_STAGE7 \
   --set init_from=runs/shapes-ldm-stage5-fp16 --out-dir runs/shapes-ldm-stage6
-
-# 7. the shipped copy: fp16 weights (26.5 MB), the spec, and the logs
 python -c "import ldmkit, torch; ldmkit.Pipeline.load('runs/shapes-ldm-stage6/pipeline').save('plugins/ldmkit_shapes/model', dtype=torch.float16)"
+cp runs/shapes-ldm-stage6/log.csv plugins/ldmkit_shapes/model/ldm-finetune4.log.csv
+
+# 7. a class label means exactly one object: scenes of several objects carry the null label
+#    (dataset.params.multi_object_label), the label part weighted 2.0; fine-tuning from stage 6 (the shipped
+#    folder) with stage 6's settings on fresh scenes, float32, batch 1024, one H100. stage7.sh holds the command
+#    (it also runs where ldmkit is not installed) and writes the fp16 folder and the log to its argument.
+bash examples/shapes/stage7.sh plugins/ldmkit_shapes/model
+
+# the shipped copy's other logs (stage 7 wrote the fp16 weights, the spec and its own log)
 cp runs/shapes-autoencoder/log.csv plugins/ldmkit_shapes/model/autoencoder.log.csv
 cp runs/shapes-ldm-stage4/log.csv plugins/ldmkit_shapes/model/ldm-finetune2.log.csv
 cp runs/shapes-ldm-stage5/log.csv plugins/ldmkit_shapes/model/ldm-finetune3.log.csv
-cp runs/shapes-ldm-stage6/log.csv plugins/ldmkit_shapes/model/ldm-finetune4.log.csv

@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
         description=(
             "Read an original CompVis config and checkpoint safely and write spec.yaml + safetensors; "
             "with --from diffusers read a diffusers folder instead; with --to diffusers write an ldmkit "
-            "pipeline folder in diffusers' layout. Only safetensors weights are read from diffusers folders."
+            "pipeline folder in diffusers' layout, loadable with DiffusionPipeline.from_pretrained (a conditioner "
+            "diffusers cannot represent is left out, with a warning, and kept for --from diffusers). Only "
+            "safetensors weights are read from diffusers folders."
         ),
         epilog=(
             "examples:\n  ldmkit convert v1-inference.yaml sd-v1-4.ckpt sd14/ --ema\n"
@@ -43,6 +45,19 @@ def _paths(args, count: int, names: str) -> list[str]:
     return list(args.paths)
 
 
+def _report_export(out: Path) -> None:
+    """Say which diffusers pipeline was written and what diffusers could not take (the warning itself is logged)."""
+    import json
+
+    from ldmkit.diffusers_interop.pipeline import EXPORT_RECORD
+
+    record = json.loads((out / EXPORT_RECORD).read_text(encoding="utf-8"))
+    print(f"{out}: written in diffusers' layout as a {record['pipeline']} ({', '.join(sorted(record['components']))})")
+    for item in record["left_out"]:
+        what = f"{item['component']} {item['type']!r}"
+        print(f"{out}: left out {what}; see README.md there (convert --from diffusers restores it)")
+
+
 def run(args) -> int:
     if args.target == "diffusers" or args.source == "diffusers":
         if args.ema:
@@ -54,7 +69,7 @@ def run(args) -> int:
 
             source, outdir = _paths(args, 2, "PIPELINE_DIR OUTDIR")
             out = diffusers_interop.to_diffusers(Pipeline.load(source), outdir)
-            print(f"{out}: written in diffusers' layout")
+            _report_export(out)
             return 0
         source, outdir = _paths(args, 2, "DIFFUSERS_DIR OUTDIR")
         pipe = diffusers_interop.from_diffusers(source)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ldmkit.commands import adapter_flags
-from ldmkit.errors import InputError, LdmkitError
+from ldmkit.errors import InputError, LdmkitError, SpecError
 
 if TYPE_CHECKING:  # torch, numpy and the pipeline load only when the command runs
     import numpy as np
@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
     p.add_argument("--layout", metavar="PATH", help="JSON file of labelled boxes (--input layout=@PATH)")
     p.add_argument("--segmentation", metavar="PATH", help="8-bit PNG map of class ids (--input segmentation=@PATH)")
     p.add_argument("--image", metavar="PATH", help="input picture (--input image=@PATH)")
-    p.add_argument("--mask", metavar="PATH", help="mask picture, white = fill in (--input mask=@PATH)")
+    p.add_argument("--mask", metavar="PATH", help="mask picture (PNG, JPEG ...), white = fill in (--input mask=@PATH)")
     p.add_argument("-n", type=int, default=None, help="number of pictures (default 4)")
     p.add_argument("--seed", type=int, default=None, help="seed of the first picture (default 0)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the task's, else the spec's)")
@@ -244,16 +244,16 @@ def _sampler_params(items: list[str]) -> dict:
     """``--sampler-param KEY=VALUE`` items, each value read as a YAML scalar (``10``, ``0.5``, ``true``, ``text``)."""
     import math
 
-    import yaml
+    from ldmkit.specs import parse_value
 
     params: dict = {}
     for key, text in _pairs(items, "--sampler-param"):
         if key in params:
             raise InputError(f"--sampler-param {key}: given twice")
         try:
-            value = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            value = text
+            value = parse_value(text, f"--sampler-param {key}", text_if_not_yaml=True) if text.strip() else text
+        except SpecError as exc:  # past a limit (nesting, number length)
+            raise InputError(str(exc)) from None
         if not isinstance(value, (str, int, float, bool)) and value is not None:
             value = text  # a list, mapping or date: the text as written, for the sampler's Params to judge
         if isinstance(value, float) and not math.isfinite(value):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import yaml
-
 from ldmkit.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -59,15 +57,14 @@ def add_parser(sub) -> None:
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
     """``["optimizer.lr=1e-4", ...]`` -> ``{"optimizer.lr": 0.0001}`` (values parsed as safe YAML)."""
+    from ldmkit.specs import parse_value
+
     out: dict[str, object] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise SpecError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(exc).split())})") from None
+        out[key.strip()] = parse_value(text, f"--set {key.strip()}") if text.strip() else None
     return out
 
 

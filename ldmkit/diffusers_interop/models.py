@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from ldmkit.conversions import DiffusersContext, DiffusersModel, find_diffusers_component
+from ldmkit.conversions import DiffusersContext, DiffusersModel, diffusers_classes, find_diffusers_component
 from ldmkit.errors import SpecError
 
 if TYPE_CHECKING:
@@ -51,6 +51,24 @@ def diffusers_class_name(config: Mapping[str, Any]) -> Any:
     return name
 
 
+def _by_model_type(registry: Registry, kind: str, config: Mapping[str, Any]) -> str | None:
+    """The class a transformers config means by its ``model_type`` (configs made in code name no architecture).
+
+    Found among the registered classes of ``kind`` that declare ``diffusers_model_types``; their first
+    ``diffusers_classes`` entry is the answer.
+    """
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        return None
+    for name in registry.names(kind):
+        cls = registry.info(kind, name).cls
+        model_types: tuple[str, ...] = tuple(getattr(cls, "diffusers_model_types", ()))
+        classes = diffusers_classes(cls)
+        if model_type in model_types and classes:
+            return classes[0]
+    return None
+
+
 def _registry(registry: Registry | None) -> Registry:
     from ldmkit.registry import get_registry
 
@@ -66,8 +84,9 @@ def params_from_diffusers(
     registry: Registry | None = None,
 ) -> tuple[type[Any], Any]:
     """(component class, validated params) for a model config of ``kind``; SpecError when none reads it."""
-    class_name = class_name or diffusers_class_name(config)
-    info = find_diffusers_component(_registry(registry), kind, class_name, _WHAT.get(kind, kind))
+    registry = _registry(registry)
+    class_name = class_name or diffusers_class_name(config) or _by_model_type(registry, kind, config)
+    info = find_diffusers_component(registry, kind, class_name, _WHAT.get(kind, kind))
     cls = info.cls
     if not callable(getattr(cls, "params_from_diffusers", None)):
         raise SpecError(f"{kind} {info.name!r} declares {class_name!r} but no params_from_diffusers")

@@ -76,9 +76,11 @@ def create_component(registry: Any, kind: str, comp: Any, field: str) -> Any:
     from pydantic import ValidationError
 
     from ldmkit.errors import SpecError
+    from ldmkit.spec_checks import check_size
     from ldmkit.specs import format_validation_error
 
     try:
+        check_size(kind, comp.type, comp.params, field, registry)  # refused before anything is allocated
         return registry.create(kind, comp.type, comp.params)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, f"{field}.params")) from None

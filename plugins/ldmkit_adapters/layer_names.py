@@ -13,6 +13,7 @@ import logging
 from torch import nn
 
 from ldmkit.conversions import DiffusersContext
+from ldmkit_adapters.lora_layers import weight_of
 
 __all__ = ["LayerIndex", "LORA_LAYERS"]
 
@@ -26,7 +27,9 @@ class LayerIndex:
     """Layer names of one component -> its LoRA-capable modules, by dotted and by underscored name."""
 
     def __init__(self, component: nn.Module) -> None:
-        layers = {name: m for name, m in component.named_modules() if isinstance(m, LORA_LAYERS) and name}
+        layers: dict[str, nn.Module] = {
+            name: m for name, m in component.named_modules() if isinstance(m, LORA_LAYERS) and name
+        }
         self.layers = layers
         self.dotted: dict[str, str] = {name: name for name in layers}
         for theirs, ours in _diffusers_names(component, layers).items():
@@ -60,7 +63,7 @@ def _diffusers_names(component: nn.Module, layers: dict[str, nn.Module]) -> dict
         return {}
     if model is None:
         return {}
-    by_storage = {(m.weight.data_ptr(), m.weight.numel()): name for name, m in layers.items()}
+    by_storage = {(weight_of(m).data_ptr(), weight_of(m).numel()): name for name, m in layers.items()}
     out: dict[str, str] = {}
     for key, tensor in model.state.items():
         if not key.endswith(".weight"):

@@ -79,14 +79,10 @@ class LoraAdapter(Adapter):
         :meth:`parameters` (the base weights stay as they are), then :meth:`save` it in kohya's layout.
         """
         adapter = cls(cls.Params(path=UNSAVED))
-        adapter.check_not_applied()
-        chosen = dict(layers) if layers is not None else {"unet": DEFAULT_LAYERS["unet"]}
+        chosen: dict[Part, str] = dict(layers) if layers is not None else {"unet": DEFAULT_LAYERS["unet"]}
         adapter._trained = fresh_layers(pipeline, rank=rank, alpha=alpha, layers=chosen, generator=generator)
         adapter._shape = (rank, alpha)
-        for layer in adapter._trained:
-            slot_of(layer.module).add(id(adapter), layer.update, merge=False)
-        adapter._layers = [layer.module for layer in adapter._trained]
-        adapter.pipeline = pipeline
+        pipeline.add_adapter(adapter)  # listed with the pipeline's adapters, removed like them
         return adapter
 
     def parameters(self) -> list[Tensor]:
@@ -109,6 +105,12 @@ class LoraAdapter(Adapter):
     def apply(self, pipeline: Pipeline) -> None:
         """Read the file and add its updates to ``pipeline``'s denoiser and conditioner."""
         self.check_not_applied()
+        if self._trained:  # made by new(): its layers are in memory
+            for layer in self._trained:
+                slot_of(layer.module).add(id(self), layer.update, merge=False)
+            self._layers = [layer.module for layer in self._trained]
+            self.pipeline = pipeline
+            return
         path = self.params.path
         pairs, unknown = parse_lora(read_lora(path), path)
         matched, missing = match_layers(pipeline, pairs)
@@ -145,7 +147,6 @@ class LoraAdapter(Adapter):
         for module in self._layers:
             slot_of(module).drop(id(self))
         self._layers = []
-        self._trained = []
         self.pipeline = None
 
 

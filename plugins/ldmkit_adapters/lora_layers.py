@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LoraSlot", "LoraUpdate", "slot_of"]
+__all__ = ["LoraSlot", "LoraUpdate", "slot_of", "weight_of"]
 
 _ATTR = "_ldmkit_lora_slot"
 
@@ -39,7 +39,7 @@ class LoraUpdate:
         """``scale * factor * up(down(x))`` computed through the rank-r bottleneck."""
         down = self.down.to(device=x.device, dtype=x.dtype)
         up = self.up.to(device=x.device, dtype=x.dtype)
-        weight = module.weight
+        weight = weight_of(module)
         if isinstance(module, nn.Linear):
             h = F.linear(F.linear(x, down.flatten(1)), up.flatten(1))  # (..., out)
         else:
@@ -47,7 +47,7 @@ class LoraUpdate:
             spatial = weight.dim() - 2
             down = down.reshape(down.shape[0], *weight.shape[1:])  # (rank, in, *kernel)
             up = up.reshape(up.shape[0], up.shape[1], *(1,) * spatial)  # (out, rank, 1...)
-            h = module._conv_forward(x, down, None)  # type: ignore[operator]  # module's stride and padding
+            h = module._conv_forward(x, down, None)  # the module's stride, padding and dilation
             h = (F.conv1d if spatial == 1 else F.conv2d)(h, up)  # (B, out, *spatial)
         return h * (self.scale * self.factor)
 
@@ -73,7 +73,7 @@ class LoraSlot:
 
     def refresh(self) -> None:
         """Write the merged updates into the weight and (un)install the forward hook."""
-        weight = self.module.weight
+        weight = weight_of(self.module)
         with torch.no_grad():
             if self.merged:
                 if self.base is None:
@@ -97,6 +97,13 @@ class LoraSlot:
         for update in self.unmerged.values():
             out = out + update.output(module, args[0])
         return out
+
+
+def weight_of(module: nn.Module) -> Tensor:
+    """The layer's weight (a LoRA-capable layer always has one)."""
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return weight
 
 
 def slot_of(module: nn.Module) -> LoraSlot:

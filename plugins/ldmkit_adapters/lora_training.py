@@ -14,7 +14,7 @@ from ldmkit.checkpoints import save_state_dict
 from ldmkit.errors import InputError
 from ldmkit_adapters.layer_names import LayerIndex
 from ldmkit_adapters.lora_files import Part
-from ldmkit_adapters.lora_layers import LoraUpdate
+from ldmkit_adapters.lora_layers import LoraUpdate, weight_of
 
 if TYPE_CHECKING:
     from ldmkit.pipeline import Pipeline
@@ -68,7 +68,7 @@ def fresh_layers(
         if not chosen:
             raise InputError(f"no layer of the {_PARTS[part]} matches {pattern!r}")
         for name, module in sorted(chosen.items()):
-            weight: Tensor = module.weight  # type: ignore[assignment]
+            weight = weight_of(module)
             down = torch.empty(rank, *weight.shape[1:], dtype=torch.float32)
             bound = 1.0 / math.sqrt(weight[0].numel())  # nn.init.kaiming_uniform_(a=sqrt(5)) of the fan-in
             down.uniform_(-bound, bound, generator=generator)

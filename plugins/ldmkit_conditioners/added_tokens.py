@@ -99,7 +99,8 @@ class AddedTokens:
         added = ids >= self.vocab_size  # (B, L)
         if not bool(added.any()):
             return None
-        embeds = module.token_embedding(ids.clamp(max=self.vocab_size - 1))  # (B, L, dim)
+        lookup: Any = module.token_embedding
+        embeds = lookup(ids.clamp(max=self.vocab_size - 1))  # (B, L, dim)
         table = self.table.to(device=embeds.device, dtype=embeds.dtype)
         embeds = torch.where(added[..., None], table[(ids - self.vocab_size).clamp(min=0)], embeds)  # (B, L, dim)
         return args, {**kwargs, "inputs_embeds": embeds}

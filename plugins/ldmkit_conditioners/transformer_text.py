@@ -13,11 +13,12 @@ from ldmkit import Conditioner, Conditioning, InputError
 from ldmkit.checks import check_batch, index_tensor, text_batch
 from ldmkit.interfaces import Slot
 from ldmkit_conditioners.compvis import TransformerTextCompVis
+from ldmkit_conditioners.diffusers import TransformerTextDiffusers
 from ldmkit_conditioners.word_tokenizer import FIRST_WORD_ID, PAD_ID, WordTokenizer, split_words
 from ldmkit_conditioners.xtransformer import TransformerWrapper
 
 
-class TransformerTextConditioner(TransformerTextCompVis, Conditioner):
+class TransformerTextConditioner(TransformerTextCompVis, TransformerTextDiffusers, Conditioner):
     """Token ids (B, L) -> cross-attention context (B, L, n_embed).
 
     Numerically the CompVis ``BERTEmbedder`` (with ``use_tokenizer: false``) and loads its weights

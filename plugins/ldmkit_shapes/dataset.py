@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 import ldmkit
 from ldmkit.checks import format_validation_error
 from ldmkit.errors import InputError, SpecError
-from ldmkit_shapes.world import SIZE, Scene, render, sample_scene, segmentation, uniform_int
+from ldmkit_shapes.world import CLASS_NAMES, SIZE, Scene, render, sample_scene, segmentation, uniform_int
 
 LOWRES_FACTOR = 4
 """Low-resolution inputs are the image area-downsampled by this factor (64 -> 16)."""
@@ -60,6 +60,11 @@ class ShapesDataset(Dataset):
         """Every scene has exactly one object (class-conditional training)."""
         single_object_fraction: float = Field(0.0, ge=0.0, le=1.0)
         """Fraction of samples forced to exactly one object (the rest use min/max_objects)."""
+        multi_object_label: int | None = Field(None, ge=len(CLASS_NAMES))
+        """``class_label`` of scenes with more than one object. None: the largest object's class. An id
+        outside the 18 classes (the label conditioner's ``null_class``, 18 in the Shapes model) pairs each
+        class label with a one-object picture only, so a label learns to mean exactly one object; in
+        'one-part' training a multi-object sample whose label part is kept becomes an unconditional one."""
         mask_min: int = Field(16, ge=1, le=SIZE)
         """Smallest side of an inpainting mask, in pixels."""
         mask_max: int = Field(40, ge=1, le=SIZE)
@@ -116,6 +121,11 @@ class ShapesDataset(Dataset):
         """The scene of sample ``i``."""
         return self.draw(i)[0]
 
+    def class_label(self, scene: Scene) -> int:
+        """The class label a sample of ``scene`` carries (see ``Params.multi_object_label``)."""
+        label = self.params.multi_object_label
+        return scene.main_object.label if label is None or len(scene.objects) == 1 else label
+
     # -- tensors --------------------------------------------------------------------------------
     def __getitem__(self, i: int) -> dict[str, Any]:
         """One sample: image, class_label, caption, layout, segmentation, lowres, mask (see :meth:`batch`)."""
@@ -126,9 +136,10 @@ class ShapesDataset(Dataset):
         """A collated batch of samples, built in one pass (faster than collating ``__getitem__`` results).
 
         Returns ``image`` (B, 3, 64, 64) float in [-1, 1], ``class_label`` (B,) long (the largest object, first
-        on ties), ``caption`` list[str], ``layout`` list of ``[{"label", "box"}]`` (boxes as fractions),
-        ``segmentation`` (B, 64, 64) long, ``lowres`` (B, 3, 16, 16) float in [-1, 1] (the image
-        area-downsampled 4x) and ``mask`` (B, 1, 64, 64) float (1 = region to fill in).
+        on ties; ``multi_object_label`` for scenes of several objects when that is set), ``caption`` list[str],
+        ``layout`` list of ``[{"label", "box"}]`` (boxes as fractions), ``segmentation`` (B, 64, 64) long,
+        ``lowres`` (B, 3, 16, 16) float in [-1, 1] (the image area-downsampled 4x) and ``mask``
+        (B, 1, 64, 64) float (1 = region to fill in).
         """
         n = len(indices)
         pictures = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
@@ -140,7 +151,7 @@ class ShapesDataset(Dataset):
             pictures[k] = render(scene)
             seg[k] = segmentation(scene)
             mask[k, 0, y0:y1, x0:x1] = 1.0
-            labels.append(scene.main_object.label)
+            labels.append(self.class_label(scene))
             captions.append(scene.caption)
             layouts.append(scene.layout)
         image = torch.from_numpy(pictures.transpose(0, 3, 1, 2).copy()).float().div_(127.5).sub_(1.0)  # (B, 3, 64, 64)

@@ -79,17 +79,43 @@ def test_every_image_referenced_by_the_docs_exists():
 
 
 def test_gallery_has_every_task_and_sampler():
+    """Each task's table: a row per sampler, its input beside the pictures, each picture 64x64 shown larger."""
+    import numpy as np
     from PIL import Image
 
     make = _script("make_gallery")
     page = (DOCS / "gallery.md").read_text()
     assert make.COMMAND in page, "the gallery page does not show the command that made it"
     assert tuple(make.TASKS) == TASKS and tuple(make.SAMPLERS) == SAMPLERS
-    for task in TASKS:
-        assert f"](gallery/{task}.png)" in page
-        with Image.open(DOCS / "gallery" / f"{task}.png") as grid:
-            rows = (grid.height + make.GAP) / (64 + make.GAP)
-            assert rows == len(SAMPLERS), f"{task}.png has {rows} rows, expected one per sampler"
+    sections = dict(re.findall(r"^## (\w+)\n(.*?)(?=^## |\Z)", page, re.M | re.S))
+    assert list(sections) == list(TASKS)
+    for task, body in sections.items():
+        words = re.search(r"^Input: (.*)\.$", body, re.M).group(1)
+        rows = [line for line in body.splitlines() if line.startswith("| `")]
+        assert [re.match(r"\| `([\w-]+)`", row).group(1) for row in rows] == list(SAMPLERS), task
+        for row in rows:
+            input_cell, *pictures = [c.strip() for c in row.strip("|").split(" | ")][1:]
+            # beside the pictures: the input's words (a label, a prompt) or its picture (a map, boxes ...)
+            assert input_cell == words or input_cell.startswith("![input: "), (task, input_cell)
+            if task in ("class2img", "text2img"):
+                assert '"' in input_cell, f"{task}: the row does not show its label or prompt"
+            assert len(pictures) >= 1
+            for cell in pictures:
+                target = IMAGE.match(cell).group(1)
+                with Image.open(DOCS / target) as picture:
+                    pixels = np.asarray(picture.convert("RGB"))
+                assert pixels.shape == (make.CELL, make.CELL, 3), target
+                # nearest-neighbour upscaling of a 64x64 picture: each 2x2 block holds one colour
+                small = pixels[:: make.CELL // 64, :: make.CELL // 64]
+                factor = make.CELL // 64
+                assert np.array_equal(small.repeat(factor, 0).repeat(factor, 1), pixels), target
+
+
+def test_diagrams_render_offline():
+    """A mermaid block needs a script from a CDN to show as a figure; the docs draw their figures as text."""
+    pages = [p for p in DOCS.rglob("*.md") if "```mermaid" in p.read_text()]
+    assert not pages, f"mermaid diagrams (raw text offline): {pages}"
+    assert "```text\n spec.yaml / JSON" in (DOCS / "concepts.md").read_text()
 
 
 # -- help texts -----------------------------------------------------------------------------------

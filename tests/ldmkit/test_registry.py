@@ -86,9 +86,16 @@ def test_one_plugin_per_hook_kind() -> None:
     def register_datasets(register):
         register(TinyDataset)
 
+    @hookimpl
+    def register_adapters(register):
+        from ldmkit.adapters import Adapter
+
+        register(type("AD", (Adapter,), {"name": "ad", "apply": None, "remove": None}))
+
     for fn in (register_first_stages, register_denoisers, register_conditioners, register_samplers):
         setattr(plugin, fn.__name__, fn)
     plugin.register_tasks, plugin.register_datasets = register_tasks, register_datasets
+    plugin.register_adapters = register_adapters
     assert reg.add_plugin(plugin, _info("every"))
     assert [reg.names(k) for k in registry_module.KIND_NAMES] == [
         ["fs"],
@@ -97,6 +104,7 @@ def test_one_plugin_per_hook_kind() -> None:
         ["ddim"],
         ["tiny-task"],
         ["tiny-data"],
+        ["ad"],
     ]
     assert reg.info("dataset", "tiny-data").plugin == _info("every")
     assert reg.plugins == [_info("every")] and reg.failures == []
@@ -242,6 +250,7 @@ class _NotFrozenButForbidding(BaseModel):
         ("register_denoisers", DDIM, "does not subclass ldmkit.Denoiser"),
         ("register_samplers", type("Free", (), {"name": "free", "Params": Params}), "does not subclass ldmkit.Sampler"),
         ("register_samplers", DDIM(), "not a class"),
+        ("register_adapters", DDIM, "does not subclass ldmkit.Adapter"),
     ],
 )
 def test_invalid_classes_refused(hook, cls, needle) -> None:

@@ -252,7 +252,8 @@ def test_pipeline_folder_loads_in_diffusers(exported):
     for folder in ("unet", "vae", "text_encoder", "scheduler", "tokenizer"):
         assert (out / folder).is_dir()
     assert not list(out.rglob("*.bin"))  # safetensors only
-    sd = diffusers.StableDiffusionPipeline.from_pretrained(out, safety_checker=None)
+    sd = diffusers.DiffusionPipeline.from_pretrained(out)  # the folder alone: no component passed by hand
+    assert type(sd).__name__ == "StableDiffusionPipeline" and sd.safety_checker is None
     assert sd.vae.config.scaling_factor == pytest.approx(0.18215)
     assert sd.scheduler.config.prediction_type == "v_prediction"
     prompts = ["a red circle", "two blue squares, left of a triangle!"]
@@ -281,8 +282,8 @@ def test_from_diffusers_names_what_is_missing_or_unsupported(exported, tmp_path)
     index = json.loads((out / "model_index.json").read_text())
     bad = tmp_path / "bert"
     bad.mkdir()
-    (bad / "model_index.json").write_text(json.dumps({**index, "bert": ["pipelines", "LDMBertModel"]}))
-    with pytest.raises(SpecError, match="bert"):
+    (bad / "model_index.json").write_text(json.dumps({**index, "image_encoder": ["transformers", "CLIPVisionModel"]}))
+    with pytest.raises(SpecError, match="image_encoder"):
         di.from_diffusers(bad)
     (bad / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(SpecError, match="scheduler_config.json"):
@@ -331,7 +332,7 @@ def test_cli_round_trip(exported, tmp_path, capsys):
     assert main(["convert", "--to", "diffusers", str(tmp_path / "ours")]) == 2
 
 
-def test_components_without_a_diffusers_conversion_are_named():
+def test_components_without_a_diffusers_conversion_are_named(tmp_path):
     identity = create("first_stage", "identity", {"channels": 3})
     with pytest.raises(SpecError, match="identity"):
         di.first_stage_to_diffusers(identity)
@@ -341,9 +342,31 @@ def test_components_without_a_diffusers_conversion_are_named():
         "conditioner": {"type": "spatial-rescaler", "params": {"n_stages": 1, "in_channels": 3, "out_channels": 2}},
         "schedule": {"beta_schedule": "linear"},
     }
-    with pytest.raises(SpecError, match="spatial-rescaler") as info:
-        di.to_diffusers(ldmkit.Pipeline.from_spec(spec), Path("never-written"))
-    assert "clip-text" in str(info.value)  # the conditioners that do convert are listed
+    pipe = ldmkit.Pipeline.from_spec(spec)
+    for module in pipe.modules().values():
+        randomize(module)
+    out = di.to_diffusers(pipe, tmp_path / "df")  # the rest is written; the conditioner is named as left out
+    record = json.loads((out / "ldmkit_export.json").read_text())
+    [item] = record["left_out"]
+    assert item["type"] == "spatial-rescaler" and "2 conditioning channels" in item["reason"]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "LDMPipeline" and "text_encoder" not in index
+    assert type(diffusers.DiffusionPipeline.from_pretrained(out).unet).__name__ == "UNet2DModel"
+    back = di.from_diffusers(out)
+    assert back.conditioner.name == "spatial-rescaler" and same_weights(back.conditioner, pipe.conditioner)
+
+
+@pytest.mark.parametrize("vocab_size", [49408, 1000], ids=["clip-vocabulary", "own-vocabulary"])
+def test_clip_text_folder_always_has_its_tokenizer(tmp_path, vocab_size):
+    spec = tiny_pipeline().spec.model_dump(mode="json")
+    spec["conditioner"]["params"] = dict(CLIP, vocab_size=vocab_size, max_position_embeddings=20)
+    pipe = ldmkit.Pipeline.from_spec(spec)
+    out = di.to_diffusers(pipe, tmp_path / "df")
+    sd = diffusers.DiffusionPipeline.from_pretrained(out)  # loads with no tokenizer=None
+    assert sd.tokenizer.model_max_length == 20  # the length the text encoder has positions for
+    if vocab_size == CLIP["vocab_size"]:  # the same ids as ldmkit (a smaller vocabulary takes ids only)
+        ids = sd.tokenizer(["a red circle"], padding="max_length", max_length=20, return_tensors="pt").input_ids
+        assert torch.equal(ids, pipe.conditioner.tokenize(["a red circle"]))
 
 
 def test_a_registry_without_the_reader_refuses_the_folder(exported):

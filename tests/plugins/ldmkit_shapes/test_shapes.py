@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +221,35 @@ def test_single_object_scenes():
     half = ShapesDataset.from_params({"seed": 4, "single_object_fraction": 0.5})
     singles = sum(len(half.scene(i).objects) == 1 for i in range(200))
     assert 100 < singles < 170  # half forced to one, a third of the rest has one anyway
+
+
+def test_multi_object_label_pairs_class_labels_with_one_object_scenes():
+    plain = ShapesDataset.from_params({"seed": 5, "size": 300})
+    paired = ShapesDataset.from_params({"seed": 5, "size": 300, "multi_object_label": 18})
+    labels, plain_labels = paired.batch(range(300))["class_label"], plain.batch(range(300))["class_label"]
+    counts = torch.tensor([len(paired.scene(i).objects) for i in range(300)])
+    single = counts == 1
+    assert 50 < int(single.sum()) < 250  # both kinds of scene are drawn
+    # one object: the object's class; several: the null label, never one of the 18 classes
+    assert torch.equal(labels[single], plain_labels[single]) and bool((labels[single] < 18).all())
+    assert bool((labels[~single] == 18).all())
+    # the option changes the labels only: pictures and every other field are the same samples
+    assert torch.equal(paired.batch(range(20))["image"], plain.batch(range(20))["image"])
+    assert paired[int(torch.nonzero(~single)[0])]["class_label"] == 18
+
+
+def test_multi_object_label_must_lie_outside_the_classes():
+    with pytest.raises(SpecError, match="multi_object_label"):
+        ShapesDataset.from_params({"multi_object_label": 3})  # a real class would mislabel the scenes
+
+
+def test_shapes_train_spec_pairs_labels_with_the_null_class():
+    """ldm.yaml's multi-object label is its label part's null class, so those samples are unconditional."""
+    from ldmkit.training.spec import load_train_spec
+
+    spec = load_train_spec(Path(__file__).resolve().parents[3] / "examples" / "shapes" / "ldm.yaml")
+    label_part = spec.pipeline.conditioner.params["parts"]["label"]
+    assert spec.dataset.params["multi_object_label"] == label_part["params"]["null_class"]
 
 
 def test_batch_and_collate_match_items():

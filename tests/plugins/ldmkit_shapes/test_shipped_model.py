@@ -23,6 +23,7 @@ from ldmkit.training.spec import AutoencoderTrainSpec, LDMTrainSpec, load_train_
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = ROOT / "plugins" / "ldmkit_shapes" / "model"
 TRAIN_SH = ROOT / "examples" / "shapes" / "train.sh"
+STAGE7_SH = ROOT / "examples" / "shapes" / "stage7.sh"  # train.sh's stage 7, a script of its own
 TASKS = {"uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint"}
 
 
@@ -68,21 +69,24 @@ def _log(name: str) -> list[dict[str, float]]:
 
 
 def _max_steps_in_train_sh() -> list[int]:
-    return [int(m) for m in re.findall(r"--max-steps (\d+)", TRAIN_SH.read_text())]
+    """The LDM stages' ``--max-steps``, in order: train.sh's, then stage7.sh's (its comments left out)."""
+    stage7 = "\n".join(line for line in STAGE7_SH.read_text().splitlines() if not line.lstrip().startswith("#"))
+    return [int(m) for text in (TRAIN_SH.read_text(), stage7) for m in re.findall(r"--max-steps (\d+)", text)]
 
 
 def test_training_logs_ship_and_end_where_train_sh_stops():
     autoencoder = _log("autoencoder.log.csv")
     ae_spec = load_train_spec(ROOT / "examples" / "shapes" / "autoencoder.yaml")
     stage_ends = _max_steps_in_train_sh()  # the LDM stages' --max-steps, in order
-    # stage 2, stage 3, stage 4's second (resuming) command, stages 5 and 6
-    assert len(stage_ends) == 6, stage_ends
+    # stage 2, stage 3, stage 4's second (resuming) command, stages 5, 6 and 7
+    assert len(stage_ends) == 7, stage_ends
     ldm_logs = {
         "ldm.log.csv": stage_ends[0],
         "ldm-finetune.log.csv": stage_ends[1],
         "ldm-finetune2.log.csv": stage_ends[3],
         "ldm-finetune3.log.csv": stage_ends[4],
         "ldm-finetune4.log.csv": stage_ends[5],
+        "ldm-finetune5.log.csv": stage_ends[6],
     }
     for rows, last in [(autoencoder, ae_spec.max_steps)] + [(_log(name), end) for name, end in ldm_logs.items()]:
         steps = [r["step"] for r in rows]
@@ -96,6 +100,8 @@ def test_train_sh_names_specs_that_validate_and_match_the_shipped_spec():
     script = TRAIN_SH.read_text()
     assert "ldmkit train examples/shapes/autoencoder.yaml" in script
     assert "ldmkit train examples/shapes/ldm.yaml" in script
+    assert "bash examples/shapes/stage7.sh plugins/ldmkit_shapes/model" in script
+    assert "ldmkit.cli train examples/shapes/ldm.yaml" in STAGE7_SH.read_text()
     autoencoder = load_train_spec(ROOT / "examples" / "shapes" / "autoencoder.yaml")
     ldm = load_train_spec(ROOT / "examples" / "shapes" / "ldm.yaml")
     assert isinstance(autoencoder, AutoencoderTrainSpec) and isinstance(ldm, LDMTrainSpec)

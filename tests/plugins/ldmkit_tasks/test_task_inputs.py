@@ -94,6 +94,34 @@ def test_every_mask_form_reads_the_same():
         torch.testing.assert_close(mask_input(data), expected, msg=name)
 
 
+def test_a_jpeg_mask_reads_as_its_png(tmp_path):
+    """Masks in any format Pillow reads are accepted (as help and docs say), JPEG bytes under a .png name too."""
+    fill = np.zeros((64, 64), np.uint8)
+    fill[13:37, 5:43] = 255  # edges off JPEG's 8-pixel blocks, so compression rings around them
+    buffer = io.BytesIO()
+    Image.fromarray(fill, "L").save(buffer, format="JPEG", quality=85)
+    jpeg = buffer.getvalue()
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg)))
+    assert jpeg[:2] == b"\xff\xd8" and not np.array_equal(decoded, fill)  # lossy: grey levels moved (by ~15)
+    expected = mask_input(_png(fill, "L"))
+    torch.testing.assert_close(mask_input(jpeg), expected)  # the 127 threshold absorbs the noise
+    (tmp_path / "mask.png").write_bytes(jpeg)  # named .png, JPEG inside: the bytes decide
+    inpaint = ldmkit.Pipeline.load(default_model_dir()).task("inpaint")
+    request = inpaint.parse_request({"image": torch.zeros(3, 64, 64), "mask": (tmp_path / "mask.png").read_bytes()})
+    torch.testing.assert_close(request.mask, expected)
+
+
+def test_help_and_task_listing_say_masks_may_be_jpeg(capsys):
+    from ldmkit.cli import main
+
+    fields = {f.name: f for f in describe_request(ldmkit.Pipeline.load(default_model_dir()).task("inpaint").Request)}
+    assert fields["mask"].shown_as == "a mask picture (PNG, JPEG ...), white = fill in"  # `ldmkit tasks inpaint`
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--mask PATH mask picture (PNG, JPEG ...), white = fill in" in help_text
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
