@@ -24,7 +24,6 @@ from ldmkit_shapes.world import COLOURS
 log = logging.getLogger("inpaint_fill")
 
 
-
 def draw_scene(rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
     """A (64, 64, 3) uint8 scene and a (64, 64) uint8 mask (255 = fill in) over one of its objects."""
     grey = rng.randint(215, 250)

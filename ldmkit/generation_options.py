@@ -11,13 +11,14 @@ checked by that sampler's ``Params`` (:func:`check_sampler_params`).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import SampleOptions
 from ldmkit.options import SamplerChoice
+from ldmkit.specs import MAX_PICTURE_SIDE
 
 MAX_PICTURES = 1024  # pictures one run makes
 MAX_STEPS = 10_000  # as a spec's sampling.steps
@@ -25,6 +26,7 @@ MAX_SEED = 2**64 - 1  # torch generators take seeds up to 2^64 - 1; picture i us
 MAX_LABEL_DIGITS = 18  # a class id given as digits
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 _CLASS_ID = re.compile(r"-?[0-9]+")
+_Side = Annotated[int, Field(ge=1, le=MAX_PICTURE_SIDE)]
 
 
 class GenerationOptions(BaseModel):
@@ -39,6 +41,13 @@ class GenerationOptions(BaseModel):
     eta: float | None = Field(None, ge=0.0, description="fresh noise per step (None: the sampler's default)")
     guidance_scale: float = Field(1.0, ge=0.0)
     progress: bool = False
+    size: tuple[_Side, _Side] | None = Field(None, description="(H, W) of the pictures in pixels (None: the default)")
+    tile_size: int | None = Field(None, ge=4, le=MAX_PICTURE_SIDE, description="decode tile by tile above it")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size_pair(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value  # JSON (a picture's record) has no tuples
 
     @field_validator("sampler")
     @classmethod

@@ -147,6 +147,8 @@ class Denoiser(Component, ABC):
 
     kind = "denoiser"
     prediction: Prediction = "eps"
+    size_multiple: int = 1
+    """The latent's sides must be multiples of this (a UNet halves them at each level: 2 ** (levels - 1))."""
 
     def example_inputs(self, batch: int) -> tuple[Tensor, Tensor, Conditioning]:
         """``(x_t, t, cond)`` of ``batch`` items that this instance (built from ``example_params``) accepts."""

@@ -2,8 +2,8 @@
 
 :class:`SampleOptions` holds what one generation job samples with: the number of pictures, the seed, the
 sampler (a registered name, or ``{type, params}`` with that sampler's own parameters), the number of steps,
-``eta``, the guidance scale and whether to show a progress bar. :func:`resolve_options` builds it once per
-job, each layer overriding the one before:
+``eta``, the guidance scale, whether to show a progress bar, the picture size and the decoding tile size.
+:func:`resolve_options` builds it once per job, each layer overriding the one before:
 
 1. the pipeline spec's ``sampling`` section (:class:`ldmkit.specs.SamplingSpec`);
 2. the task's defaults (``sampler``, ``steps``, ``guidance_scale`` of :class:`ldmkit.tasks.TaskParams`);
@@ -120,6 +120,12 @@ class SampleOptions:
     )
     guidance_scale: float = Field(default=1.0, description="classifier-free guidance scale (1: no guidance)")
     progress: bool = Field(default=False, description="show a progress bar")
+    size: tuple[int, int] | None = Field(
+        default=None, description="picture size (H, W) in pixels (None: the task's input's, else the pipeline's)"
+    )
+    tile_size: int | None = Field(
+        default=None, ge=4, description="decode latents with a side over this many cells tile by tile (None: whole)"
+    )
 
     @field_validator("n", "seed", "steps", mode="before")
     @classmethod
@@ -143,6 +149,26 @@ class SampleOptions:
         if isinstance(value, str) and value or isinstance(value, (Mapping, SamplerRef)):
             return value
         raise _wrong("a sampler name or {type, params}", value)
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size_pair(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise _wrong("(height, width) in pixels", value)
+        if any(isinstance(side, bool) or not hasattr(side, "__index__") or operator.index(side) < 1 for side in value):
+            raise _wrong("(height, width) of positive integers", value)
+        return tuple(operator.index(side) for side in value)
+
+    @field_validator("tile_size", mode="before")
+    @classmethod
+    def _tile_int(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise _wrong("an integer", value)
+        return operator.index(value)
 
     @field_validator("progress", mode="before")
     @classmethod
@@ -254,12 +280,16 @@ def _spec_layer(pipeline: Any) -> dict[str, Any]:
         "steps": sampling.steps,
         "eta": sampling.eta,
         "guidance_scale": sampling.guidance_scale,
+        "size": tuple(sampling.size) if sampling.size is not None else None,
+        "tile_size": sampling.tile_size,
     }
 
 
 def _task_layer(pipeline: Any, task_name: str) -> dict[str, Any]:
     params = getattr(pipeline.task(task_name), "params", None)
-    return {key: getattr(params, key, None) for key in ("sampler", "steps", "guidance_scale")}
+    layer = {key: getattr(params, key, None) for key in ("sampler", "steps", "guidance_scale")}
+    size = getattr(params, "size", None)
+    return {**layer, "size": tuple(size) if size is not None else None}
 
 
 def resolve_options(pipeline: Any, task_name: str, overrides: Mapping[str, Any] | None = None) -> SampleOptions:

@@ -368,15 +368,40 @@ class Pipeline:
         return guided_model_fn(step, cond, uncond, guidance_scale)
 
     # -- sampling -----------------------------------------------------------------------------
-    def latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+    @property
+    def default_size(self) -> tuple[int, int] | None:
+        """Pixel size (H, W) of the pictures made unless told otherwise: ``latent_size`` times the downsampling."""
         if self.latent_size is None:
-            raise SpecError("the latent size is unknown: pass x_T or set latent_size in the spec")
-        height, width = self.latent_size
+            return None
+        f = self.first_stage.downsample
+        return self.latent_size[0] * f, self.latent_size[1] * f
+
+    def latent_shape(self, batch: int, size: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+        """(batch, C, h, w) of the latents of pictures of ``size`` (H, W) pixels (None: :attr:`default_size`).
+
+        The sides of ``size`` must be multiples of :func:`ldmkit.sizing.size_multiple` (InputError otherwise).
+        """
+        from ldmkit.sizing import latent_size_for
+
+        if size is not None:
+            height, width = latent_size_for(self, size)
+        elif self.latent_size is None:
+            raise SpecError("the latent size is unknown: pass x_T or size, or set latent_size in the spec")
+        else:
+            height, width = self.latent_size
         return (batch, self.first_stage.latent_channels, height, width)
 
-    def initial_noise(self, batch: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
-        """x_T drawn on the CPU (so results do not depend on the device), one generator per sample if a list."""
-        shape = self.latent_shape(batch)
+    def initial_noise(
+        self,
+        batch: int,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """x_T drawn on the CPU (so results do not depend on the device), one generator per sample if a list.
+
+        ``size`` is the pictures' (H, W) in pixels (None: :attr:`default_size`).
+        """
+        shape = self.latent_shape(batch, size)
         if isinstance(generator, list):
             noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
         else:
@@ -402,6 +427,7 @@ class Pipeline:
         progress: bool = False,
         init: Tensor | None = None,
         strength: float | None = None,
+        size: tuple[int, int] | None = None,
     ) -> Tensor:
         """Sample latents (B, C, h, w) (still multiplied by ``scale_factor``; use :meth:`decode`).
 
@@ -419,7 +445,14 @@ class Pipeline:
         [0, 1] starts from ``init`` noised with ``x_T`` (by default drawn like ``init``, one generator per sample
         if a list) and takes the last ``int(n * strength)`` of the sampler's ``n`` steps
         (:meth:`ldmkit.sampling.SamplingRun.start`); strength 0 returns ``init``.
+
+        ``size`` (H, W) in pixels samples pictures of another size than the pipeline's
+        :attr:`default_size` (its sides multiples of :func:`ldmkit.sizing.size_multiple`); conditioning
+        maps that are constant over space (a spatial conditioner's "no map") are fitted to it, maps that
+        vary must already have the latent's size (see :mod:`ldmkit.sizing`).
         """
+        from ldmkit.sizing import fit_concat
+
         cond = self.condition(cond)
         uncond = self.condition(uncond) if uncond is not None else None
         chosen: Sampler = build_sampler(self.registry, sampler)
@@ -438,7 +471,12 @@ class Pipeline:
             x_T = draw_noise(init.shape, generator, init.to(self.device, self.dtype))
         if x_T is None:
             batch = cond.batch_size or batch_size or (len(generator) if isinstance(generator, list) else 1)
-            x_T = self.initial_noise(batch, generator)
+            x_T = self.initial_noise(batch, generator, size)
+        elif size is not None and tuple(self.latent_shape(x_T.shape[0], size)) != tuple(x_T.shape):
+            raise InputError(f"size {tuple(size)} does not match x_T of shape {tuple(x_T.shape)}")
+        latent = (int(x_T.shape[-2]), int(x_T.shape[-1]))
+        cond = fit_concat(cond, latent)
+        uncond = fit_concat(uncond, latent, "unconditional") if uncond is not None else None
         latents: object = chosen.sample(
             self.model_fn(cond, uncond, guidance_scale),
             self.schedule,
@@ -460,18 +498,36 @@ class Pipeline:
         return latents
 
     @torch.no_grad()
-    def decode(self, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry") -> Tensor:
+    def decode(self, latents: Tensor, *, on_nonfinite: OnNonFinite = "retry", tile_size: int | None = None) -> Tensor:
         """Images in [-1, 1] (not clamped) from latents: ``first_stage.decode(latents / scale_factor)``.
 
         Never returns NaN or Inf: a half-precision decode that overflows is redone in float32 (one
         warning) or, with ``on_nonfinite="raise"``, raises :class:`~ldmkit.errors.NumericsError`
         (see :func:`ldmkit.numerics.safe_decode`). Safe to call from several threads.
+
+        ``tile_size`` (latent cells, at least 4) decodes latents with a side longer than it in tiles
+        of that size, overlapping by a quarter of it, each decoded with another quarter of context on
+        every side and blended linearly over the overlap (:func:`ldmkit.fast.tiled_decode`): the
+        decoder's memory then grows with the tile, not the picture. Normalisation and attention see
+        one window at a time, so the result approximates the whole decode.
         """
         from ldmkit.numerics import safe_decode
 
-        if self.fast is not None:
-            return self.fast.decode(self.first_stage, latents / self.scale_factor, on_nonfinite=on_nonfinite)
-        return safe_decode(self.first_stage, latents / self.scale_factor, on_nonfinite=on_nonfinite)
+        z = latents / self.scale_factor
+
+        def whole(part: Tensor) -> Tensor:
+            if self.fast is not None:
+                return self.fast.decode(self.first_stage, part, on_nonfinite=on_nonfinite)
+            return safe_decode(self.first_stage, part, on_nonfinite=on_nonfinite)
+
+        if tile_size is not None and (isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < 4):
+            raise InputError(f"tile_size must be an integer >= 4 (latent cells) or None, got {tile_size!r}")
+        if tile_size is None or max(z.shape[-2:]) <= tile_size:
+            return whole(z)
+        from ldmkit.fast.tiling import tiled_decode
+
+        quarter = tile_size // 4
+        return tiled_decode(whole, z, tile=tile_size, overlap=quarter, pad=quarter).to(z.dtype)
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:

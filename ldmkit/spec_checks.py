@@ -288,13 +288,13 @@ def describe(path: str | Path, registry=None) -> str:
     data = read_document(path)
     if document_kind(data) == "train spec":
         from ldmkit.registry import get_registry
-        from ldmkit.training.spec import LDMTrainSpec, validate_train_spec
+        from ldmkit.training.spec import AutoencoderTrainSpec, LDMTrainSpec, validate_train_spec
 
         registry = registry or get_registry()
         train = validate_train_spec(data, source=str(path))
         try:
             check_component("dataset", train.dataset.type, train.dataset.params, "dataset", registry)
-            if not isinstance(train, LDMTrainSpec):
+            if isinstance(train, AutoencoderTrainSpec):
                 check_component(
                     "first_stage", train.first_stage.type, train.first_stage.params, "first_stage", registry
                 )
@@ -303,8 +303,10 @@ def describe(path: str | Path, registry=None) -> str:
         if isinstance(train, LDMTrainSpec):
             check_pipeline_parts(train.pipeline, str(path), registry, prefix="pipeline.")
             held = _summary(train.pipeline)
-        else:
+        elif isinstance(train, AutoencoderTrainSpec):
             held = f"first_stage={train.first_stage.type}"
+        else:  # a LoRA of a trained pipeline
+            held = f"base={train.base}, LoRA rank {train.lora.rank}"
         return f"{path}: valid train spec (stage {train.stage}, dataset={train.dataset.type}; {held})"
     spec = validate_spec(data, registry, source=str(path))
     check_pipeline_parts(spec, str(path), registry)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ldmkit.registry import Registry
 
 __all__ = [
+    "MAX_PICTURE_SIDE",
     "MAX_SPEC_BYTES",
     "SPEC_VERSION",
     "ComponentSpec",
@@ -110,6 +111,10 @@ class ComponentSpec(StrictModel):
         return params
 
 
+MAX_PICTURE_SIDE = 16384
+"""The largest side (pixels) a spec, a task or the command line may ask a picture to have."""
+
+
 class SamplingSpec(_Strict):
     """Default sampling settings of a pipeline: the first layer of :func:`ldmkit.options.resolve_options`."""
 
@@ -119,6 +124,16 @@ class SamplingSpec(_Strict):
         None, ge=0.0, description="scale of the fresh noise added per step (None: the sampler's own default)"
     )
     guidance_scale: float = Field(1.0, ge=0.0)
+    size: list[Annotated[int, Field(gt=0, le=MAX_PICTURE_SIDE)]] | None = Field(
+        None,
+        min_length=2,
+        max_length=2,
+        description="(H, W) in pixels of the pictures (None: latent_size times the first stage's factor); "
+        "sides must be multiples of the pipeline's size multiple",
+    )
+    tile_size: int | None = Field(
+        None, ge=4, description="decode latents with a side over this many cells in overlapping tiles (None: whole)"
+    )
 
 
 class PipelineSpec(StrictModel):

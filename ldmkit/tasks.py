@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,7 +50,7 @@ from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import Params, SampleOptions, Task
 from ldmkit.nested import map_tensors
 from ldmkit.options import SamplerChoice, SamplerRef, resolve_options
-from ldmkit.specs import format_validation_error
+from ldmkit.specs import MAX_PICTURE_SIDE, format_validation_error
 
 __all__ = [
     "LABEL_KINDS",
@@ -90,6 +90,9 @@ class TaskParams(Params):
         None, description="this task's default sampler, a name or {type, params} (None: the spec's)"
     )
     steps: int | None = Field(None, ge=1, description="this task's default number of steps (None: the spec's)")
+    size: list[Annotated[int, Field(gt=0, le=MAX_PICTURE_SIDE)]] | None = Field(
+        None, min_length=2, max_length=2, description="this task's default picture size (H, W) (None: the spec's)"
+    )
 
 
 class Request(BaseModel):
@@ -301,17 +304,48 @@ class ConditionedTask(Task):
         """Extra arguments for ``Pipeline.sample`` (masked sampling passes ``mask`` and ``x0``)."""
         return {}
 
+    def input_size(self, pipeline: Any, request: BaseModel) -> tuple[int, int] | None:
+        """The picture size (H, W) the request's inputs fix (a map, a picture to fill in); None: they fix none.
+
+        Tasks whose conditioning is drawn from a spatial input override it; such a task makes
+        pictures of its input's size, and refuses a different ``size`` asked for.
+        """
+        return None
+
+    def picture_size(self, pipeline: Any, request: BaseModel, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The size (H, W) to make pictures of: ``size`` if given, else :meth:`input_size`, else None (the pipeline's).
+
+        :raises InputError: when ``size`` differs from the size the inputs fix, or is no multiple of
+            :func:`ldmkit.sizing.size_multiple`.
+        """
+        from ldmkit.sizing import check_picture_size
+
+        fixed = self.input_size(pipeline, request)
+        if fixed is not None and size is not None and tuple(size) != tuple(fixed):
+            raise InputError(
+                f"task {self.name!r}: size {size[0]}x{size[1]} differs from {fixed[0]}x{fixed[1]}, the size its "
+                "input fixes; leave the size out (the pictures take their input's size) or resize the input"
+            )
+        chosen = size if size is not None else fixed
+        if chosen is None:
+            return None
+        what = "size" if size is not None else f"task {self.name!r}: the input's size"
+        return check_picture_size(pipeline, chosen, what)
+
     def run(self, pipeline: Any, request: BaseModel, options: SampleOptions) -> Tensor:
         """Sample ``options.n`` pictures for ``request``: (n, 3, H, W) in [-1, 1].
 
         Picture ``i`` draws its noise from seed ``options.seed + i``, so picture i of seed s equals
-        picture 0 of seed s + i, whatever the batch.
+        picture 0 of seed s + i, whatever the batch. The pictures are ``options.size`` large, else
+        their input's size (:meth:`picture_size`), else the pipeline's :attr:`~ldmkit.Pipeline.default_size`;
+        ``options.tile_size`` decodes them tile by tile (:meth:`ldmkit.Pipeline.decode`).
         """
         if options.n < 1:
             raise InputError("the number of pictures must be at least 1")
         negatives = [name for name in NEGATIVE_INPUTS if getattr(request, name, None) is not None]
         if negatives and options.guidance_scale == 1.0:
             log.warning("%s has no effect: guidance scale 1 has no unconditional branch to replace", negatives[0])
+        size = self.picture_size(pipeline, request, options.size)
         with torch.no_grad():
             cond, uncond = self.conditioning(pipeline, request, options.n)
             generators = [torch.Generator().manual_seed(options.seed + i) for i in range(options.n)]
@@ -325,9 +359,12 @@ class ConditionedTask(Task):
                 generator=generators,
                 batch_size=options.n,
                 progress=options.progress,
+                **({} if size is None else {"size": size}),
                 **self.sample_kwargs(pipeline, request, options.n),
             )
-            return pipeline.decode(latents).clamp(-1, 1)  # (n, 3, H, W)
+            if options.tile_size is None:
+                return pipeline.decode(latents).clamp(-1, 1)  # (n, 3, H, W)
+            return pipeline.decode(latents, tile_size=options.tile_size).clamp(-1, 1)  # (n, 3, H, W)
 
 
 def image_size(pipeline: Any) -> tuple[int, int]:

@@ -56,6 +56,7 @@ def add_parser(sub) -> None:
   ldmkit generate --task img2img --image pic.png --strength 0.6 --prompt "a green square" --out out/
   ldmkit generate --task class2img --label 0 --sampler dpmpp-2m --sampler-param spacing=trailing --out out/
   ldmkit generate --task text2img --prompt "a blue triangle" --device cuda --fast --out out/
+  ldmkit generate --task text2img --prompt "a red circle and a blue square" --size 128 --out out/
   ldmkit generate --replay out/000000.png --out replay/
 
 `ldmkit tasks NAME` lists a task's inputs; `ldmkit plugins` lists the samplers.""",
@@ -115,6 +116,24 @@ def add_parser(sub) -> None:
         type=float,
         default=None,
         help="classifier-free guidance scale (default: the task's, else the spec's)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="PIXELS",
+        help="make square pictures of this side (a multiple of the model's size multiple; default: the task's "
+        "input's size, else the spec's)",
+    )
+    p.add_argument("--width", type=int, default=None, metavar="PIXELS", help="picture width (the height: --height)")
+    p.add_argument("--height", type=int, default=None, metavar="PIXELS", help="picture height (the width: --width)")
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=None,
+        metavar="CELLS",
+        help="decode latents with a side over this many cells in overlapping tiles, to bound the decoder's "
+        "memory on large pictures (default: the spec's, else whole)",
     )
     p.add_argument(
         "--device",
@@ -307,6 +326,39 @@ def _difference(replayed: np.ndarray, recorded: np.ndarray, meta: dict) -> str:
 
 CLI_FLAGS = {"n": "-n", "seed": "--seed", "sampler": "--sampler", "steps": "--steps", "eta": "--eta"}
 CLI_FLAGS["guidance_scale"] = "--guidance"
+CLI_FLAGS["tile_size"] = "--tile-size"
+CLI_FLAGS["size"] = "--size"
+
+
+def _size_told(args) -> tuple[int | None, int | None, str] | None:
+    """(height, width, flags as given) from --size or --width/--height (a side left out is None); None if none given."""
+    if args.size is not None and (args.width is not None or args.height is not None):
+        raise InputError("--size gives both sides; give it or --width/--height, not both")
+    if args.size is not None:
+        told: tuple[int | None, int | None, str] = (args.size, args.size, f"--size {args.size}")
+    elif args.width is not None or args.height is not None:
+        shown = " ".join(f"--{k} {v}" for k, v in (("width", args.width), ("height", args.height)) if v is not None)
+        told = (args.height, args.width, shown)
+    else:
+        return None
+    for side in told[:2]:
+        if side is not None and side < 1:
+            raise InputError(f"{told[2]}: a side must be a positive number of pixels")
+    return told
+
+
+def _picture_size(pipe: Pipeline, task: str, told: tuple[int | None, int | None, str]) -> tuple[int, int]:
+    """The size the flags ask for, a side left out taken from the task's default size; checked against the model."""
+    from ldmkit.options import resolve_options
+    from ldmkit.sizing import check_picture_size
+
+    height, width, shown = told
+    if height is None or width is None:
+        default = resolve_options(pipe, task).size or pipe.default_size
+        if default is None:
+            raise InputError(f"{shown}: this pipeline has no default size to take the other side from; give both")
+        height, width = height or default[0], width or default[1]
+    return check_picture_size(pipe, (height, width), shown)
 
 
 def _check_task(pipe: Pipeline, task: str) -> None:
@@ -378,6 +430,9 @@ def run(args) -> int:
 
     check_output_folder(args.out)  # refused before any time goes into loading and sampling
     if args.replay:
+        sized = [f"--{k.replace('_', '-')}" for k in ("size", "width", "height", "tile_size") if getattr(args, k)]
+        if sized:
+            raise InputError(f"{', '.join(sized)}: with --replay, the size and tiling come from the picture")
         return _replay(args)
     if args.replay_batch:
         raise InputError("--replay-batch goes with --replay IMAGE.png")
@@ -387,6 +442,9 @@ def run(args) -> int:
         raise InputError("--spec and --model both pick the pipeline; give one of them")
     told = {k: getattr(args, k) for k in ("n", "seed", "sampler", "steps", "eta")} | {"guidance_scale": args.guidance}
     told = {k: v for k, v in told.items() if v is not None}
+    if args.tile_size is not None:
+        told["tile_size"] = args.tile_size
+    size_told = _size_told(args)
     check_options({"n": 4, **told}, CLI_FLAGS)  # before any time goes into loading
     for key in ("label", "negative_label"):
         if getattr(args, key) is not None:
@@ -397,11 +455,14 @@ def run(args) -> int:
     adapters = adapter_flags.parse_flags(args)  # files checked before any time goes into loading
     pipe, model = open_model(args.model) if args.model is not None else open_pipeline(args.spec)
     _check_task(pipe, args.task)
+    if size_told is not None:
+        told["size"] = _picture_size(pipe, args.task, size_told)
     adapter_flags.apply_adapter_flags(pipe, adapters)
     model = adapter_flags.with_adapters(model, pipe)
     # spec < task defaults < the command line, layered once (ldmkit.options); then the CLI's own bounds
     layered = resolve_options(pipe, args.task, {"n": 4, **told})
-    chosen = {k: getattr(layered, k) for k in ("n", "seed", "sampler", "steps", "eta", "guidance_scale")}
+    fields = ("n", "seed", "sampler", "steps", "eta", "guidance_scale", "size", "tile_size")
+    chosen = {k: getattr(layered, k) for k in fields}
     params = _sampler_params(args.sampler_param)
     if params:  # checked by the sampler's own Params; recorded as given, in the form they validate to
         name = sampler_type(chosen["sampler"])

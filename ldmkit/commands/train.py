@@ -12,6 +12,7 @@ EPILOG = """examples:
   ldmkit train examples/train/tiny-autoencoder.yaml --out-dir runs/ae
   ldmkit train examples/train/tiny-ldm.yaml --set first_stage_weights=runs/ae/first_stage.safetensors
   ldmkit train spec.yaml --resume runs/ae/last.ckpt --max-steps 20000
+  ldmkit train examples/train/shapes-lora.yaml   (a LoRA of the shipped Shapes model, on the CPU)
   ldmkit train spec.yaml --nproc 2          (or: torchrun --nproc-per-node 2 -m ldmkit.cli train spec.yaml)
 
 A run continues from OUT_DIR/last.ckpt when that file exists (use --fresh to start over).
@@ -23,9 +24,10 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train an autoencoder or a latent diffusion model",
-        description="Train the first stage (stage: autoencoder) or the diffusion model (stage: ldm) described by "
-        "a train spec (YAML or JSON). Checkpoints go to OUT_DIR/last.ckpt; the result is exported at the end.",
+        help="train an autoencoder, a latent diffusion model or a LoRA of one",
+        description="Train the first stage (stage: autoencoder), the diffusion model (stage: ldm) or a LoRA of a "
+        "trained model (stage: lora) described by a train spec (YAML or JSON). Checkpoints go to "
+        "OUT_DIR/last.ckpt; the result is exported at the end.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -4,7 +4,8 @@
     result = train("examples/train/tiny-autoencoder.yaml")
 
 Runs are described by a :class:`TrainSpec` (YAML/JSON), checkpoint atomically to ``out_dir/last.ckpt``,
-resume exactly, and export ``first_stage.safetensors`` (autoencoder) or a pipeline folder (ldm).
+resume exactly, and export ``first_stage.safetensors`` (autoencoder), a pipeline folder (ldm) or a
+kohya-layout ``lora.safetensors`` (lora: a trained pipeline specialised by a LoRA, its weights frozen).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ldmkit.training.loop import TrainResult, train
 from ldmkit.training.spec import (
     AutoencoderTrainSpec,
     LDMTrainSpec,
+    LoraTrainSpec,
     TrainSpec,
     load_train_spec,
     validate_train_spec,
@@ -21,6 +23,7 @@ from ldmkit.training.spec import (
 __all__ = [
     "AutoencoderTrainSpec",
     "LDMTrainSpec",
+    "LoraTrainSpec",
     "TrainResult",
     "TrainSpec",
     "load_train_spec",

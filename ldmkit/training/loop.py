@@ -55,6 +55,10 @@ def make_stage(spec: TrainSpec, device: torch.device, registry=None) -> Stage:
         from ldmkit.training.autoencoder import AutoencoderStage
 
         return AutoencoderStage(spec, device, registry)
+    if spec.stage == "lora":
+        from ldmkit.training.lora import LoraStage
+
+        return LoraStage(spec, device, registry)
     from ldmkit.training.ldm import LDMStage
 
     return LDMStage(spec, device, registry)

@@ -158,13 +158,64 @@ class LDMTrainSpec(_TrainCommon):
         return self
 
 
-TrainSpec = AutoencoderTrainSpec | LDMTrainSpec
-STAGES: dict[str, type[_TrainCommon]] = {"autoencoder": AutoencoderTrainSpec, "ldm": LDMTrainSpec}
+class LoraSpec(StrictModel):
+    """The LoRA a ``stage: lora`` run trains: low-rank updates of the denoiser's layers."""
+
+    rank: int = Field(4, ge=1, le=1024, description="rank of each update (down: rank x in, up: out x rank)")
+    alpha: float | None = Field(
+        None, gt=0, description="the updates are scaled by alpha / rank, as kohya's files say (None: alpha = rank)"
+    )
+    layers: str | None = Field(
+        None,
+        min_length=1,
+        description="regular expression of the denoiser's layer names to adapt (None: the attention and "
+        "feed-forward layers of its transformers)",
+    )
+
+
+class LoraTrainSpec(_TrainCommon):
+    """A LoRA for a trained pipeline: its weights frozen, only the low-rank updates of the denoiser learn."""
+
+    stage: Literal["lora"]
+    base: str = Field(
+        min_length=1, description="the pipeline to specialise: a model a plugin provides (by name) or a pipeline folder"
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    image_field: str = "image"
+    conditioning: dict[str, str | dict[str, str]] = Field(
+        default_factory=dict,
+        description="conditioner input (or composite part) -> dataset field, as in an ldm run; parts left out "
+        "are given their unconditional input",
+    )
+    reword: dict[str, str] = Field(
+        default_factory=dict,
+        description="words of the text fields replaced before conditioning (whole words; an empty replacement "
+        "drops the word): how a run teaches a phrase a new meaning",
+    )
+    uncond_rate: float = Field(
+        0.1, ge=0.0, lt=1.0, description="fraction of samples trained unconditionally (keeps guidance working)"
+    )
+
+    @field_validator("reword")
+    @classmethod
+    def _single_words(cls, value: dict[str, str]) -> dict[str, str]:
+        for word in value:
+            if not word or not all(part.isalnum() for part in word.split()) or len(word.split()) != 1:
+                raise ValueError(f"{word!r} is not one word of letters and digits")
+        return value
+
+
+TrainSpec = AutoencoderTrainSpec | LDMTrainSpec | LoraTrainSpec
+STAGES: dict[str, type[_TrainCommon]] = {
+    "autoencoder": AutoencoderTrainSpec,
+    "ldm": LDMTrainSpec,
+    "lora": LoraTrainSpec,
+}
 
 
 def validate_train_spec(data: dict[str, Any] | TrainSpec, source: str = "train spec") -> TrainSpec:
     """Validate a mapping into the spec class of its ``stage``; SpecError names the offending field."""
-    if isinstance(data, (AutoencoderTrainSpec, LDMTrainSpec)):
+    if isinstance(data, (AutoencoderTrainSpec, LDMTrainSpec, LoraTrainSpec)):
         return data
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a train spec must be a mapping, not a {type(data).__name__}")

@@ -22,6 +22,7 @@ from ldmkit.building import building_with, current_registry
 from ldmkit.checks import check_batch, host_to_device
 from ldmkit.conditioning import SLOTS
 from ldmkit.interfaces import Slot
+from ldmkit.sizing import common_map_size, fit_concat
 from ldmkit.specs import ComponentSpec
 
 if TYPE_CHECKING:
@@ -136,6 +137,9 @@ class CompositeConditioner(Conditioner):
         return {name: given[name] if name in given else part.unconditional(batch) for name, part in self._parts.items()}
 
     def _merge(self, conds: list[Conditioning]) -> Conditioning:
+        size = common_map_size(conds)
+        if size is not None:  # a part drawn from an input of another size: the other parts' constant maps follow it
+            conds = [fit_concat(cond, size, "composite part's") for cond in conds]
         out = conds[0]
         for cond in conds[1:]:
             try:

@@ -7,9 +7,9 @@ from typing import Any, Literal, cast
 import torch.nn.functional as F
 from pydantic import BaseModel, Field, model_validator
 
-from ldmkit.inputs import Layout, Mask, Picture, SegmentationMap, check_size
+from ldmkit.inputs import Layout, Mask, Picture, SegmentationMap
 from ldmkit.masking import blur_fill
-from ldmkit.tasks import ConditionedTask, Request, TaskParams, image_size
+from ldmkit.tasks import ConditionedTask, Request, TaskParams
 
 
 class LayoutRequest(Request):
@@ -34,7 +34,7 @@ class SemanticParams(TaskParams):
 
 class SemanticRequest(Request):
     segmentation: SegmentationMap = Field(
-        description="a map of class ids (0 = background) the size of the generated picture; (H, W) int64"
+        description="a map of class ids (0 = background); the picture is made at its size; (H, W) int64"
     )
 
 
@@ -47,9 +47,13 @@ class Semantic2ImgTask(ConditionedTask):
     params: SemanticParams
     Request = SemanticRequest
 
+    def input_size(self, pipeline: Any, request: BaseModel) -> tuple[int, int]:
+        """The map's size: the picture is drawn over it."""
+        seg = cast(SemanticRequest, request).segmentation
+        return int(seg.shape[-2]), int(seg.shape[-1])
+
     def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
         seg = cast(SemanticRequest, request).segmentation
-        check_size(seg, image_size(pipeline), "segmentation")
         onehot = F.one_hot(seg, self.params.n_classes).permute(2, 0, 1).float()  # (C, H, W)
         return onehot.unsqueeze(0).repeat(n, 1, 1, 1)  # (n, C, H, W)
 
@@ -60,7 +64,7 @@ class SuperresParams(TaskParams):
 
 
 class ImageRequest(Request):
-    image: Picture = Field(description="the low-resolution picture, 1/factor of the generated size")
+    image: Picture = Field(description="the low-resolution picture; the picture is made factor times its size")
 
 
 class SuperresTask(ConditionedTask):
@@ -72,11 +76,13 @@ class SuperresTask(ConditionedTask):
     params: SuperresParams
     Request = ImageRequest
 
-    def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
-        h, w = image_size(pipeline)
-        f = self.params.factor
+    def input_size(self, pipeline: Any, request: BaseModel) -> tuple[int, int]:
+        """``factor`` times the low-resolution picture's size."""
         image = cast(ImageRequest, request).image
-        check_size(image, (h // f, w // f), "image")
+        return int(image.shape[-2]) * self.params.factor, int(image.shape[-1]) * self.params.factor
+
+    def raw_input(self, pipeline: Any, request: BaseModel, n: int) -> Any:
+        image = cast(ImageRequest, request).image
         return image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, h, w)
 
 
@@ -99,7 +105,7 @@ class InpaintParams(TaskParams):
 
 
 class InpaintRequest(Request):
-    image: Picture = Field(description="the picture to fill in, the size of the generated picture")
+    image: Picture = Field(description="the picture to fill in; the result has its size")
     mask: Mask = Field(description="where to fill in (white), the size of the image")
 
     @model_validator(mode="after")
@@ -120,9 +126,13 @@ class InpaintTask(ConditionedTask):
     params: InpaintParams
     Request = InpaintRequest
 
+    def input_size(self, pipeline: Any, request: BaseModel) -> tuple[int, int]:
+        """The size of the picture to fill in."""
+        image = cast(InpaintRequest, request).image
+        return int(image.shape[-2]), int(image.shape[-1])
+
     def _batch(self, pipeline: Any, request: BaseModel, n: int) -> tuple[Any, Any]:
         request = cast(InpaintRequest, request)
-        check_size(request.image, image_size(pipeline), "image")
         image = request.image.unsqueeze(0).repeat(n, 1, 1, 1).float()  # (n, 3, H, W)
         mask = request.mask.reshape(1, 1, *request.mask.shape[-2:]).repeat(n, 1, 1, 1).float()  # (n, 1, H, W)
         return image, mask

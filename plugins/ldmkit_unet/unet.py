@@ -75,6 +75,7 @@ class UNet(UNetCompVis, UNetDiffusers, ldmkit.Denoiser):
         self.model_channels = p.model_channels
         self.num_classes = p.num_classes
         self.context_dim = p.context_dim
+        self.size_multiple = 2 ** (len(p.channel_mult) - 1)  # each level but the last halves the latent
         if p.use_checkpoint or p.use_fp16:
             log.debug("use_checkpoint/use_fp16 are accepted for config compatibility and ignored")
 

@@ -261,12 +261,14 @@ def _bad_files(d: Path) -> dict[str, Path]:
     seg[10:20, 10:20] = 4
     files["seg4"] = d / "seg4.png"
     Image.fromarray(seg, "L").save(files["seg4"])
-    files["seg32"] = d / "seg32.png"
-    Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(files["seg32"])
-    files["rgb32"] = d / "rgb32.png"
-    Image.fromarray(np.zeros((32, 32, 3), np.uint8), "RGB").save(files["rgb32"])
-    files["mask32"] = d / "mask32.png"
-    Image.fromarray(np.zeros((32, 32), np.uint8), "L").save(files["mask32"])
+    for side in (32, 40):
+        files[f"mask{side}"] = d / f"mask{side}.png"
+        Image.fromarray(np.zeros((side, side), np.uint8), "L").save(files[f"mask{side}"])
+    for side in (10, 40):
+        files[f"rgb{side}"] = d / f"rgb{side}.png"
+        Image.fromarray(np.zeros((side, side, 3), np.uint8), "RGB").save(files[f"rgb{side}"])
+    files["seg40"] = d / "seg40.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8), "L").save(files["seg40"])
     files["text"] = d / "notes.png"
     files["text"].write_text("this is not a picture\n")
     files["plain"] = d / "plain.png"  # a PNG without ldmkit metadata
@@ -284,9 +286,10 @@ BAD = {
     "layout label unknown": (["--task", "layout2img", "--layout", "{unknown}"], "unknown label 'purple circle'"),
     "layout not JSON": (["--task", "layout2img", "--layout", "{notjson}"], "not valid JSON"),
     "segmentation value 4": (["--task", "semantic2img", "--segmentation", "{seg4}"], "value 4"),
-    "segmentation size": (["--task", "semantic2img", "--segmentation", "{seg32}"], "expected 64x64"),
-    "lowres size": (["--task", "superres", "--image", "{rgb32}"], "expected 16x16"),
-    "inpaint image size": (["--task", "inpaint", "--image", "{rgb32}", "--mask", "{mask32}"], "expected 64x64"),
+    # a spatial input sets the picture's size, which must be a multiple of 16 for the Shapes model
+    "segmentation size": (["--task", "semantic2img", "--segmentation", "{seg40}"], "40x40 pixels; each side must"),
+    "lowres size": (["--task", "superres", "--image", "{rgb10}"], "40x40 pixels; each side must be a positive"),
+    "inpaint image size": (["--task", "inpaint", "--image", "{rgb40}", "--mask", "{mask40}"], "multiple of 16"),
     "mask size": (["--task", "inpaint", "--image", "{image}", "--mask", "{mask32}"], "differ in size"),
     "text as image": (["--task", "inpaint", "--image", "{text}", "--mask", "{mask}"], "not a picture Pillow can read"),
     "missing prompt": (["--task", "text2img"], "--prompt"),
