@@ -429,14 +429,16 @@ def bench_vae(vae, d_vae, pipe, run: Run) -> None:
 def bench_pictures(pipe, run: Run, n: int, label: str) -> None:
     """Seconds for n pictures: 50 DDIM steps with guidance (UNet batch 2n), then decode."""
     from ldmkit import Conditioning
+    from ldmkit_samplers.ddim import DDIMSampler
 
+    sampler = DDIMSampler.from_params({})  # the class itself: a plain checkout has no entry points to look it up by
     _, ctx_dim = side_and_context(run)
     g = torch.Generator(device=run.device).manual_seed(n)
     cond = Conditioning(crossattn=torch.randn(n, 77, ctx_dim, device=run.device, generator=g))
     uncond = Conditioning(crossattn=torch.zeros(n, 77, ctx_dim, device=run.device))
 
     def once() -> None:
-        latents = pipe.sample(cond, uncond=uncond, guidance_scale=GUIDANCE, steps=run.args.steps,
+        latents = pipe.sample(cond, sampler=sampler, uncond=uncond, guidance_scale=GUIDANCE, steps=run.args.steps,
                               generator=torch.Generator().manual_seed(0))  # fmt: skip
         pipe.decode(latents)
 
