@@ -25,8 +25,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 10) -> float:
-    """Median milliseconds of ``fn()`` after ``warmup`` calls (CUDA events on a GPU, perf_counter elsewhere)."""
+def times_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 10) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn()`` after ``warmup`` calls (CUDA events on a GPU,
+    perf_counter elsewhere)."""
     with torch.no_grad():
         for _ in range(warmup):
             fn()
@@ -44,7 +45,33 @@ def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, 
                 t0 = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 10) -> float:
+    """Median milliseconds of ``fn()`` after ``warmup`` calls."""
+    return statistics.median(times_ms(fn, device, warmup=warmup, repeats=repeats))
+
+
+def interleaved_ms(
+    fns: dict[str, Callable[[], object]], device: torch.device, *, rounds: int = 3, warmup: int = 2, repeats: int = 10
+) -> dict[str, list[list[float]]]:
+    """Per-call milliseconds of each function, timed in ``rounds`` rounds that take every function in turn.
+
+    Interleaving spreads slow drifts of the machine (clocks, temperature, other tenants) over all
+    contenders instead of charging them to whichever was timed last. Result: name -> one list per round.
+    """
+    samples: dict[str, list[list[float]]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(times_ms(fn, device, warmup=warmup, repeats=repeats))
+    return samples
+
+
+def summary_ms(rounds: list[list[float]]) -> tuple[float, float, float]:
+    """(median of every call, lowest and highest median of a round) of ``interleaved_ms`` samples."""
+    medians = [statistics.median(r) for r in rounds]
+    return statistics.median([ms for r in rounds for ms in r]), min(medians), max(medians)
 
 
 def graphed_us(fn: Callable[[], object], calls: int, repeats: int = 5) -> float:
