@@ -12,9 +12,9 @@ from typing import Any, cast
 import torch
 from pydantic import BaseModel, Field
 
-from ldmkit.errors import InputError, SpecError
-from ldmkit.inputs import Label, Number, Picture, Prompt, check_size
-from ldmkit.tasks import LABEL_KINDS, PROMPT_KINDS, ConditionedTask, Request, TaskParams, image_size
+from ldmkit.errors import SpecError
+from ldmkit.inputs import Label, Number, Picture, Prompt
+from ldmkit.tasks import LABEL_KINDS, PROMPT_KINDS, ConditionedTask, Request, TaskParams
 from ldmkit_tasks.simple import NEGATIVE_LABEL, NEGATIVE_PROMPT
 
 STRENGTH = (
@@ -37,7 +37,7 @@ class Img2ImgParams(TaskParams):
 
 
 class Img2ImgRequest(Request):
-    image: Picture = Field(description="the picture to start from, the size of the generated picture")
+    image: Picture = Field(description="the picture to start from; the result has its size")
     strength: Number | None = Field(None, ge=0.0, le=1.0, description=STRENGTH)
     prompt: Prompt | None = Field(None, description="what to draw, in words (a pipeline whose conditioner reads text)")
     label: Label | None = Field(None, description="the class to draw (a pipeline whose conditioner reads class ids)")
@@ -80,19 +80,15 @@ class Img2ImgTask(ConditionedTask):
     def wrap(self, value: Any, conditioner: Any = None) -> Any:
         return value  # raw_input addresses each input to its part itself
 
+    def input_size(self, pipeline: Any, request: BaseModel) -> tuple[int, int]:
+        """The size of the picture to start from: the result has its size."""
+        image = cast(Img2ImgRequest, request).image
+        return int(image.shape[-2]), int(image.shape[-1])
+
     def sample_kwargs(self, pipeline: Any, request: BaseModel, n: int) -> dict[str, Any]:
         """The picture's latents (``init``, repeated ``n`` times) and the strength, for ``Pipeline.sample``."""
         request = cast(Img2ImgRequest, request)
-        image = request.image  # (3, H, W) in [-1, 1]
-        if pipeline.latent_size is not None:
-            check_size(image, image_size(pipeline), "image")
-        else:  # the picture sets the size: its latents must tile it exactly
-            f = pipeline.first_stage.downsample
-            if image.shape[-1] % f or image.shape[-2] % f:
-                raise InputError(
-                    f"image: {image.shape[-1]}x{image.shape[-2]} pixels; its sides must be multiples of {f} "
-                    "(the first stage's downsampling)"
-                )
+        image = request.image  # (3, H, W) in [-1, 1]; its size was checked by picture_size
         batch = image.unsqueeze(0).repeat(n, 1, 1, 1).to(pipeline.device, pipeline.dtype)  # (n, 3, H, W)
         init = pipeline.encode(batch)  # (n, C, h, w), scaled
         strength = self.params.strength if request.strength is None else float(request.strength)

@@ -131,12 +131,13 @@ def test_bad_img2img_input_exits_2_with_one_message(picture, tmp_path, extra, me
     assert not list(tmp_path.iterdir())
 
 
-def test_a_picture_of_the_wrong_size_exits_2(tmp_path):
+def test_a_picture_the_model_cannot_tile_exits_2(tmp_path):
     small = tmp_path / "small.png"
-    Image.new("RGB", (32, 32), (200, 30, 30)).save(small)
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(small)
     argv = ["generate", "--task", "img2img", "--image", str(small), "-n", "1", "--steps", "2", "--no-progress"]
     code, _, stderr = run_cli([*argv, "--out", str(tmp_path / "out")])
-    assert code == 2 and "64x64" in stderr and "Traceback" not in stderr
+    assert code == 2 and "multiple of 16" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_a_negative_for_a_task_that_does_not_read_it_exits_2(tmp_path):

@@ -76,11 +76,20 @@ def test_bad_requests_are_input_errors(shipped, pictures, inputs, match):
         shipped.task("img2img").parse_request({"image": pictures[0], **inputs})
 
 
-def test_a_picture_of_another_size_is_refused(shipped):
+def test_the_result_takes_the_input_pictures_size(shipped):
     task = shipped.task("img2img")
     request = task.parse_request({"image": torch.zeros(3, 32, 48)})
-    with pytest.raises(InputError, match="64x64"):
+    pictures = task.run(shipped, request, ldmkit.SampleOptions(n=1, steps=2))
+    assert tuple(pictures.shape) == (1, 3, 32, 48)
+
+
+def test_a_picture_the_model_cannot_tile_is_refused(shipped):
+    task = shipped.task("img2img")
+    request = task.parse_request({"image": torch.zeros(3, 40, 40)})
+    with pytest.raises(InputError, match="multiple of 16"):
         task.run(shipped, request, ldmkit.SampleOptions(n=1, steps=2))
+    with pytest.raises(InputError, match="differs from 40x40"):
+        task.run(shipped, request, ldmkit.SampleOptions(n=1, steps=2, size=(64, 64)))
 
 
 def test_prompt_and_label_go_to_their_parts_and_the_rest_stay_unconditional(shipped, pictures):
