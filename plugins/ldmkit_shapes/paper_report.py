@@ -175,6 +175,22 @@ def markdown_report(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def classifier_note(path: str | Path | None = None) -> str:
+    """One paragraph on a classifier weights file (default: the shipped one), from its metadata."""
+    from ldmkit.checkpoints import safetensors_metadata
+    from ldmkit_shapes.classifier import weights_path
+
+    meta = safetensors_metadata(path if path is not None else weights_path())
+    return (
+        f"Held-out accuracy of the classifier: {float(meta.get('test_accuracy', 'nan')):.3f} on"
+        f" {meta.get('test_pictures', '?')} pictures (seed {meta.get('test_seed', '?')}), mean box error"
+        f" {meta.get('test_box_mae_pixels', '?')} px; trained on {meta.get('train_pictures', '?')} pictures for"
+        f" {meta.get('epochs', '?')} epochs on the {meta.get('device', 'cpu')}.\n\n"
+        "Its Fréchet distance for held-out real pictures and for the same pictures deliberately degraded, in the"
+        " experiment's setting (`ldmkit paper metric`):\n\n"
+    )
+
+
 def sanity_table(rows: list[tuple[str, dict[str, float]]], samples: int, reference: int) -> str:
     """The metric's sanity rows (:func:`ldmkit_shapes.paper_eval.metric_sanity`) as a markdown table."""
     lines = [
@@ -187,18 +203,24 @@ def sanity_table(rows: list[tuple[str, dict[str, float]]], samples: int, referen
     return "\n".join(lines) + "\n"
 
 
-def update_page(page: str | Path, results: dict[str, Any]) -> None:
-    """Replace the text between the page's result markers with :func:`markdown_report`."""
+def fill_markers(page: str | Path, name: str, body: str) -> None:
+    """Replace the text between ``<!-- paper:NAME:start -->`` and ``<!-- paper:NAME:end -->`` of a page."""
     page = Path(page)
+    start, end = f"<!-- paper:{name}:start -->", f"<!-- paper:{name}:end -->"
     try:
         text = page.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{page}: cannot read ({exc.strerror or exc})") from None
-    head, sep, rest = text.partition(START)
-    _, sep2, tail = rest.partition(END)
+    head, sep, rest = text.partition(start)
+    _, sep2, tail = rest.partition(end)
     if not sep or not sep2:
-        raise InputError(f"{page}: no {START} ... {END} markers to fill")
-    page.write_text(f"{head}{START}\n\n{markdown_report(results)}\n{END}{tail}", encoding="utf-8")
+        raise InputError(f"{page}: no {start} ... {end} markers to fill")
+    page.write_text(f"{head}{start}\n\n{body}\n{end}{tail}", encoding="utf-8")
+
+
+def update_page(page: str | Path, results: dict[str, Any]) -> None:
+    """Replace the text between the page's result markers with :func:`markdown_report`."""
+    fill_markers(page, "results", markdown_report(results))
 
 
 def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -273,6 +295,8 @@ __all__ = [
     "PLOTS",
     "START",
     "equal_time",
+    "classifier_note",
+    "fill_markers",
     "markdown_report",
     "plot",
     "read_results",
