@@ -231,6 +231,7 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FormatStrFormatter
     except ImportError:
         raise InputError("plotting needs matplotlib: pip install 'ldmkit[paper]'") from None
     out_dir = Path(out_dir)
@@ -245,12 +246,18 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         label = "f=1 (pixels)" if f == 1 else f"f={f}"
         ax_fd.plot([s for s, _ in cps], [r["fd"] for _, r in cps], marker="o", label=label)
         ax_acc.plot([s for s, _ in cps], [r["accuracy"] for _, r in cps], marker="o", label=label)
+    steps = [int(s) for s in results["experiment"]["checkpoints"]]
+    plain = FormatStrFormatter("%g")  # 250, not 2.5 x 10^2
     for ax, name in ((ax_fd, "Fréchet distance (lower is better)"), (ax_acc, "class accuracy (parser)")):
         ax.set_xscale("log")
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.minorticks_off()
         ax.set_xlabel("training steps")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     ax_fd.set_yscale("log")
+    ax_fd.yaxis.set_major_formatter(plain)
+    ax_fd.yaxis.set_minor_formatter(plain)
     ax_acc.legend()
     fig.suptitle(f"Quality against training steps ({ev['sampler']} {ev['steps']} steps)")
     fig.tight_layout()
@@ -278,6 +285,9 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
                 ax.annotate(str(s), (rate, fd), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
     ax.set_xlabel("sampling throughput (pictures/s, decoding included)")
     ax.set_ylabel("Fréchet distance (lower is better)")
     ax.set_title(f"Final checkpoint (step {final}); labels: DDIM steps")
