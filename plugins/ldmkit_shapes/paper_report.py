@@ -170,9 +170,72 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"| {f} | {int(r['steps_in_budget'])} | {_fmt(r['checkpoint'])} | {_fmt(r.get('fd'), 2)} |"
                 f" {_fmt(r.get('accuracy'), 2)} |"
             )
+    checks = claim_checks(results)
+    if checks:
+        lines += ["", "**Checks per claim**, computed from the numbers above (the verdicts weigh them):", ""]
+        lines += [f"{n}. {text}" for n, text in checks]
     if results.get("errors"):
         lines += ["", "Failed: " + "; ".join(f"f={f}: {m}" for f, m in results["errors"].items())]
     return "\n".join(lines) + "\n"
+
+
+def claim_checks(results: dict[str, Any]) -> list[tuple[int, str]]:
+    """One line of evidence per claim of the paper (numbered as on docs/paper.md), where the data allow it."""
+    fs = factors(results)
+    cps = {f: _checkpoints(results, f) for f in fs}
+    out: list[tuple[int, str]] = []
+    moderate = [f for f in fs if 4 <= f <= 16 and f != max(fs)] or [f for f in fs if f > 1]
+    common = [s for s in sorted(cps.get(1, {})) if all(s in cps[f] for f in moderate)]
+    if 1 in fs and moderate and common:
+        worse = [s for s in common if cps[1][s]["fd"] > min(cps[f][s]["fd"] for f in moderate)]
+        lower = [s for s in common if cps[1][s]["accuracy"] < max(cps[f][s]["accuracy"] for f in moderate)]
+        out.append(
+            (
+                1,
+                f"f=1 has a higher FD than the best of f={', '.join(map(str, moderate))} at {len(worse)} of"
+                f" {len(common)} checkpoints, and a lower accuracy at {len(lower)} of {len(common)}.",
+            )
+        )
+    big = max(fs)
+    ref = 4 if 4 in fs else None
+    if big > 1 and ref is not None and ref != big and len(cps[big]) >= 2 and len(cps[ref]) >= 2:
+
+        def change(f: int) -> float:
+            (_, a), (_, b) = sorted(cps[f].items())[-2:]
+            return b["fd"] / a["fd"] - 1.0 if a["fd"] > 0 else 0.0
+
+        ae_big = results.get("autoencoders", {}).get(str(big), {}).get("reconstruction_fd")
+        ae_ref = results.get("autoencoders", {}).get(str(ref), {}).get("reconstruction_fd")
+        last_big, last_ref = sorted(cps[big].items())[-1][1], sorted(cps[ref].items())[-1][1]
+        out.append(
+            (
+                2,
+                f"over the last checkpoint interval the FD of f={big} changed by {change(big):+.0%}, that of f={ref} by"
+                f" {change(ref):+.0%}; final FD f={big} {last_big['fd']:.2f} against f={ref} {last_ref['fd']:.2f};"
+                f" its autoencoder's reconstructions alone score FD {_fmt(ae_big, 2)} (f={ref}: {_fmt(ae_ref, 2)}).",
+            )
+        )
+    eq = equal_time(results)
+    if eq is not None:
+        scored = {int(f): r for f, r in eq["rows"].items() if r.get("fd") is not None}
+        if scored:
+            best = min(scored, key=lambda f: scored[f]["fd"])
+            order = ", ".join(f"f={f} {scored[f]['fd']:.2f}" for f in sorted(scored, key=lambda f: scored[f]["fd"]))
+            missing = [f for f in fs if f not in scored]
+            note = f" (no checkpoint within the budget yet: f={', '.join(map(str, missing))})" if missing else ""
+            out.append((3, f"at equal training time the best FD is f={best}'s; in order: {order}{note}."))
+    steps = int(results["experiment"]["evaluation"]["steps"])
+    rates = {f: _rate(results, f, f"sample_pictures_per_s@{steps}") for f in fs}
+    if all(r is not None for r in rates.values()):
+        seq = ", ".join(f"f={f} {_speed(rates[f])}" for f in fs)
+        rising = all(rates[a] <= rates[b] for a, b in zip(fs, fs[1:], strict=False))  # type: ignore[operator]
+        out.append(
+            (
+                4,
+                f"pictures/s at {steps} DDIM steps: {seq} ({'rising' if rising else 'not rising'} with f all the way).",
+            )
+        )
+    return out
 
 
 def classifier_note(path: str | Path | None = None) -> str:
@@ -305,6 +368,7 @@ __all__ = [
     "PLOTS",
     "START",
     "equal_time",
+    "claim_checks",
     "classifier_note",
     "fill_markers",
     "markdown_report",

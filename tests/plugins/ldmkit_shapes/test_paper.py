@@ -15,7 +15,7 @@ from ldmkit.cli import main
 from ldmkit.errors import SpecError
 from ldmkit.training import validate_train_spec
 from ldmkit_shapes.paper_plan import load_experiment
-from ldmkit_shapes.paper_report import END, START, equal_time, markdown_report, update_page
+from ldmkit_shapes.paper_report import END, START, claim_checks, equal_time, markdown_report, update_page
 
 ROOT = Path(__file__).resolve().parents[3]
 SPECS = ROOT / "examples" / "paper"
@@ -109,6 +109,16 @@ def test_equal_time_takes_each_factors_latest_checkpoint_within_the_fastest_full
     assert eq["rows"]["1"]["checkpoint"] == 10 and eq["rows"]["1"]["fd"] == 9.0
     assert eq["rows"]["4"]["checkpoint"] == 40 and eq["rows"]["4"]["fd"] == 1.0
     assert equal_time({**_results(), "throughput": {}}) is None
+
+
+def test_claim_checks_state_the_evidence_of_each_claim_the_data_cover():
+    checks = dict(claim_checks(_results()))
+    assert sorted(checks) == [1, 3, 4]  # claim 2 needs a factor above 4 to compare with f=4
+    assert "higher FD than the best of f=4 at 2 of 2 checkpoints, and a lower accuracy at 2 of 2" in checks[1]
+    assert "best FD is f=4's; in order: f=4 1.00, f=1 9.00" in checks[3]
+    assert "f=1 10, f=4 100 (rising" in checks[4]
+    slower = {**_results(), "throughput": {**_results()["throughput"], "4": {"train_samples_per_s": 400.0}}}
+    assert 4 not in dict(claim_checks(slower))  # no sampling speed for f=4: no evidence for claim 4
 
 
 def test_markdown_report_shows_every_measured_number(tmp_path):
