@@ -98,11 +98,17 @@ def markdown_report(results: dict[str, Any]) -> str:
     ev = results["experiment"]["evaluation"]
     env = results.get("environment", {})
     where = env.get("gpu") or env.get("cpu") or env.get("device", "?")
+    kind = "tiny (CPU smoke run)" if results.get("tiny") else "full"
+    head = f"Run: {kind} on {where} (torch {env.get('torch', '?')}), started {results.get('started', '?')}"
+    if results.get("total_s") is not None:
+        head += (
+            f", total {_fmt(results['total_s'], 0)} s (training phase {_fmt(results.get('training_phase_s'), 0)} s,"
+            f" exclusive timing phase {_fmt(results.get('throughput_phase_s'), 0)} s)."
+        )
+    else:
+        head += "; it ended before its timing phase (no total time, no speed numbers)."
     lines = [
-        f"Run: {'tiny (CPU smoke run)' if results.get('tiny') else 'full'} on {where} (torch {env.get('torch', '?')}),"
-        f" started {results.get('started', '?')}, total {_fmt(results.get('total_s'), 0)} s"
-        f" (training phase {_fmt(results.get('training_phase_s'), 0)} s,"
-        f" exclusive timing phase {_fmt(results.get('throughput_phase_s'), 0)} s).",
+        head,
         "",
         f"Every evaluation: {ev['samples']} class-conditional pictures (labels 0..17 in turn), {ev['sampler']}"
         f" {ev['steps']} steps, no guidance; Fréchet distance (FD) in the Shapes classifier's features against"
@@ -140,7 +146,15 @@ def markdown_report(results: dict[str, Any]) -> str:
         else:
             lines.append(f"| {f} | - | - | - | - |")
     sweep_steps = sorted({int(ev["steps"]), *[int(s) for s in ev.get("steps_sweep", [])]})
-    lines += ["", "**Speed, alone on the device**, and the final checkpoint's quality per sampling step count:", ""]
+    if results.get("throughput"):
+        lines += _speed_table(results, fs, steps, sweep_steps)
+    lines += _tail(results, fs)
+    return "\n".join(lines) + "\n"
+
+
+def _speed_table(results: dict[str, Any], fs: list[int], steps: list[int], sweep_steps: list[int]) -> list[str]:
+    ev = results["experiment"]["evaluation"]
+    lines = ["", "**Speed, alone on the device**, and the final checkpoint's quality per sampling step count:", ""]
     head = "| f | training samples/s | " + " | ".join(f"{s} steps: pictures/s, FD" for s in sweep_steps) + " |"
     lines += [head, "| --- | --- | " + " | ".join("---" for _ in sweep_steps) + " |"]
     final = steps[-1]
@@ -154,6 +168,11 @@ def markdown_report(results: dict[str, Any]) -> str:
             rate = _rate(results, f, f"sample_pictures_per_s@{s}")
             cells.append(f"{_speed(rate)}, {_fmt(quality[s]['fd'], 2) if s in quality else '-'}")
         lines.append(f"| {f} | {_speed(_rate(results, f, 'train_samples_per_s'))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _tail(results: dict[str, Any], fs: list[int]) -> list[str]:
+    lines: list[str] = []
     eq = equal_time(results)
     if eq is not None:
         lines += [
@@ -176,7 +195,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         lines += [f"{n}. {text}" for n, text in checks]
     if results.get("errors"):
         lines += ["", "Failed: " + "; ".join(f"f={f}: {m}" for f, m in results["errors"].items())]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def claim_checks(results: dict[str, Any]) -> list[tuple[int, str]]:
@@ -288,7 +307,8 @@ def update_page(page: str | Path, results: dict[str, Any]) -> None:
 
 def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """``paper-steps.png`` (FD and accuracy against training steps, one line per f) and ``paper-speed.png``
-    (FD of the final checkpoint against sampling pictures/s, one point per DDIM step count)."""
+    (FD of the final checkpoint against sampling pictures/s, one point per DDIM step count; only when the run
+    measured throughput). Returns the files written."""
     try:
         import matplotlib
 
@@ -328,6 +348,8 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig.savefig(steps_png, dpi=110)
     plt.close(fig)
 
+    if not results.get("throughput"):
+        return [steps_png]  # no timing phase in this run: nothing to put on the speed axis
     fig, ax = plt.subplots(figsize=(6, 4))
     final = int(results["experiment"]["checkpoints"][-1])
     for f in fs:
