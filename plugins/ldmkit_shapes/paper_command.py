@@ -11,7 +11,7 @@ from ldmkit.commands import Command
 
 EPILOG = """examples:
   ldmkit paper run --out runs/paper --device cuda          the full experiment (about 8 minutes on one H100)
-  ldmkit paper run --out /tmp/paper-tiny --tiny            the same with tiny models on the CPU (a smoke run)
+  ldmkit paper run --out runs/paper-tiny --tiny            the same with tiny models on the CPU (a smoke run)
   ldmkit paper plot runs/paper/results.json --out docs/    the two figures (needs: pip install 'ldmkit[paper]')
   ldmkit paper report runs/paper/results.json --page docs/paper.md   fill the page's tables
   ldmkit paper metric --page docs/paper.md                 the Frechet distance of real and degraded pictures

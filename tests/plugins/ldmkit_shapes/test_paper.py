@@ -15,7 +15,15 @@ from ldmkit.cli import main
 from ldmkit.errors import SpecError
 from ldmkit.training import validate_train_spec
 from ldmkit_shapes.paper_plan import load_experiment
-from ldmkit_shapes.paper_report import END, START, claim_checks, equal_time, markdown_report, update_page
+from ldmkit_shapes.paper_report import (
+    END,
+    START,
+    claim_checks,
+    equal_time,
+    markdown_report,
+    read_results,
+    update_page,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 SPECS = ROOT / "examples" / "paper"
@@ -135,6 +143,13 @@ def test_markdown_report_shows_every_measured_number(tmp_path):
     assert "old" not in filled and "9.00 / 0.10" in filled
 
 
+def test_the_page_shows_the_committed_results():
+    # docs/paper.md's tables are generated from docs/paper-results.json: regenerate them after a new run
+    results = read_results(ROOT / "docs" / "paper-results.json")
+    page = (ROOT / "docs" / "paper.md").read_text()
+    assert f"{START}\n\n{markdown_report(results)}\n{END}" in page
+
+
 def test_report_and_plot_errors_exit_2(tmp_path, capsys):
     assert main(["paper", "report", str(tmp_path / "missing.json")]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -157,6 +172,9 @@ def test_plot_draws_both_figures_or_names_the_extra(tmp_path, capsys):
     assert code == 0
     for name in ("paper-steps.png", "paper-speed.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "r2.json").write_text(json.dumps({**_results(), "throughput": {}}))
+    assert main(["paper", "plot", str(tmp_path / "r2.json"), "--out", str(tmp_path / "p2")]) == 0
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == ["paper-steps.png"]  # no speeds: no speed figure
 
 
 @pytest.mark.slow
