@@ -40,9 +40,9 @@ def pictures(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=weights_path(), help="weights file (default: the shipped one)")
-    p.add_argument("--train", type=int, default=9_000, help="training pictures")
-    p.add_argument("--test", type=int, default=2_000, help="held-out pictures")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train", type=int, default=24_000, help="training pictures")
+    p.add_argument("--test", type=int, default=4_000, help="held-out pictures")
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=2)

@@ -4,8 +4,9 @@ It reads a 64x64 picture and predicts the class of its (main) object and that ob
 there so that the penultimate features also encode where an object is and how large, not only what it is:
 the Fréchet distance in those features then sees wrong positions and sizes as well as wrong classes.
 
-The shipped weights (``classifier.safetensors`` in this package) were trained once on the CPU with
-``scripts/train_shapes_classifier.py``; see docs/paper.md for its accuracy.
+The shipped weights (``classifier.safetensors`` in this package) were trained with
+``scripts/train_shapes_classifier.py`` (on one GPU, as the first step of the paper experiment's GPU job; the same
+recipe on the CPU reaches the same held-out accuracy); see docs/paper.md for its accuracy and its sanity checks.
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ from ldmkit.commands import Command
 
 EPILOG = """examples:
   ldmkit paper run --out runs/paper --device cuda          the full experiment (about 8 minutes on one H100)
-  ldmkit paper run --out /tmp/paper-tiny --tiny            the same with tiny models on the CPU (a smoke run)
+  ldmkit paper run --out runs/paper-tiny --tiny            the same with tiny models on the CPU (a smoke run)
   ldmkit paper plot runs/paper/results.json --out docs/    the two figures (needs: pip install 'ldmkit[paper]')
   ldmkit paper report runs/paper/results.json --page docs/paper.md   fill the page's tables
-  ldmkit paper metric                                      the Frechet distance of real and degraded pictures
+  ldmkit paper metric --page docs/paper.md                 the Frechet distance of real and degraded pictures
 """
 
 
@@ -49,6 +49,7 @@ class PaperCommand(Command):
         metric.add_argument("--specs", default="examples/paper", help="the experiment's specs (default examples/paper)")
         metric.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
         metric.add_argument("--classifier", default=None, help="Shapes classifier weights (default: the shipped ones)")
+        metric.add_argument("--page", default=None, help="a markdown page with the metric markers (docs/paper.md)")
         report = sub.add_parser("report", help="print the tables of a results.json, or fill a page's tables")
         report.add_argument("results", help="results.json of 'ldmkit paper run'")
         report.add_argument("--page", default=None, help="a markdown page with the result markers (docs/paper.md)")
@@ -71,11 +72,16 @@ class PaperCommand(Command):
         if args.action == "metric":
             from ldmkit_shapes.paper_eval import metric_sanity
             from ldmkit_shapes.paper_plan import load_experiment
-            from ldmkit_shapes.paper_report import sanity_table
+            from ldmkit_shapes.paper_report import classifier_note, fill_markers, sanity_table
 
             plan = load_experiment(args.specs).plan.evaluation
             rows = metric_sanity(plan, args.device, args.classifier)
-            print(sanity_table(rows, plan.samples, plan.reference), end="")
+            text = classifier_note(args.classifier) + sanity_table(rows, plan.samples, plan.reference)
+            if args.page:
+                fill_markers(args.page, "classifier", text)
+                print(f"updated {args.page}")
+            else:
+                print(text, end="")
             return 0
         from ldmkit_shapes.paper_report import markdown_report, plot, read_results, update_page
 

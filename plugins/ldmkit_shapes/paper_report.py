@@ -98,11 +98,17 @@ def markdown_report(results: dict[str, Any]) -> str:
     ev = results["experiment"]["evaluation"]
     env = results.get("environment", {})
     where = env.get("gpu") or env.get("cpu") or env.get("device", "?")
+    kind = "tiny (CPU smoke run)" if results.get("tiny") else "full"
+    head = f"Run: {kind} on {where} (torch {env.get('torch', '?')}), started {results.get('started', '?')}"
+    if results.get("total_s") is not None:
+        head += (
+            f", total {_fmt(results['total_s'], 0)} s (training phase {_fmt(results.get('training_phase_s'), 0)} s,"
+            f" exclusive timing phase {_fmt(results.get('throughput_phase_s'), 0)} s)."
+        )
+    else:
+        head += "; it ended before its timing phase (no total time, no speed numbers)."
     lines = [
-        f"Run: {'tiny (CPU smoke run)' if results.get('tiny') else 'full'} on {where} (torch {env.get('torch', '?')}),"
-        f" started {results.get('started', '?')}, total {_fmt(results.get('total_s'), 0)} s"
-        f" (training phase {_fmt(results.get('training_phase_s'), 0)} s,"
-        f" exclusive timing phase {_fmt(results.get('throughput_phase_s'), 0)} s).",
+        head,
         "",
         f"Every evaluation: {ev['samples']} class-conditional pictures (labels 0..17 in turn), {ev['sampler']}"
         f" {ev['steps']} steps, no guidance; Fréchet distance (FD) in the Shapes classifier's features against"
@@ -140,7 +146,15 @@ def markdown_report(results: dict[str, Any]) -> str:
         else:
             lines.append(f"| {f} | - | - | - | - |")
     sweep_steps = sorted({int(ev["steps"]), *[int(s) for s in ev.get("steps_sweep", [])]})
-    lines += ["", "**Speed, alone on the device**, and the final checkpoint's quality per sampling step count:", ""]
+    if results.get("throughput"):
+        lines += _speed_table(results, fs, steps, sweep_steps)
+    lines += _tail(results, fs)
+    return "\n".join(lines) + "\n"
+
+
+def _speed_table(results: dict[str, Any], fs: list[int], steps: list[int], sweep_steps: list[int]) -> list[str]:
+    ev = results["experiment"]["evaluation"]
+    lines = ["", "**Speed, alone on the device**, and the final checkpoint's quality per sampling step count:", ""]
     head = "| f | training samples/s | " + " | ".join(f"{s} steps: pictures/s, FD" for s in sweep_steps) + " |"
     lines += [head, "| --- | --- | " + " | ".join("---" for _ in sweep_steps) + " |"]
     final = steps[-1]
@@ -154,6 +168,11 @@ def markdown_report(results: dict[str, Any]) -> str:
             rate = _rate(results, f, f"sample_pictures_per_s@{s}")
             cells.append(f"{_speed(rate)}, {_fmt(quality[s]['fd'], 2) if s in quality else '-'}")
         lines.append(f"| {f} | {_speed(_rate(results, f, 'train_samples_per_s'))} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _tail(results: dict[str, Any], fs: list[int]) -> list[str]:
+    lines: list[str] = []
     eq = equal_time(results)
     if eq is not None:
         lines += [
@@ -170,9 +189,88 @@ def markdown_report(results: dict[str, Any]) -> str:
                 f"| {f} | {int(r['steps_in_budget'])} | {_fmt(r['checkpoint'])} | {_fmt(r.get('fd'), 2)} |"
                 f" {_fmt(r.get('accuracy'), 2)} |"
             )
+    checks = claim_checks(results)
+    if checks:
+        lines += ["", "**Checks per claim**, computed from the numbers above (the verdicts weigh them):", ""]
+        lines += [f"{n}. {text}" for n, text in checks]
     if results.get("errors"):
         lines += ["", "Failed: " + "; ".join(f"f={f}: {m}" for f, m in results["errors"].items())]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def claim_checks(results: dict[str, Any]) -> list[tuple[int, str]]:
+    """One line of evidence per claim of the paper (numbered as on docs/paper.md), where the data allow it."""
+    fs = factors(results)
+    cps = {f: _checkpoints(results, f) for f in fs}
+    out: list[tuple[int, str]] = []
+    moderate = [f for f in fs if 4 <= f <= 16 and f != max(fs)] or [f for f in fs if f > 1]
+    common = [s for s in sorted(cps.get(1, {})) if all(s in cps[f] for f in moderate)]
+    if 1 in fs and moderate and common:
+        worse = [s for s in common if cps[1][s]["fd"] > min(cps[f][s]["fd"] for f in moderate)]
+        lower = [s for s in common if cps[1][s]["accuracy"] < max(cps[f][s]["accuracy"] for f in moderate)]
+        out.append(
+            (
+                1,
+                f"f=1 has a higher FD than the best of f={', '.join(map(str, moderate))} at {len(worse)} of"
+                f" {len(common)} checkpoints, and a lower accuracy at {len(lower)} of {len(common)}.",
+            )
+        )
+    big = max(fs)
+    ref = 4 if 4 in fs else None
+    if big > 1 and ref is not None and ref != big and len(cps[big]) >= 2 and len(cps[ref]) >= 2:
+
+        def change(f: int) -> float:
+            (_, a), (_, b) = sorted(cps[f].items())[-2:]
+            return b["fd"] / a["fd"] - 1.0 if a["fd"] > 0 else 0.0
+
+        ae_big = results.get("autoencoders", {}).get(str(big), {}).get("reconstruction_fd")
+        ae_ref = results.get("autoencoders", {}).get(str(ref), {}).get("reconstruction_fd")
+        last_big, last_ref = sorted(cps[big].items())[-1][1], sorted(cps[ref].items())[-1][1]
+        out.append(
+            (
+                2,
+                f"over the last checkpoint interval the FD of f={big} changed by {change(big):+.0%}, that of f={ref} by"
+                f" {change(ref):+.0%}; final FD f={big} {last_big['fd']:.2f} against f={ref} {last_ref['fd']:.2f};"
+                f" its autoencoder's reconstructions alone score FD {_fmt(ae_big, 2)} (f={ref}: {_fmt(ae_ref, 2)}).",
+            )
+        )
+    eq = equal_time(results)
+    if eq is not None:
+        scored = {int(f): r for f, r in eq["rows"].items() if r.get("fd") is not None}
+        if scored:
+            best = min(scored, key=lambda f: scored[f]["fd"])
+            order = ", ".join(f"f={f} {scored[f]['fd']:.2f}" for f in sorted(scored, key=lambda f: scored[f]["fd"]))
+            missing = [f for f in fs if f not in scored]
+            note = f" (no checkpoint within the budget yet: f={', '.join(map(str, missing))})" if missing else ""
+            out.append((3, f"at equal training time the best FD is f={best}'s; in order: {order}{note}."))
+    steps = int(results["experiment"]["evaluation"]["steps"])
+    rates = {f: _rate(results, f, f"sample_pictures_per_s@{steps}") for f in fs}
+    if all(r is not None for r in rates.values()):
+        seq = ", ".join(f"f={f} {_speed(rates[f])}" for f in fs)
+        rising = all(rates[a] <= rates[b] for a, b in zip(fs, fs[1:], strict=False))  # type: ignore[operator]
+        out.append(
+            (
+                4,
+                f"pictures/s at {steps} DDIM steps: {seq} ({'rising' if rising else 'not rising'} with f all the way).",
+            )
+        )
+    return out
+
+
+def classifier_note(path: str | Path | None = None) -> str:
+    """One paragraph on a classifier weights file (default: the shipped one), from its metadata."""
+    from ldmkit.checkpoints import safetensors_metadata
+    from ldmkit_shapes.classifier import weights_path
+
+    meta = safetensors_metadata(path if path is not None else weights_path())
+    return (
+        f"Held-out accuracy of the classifier: {float(meta.get('test_accuracy', 'nan')):.3f} on"
+        f" {meta.get('test_pictures', '?')} pictures (seed {meta.get('test_seed', '?')}), mean box error"
+        f" {meta.get('test_box_mae_pixels', '?')} px; trained on {meta.get('train_pictures', '?')} pictures for"
+        f" {meta.get('epochs', '?')} epochs on the {meta.get('device', 'cpu')}.\n\n"
+        "Its Fréchet distance for held-out real pictures and for the same pictures deliberately degraded, in the"
+        " experiment's setting (`ldmkit paper metric`):\n\n"
+    )
 
 
 def sanity_table(rows: list[tuple[str, dict[str, float]]], samples: int, reference: int) -> str:
@@ -187,28 +285,36 @@ def sanity_table(rows: list[tuple[str, dict[str, float]]], samples: int, referen
     return "\n".join(lines) + "\n"
 
 
-def update_page(page: str | Path, results: dict[str, Any]) -> None:
-    """Replace the text between the page's result markers with :func:`markdown_report`."""
+def fill_markers(page: str | Path, name: str, body: str) -> None:
+    """Replace the text between ``<!-- paper:NAME:start -->`` and ``<!-- paper:NAME:end -->`` of a page."""
     page = Path(page)
+    start, end = f"<!-- paper:{name}:start -->", f"<!-- paper:{name}:end -->"
     try:
         text = page.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{page}: cannot read ({exc.strerror or exc})") from None
-    head, sep, rest = text.partition(START)
-    _, sep2, tail = rest.partition(END)
+    head, sep, rest = text.partition(start)
+    _, sep2, tail = rest.partition(end)
     if not sep or not sep2:
-        raise InputError(f"{page}: no {START} ... {END} markers to fill")
-    page.write_text(f"{head}{START}\n\n{markdown_report(results)}\n{END}{tail}", encoding="utf-8")
+        raise InputError(f"{page}: no {start} ... {end} markers to fill")
+    page.write_text(f"{head}{start}\n\n{body}\n{end}{tail}", encoding="utf-8")
+
+
+def update_page(page: str | Path, results: dict[str, Any]) -> None:
+    """Replace the text between the page's result markers with :func:`markdown_report`."""
+    fill_markers(page, "results", markdown_report(results))
 
 
 def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """``paper-steps.png`` (FD and accuracy against training steps, one line per f) and ``paper-speed.png``
-    (FD of the final checkpoint against sampling pictures/s, one point per DDIM step count)."""
+    (FD of the final checkpoint against sampling pictures/s, one point per DDIM step count; only when the run
+    measured throughput). Returns the files written."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FormatStrFormatter
     except ImportError:
         raise InputError("plotting needs matplotlib: pip install 'ldmkit[paper]'") from None
     out_dir = Path(out_dir)
@@ -223,12 +329,18 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         label = "f=1 (pixels)" if f == 1 else f"f={f}"
         ax_fd.plot([s for s, _ in cps], [r["fd"] for _, r in cps], marker="o", label=label)
         ax_acc.plot([s for s, _ in cps], [r["accuracy"] for _, r in cps], marker="o", label=label)
+    steps = [int(s) for s in results["experiment"]["checkpoints"]]
+    plain = FormatStrFormatter("%g")  # 250, not 2.5 x 10^2
     for ax, name in ((ax_fd, "Fréchet distance (lower is better)"), (ax_acc, "class accuracy (parser)")):
         ax.set_xscale("log")
+        ax.set_xticks(steps, [str(s) for s in steps])
+        ax.minorticks_off()
         ax.set_xlabel("training steps")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     ax_fd.set_yscale("log")
+    ax_fd.yaxis.set_major_formatter(plain)
+    ax_fd.yaxis.set_minor_formatter(plain)
     ax_acc.legend()
     fig.suptitle(f"Quality against training steps ({ev['sampler']} {ev['steps']} steps)")
     fig.tight_layout()
@@ -236,6 +348,8 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     fig.savefig(steps_png, dpi=110)
     plt.close(fig)
 
+    if not results.get("throughput"):
+        return [steps_png]  # no timing phase in this run: nothing to put on the speed axis
     fig, ax = plt.subplots(figsize=(6, 4))
     final = int(results["experiment"]["checkpoints"][-1])
     for f in fs:
@@ -256,6 +370,9 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
                 ax.annotate(str(s), (rate, fd), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(plain)
     ax.set_xlabel("sampling throughput (pictures/s, decoding included)")
     ax.set_ylabel("Fréchet distance (lower is better)")
     ax.set_title(f"Final checkpoint (step {final}); labels: DDIM steps")
@@ -273,6 +390,9 @@ __all__ = [
     "PLOTS",
     "START",
     "equal_time",
+    "claim_checks",
+    "classifier_note",
+    "fill_markers",
     "markdown_report",
     "plot",
     "read_results",

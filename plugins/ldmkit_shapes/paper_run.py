@@ -240,7 +240,11 @@ def run_experiment(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start_wall)),
         "batch_size": {str(f): exp.ldms[f].get("batch_size") for f in exp.plan.factors},
         "latent": {str(f): latent_shape(exp, f) for f in exp.plan.factors},
-        "classifier": {"path": classifier or "shipped", **safetensors_metadata(classifier or weights_path())},
+        # the file name only: results files get published, machine paths do not belong in them
+        "classifier": {
+            "path": Path(classifier).name if classifier else "shipped",
+            **safetensors_metadata(classifier or weights_path()),
+        },
     }
     results["real"] = judge.real_floor()
     log.info("real pictures: %s", json.dumps({k: round(v, 4) for k, v in results["real"].items()}))

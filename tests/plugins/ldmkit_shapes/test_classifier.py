@@ -79,7 +79,7 @@ def test_shipped_classifier_accuracy_holds_on_other_held_out_pictures(real, clas
     documented = float(safetensors_metadata(weights_path())["test_accuracy"])
     # 600 pictures: the binomial standard error is at most 0.02, so 0.06 is three of them
     assert accuracy >= documented - 0.06
-    assert accuracy > 0.5  # far above chance (1/18)
+    assert accuracy > 0.95
 
 
 def test_fd_ranks_real_pictures_above_degraded_ones(real, classifier):
@@ -89,9 +89,11 @@ def test_fd_ranks_real_pictures_above_degraded_ones(real, classifier):
     blurred = shapes_fd(degrade(other, "blur", 1.5), ref, classifier)
     recoloured = shapes_fd(degrade(other, "colours"), ref, classifier)
     assert math.isfinite(same) and same >= 0
-    # a degradation moves the features further than drawing another set of real pictures does
-    assert blurred > 1.1 * same
-    assert recoloured > 1.5 * same
+    # blur moves the features far more than drawing another set of real pictures does
+    assert blurred > 2 * same
+    # rotating RGB nearly permutes the classes, which a Gaussian fit of a class-balanced set barely sees (the
+    # class accuracy catches it); the off-palette colours still move the features
+    assert recoloured > 1.2 * same
 
 
 def test_features_and_degrade_reject_bad_input(classifier):
@@ -112,5 +114,6 @@ def test_metric_sanity_rows_rank_real_pictures_first():
     assert real["accuracy"] == 1.0  # the parser reads every real picture
     assert rows["wrong colours (RGB rotated)"]["accuracy"] == 0.0  # every colour is another class
     blur = [rows[f"blurred, sigma {s} px"]["fd"] for s in ("0.5", "1", "2")]
-    assert real["fd"] < blur[0] < blur[1] < blur[2]  # more blur, further from the real pictures
-    assert all(r["fd"] > real["fd"] for r in rows.values())
+    # more blur, further from the real pictures (half a pixel of blur is within the sampling noise of 180)
+    assert blur[0] < blur[1] < blur[2] and real["fd"] < blur[1]
+    assert rows["wrong colours (RGB rotated)"]["fd"] > real["fd"]  # (mild noise need not move it: see docs/paper.md)

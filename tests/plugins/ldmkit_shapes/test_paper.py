@@ -15,7 +15,15 @@ from ldmkit.cli import main
 from ldmkit.errors import SpecError
 from ldmkit.training import validate_train_spec
 from ldmkit_shapes.paper_plan import load_experiment
-from ldmkit_shapes.paper_report import END, START, equal_time, markdown_report, update_page
+from ldmkit_shapes.paper_report import (
+    END,
+    START,
+    claim_checks,
+    equal_time,
+    markdown_report,
+    read_results,
+    update_page,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 SPECS = ROOT / "examples" / "paper"
@@ -111,6 +119,16 @@ def test_equal_time_takes_each_factors_latest_checkpoint_within_the_fastest_full
     assert equal_time({**_results(), "throughput": {}}) is None
 
 
+def test_claim_checks_state_the_evidence_of_each_claim_the_data_cover():
+    checks = dict(claim_checks(_results()))
+    assert sorted(checks) == [1, 3, 4]  # claim 2 needs a factor above 4 to compare with f=4
+    assert "higher FD than the best of f=4 at 2 of 2 checkpoints, and a lower accuracy at 2 of 2" in checks[1]
+    assert "best FD is f=4's; in order: f=4 1.00, f=1 9.00" in checks[3]
+    assert "f=1 10, f=4 100 (rising" in checks[4]
+    slower = {**_results(), "throughput": {**_results()["throughput"], "4": {"train_samples_per_s": 400.0}}}
+    assert 4 not in dict(claim_checks(slower))  # no sampling speed for f=4: no evidence for claim 4
+
+
 def test_markdown_report_shows_every_measured_number(tmp_path):
     text = markdown_report(_results())
     assert "| 1 | pixels 64x64x3 | 9.00 / 0.10 | 5.00 / 0.30 | 2.00 / 0.60 |" in text
@@ -123,6 +141,13 @@ def test_markdown_report_shows_every_measured_number(tmp_path):
     filled = page.read_text()
     assert filled.startswith("intro\n") and filled.endswith(f"{END}\nverdicts\n")
     assert "old" not in filled and "9.00 / 0.10" in filled
+
+
+def test_the_page_shows_the_committed_results():
+    # docs/paper.md's tables are generated from docs/paper-results.json: regenerate them after a new run
+    results = read_results(ROOT / "docs" / "paper-results.json")
+    page = (ROOT / "docs" / "paper.md").read_text()
+    assert f"{START}\n\n{markdown_report(results)}\n{END}" in page
 
 
 def test_report_and_plot_errors_exit_2(tmp_path, capsys):
@@ -147,6 +172,9 @@ def test_plot_draws_both_figures_or_names_the_extra(tmp_path, capsys):
     assert code == 0
     for name in ("paper-steps.png", "paper-speed.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "r2.json").write_text(json.dumps({**_results(), "throughput": {}}))
+    assert main(["paper", "plot", str(tmp_path / "r2.json"), "--out", str(tmp_path / "p2")]) == 0
+    assert sorted(p.name for p in (tmp_path / "p2").iterdir()) == ["paper-steps.png"]  # no speeds: no speed figure
 
 
 @pytest.mark.slow
