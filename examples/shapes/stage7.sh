@@ -44,7 +44,7 @@ TAIL=$!
 trap 'kill $TAIL 2>/dev/null' EXIT
 LIMIT=()
 [ -n "${TIME_LIMIT:-}" ] && LIMIT=(timeout -s INT --kill-after=120 "$TIME_LIMIT")
-"${LIMIT[@]}" python3 -m ldmkit.cli train examples/shapes/ldm.yaml --no-progress --fresh --max-steps 1200 \
+"${LIMIT[@]}" python3 -m ldmkit.cli train examples/shapes/ldm.yaml --no-progress --fresh --max-steps 200 \
     "${STAGE7[@]}" "$@"
 rc=$?
 if [ $rc -eq 124 ] || [ $rc -eq 130 ] || [ $rc -eq 137 ]; then  # timeout, Ctrl-C, killed
