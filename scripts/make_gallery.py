@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,13 @@ def write_page(
     ]
     for task in TASKS:
         lines += task_table(task, rel, described[task], with_picture[task], seeds)
-    page.write_text("\n".join(lines))
+    kept = kept_sections(page.read_text()) if page.exists() else []
+    page.write_text("\n".join(lines) + "".join(f"\n{section}\n" for section in kept))
+
+
+def kept_sections(text: str) -> list[str]:
+    """The page's ``<!-- NAME:start -->`` ... ``<!-- NAME:end -->`` blocks (other scripts write them): kept."""
+    return [m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", text, flags=re.S)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,13 @@ from ldmkit.cli import main
 from ldmkit.generation import default_model_dir
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-EXAMPLE_DOCUMENTS = sorted(EXAMPLES.rglob("*.yaml")) + sorted(EXAMPLES.rglob("*.json"))
-KIND = {"specs": "pipeline spec", "train": "train spec", "shapes": "train spec"}
+# examples/paper/experiment.yaml is no spec but the paper experiment's settings, which `ldmkit paper` reads
+# and checks (tests/plugins/ldmkit_shapes/test_paper.py)
+EXPERIMENT = EXAMPLES / "paper" / "experiment.yaml"
+EXAMPLE_DOCUMENTS = [
+    path for path in sorted(EXAMPLES.rglob("*.yaml")) + sorted(EXAMPLES.rglob("*.json")) if path != EXPERIMENT
+]
+KIND = {"specs": "pipeline spec", "train": "train spec", "shapes": "train spec", "paper": "train spec"}
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
