@@ -23,11 +23,13 @@ from ldmkit.generation import default_model_dir, generate
 from ldmkit.interfaces import SampleOptions
 from ldmkit.options import resolve_options
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_img2img_figure import grid  # noqa: E402  (the img2img figure's grid of tiles)
+
 log = logging.getLogger("make_gallery_sizes")
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- larger-pictures:start -->", "<!-- larger-pictures:end -->"
-GAP = 2  # grey pixels between the tiles of the grid
 SIZE = 128
 SEGMENT_COLOURS = torch.tensor([[235, 235, 235], [220, 60, 60], [60, 160, 60], [60, 90, 220]], dtype=torch.uint8)
 
@@ -44,17 +46,6 @@ def mosaic_map(dataset_seed: int) -> Tensor:
     maps = ShapesDataset.from_params({"seed": dataset_seed}).batch([0, 1, 2, 3])["segmentation"]  # (4, 64, 64)
     top, bottom = torch.cat([maps[0], maps[1]], 1), torch.cat([maps[2], maps[3]], 1)  # (64, 128) each
     return torch.cat([top, bottom], 0)  # (128, 128)
-
-
-def grid(rows: list[list[Tensor]]) -> Tensor:
-    """Tiles (3, S, S) uint8 in rows -> one (3, H, W) uint8 picture with grey gaps."""
-    width = max(len(r) for r in rows)
-    out = torch.full((3, len(rows) * (SIZE + GAP) - GAP, width * (SIZE + GAP) - GAP), 128, dtype=torch.uint8)
-    for i, row in enumerate(rows):
-        for j, tile in enumerate(row):
-            y, x = i * (SIZE + GAP), j * (SIZE + GAP)
-            out[:, y : y + SIZE, x : x + SIZE] = tile
-    return out
 
 
 def write_section(page: Path, text: str) -> None:
@@ -94,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if task == "semantic2img":
             tiles.insert(0, SEGMENT_COLOURS[inputs["segmentation"]].permute(2, 0, 1))  # (3, 128, 128)
         rows.append(tiles)
-    picture = grid(rows)
+    picture = grid(rows, fill=128)  # grey gaps
     from PIL import Image
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,11 +33,11 @@ SHOWN = (0.25, 0.5, 0.75, 1.0)
 GAP = 2  # white pixels between the tiles of the grid
 
 
-def grid(rows: list[list[torch.Tensor]]) -> torch.Tensor:
-    """Tiles (3, s, s) uint8 in rows -> one (3, H, W) uint8 picture with GAP white pixels between them."""
+def grid(rows: list[list[torch.Tensor]], fill: int = 255) -> torch.Tensor:
+    """Tiles (3, s, s) uint8 in rows -> one (3, H, W) uint8 picture with GAP pixels of grey ``fill`` between them."""
     size = rows[0][0].shape[-1]
     cols = max(len(r) for r in rows)
-    out = torch.full((3, len(rows) * (size + GAP) - GAP, cols * (size + GAP) - GAP), 255, dtype=torch.uint8)
+    out = torch.full((3, len(rows) * (size + GAP) - GAP, cols * (size + GAP) - GAP), fill, dtype=torch.uint8)
     for i, row in enumerate(rows):
         for j, tile in enumerate(row):
             y, x = i * (size + GAP), j * (size + GAP)
