@@ -97,7 +97,7 @@ class TestSemantic2Img(_Shipped):
     bad_inputs = [
         {"segmentation": b"not a picture"},
         {"segmentation": _png(np.full((64, 64), 9, np.uint8))},  # class 9 of 4
-        {"segmentation": _png(SEGMENTATION[:32, :32])},  # the wrong size, found by run
+        {"segmentation": _png(SEGMENTATION[:40, :40])},  # a size the model cannot tile (sides of 16s), found by run
     ]
 
 
@@ -105,7 +105,8 @@ class TestSuperres(_Shipped):
     component_cls = ldmkit.get_registry().get("task", "superres")
     valid_request = {"image": SAMPLE["lowres"][0]}
     cli_inputs = {"image": _png(LOWRES)}
-    bad_inputs = [{"image": SAMPLE["lowres"][0] * 3}, {"image": _png(PICTURE)}]  # out of range; 64x64, not 16x16
+    # out of range; 10x10 makes 40x40 pictures, which the model cannot tile (sides of 16s)
+    bad_inputs = [{"image": SAMPLE["lowres"][0] * 3}, {"image": _png(LOWRES[:10, :10])}]
 
 
 class TestInpaint(_Shipped):
