@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import sys
 import types
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from payloads import Payload  # tests/payloads.py
 from safetensors.torch import load_file
 
 from ldmkit import CheckpointError, Conditioning, SpecError, UnsafeCheckpointError, compvis, get_registry
@@ -533,21 +533,11 @@ def test_conditioner_weights_for_an_unconditional_model_are_unexpected(tmp_path)
         compvis.load(write_config(config, tmp_path / "config.yaml"), ckpt)
 
 
-class _Payload:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_malicious_pickle_is_refused(tmp_path):
     config, _ = ARCHS["legacy-crossattn"]
     state = original_state_dict(config, build_components(config))
     marker = tmp_path / "pwned"
-    ckpt = save_original(state, tmp_path / "model.ckpt", hyper_parameters={"hook": _Payload(marker)})
+    ckpt = save_original(state, tmp_path / "model.ckpt", hyper_parameters={"hook": Payload(marker)})
     cfg = write_config(config, tmp_path / "config.yaml")
     with pytest.raises(UnsafeCheckpointError, match="system"):
         compvis.load(cfg, ckpt)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from payloads import Payload  # tests/payloads.py
 from safetensors.torch import load_file
 
 from ldmkit import Pipeline, compvis
@@ -56,16 +56,6 @@ def _error(capsys) -> str:
     return captured.err
 
 
-class _Payload:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _config(tmp_path: Path, edit) -> Path:
     config = yaml.safe_load((FIXTURES / "cin-vq" / "config.yaml").read_text())
     edit(config["model"])
@@ -102,7 +92,7 @@ def test_malicious_pickle(tmp_path, capsys):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "model.ckpt"
     state = torch.load(CKPT, weights_only=True)
-    torch.save({**state, "hyper_parameters": _Payload(marker)}, ckpt)
+    torch.save({**state, "hyper_parameters": Payload(marker)}, ckpt)
     assert main(["convert", str(CONFIG), str(ckpt), str(tmp_path / "out")]) == 2
     err = _error(capsys)
     assert "system" in err and "allowlist" in err

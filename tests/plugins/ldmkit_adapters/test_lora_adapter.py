@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from payloads import Payload  # tests/payloads.py
 
 from ldmkit.checkpoints import save_state_dict
 from ldmkit.errors import CheckpointError, InputError, UnsafeCheckpointError
@@ -224,20 +224,10 @@ def test_malformed_files_are_refused_with_the_key(pipe, tmp_path, state, message
     assert pipe.adapters == []
 
 
-class _Payload:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_pickle_payload_is_refused_and_never_runs(pipe, tmp_path):
     marker = tmp_path / "ran"
     state = {f"lora_unet_{DIFFUSERS[LINEAR].replace('.', '_')}.lora_down.weight": torch.zeros(3, 32)}
-    torch.save({**state, "extra": _Payload(marker)}, tmp_path / "evil.pt")
+    torch.save({**state, "extra": Payload(marker)}, tmp_path / "evil.pt")
     with pytest.raises(UnsafeCheckpointError, match="posix.system|os.system"):
         pipe.load_lora(tmp_path / "evil.pt")
     assert not marker.exists() and pipe.adapters == []

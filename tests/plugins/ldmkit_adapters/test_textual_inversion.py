@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
+from payloads import Payload  # tests/payloads.py
 from safetensors.torch import save_file
 
 import ldmkit
@@ -83,19 +81,9 @@ def test_refusals(pipe, tmp_path):
     assert pipe.adapters == []
 
 
-class _Payload:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_legacy_embedding_with_a_pickle_payload_is_refused(pipe, tmp_path):
     marker = tmp_path / "ran"
-    torch.save({"string_to_param": {"*": vectors(1)}, "name": "x", "hook": _Payload(marker)}, tmp_path / "evil.pt")
+    torch.save({"string_to_param": {"*": vectors(1)}, "name": "x", "hook": Payload(marker)}, tmp_path / "evil.pt")
     with pytest.raises(UnsafeCheckpointError):
         pipe.load_embedding(tmp_path / "evil.pt", token="<evil>")
     assert not marker.exists() and pipe.adapters == []
