@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from ldmkit.errors import InputError
+from ldmkit.fast.attention import ATTENTION_KERNELS
 
 __all__ = ["COMPILE_MODES", "DTYPES", "FastConfig", "Precision", "Resolved", "fast_config"]
 
@@ -43,6 +44,13 @@ class FastConfig:
     faster than cuBLAS plus the compiler's gate at the SD v1 UNet's shapes, and closer to float32;
     a batch-16 guided SD v1 step took 0.6% less time with it (benchmarks/RESULTS.md).
 
+    ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention, the default) or "fa3":
+    FlashAttention-3's Hopper forward kernel for the denoiser's attention modules (those that
+    declare ``computes_attention``; :mod:`ldmkit.fast.attention`). "fa3" needs the optional
+    ``fa3-fwd`` package (``pip install 'ldmkit[hopper]'``), a Hopper GPU and precision bf16; asking
+    for it elsewhere raises :class:`InputError` naming what is missing. Its measured effect is in
+    benchmarks/RESULTS.md.
+
     ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
     overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.
     """
@@ -54,6 +62,7 @@ class FastConfig:
     compile_mode: str = "default"
     norm_kernels: bool = False
     geglu_kernel: bool | None = None
+    attention_kernel: str = "sdpa"
     tile_size: int | None = None
     tile_overlap: int = 8
     max_graphs: int = 4
@@ -67,6 +76,10 @@ class FastConfig:
                 raise InputError(f"{name} must be True, False or None, got {value!r}")
         if not isinstance(self.norm_kernels, bool):
             raise InputError(f"norm_kernels must be True or False, got {self.norm_kernels!r}")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise InputError(
+                f"attention_kernel must be one of {list(ATTENTION_KERNELS)}, got {self.attention_kernel!r}"
+            )
         if self.compile_mode not in COMPILE_MODES:
             raise InputError(f"compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.cuda_graphs and self.compile and self.compile_mode in _MODES_WITH_GRAPHS:
@@ -102,6 +115,7 @@ class FastConfig:
             cuda_graphs=graphs,
             norm_kernels=self._norm_kernels(),
             geglu_kernel=self._geglu_kernel(device, dtype),
+            attention_kernel=self._attention_kernel(device, dtype),
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
             max_graphs=self.max_graphs,
@@ -113,6 +127,16 @@ class FastConfig:
         if self.norm_kernels and not triton_available():
             raise InputError("norm_kernels=True needs Triton (it comes with CUDA builds of torch); it is not installed")
         return self.norm_kernels
+
+    def _attention_kernel(self, device: torch.device, dtype: torch.dtype) -> str:
+        if self.attention_kernel == "sdpa":
+            return "sdpa"
+        from ldmkit.fast.attention import fa3_unusable_reason
+
+        reason = fa3_unusable_reason(device, dtype)
+        if reason is not None:
+            raise InputError(f"attention_kernel='fa3' cannot run here: {reason}")
+        return self.attention_kernel
 
     def _geglu_kernel(self, device: torch.device, dtype: torch.dtype) -> bool:
         from ldmkit.fast.support import hopper_with_triton
@@ -140,6 +164,7 @@ class Resolved:
     cuda_graphs: bool
     norm_kernels: bool
     geglu_kernel: bool
+    attention_kernel: str
     tile_size: int | None
     tile_overlap: int
     max_graphs: int

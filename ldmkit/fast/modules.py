@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.conditioning import Conditioning
+from ldmkit.fast.attention import with_flash_attention
 from ldmkit.fast.config import Resolved
 from ldmkit.fast.geglu import with_kernel_geglu
 from ldmkit.fast.graphs import GraphCache
@@ -82,6 +83,8 @@ class FastDenoiser:
         self.module = cast(Denoiser, prepare_module(denoiser, settings, norms="kernels"))
         if settings.geglu_kernel:
             self.module = cast(Denoiser, with_kernel_geglu(self.module))
+        if settings.attention_kernel == "fa3":
+            self.module = cast(Denoiser, with_flash_attention(self.module))
         self.prediction = denoiser.prediction
         self._net = maybe_compile(self._forward, settings)
         self._net_guided = maybe_compile(self._forward_guided, settings)

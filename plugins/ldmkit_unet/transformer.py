@@ -12,6 +12,8 @@ from ldmkit_unet.layers import ContextBlock, repeat_rows, zero_module
 class CrossAttention(nn.Module):
     """Multi-head attention of queries from ``x`` over keys/values from ``context`` (or ``x``)."""
 
+    computes_attention = True  # the fast path may compute it by another kernel (ldmkit.fast.attention)
+
     def __init__(
         self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0
     ) -> None:

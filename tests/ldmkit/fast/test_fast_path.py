@@ -209,21 +209,51 @@ def test_tiled_decode_matches_untiled_on_a_small_autoencoder():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("precision", [None, "fp16"])  # None: the CUDA default, bf16
-def test_gpu_fast_unet_within_1e2_of_fp32(precision):
+@pytest.mark.parametrize("settings", [{}, {"norm_kernels": True}, {"attention_kernel": "fa3"}])
+def test_gpu_fast_unet_within_the_precision_line(settings):
+    """The fast path's bf16 UNet is no further from float32 than diffusers' compiled bf16 on the same weights,
+    plus 10% (the precision line of benchmarks/RESULTS.md), on the shipped model with a guided batch."""
+    diffusers = pytest.importorskip("diffusers")
+    from ldmkit.diffusers_interop import unet_to_diffusers
+    from ldmkit.fast.attention import fa3_unusable_reason
+    from ldmkit.fast.modules import compile_options
     from ldmkit.generation import default_model_dir
 
+    if settings.get("attention_kernel") == "fa3" and fa3_unusable_reason(torch.device("cuda"), torch.bfloat16):
+        pytest.skip(fa3_unusable_reason(torch.device("cuda"), torch.bfloat16))
     pipe = Pipeline.load(default_model_dir(), device="cuda")
-    task = pipe.task("text2img")
-    cond = pipe.condition(task.wrap("a red circle and a blue square"))
-    x = torch.randn(1, *pipe.latent_shape(1)[1:], device="cuda")
-    t = torch.tensor([500], device="cuda")
+    unet = pipe.denoiser.eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    in_channels, side = unet.params.in_channels, pipe.latent_shape(1)[-1]
+    x = torch.randn(8, in_channels, side, side, device="cuda", generator=g)  # latents with their concat channels
+    t = torch.randint(0, 1000, (8,), device="cuda", generator=g)
+    ctx = torch.randn(8, 12, unet.params.context_dim, device="cuda", generator=g)
+    cond = Conditioning(crossattn=ctx)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            ref = unet(x, t, cond).float()  # float32, TF32 off
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    config, state = unet_to_diffusers(unet)
+    peer = diffusers.UNet2DConditionModel.from_config(config)
+    peer.load_state_dict(state, strict=True)
+    peer = peer.to("cuda", torch.bfloat16, memory_format=torch.channels_last).eval()
+    compiled = torch.compile(peer, dynamic=False, options=compile_options("default"))
+    pipe.optimize(**settings)
+    denoise = pipe.fast.denoiser.denoise_step(pipe.schedule.alphas_cumprod)
     with torch.no_grad():
-        ref = pipe.model_fn(cond)(x, t)  # the UNet itself, unguided
-        pipe.optimize(precision)  # CUDA defaults otherwise: channels_last, compile, CUDA graphs
-        for _ in range(3):  # capture, then replays
-            out = pipe.model_fn(cond)(x, t)
-    assert ((out - ref).norm() / ref.norm()).item() < 1e-2
+        theirs = compiled(x.bfloat16(), t, encoder_hidden_states=ctx.bfloat16(), return_dict=False)[0].float()
+        for _ in range(3):  # compile and capture, then replays
+            ours = denoise(x, t, cond, None).float()  # eps; the shipped model predicts eps, so its output
+    assert pipe.fast.describe()["graph_failures"] == 0
+
+    def err(a: torch.Tensor) -> float:
+        return ((a - ref).norm() / ref.norm()).item()
+
+    assert err(theirs) < 5e-2  # the peer itself computes the same function in bf16
+    assert err(ours) <= 1.1 * err(theirs), (err(ours), err(theirs))
 
 
 @pytest.mark.gpu
