@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s %dx%d d=%d: %s", kind, side, side, d, res)
     header = ["shape", "head width", "kernel", "us per call", "vs SDPA", "rel. error vs fp32"]
     name = torch.cuda.get_device_name()
-    title = f"# Attention kernels at SD v1 shapes, batch {args.batch}, {HEADS} heads ({name}, torch {torch.__version__})"
+    title = f"# Attention kernels at SD v1 shapes, batch {args.batch}, {HEADS} heads"
+    title += f" ({name}, torch {torch.__version__})"
     sums = [[k, f"{v / 1e3:.3f}"] for k, v in per_step.items()]
     text = [title, "", markdown_table(header, rows), "",
             "Attention time of one UNet call (every shape times its calls):", "",
