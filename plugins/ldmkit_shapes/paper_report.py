@@ -305,6 +305,11 @@ def update_page(page: str | Path, results: dict[str, Any]) -> None:
     fill_markers(page, "results", markdown_report(results))
 
 
+def _colour(fs: list[int], f: int) -> str:
+    """The same colour for a factor in every figure (matplotlib's default cycle, by the factor's place)."""
+    return f"C{fs.index(f) % 10}"
+
+
 def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """``paper-steps.png`` (FD and accuracy against training steps, one line per f) and ``paper-speed.png``
     (FD of the final checkpoint against sampling pictures/s, one point per DDIM step count; only when the run
@@ -327,8 +332,9 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         if not cps:
             continue
         label = "f=1 (pixels)" if f == 1 else f"f={f}"
-        ax_fd.plot([s for s, _ in cps], [r["fd"] for _, r in cps], marker="o", label=label)
-        ax_acc.plot([s for s, _ in cps], [r["accuracy"] for _, r in cps], marker="o", label=label)
+        style = {"marker": "o", "label": label, "color": _colour(fs, f)}
+        ax_fd.plot([s for s, _ in cps], [r["fd"] for _, r in cps], **style)
+        ax_acc.plot([s for s, _ in cps], [r["accuracy"] for _, r in cps], **style)
     steps = [int(s) for s in results["experiment"]["checkpoints"]]
     plain = FormatStrFormatter("%g")  # 250, not 2.5 x 10^2
     for ax, name in ((ax_fd, "Fréchet distance (lower is better)"), (ax_acc, "class accuracy (parser)")):
@@ -363,9 +369,8 @@ def plot(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
             if rate is not None:
                 points.append((rate, fd, s))
         if points:
-            ax.plot(
-                [p[0] for p in points], [p[1] for p in points], marker="o", label="f=1 (pixels)" if f == 1 else f"f={f}"
-            )
+            label = "f=1 (pixels)" if f == 1 else f"f={f}"
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, color=_colour(fs, f))
             for rate, fd, s in points:
                 ax.annotate(str(s), (rate, fd), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
