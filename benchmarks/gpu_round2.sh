@@ -28,13 +28,23 @@ main)
   log "benchmark rc=$?"
   ;;
 checks)
+  # more files than come back from a device run: everything but the step log goes into one archive at the end
+  RES="$OUT/checks"
+  mkdir -p "$RES"
+  trap 'tar -C "$OUT" -cf "$OUT/checks.tar" checks && rm -rf "$RES"' EXIT
   log "GPU tests of the fast path"
-  timeout "${TEST_LIMIT:-200}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
-    >"$OUT/gpu_tests.log" 2>&1
+  timeout "${TEST_LIMIT:-170}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
+    >"$RES/gpu_tests.log" 2>&1
   log "tests rc=$?"
   log "fp8 image-level quality"
-  timeout "${FP8_LIMIT:-150}" "$PY" benchmarks/fp8_quality.py --out "$OUT/fp8_quality.md" >"$OUT/fp8_quality.log" 2>&1
+  timeout "${FP8_LIMIT:-120}" "$PY" benchmarks/fp8_quality.py --out "$RES/fp8_quality.md" >"$RES/fp8_quality.log" 2>&1
   log "fp8 quality rc=$?"
+  log "where the time of a batch-2 and a batch-16 UNet call goes (compiled, no CUDA graphs)"
+  for b in 2 16; do
+    timeout "${PROFILE_LIMIT:-100}" "$PY" benchmarks/gpu_unet_profile.py --batch "$b" --out-dir "$RES/prof$b" \
+      --variants default --libraries ldmkit --no-attention >"$RES/prof$b.log" 2>&1
+    log "profile batch $b rc=$?"
+  done
   ;;
 *)
   echo "unknown part $PART (main or checks)" >&2
