@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,6 +12,8 @@ import torch
 from ldmkit.errors import InputError
 
 __all__ = ["COMPILE_MODES", "DTYPES", "FastConfig", "Precision", "Resolved", "fast_config"]
+
+log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,6 +46,16 @@ class FastConfig:
     faster than cuBLAS plus the compiler's gate at the SD v1 UNet's shapes, and closer to float32;
     a batch-16 guided SD v1 step took 0.6% less time with it (benchmarks/RESULTS.md).
 
+    ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
+    feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
+    row (:mod:`ldmkit.fast.fp8`); GPUs of compute capability 8.9 and later (Ada, Hopper) multiply
+    them at about twice the bf16 rate. It needs precision bf16 or fp16 and, on CUDA, such a GPU
+    (``InputError`` otherwise); on the CPU it runs a slow reference path that dequantizes (for
+    tests). Each such layer's output lies about 4e-2 (relative) from float32 on random inputs,
+    against bf16's ~3e-3, so its quality is judged on finished pictures (benchmarks/fp8_quality.py).
+    GEGLU projections computed by ``geglu_kernel`` keep that kernel; with ``geglu_kernel=False``
+    they are fp8 too.
+
     ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
     overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.
     """
@@ -54,6 +67,7 @@ class FastConfig:
     compile_mode: str = "default"
     norm_kernels: bool = False
     geglu_kernel: bool | None = None
+    fp8_linear: bool = False
     tile_size: int | None = None
     tile_overlap: int = 8
     max_graphs: int = 4
@@ -65,8 +79,11 @@ class FastConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise InputError(f"{name} must be True, False or None, got {value!r}")
-        if not isinstance(self.norm_kernels, bool):
-            raise InputError(f"norm_kernels must be True or False, got {self.norm_kernels!r}")
+        for name in ("norm_kernels", "fp8_linear"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.fp8_linear and self.precision == "fp32":
+            raise InputError(_FP8_PRECISION.format(precision="fp32"))
         if self.compile_mode not in COMPILE_MODES:
             raise InputError(f"compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
         if self.cuda_graphs and self.compile and self.compile_mode in _MODES_WITH_GRAPHS:
@@ -102,6 +119,7 @@ class FastConfig:
             cuda_graphs=graphs,
             norm_kernels=self._norm_kernels(),
             geglu_kernel=self._geglu_kernel(device, dtype),
+            fp8_linear=self._fp8_linear(device, precision),
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
             max_graphs=self.max_graphs,
@@ -128,6 +146,38 @@ class FastConfig:
             )
         return usable
 
+    def _fp8_linear(self, device: torch.device, precision: str) -> bool:
+        from ldmkit.fast.fp8 import fp8_linear_supported
+
+        if not self.fp8_linear:
+            return False
+        if precision == "fp32":
+            raise InputError(_FP8_PRECISION.format(precision=precision))
+        if device.type == "cpu":
+            log.warning("fp8_linear on the CPU: the reference path dequantizes every layer (slow; for tests)")
+        elif not fp8_linear_supported(device):
+            raise InputError(
+                f"fp8_linear=True needs a CUDA GPU with fp8 matmuls (compute capability 8.9 or later: Ada, Hopper) "
+                f"or the CPU (a slow reference path); here: device {device}{_capability_note(device)}"
+            )
+        return True
+
+
+_FP8_PRECISION = (
+    "fp8_linear=True needs precision bf16 or fp16 (the fp8 products are scaled back into that dtype); "
+    "got {precision}: pass precision='bf16'"
+)
+
+
+def _capability_note(device: torch.device) -> str:
+    """The compute capability of a CUDA device, as a clause for error messages (empty for other devices)."""
+    if device.type != "cuda":
+        return ""
+    if not torch.cuda.is_available():
+        return ", no CUDA device visible"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f", compute capability {major}.{minor}"
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -140,6 +190,7 @@ class Resolved:
     cuda_graphs: bool
     norm_kernels: bool
     geglu_kernel: bool
+    fp8_linear: bool
     tile_size: int | None
     tile_overlap: int
     max_graphs: int

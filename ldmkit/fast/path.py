@@ -91,6 +91,7 @@ class FastPath:
             "cuda_graphs": s.cuda_graphs,
             "norm_kernels": s.norm_kernels,
             "geglu_kernel": s.geglu_kernel,
+            "fp8_linear": s.fp8_linear,
             "graphs_captured": graphs.captures if graphs is not None else 0,
             "graph_failures": graphs.failures if graphs is not None else 0,
             "tile_size": s.tile_size,
