@@ -57,7 +57,21 @@ def quantize_rows(t: Tensor) -> tuple[Tensor, Tensor]:
 
 def dequantize_rows(q: Tensor, scale: Tensor) -> Tensor:
     """q (R, K) float8, scale (R, 1) -> (R, K) float32."""
-    return q.float() * scale
+    return _fp8_to_float(q) * scale
+
+
+def _fp8_to_float(q: Tensor) -> Tensor:
+    """float8_e4m3fn -> float32, exactly as ``q.float()``."""
+    if q.device.type != "cpu":
+        return q.float()
+    # torch's CPU conversion from float8 runs element by element (about 30 ns each); looking the 256
+    # possible values up in a table is about 20 times faster, which the CPU reference path needs
+    return _cpu_fp8_values()[q.view(torch.uint8).int()]
+
+
+@functools.cache
+def _cpu_fp8_values() -> Tensor:
+    return torch.arange(256, dtype=torch.uint8).view(FP8_DTYPE).float()  # (256,): value of each bit pattern
 
 
 def scaled_mm_rows(
