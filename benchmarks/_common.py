@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import sys
 import time
@@ -18,6 +19,27 @@ def ensure_importable() -> None:
     for path in (ROOT, ROOT / "plugins"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
+
+
+# ldmkit's own plugins, as pyproject.toml's [project.entry-points.ldmkit] lists them
+BUILTIN_PLUGINS = ("autoencoders", "unet", "conditioners", "samplers", "tasks", "shapes", "adapters")
+
+
+def ensure_builtin_plugins() -> None:
+    """Register ldmkit's built-in plugins by module when none are installed (a plain checkout has no entry points).
+
+    Needed to load a pipeline folder (its spec names components) or look a sampler up by name.
+    """
+    from ldmkit.registry import PluginInfo, Registry, get_registry, make_plugin_manager, reset_registry
+
+    if "unet" in get_registry().names("denoiser"):
+        return
+    registry = Registry(manager=make_plugin_manager())
+    for name in BUILTIN_PLUGINS:
+        module = importlib.import_module(f"ldmkit_{name}")
+        if not registry.add_plugin(module, PluginInfo(name, "ldmkit", "checkout")):
+            raise RuntimeError(f"built-in plugin {name!r} failed to register: {registry.failures[-1]}")
+    reset_registry(registry)
 
 
 def sync(device: torch.device) -> None:

@@ -494,7 +494,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain-batches", type=batch_list, default=[16],
                         help="batches that also time the fast path's plain (unshared) call")  # fmt: skip
     parser.add_argument("--stock-batches", type=batch_list, default=[16, 2],
-                        help="batches that also time diffusers' stock torch.compile row (one compile each)")  # fmt: skip
+                        help="batches that also time diffusers' stock torch.compile row (a compile each)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--warmup", type=int, default=3, help="calls before each round's timed calls")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per round")

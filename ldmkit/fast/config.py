@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,6 +13,8 @@ from ldmkit.errors import InputError
 from ldmkit.fast.attention import ATTENTION_KERNELS
 
 __all__ = ["COMPILE_MODES", "DTYPES", "FastConfig", "Precision", "Resolved", "fast_config"]
+
+log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,6 +54,16 @@ class FastConfig:
     for it elsewhere raises :class:`InputError` naming what is missing. Its measured effect is in
     benchmarks/RESULTS.md.
 
+    ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
+    feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
+    row (:mod:`ldmkit.fast.fp8`); GPUs of compute capability 8.9 and later (Ada, Hopper) multiply
+    them at about twice the bf16 rate. It needs precision bf16 or fp16 and, on CUDA, such a GPU
+    (``InputError`` otherwise); on the CPU it runs a slow reference path that dequantizes (for
+    tests). Each such layer's output lies about 4e-2 (relative) from float32 on random inputs,
+    against bf16's ~3e-3, so its quality is judged on finished pictures (benchmarks/fp8_quality.py).
+    GEGLU projections computed by ``geglu_kernel`` keep that kernel; with ``geglu_kernel=False``
+    they are fp8 too.
+
     ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
     overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.
     """
@@ -63,6 +76,7 @@ class FastConfig:
     norm_kernels: bool = False
     geglu_kernel: bool | None = None
     attention_kernel: str = "sdpa"
+    fp8_linear: bool = False
     tile_size: int | None = None
     tile_overlap: int = 8
     max_graphs: int = 4
@@ -74,8 +88,11 @@ class FastConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise InputError(f"{name} must be True, False or None, got {value!r}")
-        if not isinstance(self.norm_kernels, bool):
-            raise InputError(f"norm_kernels must be True or False, got {self.norm_kernels!r}")
+        for name in ("norm_kernels", "fp8_linear"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.fp8_linear and self.precision == "fp32":
+            raise InputError(_FP8_PRECISION.format(precision="fp32"))
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise InputError(
                 f"attention_kernel must be one of {list(ATTENTION_KERNELS)}, got {self.attention_kernel!r}"
@@ -116,6 +133,7 @@ class FastConfig:
             norm_kernels=self._norm_kernels(),
             geglu_kernel=self._geglu_kernel(device, dtype),
             attention_kernel=self._attention_kernel(device, dtype),
+            fp8_linear=self._fp8_linear(device, precision),
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
             max_graphs=self.max_graphs,
@@ -152,6 +170,38 @@ class FastConfig:
             )
         return usable
 
+    def _fp8_linear(self, device: torch.device, precision: str) -> bool:
+        from ldmkit.fast.fp8 import fp8_linear_supported
+
+        if not self.fp8_linear:
+            return False
+        if precision == "fp32":
+            raise InputError(_FP8_PRECISION.format(precision=precision))
+        if device.type == "cpu":
+            log.warning("fp8_linear on the CPU: the reference path dequantizes every layer (slow; for tests)")
+        elif not fp8_linear_supported(device):
+            raise InputError(
+                f"fp8_linear=True needs a CUDA GPU with fp8 matmuls (compute capability 8.9 or later: Ada, Hopper) "
+                f"or the CPU (a slow reference path); here: device {device}{_capability_note(device)}"
+            )
+        return True
+
+
+_FP8_PRECISION = (
+    "fp8_linear=True needs precision bf16 or fp16 (the fp8 products are scaled back into that dtype); "
+    "got {precision}: pass precision='bf16'"
+)
+
+
+def _capability_note(device: torch.device) -> str:
+    """The compute capability of a CUDA device, as a clause for error messages (empty for other devices)."""
+    if device.type != "cuda":
+        return ""
+    if not torch.cuda.is_available():
+        return ", no CUDA device visible"
+    major, minor = torch.cuda.get_device_capability(device)
+    return f", compute capability {major}.{minor}"
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -165,6 +215,7 @@ class Resolved:
     norm_kernels: bool
     geglu_kernel: bool
     attention_kernel: str
+    fp8_linear: bool
     tile_size: int | None
     tile_overlap: int
     max_graphs: int

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ldmkit.conditioning import Conditioning
 from ldmkit.fast.attention import with_flash_attention
 from ldmkit.fast.config import Resolved
+from ldmkit.fast.fp8 import Fp8Linear, with_fp8_linears
 from ldmkit.fast.geglu import with_kernel_geglu
 from ldmkit.fast.graphs import GraphCache
 from ldmkit.fast.norms import with_channels_last_group_norms, with_kernel_group_norms
@@ -85,6 +86,11 @@ class FastDenoiser:
             self.module = cast(Denoiser, with_kernel_geglu(self.module))
         if settings.attention_kernel == "fa3":
             self.module = cast(Denoiser, with_flash_attention(self.module))
+        if settings.fp8_linear:  # after the GEGLU swap: GEGLUs on the kernel keep it
+            self.module = cast(Denoiser, with_fp8_linears(self.module))
+            swapped = sum(isinstance(m, Fp8Linear) for m in self.module.modules())
+            linears = swapped + sum(isinstance(m, nn.Linear) for m in self.module.modules())
+            log.info("fp8_linear: %d of the denoiser's %d linear layers compute in fp8", swapped, linears)
         self.prediction = denoiser.prediction
         self._net = maybe_compile(self._forward, settings)
         self._net_guided = maybe_compile(self._forward_guided, settings)

@@ -7,7 +7,6 @@ unchanged once the ``model.diffusion_model.`` prefix is stripped.
 from __future__ import annotations
 
 import logging
-from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -176,7 +175,8 @@ class UNet(UNetCompVis, UNetDiffusers, ldmkit.Denoiser):
         """The network on checked inputs: x (B, C, h, w), t (R,) with R = B, or R = k * B when k
         context rows share each row of x (blocks before the first cross-attention then run on B rows).
         """
-        dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
+        # the stem's dtype, not the time embedding's: the fast path may swap linears for fp8 ones without a weight
+        dtype = next(self.input_blocks[0].parameters()).dtype  # the stem convolution's weight
         t_emb = timestep_embedding(t, self.model_channels).to(dtype)  # (R, mc)
         emb = self.time_embed(t_emb)  # (R, 4 * mc)
         if y is not None:
