@@ -56,7 +56,7 @@ def bench_shape(batch: int, tokens: int, keys: int, d: int) -> dict[str, tuple[f
         q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
         found = {"SDPA bf16": lambda: sdpa(q16, k16, v16)}
         try:
-            import fa3_fwd._C  # noqa: F401
+            import fa3_fwd_interface  # noqa: F401  (defines torch.ops.fa3_fwd._flash_attn_forward)
 
             found["FlashAttention-3 bf16"] = lambda: fa3(q16, k16, v16)
             (q8, qd), (k8, kd), (v8, vd) = to_e4m3(q), to_e4m3(k), to_e4m3(v)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU speed, round two, on one Hopper GPU, from the repository root of a plain checkout:
 #   OUT=results bash benchmarks/gpu_round2.sh main     # attention kernels, then the interleaved benchmark with A/Bs
-#   OUT=results bash benchmarks/gpu_round2.sh checks   # GPU tests of the fast path, fp8 image-level quality
+#   OUT=results bash benchmarks/gpu_round2.sh ab       # attention kernels, then only the batch-16 A/Bs (fewer compiles)
+#   OUT=results bash benchmarks/gpu_round2.sh checks   # GPU tests, fp8 image-level quality, batch-2/16 profiles
+# Each step's time limit is cut to what is left of STEPS_S seconds (default: no cut) from the part's start.
 # Needs diffusers (and pydantic) importable, and the optional fa3-fwd package for the FlashAttention-3 rows.
 # Every step writes its own file under OUT as it goes, so a run cut short keeps what it measured.
 set -uo pipefail
@@ -14,6 +16,9 @@ export PYTHONPATH="$PWD:$PWD/plugins${PYTHONPATH:+:$PYTHONPATH}"
 # compiled kernels kept beside the checkout: a second part on the same machine reuses them
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.inductor-cache}
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
+END=$(($(date +%s) + ${STEPS_S:-100000}))
+# the smaller of a step's own limit and the seconds left before END (at least 1)
+limit() { local left=$((END - $(date +%s))); ((left < $1)) && echo $((left > 1 ? left : 1)) || echo "$1"; }
 
 case "$PART" in
 main)
@@ -27,27 +32,38 @@ main)
     --stock-batches 16 --budget-s "${BENCH_BUDGET:-460}" >"$OUT/gpu_sampling.log" 2>&1
   log "benchmark rc=$?"
   ;;
+ab)
+  log "attention kernels"
+  timeout "$(limit 60)" "$PY" benchmarks/gpu_attention_kernels.py --out "$OUT/attention.md" >"$OUT/attention.log" 2>&1
+  log "attention rc=$?"
+  log "batch-16 A/Bs against the default fast path and diffusers at its best"
+  timeout "$(limit "${BENCH_LIMIT:-330}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_ab.md" \
+    --batches 16 --plain-batches 2 --stock-batches 2 --no-ab-plain --budget-s "${BENCH_BUDGET:-270}" \
+    --ab attention_kernel=fa3 --ab fp8_linear=True,geglu_kernel=False --ab norm_kernels=True \
+    >"$OUT/gpu_sampling_ab.log" 2>&1
+  log "benchmark rc=$?"
+  ;;
 checks)
   # more files than come back from a device run: everything but the step log goes into one archive at the end
   RES="$OUT/checks"
   mkdir -p "$RES"
   trap 'tar -C "$OUT" -cf "$OUT/checks.tar" checks && rm -rf "$RES"' EXIT
   log "GPU tests of the fast path"
-  timeout "${TEST_LIMIT:-170}" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
+  timeout "$(limit "${TEST_LIMIT:-170}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
     >"$RES/gpu_tests.log" 2>&1
   log "tests rc=$?"
   log "fp8 image-level quality"
-  timeout "${FP8_LIMIT:-120}" "$PY" benchmarks/fp8_quality.py --out "$RES/fp8_quality.md" >"$RES/fp8_quality.log" 2>&1
+  timeout "$(limit "${FP8_LIMIT:-120}")" "$PY" benchmarks/fp8_quality.py --out "$RES/fp8_quality.md" >"$RES/fp8_quality.log" 2>&1
   log "fp8 quality rc=$?"
   log "where the time of a batch-2 and a batch-16 UNet call goes (compiled, no CUDA graphs)"
   for b in 2 16; do
-    timeout "${PROFILE_LIMIT:-100}" "$PY" benchmarks/gpu_unet_profile.py --batch "$b" --out-dir "$RES/prof$b" \
+    timeout "$(limit "${PROFILE_LIMIT:-100}")" "$PY" benchmarks/gpu_unet_profile.py --batch "$b" --out-dir "$RES/prof$b" \
       --variants default --libraries ldmkit --no-attention >"$RES/prof$b.log" 2>&1
     log "profile batch $b rc=$?"
   done
   ;;
 *)
-  echo "unknown part $PART (main or checks)" >&2
+  echo "unknown part $PART (main, ab or checks)" >&2
   exit 2
   ;;
 esac

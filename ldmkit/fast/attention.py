@@ -35,9 +35,14 @@ FA3_MAX_HEAD_DIM = 256
 
 @functools.cache
 def fa3_available() -> bool:
-    """Whether the ``fa3-fwd`` package's kernel is importable (it registers ``torch.ops.fa3_fwd``)."""
+    """Whether the ``fa3-fwd`` package's kernel is importable.
+
+    Its interface module loads the compiled kernel (``torch.ops.fa3_fwd.fwd``) and defines the
+    ``torch.ops.fa3_fwd._flash_attn_forward`` operator around it, with the shape function that
+    ``torch.compile`` traces through.
+    """
     try:
-        importlib.import_module("fa3_fwd._C")  # registers the operator
+        importlib.import_module("fa3_fwd_interface")
     except (ImportError, OSError) as exc:  # OSError: a build that does not load against this torch
         log.debug("fa3_fwd not usable: %s", exc)
         return False
