@@ -44,6 +44,7 @@ ab)
   log "benchmark rc=$?"
   ;;
 checks)
+  source scripts/plain_checkout_plugins.sh  # the tests load the shipped model through the plugins' entry points
   # more files than come back from a device run: everything but the step log goes into one archive at the end
   RES="$OUT/checks"
   mkdir -p "$RES"
