@@ -197,7 +197,16 @@ def sd_cases(args: argparse.Namespace, device: torch.device) -> tuple[Any, list[
     return pipe, [Case(name, f"random text embeddings, guidance {SD_GUIDANCE:g}", run, one_call(pipe, first, device))]
 
 
-def run_model(pipe: Any, cases: list[Case], report: Report, device: torch.device) -> None:
+def save_grid(path: Path, rows: list[torch.Tensor]) -> None:
+    """One PNG: a row of pictures per variant, each row (N, 3, H, W) in 0..255."""
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, V * H, N * W)
+    Image.fromarray(grid.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB").save(path)
+    log.info("pictures: %s", path)
+
+
+def run_model(pipe: Any, cases: list[Case], report: Report, device: torch.device, pictures_dir: Path | None) -> None:
     """Every variant on every case of one model; a row per (case, variant) once fp32 and bf16 are there."""
     from ldmkit.fast import FastConfig
     from ldmkit.fast.fp8 import Fp8Linear
@@ -236,6 +245,12 @@ def run_model(pipe: Any, cases: list[Case], report: Report, device: torch.device
                    f"{worst_picture(mine.pixels, fp32.pixels):.3f}", f"{rel_err(mine.eps, fp32.eps):.2e}"]  # fmt: skip
             report.add(row)
     pipe.fast = None
+    if pictures_dir is not None:
+        pictures_dir.mkdir(parents=True, exist_ok=True)
+        for i, case in enumerate(cases):
+            rows = [r.pixels for (task, _), r in results.items() if task == case.task]  # in VARIANTS' order
+            save_grid(pictures_dir / f"{case.model.split()[0].lower()}-{i}.png", rows)
+        report.notes.append(f"{cases[0].model}: pictures in {pictures_dir}; rows fp32, bf16, then the fp8 variants run")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -246,6 +261,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50; 2 with --tiny)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default="shapes,sd", help="which of shapes, sd to run")
+    parser.add_argument("--pictures-dir", type=Path, default=None, help="also save the pictures (a PNG per case)")
     parser.add_argument("--tiny", action="store_true", help="a small random SD-like model, 1 picture of 2 steps: "
                         "a smoke run (the Shapes model is small already)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -278,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     builders = {"shapes": shapes_cases, "sd": sd_cases}
     for name in args.models.split(","):
         pipe, cases = builders[name](args, device)
-        run_model(pipe, cases, report, device)
+        run_model(pipe, cases, report, device, args.pictures_dir)
         del pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()
