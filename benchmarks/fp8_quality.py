@@ -78,8 +78,9 @@ class Report:
         self.write()
 
     def write(self) -> str:
-        header = ["model", "task", "variant", "mean abs diff vs bf16 (0..255)", "p99 vs bf16",
-                  "mean abs diff vs fp32 (0..255)", "UNet rel. error vs fp32 (one call)"]  # fmt: skip
+        header = ["model", "task", "variant", "mean abs diff vs bf16 (0..255)", "worst picture vs bf16",
+                  "p99 vs bf16", "mean abs diff vs fp32 (0..255)", "worst picture vs fp32",
+                  "UNet rel. error vs fp32 (one call)"]  # fmt: skip
         parts = ["# fp8 linear layers: picture quality (eager fast path, same seeds)", "",
                  markdown_table(header, self.rows), ""]  # fmt: skip
         text = "\n".join(parts + [f"- {note}" for note in self.notes])
@@ -94,6 +95,11 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
 
 def mean_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().mean().item()
+
+
+def worst_picture(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest mean absolute difference of one picture (N, 3, H, W): one picture that changed shows here."""
+    return (a - b).abs().flatten(1).mean(dim=1).max().item()
 
 
 def p99_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -166,13 +172,14 @@ def sd_cases(args: argparse.Namespace, device: torch.device) -> tuple[Any, list[
     from ldmkit_unet.unet import UNet
 
     torch.manual_seed(0)
-    unet = UNet.from_params(TINY_UNET if args.tiny else SD_UNET)
-    vae = KLAutoencoder.from_params(TINY_VAE if args.tiny else SD_VAE)
-    randomize_zeroed(unet)
+    with device:  # initialised where they run: SD's 1.1e9 random parameters take long on a CPU
+        unet = UNet.from_params(TINY_UNET if args.tiny else SD_UNET)
+        vae = KLAutoencoder.from_params(TINY_VAE if args.tiny else SD_VAE)
+        randomize_zeroed(unet)
     side, ctx_dim = (8, TINY_UNET["context_dim"]) if args.tiny else (64, SD_UNET["context_dim"])
     schedule = NoiseSchedule.from_spec(ScheduleSpec(linear_start=0.00085, linear_end=0.012))
     pipe = Pipeline(vae.eval(), unet.eval(), schedule=schedule, scale_factor=0.18215, latent_size=(side, side))
-    pipe.to(device)
+    pipe.to(device)  # the schedule's tensors too
     g = torch.Generator(device=device).manual_seed(1)
     n = args.pictures
     cond = Conditioning(crossattn=torch.randn(n, 77, ctx_dim, device=device, generator=g))
@@ -190,7 +197,16 @@ def sd_cases(args: argparse.Namespace, device: torch.device) -> tuple[Any, list[
     return pipe, [Case(name, f"random text embeddings, guidance {SD_GUIDANCE:g}", run, one_call(pipe, first, device))]
 
 
-def run_model(pipe: Any, cases: list[Case], report: Report, device: torch.device) -> None:
+def save_grid(path: Path, rows: list[torch.Tensor]) -> None:
+    """One PNG: a row of pictures per variant, each row (N, 3, H, W) in 0..255."""
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # (3, V * H, N * W)
+    Image.fromarray(grid.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB").save(path)
+    log.info("pictures: %s", path)
+
+
+def run_model(pipe: Any, cases: list[Case], report: Report, device: torch.device, pictures_dir: Path | None) -> None:
     """Every variant on every case of one model; a row per (case, variant) once fp32 and bf16 are there."""
     from ldmkit.fast import FastConfig
     from ldmkit.fast.fp8 import Fp8Linear
@@ -221,13 +237,20 @@ def run_model(pipe: Any, cases: list[Case], report: Report, device: torch.device
                 continue
             mine, bf16, fp32 = (results.get((case.task, v)) for v in (variant, "bf16", "fp32"))
             assert mine is not None and bf16 is not None and fp32 is not None  # fp32 and bf16 run first
-            vs_bf16 = [f"{mean_abs(mine.pixels, bf16.pixels):.3f}", f"{p99_abs(mine.pixels, bf16.pixels):.0f}"]
+            vs_bf16 = [f"{mean_abs(mine.pixels, bf16.pixels):.3f}", f"{worst_picture(mine.pixels, bf16.pixels):.3f}",
+                       f"{p99_abs(mine.pixels, bf16.pixels):.0f}"]  # fmt: skip
             if variant == "bf16":
-                vs_bf16 = ["-", "-"]
+                vs_bf16 = ["-", "-", "-"]
             row = [case.model, case.task, variant, *vs_bf16, f"{mean_abs(mine.pixels, fp32.pixels):.3f}",
-                   f"{rel_err(mine.eps, fp32.eps):.2e}"]  # fmt: skip
+                   f"{worst_picture(mine.pixels, fp32.pixels):.3f}", f"{rel_err(mine.eps, fp32.eps):.2e}"]  # fmt: skip
             report.add(row)
     pipe.fast = None
+    if pictures_dir is not None:
+        pictures_dir.mkdir(parents=True, exist_ok=True)
+        for i, case in enumerate(cases):
+            rows = [r.pixels for (task, _), r in results.items() if task == case.task]  # in VARIANTS' order
+            save_grid(pictures_dir / f"{case.model.split()[0].lower()}-{i}.png", rows)
+        report.notes.append(f"{cases[0].model}: pictures in {pictures_dir}; rows fp32, bf16, then the fp8 variants run")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -238,6 +261,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50; 2 with --tiny)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", default="shapes,sd", help="which of shapes, sd to run")
+    parser.add_argument("--pictures-dir", type=Path, default=None, help="also save the pictures (a PNG per case)")
     parser.add_argument("--tiny", action="store_true", help="a small random SD-like model, 1 picture of 2 steps: "
                         "a smoke run (the Shapes model is small already)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -270,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     builders = {"shapes": shapes_cases, "sd": sd_cases}
     for name in args.models.split(","):
         pipe, cases = builders[name](args, device)
-        run_model(pipe, cases, report, device)
+        run_model(pipe, cases, report, device, args.pictures_dir)
         del pipe
         if device.type == "cuda":
             torch.cuda.empty_cache()
