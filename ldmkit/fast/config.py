@@ -35,11 +35,12 @@ class FastConfig:
     other device it turns everything off (float32, no compile), so the fast path computes exactly
     what the plain pipeline computes unless asked otherwise.
 
-    ``norm_kernels`` (off unless asked) computes the denoiser's GroupNorms that are followed by a
-    SiLU, with the SiLU, by Triton kernels written for channels_last tensors
-    (:mod:`ldmkit.fast.group_norm_kernels`). On an H200 they made a batch-16 guided SD v1 step
-    1.4% faster, but the bf16 UNet's relative error against float32 rose to 1.02e-2 from 0.96e-2
-    (benchmarks/RESULTS.md), over the 1e-2 the fast path keeps to.
+    ``norm_kernels`` computes the denoiser's GroupNorms that are followed by a SiLU, with the
+    SiLU, by Triton kernels written for channels_last tensors (:mod:`ldmkit.fast.group_norm_kernels`).
+    ``None`` turns them on where they were measured: a Hopper GPU with Triton, in bf16 or fp16;
+    ``True`` elsewhere needs Triton. On an H100 they made a batch-16 guided SD v1 step 1.4% faster
+    (31.75 against 32.20 ms), within the fast path's precision line: no further from float32 than
+    diffusers' compiled bf16 on the same weights plus 10% (benchmarks/RESULTS.md).
 
     ``geglu_kernel`` computes the denoiser's GEGLU projections (modules that declare
     ``computes_geglu``) by one fused Triton kernel (:mod:`ldmkit.fast.geglu_kernels`). ``None``
@@ -47,12 +48,13 @@ class FastConfig:
     faster than cuBLAS plus the compiler's gate at the SD v1 UNet's shapes, and closer to float32;
     a batch-16 guided SD v1 step took 0.6% less time with it (benchmarks/RESULTS.md).
 
-    ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention, the default) or "fa3":
+    ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention) or "fa3":
     FlashAttention-3's Hopper forward kernel for the denoiser's attention modules (those that
-    declare ``computes_attention``; :mod:`ldmkit.fast.attention`). "fa3" needs the optional
-    ``fa3-fwd`` package (``pip install 'ldmkit[hopper]'``), a Hopper GPU and precision bf16; asking
-    for it elsewhere raises :class:`InputError` naming what is missing. Its measured effect is in
-    benchmarks/RESULTS.md.
+    declare ``computes_attention``; :mod:`ldmkit.fast.attention`). ``None`` takes "fa3" where it
+    runs: the optional ``fa3-fwd`` package installed (``pip install 'ldmkit[hopper]'``), a Hopper GPU
+    and precision bf16; "sdpa" elsewhere. Asking for "fa3" where it cannot run raises
+    :class:`InputError` naming what is missing. On an H100 it made a batch-16 guided SD v1 step 1.9%
+    faster (31.47 against 32.08 ms), slightly closer to float32 (benchmarks/RESULTS.md).
 
     ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
     feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
@@ -73,9 +75,9 @@ class FastConfig:
     compile: bool | None = None
     cuda_graphs: bool | None = None
     compile_mode: str = "default"
-    norm_kernels: bool = False
+    norm_kernels: bool | None = None
     geglu_kernel: bool | None = None
-    attention_kernel: str = "sdpa"
+    attention_kernel: str | None = None
     fp8_linear: bool = False
     tile_size: int | None = None
     tile_overlap: int = 8
@@ -84,18 +86,17 @@ class FastConfig:
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in DTYPES:
             raise InputError(f"precision must be one of {sorted(DTYPES)} or None, got {self.precision!r}")
-        for name in ("channels_last", "compile", "cuda_graphs", "geglu_kernel"):
+        for name in ("channels_last", "compile", "cuda_graphs", "geglu_kernel", "norm_kernels"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise InputError(f"{name} must be True, False or None, got {value!r}")
-        for name in ("norm_kernels", "fp8_linear"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.fp8_linear, bool):
+            raise InputError(f"fp8_linear must be True or False, got {self.fp8_linear!r}")
         if self.fp8_linear and self.precision == "fp32":
             raise InputError(_FP8_PRECISION.format(precision="fp32"))
-        if self.attention_kernel not in ATTENTION_KERNELS:
+        if self.attention_kernel is not None and self.attention_kernel not in ATTENTION_KERNELS:
             raise InputError(
-                f"attention_kernel must be one of {list(ATTENTION_KERNELS)}, got {self.attention_kernel!r}"
+                f"attention_kernel must be one of {list(ATTENTION_KERNELS)} or None, got {self.attention_kernel!r}"
             )
         if self.compile_mode not in COMPILE_MODES:
             raise InputError(f"compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}")
@@ -130,7 +131,7 @@ class FastConfig:
             compile=compile_,
             compile_mode=self.compile_mode,
             cuda_graphs=graphs,
-            norm_kernels=self._norm_kernels(),
+            norm_kernels=self._norm_kernels(device, dtype),
             geglu_kernel=self._geglu_kernel(device, dtype),
             attention_kernel=self._attention_kernel(device, dtype),
             fp8_linear=self._fp8_linear(device, precision),
@@ -139,9 +140,11 @@ class FastConfig:
             max_graphs=self.max_graphs,
         )
 
-    def _norm_kernels(self) -> bool:
-        from ldmkit.fast.support import triton_available
+    def _norm_kernels(self, device: torch.device, dtype: torch.dtype) -> bool:
+        from ldmkit.fast.support import hopper_with_triton, triton_available
 
+        if self.norm_kernels is None:  # on where they were measured
+            return hopper_with_triton(device) and dtype in (torch.bfloat16, torch.float16)
         if self.norm_kernels and not triton_available():
             raise InputError("norm_kernels=True needs Triton (it comes with CUDA builds of torch); it is not installed")
         return self.norm_kernels
@@ -152,6 +155,8 @@ class FastConfig:
         from ldmkit.fast.attention import fa3_unusable_reason
 
         reason = fa3_unusable_reason(device, dtype)
+        if self.attention_kernel is None:  # "fa3" where it runs
+            return "sdpa" if reason is not None else "fa3"
         if reason is not None:
             raise InputError(f"attention_kernel='fa3' cannot run here: {reason}")
         return self.attention_kernel

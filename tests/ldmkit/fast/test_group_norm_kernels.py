@@ -108,10 +108,16 @@ def test_asking_for_the_kernels_without_triton_is_an_input_error() -> None:
     assert not FastConfig().resolve(torch.device("cpu")).norm_kernels
 
 
-def test_norm_kernels_are_off_unless_asked_for() -> None:
-    assert not FastConfig().resolve(torch.device("cuda")).norm_kernels
+def test_norm_kernels_default_to_where_they_were_measured() -> None:
+    from ldmkit.fast.support import hopper_with_triton
+
+    cuda = torch.device("cuda")
+    assert FastConfig().resolve(cuda).norm_kernels == hopper_with_triton(cuda)  # bf16 on a Hopper GPU
+    assert not FastConfig(precision="fp32").resolve(cuda).norm_kernels
+    assert not FastConfig().resolve(torch.device("cpu")).norm_kernels
+    assert not FastConfig(norm_kernels=False).resolve(cuda).norm_kernels
     with pytest.raises(InputError, match="norm_kernels"):
-        FastConfig(norm_kernels=None)  # type: ignore[arg-type]
+        FastConfig(norm_kernels="yes")  # type: ignore[arg-type]
 
 
 # (batch, channels, height, width, groups): odd sizes exercise the tile masks
