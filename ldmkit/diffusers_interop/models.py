@@ -104,8 +104,13 @@ def component_from_diffusers(
 ) -> nn.Module:
     """The registered component of ``kind`` that reads this config, holding its weights (strict about keys)."""
     from ldmkit.checkpoints import load_into
+    from ldmkit.spec_checks import check_size
 
+    registry = _registry(registry)
     cls, params = params_from_diffusers(kind, config, context, class_name=class_name, registry=registry)
+    # the config comes with the weights, unchecked: refuse sizes past the limits before building anything
+    plain = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
+    check_size(kind, cls.name, plain, f"{class_name or diffusers_class_name(config) or kind} config", registry)
     model = cls.from_params(params)
     rename = getattr(cls, "state_dict_from_diffusers", None)
     ours = dict(state) if rename is None else rename(state, params)

@@ -376,3 +376,26 @@ def test_a_registry_without_the_reader_refuses_the_folder(exported):
     with pytest.raises(SpecError, match="UNet2DConditionModel") as info:
         di.from_diffusers(out, registry=Registry())
     assert "(none)" in str(info.value)
+
+
+def test_a_diffusers_config_past_the_size_limit_is_refused_before_building(monkeypatch):
+    """A diffusers folder's config comes with its weights, unchecked: a model too large to build is a SpecError
+    naming the limit, found on the meta device (nothing allocated), and the weights are never matched."""
+    config = {
+        "_class_name": "UNet2DConditionModel",
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": [65536, 65536],  # about 10^11 parameters
+        "layers_per_block": 1,
+        "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+    }
+    with pytest.raises(SpecError, match="UNet2DConditionModel config: unet with these params has .* parameters"):
+        di.unet_from_diffusers(config, {})
+    monkeypatch.setenv("LDMKIT_MAX_PARAMETERS", "1000")  # the same check, with the limit set low
+    small = dict(config, block_out_channels=[32, 64])
+    with pytest.raises(SpecError, match="more than the limit of 1,000"):
+        di.unet_from_diffusers(small, {})
