@@ -6,29 +6,15 @@ import pytest
 import torch
 
 import ldmkit
+from tests.tiny import tiny_pipeline_spec, tiny_unet_params
 
-SPEC = {
-    "version": 1,
-    "first_stage": {"type": "identity", "params": {"channels": 3}},
-    "denoiser": {
-        "type": "unet",
-        "params": {
-            "image_size": 8,
-            "in_channels": 3,
-            "out_channels": 3,
-            "model_channels": 32,
-            "channel_mult": [1, 2],
-            "num_res_blocks": 1,
-            "attention_resolutions": [2],
-            "num_head_channels": 32,
-            "use_spatial_transformer": True,
-            "context_dim": 32,
-        },
-    },
-    "conditioner": {"type": "class-embedder", "params": {"embed_dim": 32, "n_classes": 5, "null_class": 4}},
-    "schedule": {"timesteps": 1000},
-    "latent_size": [8, 8],
-}
+SPEC = tiny_pipeline_spec(
+    {"type": "identity", "params": {"channels": 3}},
+    tiny_unet_params(channels=3, attention_resolutions=[2], num_head_channels=32, context_dim=32),
+    {"type": "class-embedder", "params": {"embed_dim": 32, "n_classes": 5, "null_class": 4}},
+    version=1,
+    schedule={"timesteps": 1000},
+)
 
 
 @pytest.fixture(scope="module")

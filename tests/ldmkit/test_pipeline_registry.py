@@ -11,6 +11,7 @@ from ldmkit import registry as registry_module
 from ldmkit.building import build_component, building_with, current_registry
 from ldmkit.interfaces import SampleOptions
 from ldmkit.registry import Registry, discover
+from tests.tiny import tiny_pipeline_spec, tiny_unet_params
 
 EXTRA_SAMPLER = "test-constant"
 EXTRA_CONDITIONER = "test-labels"
@@ -49,28 +50,13 @@ class ExtraPlugin:
 
 
 LABELS = {"type": EXTRA_CONDITIONER, "params": {"embed_dim": 32, "n_classes": 5, "null_class": 4}}
-SPEC = {
-    "version": 1,
-    "first_stage": {"type": "identity", "params": {"channels": 3}},
-    "denoiser": {
-        "type": "unet",
-        "params": {
-            "image_size": 8,
-            "in_channels": 3,
-            "out_channels": 3,
-            "model_channels": 32,
-            "channel_mult": [1],
-            "num_res_blocks": 1,
-            "attention_resolutions": [1],
-            "num_head_channels": 32,
-            "use_spatial_transformer": True,
-            "context_dim": 32,
-        },
-    },
-    "conditioner": {"type": "composite", "params": {"parts": {"label": LABELS}}},
-    "latent_size": [8, 8],
-    "tasks": {"class2img": {"type": "class2img", "params": {"part": "label"}}},
-}
+SPEC = tiny_pipeline_spec(
+    {"type": "identity", "params": {"channels": 3}},
+    tiny_unet_params(channels=3, channel_mult=[1], attention_resolutions=[1], num_head_channels=32, context_dim=32),
+    {"type": "composite", "params": {"parts": {"label": LABELS}}},
+    version=1,
+    tasks={"class2img": {"type": "class2img", "params": {"part": "label"}}},
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import torch
 from ldmkit import SampleOptions
 from ldmkit.errors import InputError, SpecError
 from ldmkit.generation import MAX_METADATA_BYTES, METADATA_FORMAT, read_metadata, save_pictures
+from tests.tiny import tiny_pipeline_spec, tiny_unet_params
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 OPTIONS = SampleOptions(n=2, seed=3, steps=7)  # the two pictures valid_png is one of
@@ -396,14 +397,9 @@ def test_options_accept_integral_floats(valid_png: bytes, valid_meta: dict, tmp_
 
 # -- a spec carried in metadata ----------------------------------------------------------------------
 
-SPEC = {
-    "first_stage": {"type": "identity", "params": {}},
-    "denoiser": {
-        "type": "unet",
-        "params": {"image_size": 8, "in_channels": 3, "out_channels": 3, "model_channels": 32}
-        | {"channel_mult": [1], "num_res_blocks": 1, "attention_resolutions": [], "num_heads": 1},
-    },
-}
+SPEC = tiny_pipeline_spec(
+    {"type": "identity", "params": {}}, tiny_unet_params(channels=3, channel_mult=[1], num_heads=1), latent_size=None
+)
 
 
 def test_valid_spec_in_metadata_passes(valid_png: bytes, valid_meta: dict, tmp_path) -> None:

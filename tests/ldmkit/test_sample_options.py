@@ -17,6 +17,7 @@ from ldmkit.sampling import alphas_cumprod64, spaced_timesteps
 from ldmkit.schedules import NoiseSchedule
 from ldmkit.specs import validate_spec
 from ldmkit.tasks import default_guidance, default_sampling
+from tests.tiny import tiny_pipeline_spec, tiny_unet_params
 
 SHAPE = (2, 3, 8, 8)
 SPACINGS = ["uniform", "quad", "leading", "linspace", "trailing"]
@@ -24,17 +25,12 @@ SAMPLERS = ["ddpm", "ddim", "plms", "dpmpp-2m", "euler-a"]
 
 
 def spec(sampling: dict | None = None, task_params: dict | None = None) -> dict:
-    return {
-        "first_stage": {"type": "identity", "params": {"channels": 3}},
-        "denoiser": {
-            "type": "unet",
-            "params": {"image_size": 8, "in_channels": 3, "out_channels": 3, "model_channels": 32}
-            | {"channel_mult": [1], "num_res_blocks": 1, "attention_resolutions": [], "num_head_channels": 32},
-        },
-        "latent_size": [8, 8],
-        "sampling": sampling or {},
-        "tasks": {"uncond": {"type": "uncond", "params": task_params or {}}},
-    }
+    return tiny_pipeline_spec(
+        {"type": "identity", "params": {"channels": 3}},
+        tiny_unet_params(channels=3, channel_mult=[1], num_head_channels=32),
+        sampling=sampling or {},
+        tasks={"uncond": {"type": "uncond", "params": task_params or {}}},
+    )
 
 
 def pipe(sampling: dict | None = None, task_params: dict | None = None) -> Pipeline:

@@ -12,40 +12,18 @@ from ldmkit.errors import InputError, SpecError
 from ldmkit.interfaces import SampleOptions
 from ldmkit.options import resolve_options
 from ldmkit.sizing import check_picture_size, fit_concat, latent_size_for, size_multiple
+from tests.tiny import tiny_autoencoder_params, tiny_pipeline_spec, tiny_unet_params
 
 # A tiny untrained pipeline: an f=2 autoencoder and a UNet of two levels (latent sides multiples of 2),
 # so picture sides must be multiples of 4; trained size 16x16 pixels (8x8 latents).
-TINY_SPEC = {
-    "version": 1,
-    "first_stage": {
-        "type": "kl-autoencoder",
-        "params": {
-            "embed_dim": 3,
-            "z_channels": 3,
-            "resolution": 16,
-            "ch": 32,
-            "ch_mult": [1, 2],
-            "num_res_blocks": 1,
-            "attn_resolutions": [],
-        },
-    },
-    "denoiser": {
-        "type": "unet",
-        "params": {
-            "image_size": 8,
-            "in_channels": 3,
-            "out_channels": 3,
-            "model_channels": 32,
-            "channel_mult": [1, 2],
-            "num_res_blocks": 1,
-            "attention_resolutions": [],
-            "num_head_channels": 32,
-        },
-    },
-    "schedule": {"beta_schedule": "linear", "timesteps": 1000},
-    "latent_size": [8, 8],
-    "tasks": {"uncond": {"type": "uncond"}},
-}
+TINY_SPEC = tiny_pipeline_spec(
+    {"type": "kl-autoencoder", "params": tiny_autoencoder_params(channels=3, ch_mult=[1, 2], attn_resolutions=[])},
+    tiny_unet_params(channels=3, channel_mult=[1, 2], num_head_channels=32),
+    version=1,
+    schedule={"beta_schedule": "linear", "timesteps": 1000},
+    latent_size=[8, 8],
+    tasks={"uncond": {"type": "uncond"}},
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -11,6 +11,7 @@ import torch
 import ldmkit
 from ldmkit import diffusers_interop as di
 from ldmkit.errors import SpecError
+from tests.tiny import TINY_SD_CLIP, tiny_autoencoder_params, tiny_sd_pipeline, tiny_unet_params
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -45,20 +46,18 @@ def diffusers_model(config: dict, state: dict) -> torch.nn.Module:
     return model
 
 
-UNET_BASE = dict(image_size=8, model_channels=32, num_res_blocks=1, channel_mult=[1, 2])
 CROSS_UNETS = {
-    "heads": dict(UNET_BASE, in_channels=4, out_channels=4, attention_resolutions=[1, 2], num_heads=2,
-                  use_spatial_transformer=True, context_dim=24, transformer_depth=2),
-    "head-width+classes+scale-shift": dict(UNET_BASE, in_channels=4, out_channels=4, attention_resolutions=[2],
-                                           num_head_channels=16, use_spatial_transformer=True, context_dim=24,
-                                           num_classes=5, use_scale_shift_norm=True),
+    "heads": tiny_unet_params(channels=4, attention_resolutions=[1, 2], num_heads=2, context_dim=24,
+                              transformer_depth=2),
+    "head-width+classes+scale-shift": tiny_unet_params(channels=4, attention_resolutions=[2], num_head_channels=16,
+                                                       context_dim=24, num_classes=5, use_scale_shift_norm=True),
 }  # fmt: skip
 PLAIN_UNETS = {
-    "head-width+classes": dict(UNET_BASE, in_channels=3, out_channels=3, attention_resolutions=[2],
-                               num_head_channels=16, num_classes=3),
-    "new-order+scale-shift": dict(UNET_BASE, in_channels=3, out_channels=3, attention_resolutions=[1, 2],
-                                  num_head_channels=16, use_new_attention_order=True, use_scale_shift_norm=True),
-    "one-head+concat": dict(UNET_BASE, in_channels=5, out_channels=3, attention_resolutions=[1], num_heads=1),
+    "head-width+classes": tiny_unet_params(channels=3, attention_resolutions=[2], num_head_channels=16,
+                                           num_classes=3),
+    "new-order+scale-shift": tiny_unet_params(channels=3, attention_resolutions=[1, 2], num_head_channels=16,
+                                              use_new_attention_order=True, use_scale_shift_norm=True),
+    "one-head+concat": tiny_unet_params(channels=3, in_channels=5, attention_resolutions=[1], num_heads=1),
 }  # fmt: skip
 
 
@@ -112,14 +111,11 @@ def test_unet_from_diffusers_computes_the_same():
     assert rel_err(ours, theirs) <= TOL
 
 
-AE_BASE = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, resolution=16)
-
-
 @pytest.mark.parametrize(
     "name, params",
     [
-        ("kl-autoencoder", dict(AE_BASE, z_channels=4, embed_dim=4, attn_resolutions=[8])),
-        ("vq-autoencoder", dict(AE_BASE, z_channels=3, embed_dim=2, n_embed=16, attn_resolutions=[16])),
+        ("kl-autoencoder", tiny_autoencoder_params(channels=4, attn_resolutions=[8])),
+        ("vq-autoencoder", tiny_autoencoder_params(channels=3, embed_dim=2, n_embed=16, attn_resolutions=[16])),
     ],
 )
 def test_autoencoder_to_diffusers_computes_the_same(name, params):
@@ -161,16 +157,13 @@ def test_autoencoder_from_diffusers_computes_the_same():
         assert rel_err(ours.decode(z), theirs.decode(z).sample) <= TOL
 
 
-CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-
-
 def test_clip_text_both_ways():
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    theirs = randomize(CLIPTextModel(CLIPTextConfig(**CLIP)), std=0.05)
+    theirs = randomize(CLIPTextModel(CLIPTextConfig(**TINY_SD_CLIP)), std=0.05)
     config = theirs.config.to_dict()
     ours = di.clip_text_from_transformers(config, theirs.state_dict())
-    tokens = torch.randint(0, CLIP["vocab_size"], (2, 77), generator=torch.Generator().manual_seed(6))
+    tokens = torch.randint(0, TINY_SD_CLIP["vocab_size"], (2, 77), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         assert rel_err(ours(tokens).crossattn, theirs(input_ids=tokens).last_hidden_state) <= TOL
     config2, state2 = di.clip_text_to_transformers(ours)
@@ -213,7 +206,7 @@ def test_unsupported_configurations_raise_spec_error():
     with pytest.raises(SpecError, match="AutoencoderTiny"):
         di.autoencoder_params_from_diffusers({"_class_name": "AutoencoderTiny"})
     with pytest.raises(SpecError, match="embed_dim"):
-        kl = create("first_stage", "kl-autoencoder", dict(AE_BASE, z_channels=4, embed_dim=3))
+        kl = create("first_stage", "kl-autoencoder", tiny_autoencoder_params(channels=4, embed_dim=3))
         di.autoencoder_to_diffusers(kl)
     with pytest.raises(SpecError, match="beta_schedule"):
         di.scheduler_config_to_diffusers(ldmkit.ScheduleSpec(beta_schedule="sqrt"))
@@ -223,17 +216,10 @@ def test_unsupported_configurations_raise_spec_error():
 
 # -- whole pipelines --------------------------------------------------------------------------------
 def tiny_pipeline() -> ldmkit.Pipeline:
-    spec = {
-        "first_stage": {"type": "kl-autoencoder", "params": dict(AE_BASE, z_channels=4, embed_dim=4)},
-        "denoiser": {"type": "unet", "params": dict(CROSS_UNETS["heads"], context_dim=32, prediction="v")},
-        "conditioner": {"type": "clip-text", "params": CLIP},
-        "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012},
-        "scale_factor": 0.18215,
-        "latent_size": [8, 8],
-    }
-    pipe = ldmkit.Pipeline.from_spec(spec)
-    for i, module in enumerate(pipe.modules().values()):
-        randomize(module, seed=10 + i, std=0.05)
+    """tests/tiny.py's Stable-Diffusion-shaped pipeline with the "heads" UNet (context 32, v-prediction)."""
+    pipe = tiny_sd_pipeline(seed=10, std=0.05, unet=dict(CROSS_UNETS["heads"], context_dim=32, prediction="v"))
+    for module in pipe.modules().values():
+        module.eval()
     return pipe
 
 
@@ -299,7 +285,7 @@ def test_from_diffusers_names_what_is_missing_or_unsupported(exported, tmp_path)
 
 def test_unconditional_vq_pipeline_round_trip(tmp_path):
     spec = {
-        "first_stage": {"type": "vq-autoencoder", "params": dict(AE_BASE, z_channels=3, embed_dim=3, n_embed=8)},
+        "first_stage": {"type": "vq-autoencoder", "params": tiny_autoencoder_params(channels=3, n_embed=8)},
         "denoiser": {"type": "unet", "params": PLAIN_UNETS["head-width+classes"]},
         "conditioner": {"type": "class-embedder", "params": {"embed_dim": 128, "n_classes": 3, "target": "vector"}},
         "schedule": {"beta_schedule": "sqrt_linear"},
@@ -337,7 +323,7 @@ def test_components_without_a_diffusers_conversion_are_named(tmp_path):
     with pytest.raises(SpecError, match="identity"):
         di.first_stage_to_diffusers(identity)
     spec = {
-        "first_stage": {"type": "kl-autoencoder", "params": dict(AE_BASE, z_channels=4, embed_dim=4)},
+        "first_stage": {"type": "kl-autoencoder", "params": tiny_autoencoder_params(channels=4)},
         "denoiser": {"type": "unet", "params": dict(PLAIN_UNETS["one-head+concat"], in_channels=6, out_channels=4)},
         "conditioner": {"type": "spatial-rescaler", "params": {"n_stages": 1, "in_channels": 3, "out_channels": 2}},
         "schedule": {"beta_schedule": "linear"},
@@ -359,12 +345,12 @@ def test_components_without_a_diffusers_conversion_are_named(tmp_path):
 @pytest.mark.parametrize("vocab_size", [49408, 1000], ids=["clip-vocabulary", "own-vocabulary"])
 def test_clip_text_folder_always_has_its_tokenizer(tmp_path, vocab_size):
     spec = tiny_pipeline().spec.model_dump(mode="json")
-    spec["conditioner"]["params"] = dict(CLIP, vocab_size=vocab_size, max_position_embeddings=20)
+    spec["conditioner"]["params"] = dict(TINY_SD_CLIP, vocab_size=vocab_size, max_position_embeddings=20)
     pipe = ldmkit.Pipeline.from_spec(spec)
     out = di.to_diffusers(pipe, tmp_path / "df")
     sd = diffusers.DiffusionPipeline.from_pretrained(out)  # loads with no tokenizer=None
     assert sd.tokenizer.model_max_length == 20  # the length the text encoder has positions for
-    if vocab_size == CLIP["vocab_size"]:  # the same ids as ldmkit (a smaller vocabulary takes ids only)
+    if vocab_size == TINY_SD_CLIP["vocab_size"]:  # the same ids as ldmkit (a smaller vocabulary takes ids only)
         ids = sd.tokenizer(["a red circle"], padding="max_length", max_length=20, return_tensors="pt").input_ids
         assert torch.equal(ids, pipe.conditioner.tokenize(["a red circle"]))
 

@@ -17,6 +17,7 @@ import torch
 import ldmkit
 from ldmkit import compvis
 from ldmkit import diffusers_interop as di
+from tests.tiny import tiny_sd_spec
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -127,36 +128,9 @@ WORDS = ["a", "red", "blue", "circle", "square", "and"]
 
 
 def word_model(max_seq_len: int) -> ldmkit.Pipeline:
-    spec = {
-        "first_stage": {
-            "type": "kl-autoencoder",
-            "params": dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, resolution=16, z_channels=4, embed_dim=4),
-        },
-        "denoiser": {
-            "type": "unet",
-            "params": dict(
-                image_size=8,
-                model_channels=32,
-                num_res_blocks=1,
-                channel_mult=[1, 2],
-                in_channels=4,
-                out_channels=4,
-                attention_resolutions=[2],
-                num_heads=2,
-                use_spatial_transformer=True,
-                context_dim=32,
-            ),
-        },  # fmt: skip
-        "conditioner": {
-            "type": "transformer-text",
-            "params": dict(
-                n_embed=32, n_layer=2, vocab_size=10, max_seq_len=max_seq_len, tokenizer="words", vocabulary=WORDS
-            ),
-        },  # fmt: skip
-        "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012},
-        "scale_factor": 0.5,
-        "latent_size": [8, 8],
-    }
+    words = dict(n_embed=32, n_layer=2, vocab_size=10, max_seq_len=max_seq_len, tokenizer="words", vocabulary=WORDS)
+    conditioner = {"type": "transformer-text", "params": words}
+    spec = tiny_sd_spec(conditioner, unet={"attention_resolutions": [2]}, scale_factor=0.5)
     pipe = ldmkit.Pipeline.from_spec(spec)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -9,6 +9,7 @@ from ldmkit import InputError
 from ldmkit.fast import FastConfig
 from ldmkit.fast.attention import FlashAttention, fa3_available, fa3_unusable_reason, with_flash_attention
 from ldmkit_unet.transformer import CrossAttention
+from tests.tiny import tiny_unet_params
 
 FA3_HERE = torch.cuda.is_available() and fa3_unusable_reason(torch.device("cuda"), torch.bfloat16) is None
 
@@ -34,13 +35,8 @@ def test_swapped_module_computes_what_the_original_does(context_dim):
 def test_swap_shares_the_projections_and_leaves_the_original_alone():
     from ldmkit.registry import get_registry
 
-    unet = get_registry().create(
-        "denoiser",
-        "unet",
-        {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 32, "channel_mult": [1, 2],
-         "attention_resolutions": [2], "num_res_blocks": 1, "num_heads": 2, "use_spatial_transformer": True,
-         "context_dim": 16, "legacy": False},
-    )  # fmt: skip
+    params = tiny_unet_params(channels=4, attention_resolutions=[2], num_heads=2, context_dim=16, legacy=False)
+    unet = get_registry().create("denoiser", "unet", params)
     copy = with_flash_attention(unet)
     originals = [m for m in unet.modules() if isinstance(m, CrossAttention)]
     swapped = [m for m in copy.modules() if isinstance(m, FlashAttention)]

@@ -13,6 +13,7 @@ from ldmkit import Conditioning, InputError, NoiseSchedule, Pipeline
 from ldmkit.fast import FastConfig, tile_starts, tiled_decode
 from ldmkit.fast.norms import ChannelsLastGroupNorm
 from ldmkit.registry import get_registry
+from tests.tiny import tiny_autoencoder_params, tiny_unet_params
 
 CUDA = torch.cuda.is_available()
 C_COMPILER = shutil.which("cc") or shutil.which("gcc")
@@ -25,31 +26,19 @@ def _randomize_zeroed(module: torch.nn.Module) -> None:
             m.reset_parameters()
 
 
-def tiny_pipeline(seed: int = 0) -> Pipeline:
+def tiny_pipeline(seed: int = 0, *, model_channels: int = 32, context_dim: int = 16) -> Pipeline:
     torch.manual_seed(seed)
     reg = get_registry()
-    unet = reg.create(
-        "denoiser",
-        "unet",
-        {
-            "image_size": 8,
-            "in_channels": 4,
-            "out_channels": 4,
-            "model_channels": 32,
-            "channel_mult": [1, 2],
-            "attention_resolutions": [2],
-            "num_res_blocks": 1,
-            "num_heads": 2,
-            "use_spatial_transformer": True,
-            "context_dim": 16,
-            "legacy": False,
-        },
+    unet_params = tiny_unet_params(
+        channels=4,
+        model_channels=model_channels,
+        attention_resolutions=[2],
+        num_heads=2,
+        context_dim=context_dim,
+        legacy=False,
     )
-    vae = reg.create(
-        "first_stage",
-        "kl-autoencoder",
-        {"embed_dim": 4, "z_channels": 4, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "resolution": 32},
-    )
+    unet = reg.create("denoiser", "unet", unet_params)
+    vae = reg.create("first_stage", "kl-autoencoder", tiny_autoencoder_params(channels=4, resolution=32))
     _randomize_zeroed(unet)
     return Pipeline(vae, unet, schedule=NoiseSchedule.from_spec(), scale_factor=0.5, latent_size=(8, 8))
 

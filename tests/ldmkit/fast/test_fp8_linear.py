@@ -23,10 +23,10 @@ import logging
 
 import pytest
 import torch
-from test_fast_path import _randomize_zeroed
+from test_fast_path import tiny_pipeline
 from torch import nn
 
-from ldmkit import Conditioning, InputError, NoiseSchedule, Pipeline
+from ldmkit import Conditioning, InputError, Pipeline
 from ldmkit.fast import FastConfig
 from ldmkit.fast.fp8 import (
     FP8_DTYPE,
@@ -39,7 +39,6 @@ from ldmkit.fast.fp8 import (
     with_fp8_linears,
 )
 from ldmkit.fast.geglu import KernelGEGLU, with_kernel_geglu
-from ldmkit.registry import get_registry
 from ldmkit_unet.transformer import BasicTransformerBlock
 
 FP8_GPU = torch.cuda.is_available() and fp8_linear_supported(torch.device("cuda"))
@@ -222,22 +221,7 @@ def test_fp8_on_cuda_without_fp8_matmuls_is_refused() -> None:
 
 def _pipeline() -> Pipeline:
     """A tiny pipeline whose linears are wide enough to swap, the time embedding's first one included."""
-    torch.manual_seed(0)
-    reg = get_registry()
-    unet = reg.create(
-        "denoiser",
-        "unet",
-        {"image_size": 8, "in_channels": 4, "out_channels": 4, "model_channels": 64, "channel_mult": [1, 2]}
-        | {"attention_resolutions": [2], "num_res_blocks": 1, "num_heads": 2, "use_spatial_transformer": True}
-        | {"context_dim": 64, "legacy": False},
-    )
-    vae = reg.create(
-        "first_stage",
-        "kl-autoencoder",
-        {"embed_dim": 4, "z_channels": 4, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "resolution": 32},
-    )
-    _randomize_zeroed(unet)
-    return Pipeline(vae, unet, schedule=NoiseSchedule.from_spec(), scale_factor=0.5, latent_size=(8, 8))
+    return tiny_pipeline(seed=0, model_channels=64, context_dim=64)
 
 
 def test_bf16_fast_path_with_fp8_linears_on_cpu() -> None:

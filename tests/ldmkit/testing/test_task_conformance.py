@@ -20,6 +20,7 @@ from ldmkit.registry import PluginInfo, Registry
 from ldmkit.tasks import ConditionedTask, Request
 from ldmkit.testing import DatasetConformance, TaskConformance
 from ldmkit_shapes import ShapesDataset
+from tests.tiny import tiny_pipeline_spec, tiny_unet_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 FAILED = (AssertionError, pytest.fail.Exception)
@@ -171,15 +172,10 @@ class _Tasks:
 
 TASKS = Registry(strict=True)
 TASKS.add_plugin(_Tasks(), PluginInfo("standins", "(tests)", "0"))
-UNCONDITIONED = {
-    "first_stage": {"type": "identity", "params": {"channels": 3}},
-    "denoiser": {
-        "type": "unet",
-        "params": {"image_size": 8, "in_channels": 3, "out_channels": 3, "model_channels": 32}
-        | {"channel_mult": [1], "num_res_blocks": 1, "attention_resolutions": [], "num_head_channels": 32},
-    },
-    "latent_size": [8, 8],
-}
+UNCONDITIONED = tiny_pipeline_spec(
+    {"type": "identity", "params": {"channels": 3}},
+    tiny_unet_params(channels=3, channel_mult=[1], num_head_channels=32),
+)
 
 
 @functools.cache

@@ -10,21 +10,7 @@ import torch
 import ldmkit
 from ldmkit import diffusers_interop as di
 from ldmkit.checkpoints import save_state_dict
-
-CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-UNET = dict(
-    image_size=8,
-    model_channels=32,
-    num_res_blocks=1,
-    channel_mult=[1, 2],
-    in_channels=4,
-    out_channels=4,
-    attention_resolutions=[1, 2],
-    num_heads=2,
-    use_spatial_transformer=True,
-    context_dim=32,
-)
-AE = dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, resolution=16, z_channels=4, embed_dim=4)
+from tests.tiny import tiny_sd_pipeline
 
 # diffusers layer names that LoRA files for SD v1 commonly cover: attention, feed-forward, the
 # transformer's 1x1 projections, and (LoCon) the resnets' 3x3 convolutions and time projections
@@ -34,26 +20,9 @@ UNET_LAYERS = re.compile(
 TEXT_LAYERS = re.compile(r"(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))$")
 
 
-def randomize(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 def tiny_pipeline() -> ldmkit.Pipeline:
-    spec = {
-        "first_stage": {"type": "kl-autoencoder", "params": AE},
-        "denoiser": {"type": "unet", "params": UNET},
-        "conditioner": {"type": "clip-text", "params": CLIP},
-        "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012},
-        "scale_factor": 0.18215,
-        "latent_size": [8, 8],
-    }
-    pipe = ldmkit.Pipeline.from_spec(spec)
-    for i, module in enumerate(pipe.modules().values()):
-        randomize(module, seed=10 + i)
-    return pipe
+    """tests/tiny.py's Stable-Diffusion-shaped pipeline (attention at both UNet levels), randomized from seed 10."""
+    return tiny_sd_pipeline(seed=10, std=0.05)
 
 
 def diffusers_pipeline(pipe: ldmkit.Pipeline, folder: Path):

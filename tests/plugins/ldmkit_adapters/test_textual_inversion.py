@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 import ldmkit
 from ldmkit.errors import CheckpointError, InputError, UnsafeCheckpointError
 from tests.plugins.ldmkit_adapters.sd_tiny import tiny_pipeline, weights
+from tests.tiny import tiny_pipeline_spec, tiny_unet_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,13 +92,7 @@ def test_a_legacy_embedding_with_a_pickle_payload_is_refused(pipe, tmp_path):
 
 def test_a_conditioner_without_tokens_is_refused(tmp_path):
     save_file({"emb_params": vectors(1)}, tmp_path / "e.safetensors")
-    pipe = ldmkit.Pipeline.from_spec(
-        {
-            "first_stage": {"type": "identity"},
-            "denoiser": {"type": "unet", "params": {"image_size": 8, "in_channels": 3, "out_channels": 3,
-                                                     "model_channels": 32, "num_res_blocks": 1,
-                                                     "channel_mult": [1], "attention_resolutions": [], "num_heads": 1}},
-        }
-    )  # fmt: skip
+    unet = tiny_unet_params(channels=3, channel_mult=[1], num_heads=1)
+    pipe = ldmkit.Pipeline.from_spec(tiny_pipeline_spec({"type": "identity"}, unet, latent_size=None))
     with pytest.raises(InputError, match="text conditioner that learns tokens"):
         pipe.load_embedding(tmp_path / "e.safetensors", token="<x>")

@@ -11,6 +11,7 @@ from ldmkit.errors import InputError, SpecError
 from ldmkit.training.grow import grown
 from ldmkit_conditioners.box_map import box_map
 from ldmkit_conditioners.layout import LayoutConditioner
+from tests.tiny import tiny_unet_params
 
 NAMES = ["red circle", "blue square", "green triangle"]
 
@@ -81,8 +82,7 @@ def test_layout_errors_name_the_object():
 
 
 def unet(in_channels: int):
-    params = {"image_size": 8, "in_channels": in_channels, "out_channels": 3, "model_channels": 32}
-    params |= {"channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2], "num_head_channels": 32}
+    params = tiny_unet_params(channels=3, in_channels=in_channels, attention_resolutions=[2], num_head_channels=32)
     return ldmkit.get_registry().create("denoiser", "unet", params)
 
 

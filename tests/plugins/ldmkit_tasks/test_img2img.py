@@ -13,6 +13,7 @@ from ldmkit.errors import InputError, SpecError
 from ldmkit.generation import default_model_dir
 from ldmkit.tasks import PROMPT_KINDS
 from ldmkit_shapes import ShapesDataset
+from tests.tiny import tiny_pipeline_spec, tiny_unet_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -154,16 +155,11 @@ def test_without_guidance_a_negative_is_a_logged_no_op(shipped, caplog):
 
 
 def test_a_negative_without_a_part_to_take_it_is_a_spec_error():
-    spec = {
-        "first_stage": {"type": "identity"},
-        "denoiser": {
-            "type": "unet",
-            "params": dict(image_size=8, in_channels=3, out_channels=3, model_channels=32, channel_mult=[1],
-                           num_res_blocks=1, attention_resolutions=[], num_head_channels=32, num_classes=4),
-        },
-        "conditioner": {"type": "class-embedder", "params": {"embed_dim": 8, "n_classes": 4, "null_class": 3}},
-        "latent_size": [8, 8],
-    }  # fmt: skip
+    spec = tiny_pipeline_spec(
+        {"type": "identity"},
+        tiny_unet_params(channels=3, channel_mult=[1], num_head_channels=32, num_classes=4),
+        {"type": "class-embedder", "params": {"embed_dim": 8, "n_classes": 4, "null_class": 3}},
+    )
     pipe = ldmkit.Pipeline.from_spec(spec)
     task = pipe.task("img2img")
     request = task.parse_request({"image": torch.zeros(3, 8, 8), "negative_prompt": "a red circle"})

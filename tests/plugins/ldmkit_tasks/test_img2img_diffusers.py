@@ -12,6 +12,7 @@ from PIL import Image
 
 import ldmkit
 from ldmkit import diffusers_interop as di
+from tests.tiny import tiny_sd_spec
 
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
@@ -44,28 +45,7 @@ def randomize(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[ldmkit.Pipeline, Path]:
     """An SD-architecture ldmkit pipeline with random weights and the same pipeline as a diffusers folder."""
-    spec = {
-        "first_stage": {
-            "type": "kl-autoencoder",
-            "params": dict(ch=32, ch_mult=[1, 2], num_res_blocks=1, resolution=16, z_channels=4, embed_dim=4),
-        },
-        "denoiser": {
-            "type": "unet",
-            "params": dict(
-                image_size=8, model_channels=32, num_res_blocks=1, channel_mult=[1, 2], in_channels=4, out_channels=4,
-                attention_resolutions=[1, 2], num_heads=2, use_spatial_transformer=True, context_dim=32,
-            ),
-        },
-        "conditioner": {
-            "type": "clip-text",
-            "params": dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
-        },
-        "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012},
-        "scale_factor": 0.18215,
-        "latent_size": [8, 8],
-    }  # fmt: skip
-    pipe = ldmkit.Pipeline.from_spec(spec)
+    pipe = ldmkit.Pipeline.from_spec(tiny_sd_spec())
     for i, module in enumerate(pipe.modules().values()):
         randomize(module, seed=20 + i)
     out = tmp_path_factory.mktemp("sd") / "diffusers"

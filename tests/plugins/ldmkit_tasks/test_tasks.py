@@ -20,41 +20,18 @@ from ldmkit.masking import blur_fill
 from ldmkit_shapes import CLASS_NAMES, ShapesDataset
 from ldmkit_tasks.simple import Class2ImgTask
 from ldmkit_tasks.spatial import InpaintTask
+from tests.tiny import tiny_autoencoder_params, tiny_pipeline_spec, tiny_unet_params
 
 TASKS = ("uncond", "class2img", "text2img", "layout2img", "semantic2img", "superres", "inpaint")
 
 # A tiny untrained pipeline without a conditioner and without inpainting channels: 16x16 pictures, 8x8 latents.
-TINY_SPEC = {
-    "version": 1,
-    "first_stage": {
-        "type": "kl-autoencoder",
-        "params": {
-            "embed_dim": 3,
-            "z_channels": 3,
-            "resolution": 16,
-            "ch": 32,
-            "ch_mult": [1, 2],
-            "num_res_blocks": 1,
-            "attn_resolutions": [],
-        },
-    },
-    "denoiser": {
-        "type": "unet",
-        "params": {
-            "image_size": 8,
-            "in_channels": 3,
-            "out_channels": 3,
-            "model_channels": 32,
-            "channel_mult": [1],
-            "num_res_blocks": 1,
-            "attention_resolutions": [],
-            "num_head_channels": 32,
-        },
-    },
-    "schedule": {"beta_schedule": "linear", "timesteps": 1000},
-    "latent_size": [8, 8],
-    "tasks": {"uncond": {"type": "uncond"}, "inpaint": {"type": "inpaint", "params": {"mode": "masked-sampling"}}},
-}
+TINY_SPEC = tiny_pipeline_spec(
+    {"type": "kl-autoencoder", "params": tiny_autoencoder_params(channels=3, attn_resolutions=[])},
+    tiny_unet_params(channels=3, channel_mult=[1], num_head_channels=32),
+    version=1,
+    schedule={"beta_schedule": "linear", "timesteps": 1000},
+    tasks={"uncond": {"type": "uncond"}, "inpaint": {"type": "inpaint", "params": {"mode": "masked-sampling"}}},
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

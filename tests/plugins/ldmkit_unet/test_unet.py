@@ -20,20 +20,12 @@ from ldmkit_unet.layers import concat_channels
 from ldmkit_unet.resblocks import Downsample, ResBlock, Upsample
 from ldmkit_unet.transformer import SpatialTransformer
 from ldmkit_unet.unet import UNet
+from tests.tiny import tiny_unet_params
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "compvis"
 PREFIX = "model.diffusion_model."
 
-TINY = dict(
-    image_size=8,
-    in_channels=4,
-    model_channels=32,
-    out_channels=4,
-    num_res_blocks=1,
-    attention_resolutions=[1, 2],
-    channel_mult=[1, 2],
-    num_heads=4,
-)
+TINY = tiny_unet_params(channels=4, attention_resolutions=[1, 2], num_heads=4)
 
 
 def build(seed: int = 0, **overrides) -> UNet:
