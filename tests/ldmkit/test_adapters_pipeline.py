@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
@@ -11,23 +9,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_runner import run_cli
 
 import ldmkit
 from ldmkit.adapters import file_sha256
-from ldmkit.cli import main
 from ldmkit.errors import SpecError, UnknownComponentError
 from ldmkit.generation import default_model_dir, read_metadata
 from ldmkit.replay import recorded_pixels
 from ldmkit.specs import validate_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

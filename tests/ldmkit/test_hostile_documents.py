@@ -7,16 +7,14 @@ message; never a traceback, a ``RecursionError`` or a silently kept last key.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import zlib
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli_stderr as run_cli
 
 from ldmkit import strict_json
-from ldmkit.cli import main
 from ldmkit.errors import InputError, SpecError
 from ldmkit.generation import read_metadata, save_pictures
 from ldmkit.inputs import layout_input
@@ -35,14 +33,6 @@ LAYOUTS: dict[str, tuple[bytes, str]] = {
     "two label keys": (f'[{{"label": "red circle", "label": "blue square", "box": {BOX}}}]'.encode(), "'label'"),
     "NaN in a box": (b'[{"label": 1, "box": [NaN, 0.1, 0.5, 0.5]}]', "NaN is not a number"),
 }
-
-
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    """(exit code, stderr) of ``ldmkit ARGV`` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, err.getvalue()
 
 
 def assert_one_message(code: int, stderr: str, expected: str) -> None:

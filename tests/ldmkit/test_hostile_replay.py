@@ -9,8 +9,6 @@ how it differs, when the mutation changed what is made); never a traceback or an
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
 import json
 import struct
@@ -19,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_runner import run_cli_stderr as run_cli
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from ldmkit import generation
-from ldmkit.cli import main
 from ldmkit.errors import LdmkitError
 from ldmkit.generation import read_metadata
 
@@ -49,13 +47,6 @@ VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8,
 )
-
-
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, err.getvalue()
 
 
 def with_metadata_text(png: bytes, text: bytes) -> bytes:

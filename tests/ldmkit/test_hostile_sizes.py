@@ -9,17 +9,15 @@ how to raise the limit, from ``Pipeline.from_spec``, pipeline folders, ``generat
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cli_runner import run_cli_stderr as run_cli
 
 from ldmkit import Pipeline
-from ldmkit.cli import main
 from ldmkit.errors import SpecError
 from ldmkit.generation import default_model_dir
 from ldmkit.pipeline import SPEC_FILE
@@ -57,13 +55,6 @@ HUGE: dict[str, tuple[Any, str]] = {
         "one picture of latent size [4096, 4096] needs a tensor of 34,359,738,368 values (128.0 GiB in float32)",
     ),
 }
-
-
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, err.getvalue()
 
 
 @pytest.mark.parametrize("case", list(HUGE), ids=list(HUGE))

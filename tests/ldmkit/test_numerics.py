@@ -14,14 +14,8 @@ from ldmkit.errors import InputError, LdmkitError, NumericsError
 from ldmkit.generation import generate, save_pictures
 from ldmkit.numerics import CUBLAS_ENV, NonFiniteDecodeWarning, enable_determinism, safe_decode
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one intra-op thread avoids contention on small shared CPUs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread (the conftest fixture) avoids contention on small shared CPUs
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_pipeline(seed: int = 0) -> Pipeline:

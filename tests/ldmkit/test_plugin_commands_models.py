@@ -7,21 +7,19 @@ plugin the CLI still starts and says what is missing.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import cli_runner
 import numpy as np
 import pytest
 from PIL import Image
 
 from ldmkit import InputError, hookimpl
 from ldmkit import registry as registry_module
-from ldmkit.cli import main
 from ldmkit.commands import BUILTIN_COMMANDS, Command
 from ldmkit.errors import PluginError, SpecError, UnknownComponentError
 from ldmkit.generation import default_model_dir, model_dir, open_model, read_metadata, weights_hash
@@ -89,13 +87,7 @@ def installed():
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # --help and argparse errors exit
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
+    return cli_runner.run_cli(argv, catch_exit=True)  # --help and argparse errors exit
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from PIL import Image
 
 import ldmkit
@@ -128,14 +129,6 @@ def test_generate_takes_the_task_sampler_unless_told(tmp_path):
         assert code == 0, stderr
         options = read_metadata(out / "000000.png")["options"]
         assert (options["sampler"], options["steps"]) == (expected, 2)
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``ldmkit ARGV`` run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

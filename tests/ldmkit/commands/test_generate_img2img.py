@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from PIL import Image
 
-from ldmkit.cli import main
 from ldmkit.generation import read_metadata
 from ldmkit_shapes import ShapesDataset
 
 FAST = ["-n", "2", "--seed", "3", "--steps", "4", "--no-progress"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def pixels(path: Path) -> np.ndarray:

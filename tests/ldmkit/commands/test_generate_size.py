@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 
-from ldmkit.cli import main
 from ldmkit.generation import read_metadata
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 FAST = ["--task", "class2img", "--label", "red circle", "-n", "1", "--steps", "2", "--no-progress"]
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of ``ldmkit ARGV`` run in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _size(path: Path) -> tuple[int, int]:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import run_cli
 
-from ldmkit.cli import main
 from ldmkit.generation import default_model_dir
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -21,13 +19,6 @@ EXAMPLE_DOCUMENTS = [
     path for path in sorted(EXAMPLES.rglob("*.yaml")) + sorted(EXAMPLES.rglob("*.json")) if path != EXPERIMENT
 ]
 KIND = {"specs": "pipeline spec", "train": "train spec", "shapes": "train spec", "paper": "train spec"}
-
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def refused(path: Path, expected: str) -> None:

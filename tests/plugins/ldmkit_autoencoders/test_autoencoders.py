@@ -28,13 +28,8 @@ TOLERANCE = 1e-4
 TINY = TINY_EXAMPLE  # 16x16, two levels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the models here are tiny: a single thread avoids contention on small shared CPUs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread (the conftest fixture) avoids contention on small shared CPUs
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
