@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -40,6 +41,17 @@ def ensure_builtin_plugins() -> None:
         if not registry.add_plugin(module, PluginInfo(name, "ldmkit", "checkout")):
             raise RuntimeError(f"built-in plugin {name!r} failed to register: {registry.failures[-1]}")
     reset_registry(registry)
+
+
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """float32 matmuls and convolutions in full float32 for the block (the reference)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def sync(device: torch.device) -> None:

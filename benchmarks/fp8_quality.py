@@ -27,13 +27,13 @@ import argparse
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ensure_builtin_plugins, ensure_importable, markdown_table, randomize_zeroed, rel_err
+from _common import ensure_builtin_plugins, ensure_importable, markdown_table, no_tf32, randomize_zeroed, rel_err
 
 log = logging.getLogger("fp8_quality")
 
@@ -106,17 +106,6 @@ def p99_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     diff = (a - b).abs().flatten()
     k = max(1, int(0.99 * diff.numel()))
     return diff.kthvalue(k).values.item()
-
-
-@contextlib.contextmanager
-def no_tf32() -> Iterator[None]:
-    """float32 matmuls and convolutions in full float32 for the block (the reference)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def shapes_cases(args: argparse.Namespace, device: torch.device) -> tuple[Any, list[Case]]:

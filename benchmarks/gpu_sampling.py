@@ -18,11 +18,10 @@ Writes markdown tables to ``--out`` (rewritten as rows come in, so a run cut sho
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from _common import (  # this folder is on sys.path when the script runs
     interleaved_ms,
     markdown_table,
     matmul_peak_tflops,
+    no_tf32,
     randomize_zeroed,
     rel_err,
     summary_ms,
@@ -208,17 +208,6 @@ def check_equivalence(unet, vae, d_unet, d_vae, run: Run) -> None:
     )
     log.info(note)  # logged at once: a run cut short still shows it
     run.notes.append(note)
-
-
-@contextlib.contextmanager
-def no_tf32() -> Iterator[None]:
-    """float32 matmuls and convolutions in full float32 for the block (the reference)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def guided_eps(out: torch.Tensor, scale: float = GUIDANCE) -> torch.Tensor:
