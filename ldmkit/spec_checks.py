@@ -26,16 +26,21 @@ MAX_PARAMETERS_ENV = "LDMKIT_MAX_PARAMETERS"
 DEFAULT_MAX_PARAMETERS = 10_000_000_000  # 40 GB of float32 weights for one component
 
 
-def max_parameters() -> int:
-    """The most parameters one component may have (``LDMKIT_MAX_PARAMETERS`` raises it deliberately)."""
+def _env_limit(name: str, default: int, unit: str) -> int:
+    """A whole-number limit from the environment variable ``name`` (``default`` when unset)."""
     import os
 
-    value = os.environ.get(MAX_PARAMETERS_ENV, "")
+    value = os.environ.get(name, "")
     if not value:
-        return DEFAULT_MAX_PARAMETERS
+        return default
     if not value.isascii() or not value.isdigit() or len(value) > 30:
-        raise SpecError(f"{MAX_PARAMETERS_ENV}={value!r}: expected a whole number of parameters")
+        raise SpecError(f"{name}={value!r}: expected a whole number of {unit}")
     return int(value)
+
+
+def max_parameters() -> int:
+    """The most parameters one component may have (``LDMKIT_MAX_PARAMETERS`` raises it deliberately)."""
+    return _env_limit(MAX_PARAMETERS_ENV, DEFAULT_MAX_PARAMETERS, "parameters")
 
 
 MAX_MODULES = 20_000  # modules in one component; a Stable Diffusion UNet has about 1,000
@@ -110,14 +115,7 @@ DEFAULT_MAX_ACTIVATION_BYTES = 4 << 30  # one float32 tensor of one picture; a 1
 
 def max_activation_bytes() -> int:
     """The largest tensor one picture may need (``LDMKIT_MAX_ACTIVATION_BYTES`` raises it deliberately)."""
-    import os
-
-    value = os.environ.get(MAX_ACTIVATION_BYTES_ENV, "")
-    if not value:
-        return DEFAULT_MAX_ACTIVATION_BYTES
-    if not value.isascii() or not value.isdigit() or len(value) > 30:
-        raise SpecError(f"{MAX_ACTIVATION_BYTES_ENV}={value!r}: expected a whole number of bytes")
-    return int(value)
+    return _env_limit(MAX_ACTIVATION_BYTES_ENV, DEFAULT_MAX_ACTIVATION_BYTES, "bytes")
 
 
 def largest_activation(spec: PipelineSpec, registry) -> tuple[int, str] | None:
