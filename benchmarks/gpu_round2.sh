@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU speed, round two, on one Hopper GPU, from the repository root of a plain checkout:
-#   OUT=results bash benchmarks/gpu_round2.sh main     # attention kernels, then the interleaved benchmark with A/Bs
+#   OUT=results bash benchmarks/gpu_round2.sh main     # attention kernels, then the interleaved benchmark; A/B: the
+#                                                      # defaults against MAIN_AB (default: SDPA, no norm kernels)
 #   OUT=results bash benchmarks/gpu_round2.sh ab       # attention kernels, then only the batch-16 A/Bs (fewer compiles)
 #   OUT=results bash benchmarks/gpu_round2.sh checks   # GPU tests, fp8 image-level quality, batch-2/16 profiles
 # Each step's time limit is cut to what is left of STEPS_S seconds (default: no cut) from the part's start.
@@ -28,7 +29,7 @@ main)
   log "attention rc=$?"
   log "interleaved benchmark"
   timeout "${BENCH_LIMIT:-520}" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling.md" \
-    --ab attention_kernel=fa3 --ab fp8_linear=True,geglu_kernel=False --ab norm_kernels=True --no-ab-plain \
+    --ab "${MAIN_AB:-attention_kernel=sdpa,norm_kernels=False}" --ab-batches 16,2 --no-ab-plain \
     --stock-batches 16 --budget-s "${BENCH_BUDGET:-460}" >"$OUT/gpu_sampling.log" 2>&1
   log "benchmark rc=$?"
   ;;

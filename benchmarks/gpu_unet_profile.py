@@ -9,7 +9,8 @@ One run on one GPU, random weights, bf16 and channels_last like the fast path. W
 - ``variants.md``: ms per UNet call of ldmkit and diffusers (same weights) under each
   torch.compile setting named in ``--variants`` (see ``VARIANTS``); "ldmkit-oldcat" is ldmkit with
   the skip concatenation of earlier versions (a plain ``torch.cat``), "ldmkit-normkernels" ldmkit
-  with the fast path's Triton GroupNorm kernels.
+  with the fast path's Triton GroupNorm kernels, "ldmkit-fast" the module the fast path compiles (with
+  the kernels its defaults choose on this GPU: norm, GEGLU, attention).
 
     python benchmarks/gpu_unet_profile.py --batch 16 --out-dir prof
 """
@@ -273,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
             from ldmkit.fast.norms import with_kernel_group_norms
 
             models[lib] = (with_kernel_group_norms(unet16), lambda m: m(x16, t, cond16))
+        elif lib == "ldmkit-fast":  # the module the fast path compiles, with the kernels its defaults choose here
+            from ldmkit.fast import FastConfig
+            from ldmkit.fast.modules import FastDenoiser
+
+            config = FastConfig(precision="bf16", channels_last=True, compile=False, cuda_graphs=False)
+            settings = config.resolve(device)
+            log.info("ldmkit-fast: %s", settings)
+            models[lib] = (FastDenoiser(unet16, settings).module, lambda m: m(x16, t, cond16))
         elif lib.startswith("ldmkit"):
             models[lib] = (unet16, lambda m: m(x16, t, cond16))
 

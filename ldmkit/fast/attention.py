@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 ATTENTION_KERNELS = ("sdpa", "fa3")
 FA3_PACKAGE = "fa3-fwd"
 FA3_MAX_HEAD_DIM = 256
+# Fewer keys than this stay on SDPA: on an H100, SD v1's 77-key cross-attention took 96 us with
+# FlashAttention-3 against 73 with cuDNN's SDPA; at 256 keys and more FlashAttention-3 was faster
+# (21.9 against 24.4 us at 16x16; benchmarks/RESULTS.md, run R).
+FA3_MIN_KEYS = 128
 
 
 @functools.cache
@@ -64,9 +68,14 @@ def fa3_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
 
 
 def kernel_applies(q: Tensor, k: Tensor) -> bool:
-    """Whether the kernel takes these (B, N, heads, d) inputs (else the module falls back to SDPA)."""
-    d = q.shape[-1]
-    return q.is_cuda and q.dtype == torch.bfloat16 and d % 8 == 0 and d <= FA3_MAX_HEAD_DIM and k.shape[-1] == d
+    """Whether the kernel takes these (B, N, heads, d) inputs and pays (else the module runs SDPA)."""
+    return q.is_cuda and q.dtype == torch.bfloat16 and kernel_suits_shape(q.shape[-1], k.shape[-1], k.shape[1])
+
+
+def kernel_suits_shape(head_dim: int, key_head_dim: int, keys: int) -> bool:
+    """Whether FlashAttention-3 takes this head width and was measured faster than SDPA at this many keys."""
+    fits = head_dim % 8 == 0 and head_dim <= FA3_MAX_HEAD_DIM and key_head_dim == head_dim
+    return fits and keys >= FA3_MIN_KEYS
 
 
 class FlashAttention(nn.Module):
@@ -104,7 +113,7 @@ class FlashAttention(nn.Module):
         return self.to_out(out.reshape(b, n, -1))  # (B, N, query_dim)
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, FlashAttention-3 where it applies, else SDPA"
+        return f"heads={self.heads}, FlashAttention-3 at {FA3_MIN_KEYS} keys or more where it applies, else SDPA"
 
 
 def sdpa_heads_last(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:

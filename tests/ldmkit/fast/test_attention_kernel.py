@@ -7,7 +7,15 @@ import torch
 
 from ldmkit import InputError
 from ldmkit.fast import FastConfig
-from ldmkit.fast.attention import FlashAttention, fa3_available, fa3_unusable_reason, with_flash_attention
+from ldmkit.fast.attention import (
+    FA3_MIN_KEYS,
+    FlashAttention,
+    fa3_available,
+    fa3_unusable_reason,
+    kernel_applies,
+    kernel_suits_shape,
+    with_flash_attention,
+)
 from ldmkit_unet.transformer import CrossAttention
 from tests.tiny import tiny_unet_params
 
@@ -52,6 +60,26 @@ def test_a_module_that_declares_attention_without_projections_is_named():
 
     with pytest.raises(ValueError, match="no to_q"):
         FlashAttention(Broken())
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "keys", "suits"),
+    [
+        (40, 4096, True),  # SD v1 self-attention at 64x64
+        (160, 256, True),  # and at 16x16
+        (40, 77, False),  # cross-attention over CLIP's 77 tokens: SDPA measured faster
+        (40, FA3_MIN_KEYS, True),
+        (36, 4096, False),  # head width not a multiple of 8
+        (320, 4096, False),  # wider than the kernel's 256
+    ],
+)
+def test_the_kernel_is_chosen_by_head_width_and_key_count(head_dim, keys, suits):
+    assert kernel_suits_shape(head_dim, head_dim, keys) is suits
+
+
+def test_the_kernel_never_applies_off_cuda_or_to_float32():
+    q = torch.randn(1, 4096, 8, 40)  # (B, N, heads, d)
+    assert not kernel_applies(q, q) and not kernel_applies(q.bfloat16(), q.bfloat16())
 
 
 def test_settings_refuse_unknown_kernels():
