@@ -58,9 +58,9 @@ checks)
   timeout "$(limit "${FP8_LIMIT:-120}")" "$PY" benchmarks/fp8_quality.py --out "$RES/fp8_quality.md" >"$RES/fp8_quality.log" 2>&1
   log "fp8 quality rc=$?"
   log "where the time of a batch-2 and a batch-16 UNet call goes (compiled, no CUDA graphs)"
-  for b in 2 16; do
+  for b in ${PROFILE_BATCHES:-2 16}; do  # the module the fast path compiles, with the kernels its defaults choose
     timeout "$(limit "${PROFILE_LIMIT:-100}")" "$PY" benchmarks/gpu_unet_profile.py --batch "$b" --out-dir "$RES/prof$b" \
-      --variants default --libraries ldmkit --no-attention >"$RES/prof$b.log" 2>&1
+      --variants default --libraries ldmkit-fast --no-attention >"$RES/prof$b.log" 2>&1
     log "profile batch $b rc=$?"
   done
   ;;
