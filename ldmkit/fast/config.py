@@ -50,7 +50,8 @@ class FastConfig:
 
     ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention) or "fa3":
     FlashAttention-3's Hopper forward kernel for the denoiser's attention modules (those that
-    declare ``computes_attention``; :mod:`ldmkit.fast.attention`). ``None`` takes "fa3" where it
+    declare ``computes_attention``; :mod:`ldmkit.fast.attention`), over 128 keys or more: shorter
+    key sequences (the 77-token text cross-attention) keep SDPA, measured faster there. ``None`` takes "fa3" where it
     runs: the optional ``fa3-fwd`` package installed (``pip install 'ldmkit[hopper]'``), a Hopper GPU
     and precision bf16; "sdpa" elsewhere. Asking for "fa3" where it cannot run raises
     :class:`InputError` naming what is missing. On an H100 it made a batch-16 guided SD v1 step 1.9%
