@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# On a Hopper GPU: unpack the FlashAttention-4 bundle (benchmarks/fa4_bundle.sh) and run gpu_fa4_attention.py.
+#   OUT=/some/dir bash benchmarks/fa4_run.sh        ($OUT defaults to /tmp/fa4out)
+# Exit codes: 3 = a bundle part or SHA256SUMS missing, 4 = checksum mismatch, 5 = unpack failed;
+# otherwise the benchmark's own (124 = killed by the 150 s timeout; the table keeps its finished rows).
+set -uo pipefail
+
+cd "$(dirname "$0")/.." || exit 2 # repo root
+OUT="${OUT:-/tmp/fa4out}"
+mkdir -p "$OUT"
+BUNDLE=.fa4/bundle
+SITE="${FA4_SITE:-/tmp/fa4site}"
+log() { echo "[run_fa4 $(date +%H:%M:%S)] $*"; }
+
+missing=()
+for f in SHA256SUMS fa4site.tar.xz.part-aa fa4site.tar.xz.part-ab; do
+    [ -s "$BUNDLE/$f" ] || missing+=("$BUNDLE/$f")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "bundle incomplete, missing: ${missing[*]}"
+    ls -la "$BUNDLE" 2>&1
+    exit 3
+fi
+
+log "checking sha256"
+if ! (cd "$BUNDLE" && sha256sum -c SHA256SUMS); then
+    log "checksum mismatch"
+    exit 4
+fi
+
+if [ -f "$SITE/flash_attn/cute/interface.py" ]; then
+    log "$SITE already unpacked; reusing it"
+else
+    log "unpacking into $SITE"
+    mkdir -p "$SITE"
+    if ! cat "$BUNDLE"/fa4site.tar.xz.part-aa "$BUNDLE"/fa4site.tar.xz.part-ab | tar -xJf - -C "$SITE"; then
+        log "unpack failed"
+        exit 5
+    fi
+    du -sh "$SITE" 2>&1
+fi
+
+PP="$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages"
+if [ -d /tmp/site ]; then
+    PP="$PP:/tmp/site" # fa3_fwd, after the FA4 site so flash_attn resolves to FA4's
+fi
+export PYTHONPATH="$PP${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+log "PYTHONPATH=$PYTHONPATH"
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+    python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda, \
+torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '-')" 2>&1
+    python3 -c "import triton; print('triton', triton.__version__)" 2>&1
+    python3 -c "import cuda.bindings; print('cuda-bindings', cuda.bindings.__version__)" 2>&1
+    python3 -c "import torch; print('dlpack exchange api', hasattr(torch.Tensor, '__dlpack_c_exchange_api__'))" 2>&1
+    python3 -c "import cutlass, cutlass.cute; print('cutlass ok', cutlass.__file__)" 2>&1
+    python3 -c "import time; t=time.time(); from flash_attn.cute import flash_attn_func; \
+print('fa4 import ok', round(time.time()-t, 1), 's')" 2>&1
+    python3 -c "import fa3_fwd_interface, torch; print('fa3 ok', torch.ops.fa3_fwd._flash_attn_forward)" 2>&1
+} | tee "$OUT/fa4_checks.log"
+
+log "running gpu_fa4_attention.py (timeout 150 s)"
+timeout 150 python3 benchmarks/gpu_fa4_attention.py --out "$OUT/fa4.md" 2>&1 | tee "$OUT/fa4_bench.log"
+rc=$?
+log "gpu_fa4_attention.py exit code $rc"
+if [ "$rc" -ne 0 ] && [ -f "$OUT/fa4.md" ]; then cat "$OUT/fa4.md"; fi # else bench printed it
+exit "$rc"
