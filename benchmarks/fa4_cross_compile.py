@@ -15,11 +15,9 @@ import logging
 import time
 
 import torch
+from gpu_attention_kernels import CONTEXT_TOKENS, HEADS, LEVELS  # this folder is on sys.path when the script runs
 
 log = logging.getLogger("fa4_cross_compile")
-
-# (queries, keys, head width) of SD v1's attention: self and cross at 64x64, 32x32, 16x16, 8x8
-SHAPES = [(4096, 4096, 40), (4096, 77, 40), (1024, 1024, 80), (256, 256, 160), (256, 77, 160), (64, 64, 160)]
 
 
 def main() -> int:
@@ -29,10 +27,11 @@ def main() -> int:
     from flash_attn.cute import flash_attn_func
 
     failures = 0
-    for queries, keys, width in SHAPES:
+    shapes = [(side * side, keys, width) for side, width, _ in LEVELS for keys in (side * side, CONTEXT_TOKENS)]
+    for queries, keys, width in shapes:
         with FakeTensorMode():
-            q = torch.empty(16, queries, 8, width, dtype=torch.bfloat16, device="cuda")  # (B, N, heads, d)
-            k = torch.empty(16, keys, 8, width, dtype=torch.bfloat16, device="cuda")  # (B, L, heads, d)
+            q = torch.empty(16, queries, HEADS, width, dtype=torch.bfloat16, device="cuda")  # (B, N, heads, d)
+            k = torch.empty(16, keys, HEADS, width, dtype=torch.bfloat16, device="cuda")  # (B, L, heads, d)
             start = time.perf_counter()
             try:
                 out, _ = flash_attn_func(q, k, k, softmax_scale=width**-0.5, causal=False)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a Hopper GPU: unpack the FlashAttention-4 bundle (benchmarks/fa4_bundle.sh) and run gpu_fa4_attention.py.
+# On a Hopper GPU: unpack the FlashAttention-4 bundle (benchmarks/fa4_bundle.sh) and run gpu_attention_kernels.py.
 #   OUT=/some/dir bash benchmarks/fa4_run.sh        ($OUT defaults to /tmp/fa4out)
 # Exit codes: 3 = a bundle part or SHA256SUMS missing, 4 = checksum mismatch, 5 = unpack failed;
 # otherwise the benchmark's own (124 = killed by the 150 s timeout; the table keeps its finished rows).
@@ -61,9 +61,8 @@ print('fa4 import ok', round(time.time()-t, 1), 's')" 2>&1
     python3 -c "import fa3_fwd_interface, torch; print('fa3 ok', torch.ops.fa3_fwd._flash_attn_forward)" 2>&1
 } | tee "$OUT/fa4_checks.log"
 
-log "running gpu_fa4_attention.py (timeout 150 s)"
-timeout 150 python3 benchmarks/gpu_fa4_attention.py --out "$OUT/fa4.md" 2>&1 | tee "$OUT/fa4_bench.log"
+log "running gpu_attention_kernels.py (timeout 150 s)"
+timeout 150 python3 benchmarks/gpu_attention_kernels.py --out "$OUT/attention.md" 2>&1 | tee "$OUT/attention.log"
 rc=$?
-log "gpu_fa4_attention.py exit code $rc"
-if [ "$rc" -ne 0 ] && [ -f "$OUT/fa4.md" ]; then cat "$OUT/fa4.md"; fi # else bench printed it
+log "gpu_attention_kernels.py exit code $rc"
 exit "$rc"
