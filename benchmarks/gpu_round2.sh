@@ -51,11 +51,11 @@ checks)
   mkdir -p "$RES"
   trap 'tar -C "$OUT" -cf "$OUT/checks.tar" checks && rm -rf "$RES"' EXIT
   log "GPU tests of the fast path"
-  timeout "$(limit "${TEST_LIMIT:-170}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
+  timeout "$(limit "${TEST_LIMIT:-300}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
     >"$RES/gpu_tests.log" 2>&1
   log "tests rc=$?"
   log "fp8 image-level quality"
-  timeout "$(limit "${FP8_LIMIT:-120}")" "$PY" benchmarks/fp8_quality.py --out "$RES/fp8_quality.md" >"$RES/fp8_quality.log" 2>&1
+  timeout "$(limit "${FP8_LIMIT:-180}")" "$PY" benchmarks/fp8_quality.py --out "$RES/fp8_quality.md" >"$RES/fp8_quality.log" 2>&1
   log "fp8 quality rc=$?"
   log "where the time of a batch-2 and a batch-16 UNet call goes (compiled, no CUDA graphs)"
   for b in ${PROFILE_BATCHES:-2 16}; do  # the module the fast path compiles, with the kernels its defaults choose
