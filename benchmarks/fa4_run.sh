@@ -2,7 +2,8 @@
 # On a Hopper GPU: unpack the FlashAttention-4 bundle (benchmarks/fa4_bundle.sh) and run gpu_attention_kernels.py.
 #   OUT=/some/dir bash benchmarks/fa4_run.sh        ($OUT defaults to /tmp/fa4out)
 # Exit codes: 3 = a bundle part or SHA256SUMS missing, 4 = checksum mismatch, 5 = unpack failed;
-# otherwise the benchmark's own (124 = killed by the 150 s timeout; the table keeps its finished rows).
+# otherwise the last failing benchmark's own (124 = killed by its 150 s timeout; the table keeps its finished rows).
+# BATCHES (default "16 2"): the UNet batches timed, one table each.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2 # repo root
@@ -61,8 +62,13 @@ print('fa4 import ok', round(time.time()-t, 1), 's')" 2>&1
     python3 -c "import fa3_fwd_interface, torch; print('fa3 ok', torch.ops.fa3_fwd._flash_attn_forward)" 2>&1
 } | tee "$OUT/fa4_checks.log"
 
-log "running gpu_attention_kernels.py (timeout 150 s)"
-timeout 150 python3 benchmarks/gpu_attention_kernels.py --out "$OUT/attention.md" 2>&1 | tee "$OUT/attention.log"
-rc=$?
-log "gpu_attention_kernels.py exit code $rc"
+rc=0
+for batch in ${BATCHES:-16 2}; do # the guided batch of 8 pictures, then of one
+    log "running gpu_attention_kernels.py --batch $batch (timeout 150 s)"
+    timeout 150 python3 benchmarks/gpu_attention_kernels.py --batch "$batch" --out "$OUT/attention-b$batch.md" 2>&1 |
+        tee "$OUT/attention-b$batch.log"
+    step=$?
+    log "gpu_attention_kernels.py --batch $batch exit code $step"
+    ((step == 0)) || rc=$step
+done
 exit "$rc"
