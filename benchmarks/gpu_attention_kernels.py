@@ -78,7 +78,7 @@ def bench_shape(batch: int, tokens: int, keys: int, d: int) -> dict[str, tuple[f
             found["FlashAttention-3 bf16"] = lambda: fa3(q16, k16, v16)
             (q8, qd), (k8, kd), (v8, vd) = to_e4m3(q), to_e4m3(k), to_e4m3(v)
             found["FlashAttention-3 fp8 (e4m3)"] = lambda: fa3(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
-        except ImportError as exc:
+        except (ImportError, OSError) as exc:  # OSError: its compiled kernel is missing or does not load
             log.warning("fa3_fwd not importable: %s", exc)
         fa4 = flash_attention_4()
         if fa4 is not None:

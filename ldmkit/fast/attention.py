@@ -1,9 +1,12 @@
-"""The fast path's attention kernel choice: FlashAttention-3's Hopper forward kernel, swapped into a denoiser.
+"""The fast path's attention kernel choice: FlashAttention-3 or -4 forward kernels, swapped into a denoiser.
 
 PyTorch's SDPA (cuDNN on Hopper) runs SD v1's 40-wide heads with a 64-wide tile and computes the
 softmax between the two products; FlashAttention-3 overlaps them (one warpgroup's softmax with
 another's products). It comes from the optional ``fa3-fwd`` package (``pip install ldmkit[hopper]``:
 a prebuilt bf16 forward-only build against torch's stable C ABI), so CI and other GPUs keep SDPA.
+FlashAttention-4 (``pip install 'ldmkit[fa4]'``, NVIDIA's CuTe DSL; each kernel compiled at its
+first call) rounds 40-wide heads up to 48 columns instead of 64; it is an opt-in, not timed in a
+whole UNet step yet (benchmarks/RESULTS.md).
 
 A denoiser meets it by declaring ``computes_attention = True`` on its attention modules: modules
 with ``to_q``, ``to_k``, ``to_v`` (bias-free ``nn.Linear``), ``to_out`` (applied to the heads'
@@ -24,12 +27,21 @@ from torch import Tensor, nn
 
 from ldmkit.fast.support import swap_modules
 
-__all__ = ["ATTENTION_KERNELS", "FlashAttention", "fa3_available", "fa3_unusable_reason", "with_flash_attention"]
+__all__ = [
+    "ATTENTION_KERNELS",
+    "FlashAttention",
+    "fa3_available",
+    "fa3_unusable_reason",
+    "fa4_available",
+    "kernel_unusable_reason",
+    "with_flash_attention",
+]
 
 log = logging.getLogger(__name__)
 
-ATTENTION_KERNELS = ("sdpa", "fa3")
+ATTENTION_KERNELS = ("sdpa", "fa3", "fa4")
 FA3_PACKAGE = "fa3-fwd"
+FA4_PACKAGE = "flash-attn-4"
 FA3_MAX_HEAD_DIM = 256
 # Fewer keys than this stay on SDPA: on an H100, SD v1's 77-key cross-attention took 96 us with
 # FlashAttention-3 against 73 with cuDNN's SDPA; at 256 keys and more FlashAttention-3 was faster
@@ -67,19 +79,70 @@ def fa3_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
-def kernel_applies(q: Tensor, k: Tensor) -> bool:
-    """Whether the kernel takes these (B, N, heads, d) inputs and pays (else the module runs SDPA)."""
-    return q.is_cuda and q.dtype == torch.bfloat16 and kernel_suits_shape(q.shape[-1], k.shape[-1], k.shape[1])
+def fa4_available() -> bool:
+    """Whether FlashAttention-4's CuTe DSL interface (``flash_attn.cute``) imports."""
+    try:
+        _fa4_function()
+    except Exception as exc:  # noqa: BLE001  (ImportError, or a DSL library that does not load here)
+        log.debug("flash_attn.cute not usable: %s", exc)
+        return False
+    return True
+
+
+def kernel_unusable_reason(kernel: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why attention kernel ``kernel`` ("fa3" or "fa4") cannot run on ``device`` in ``dtype``; None if it can."""
+    if kernel == "fa3":
+        return fa3_unusable_reason(device, dtype)
+    if not fa4_available():
+        return f"the {FA4_PACKAGE} package is not installed (pip install 'ldmkit[fa4]')"
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"it runs on CUDA devices only, not {device}"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if torch.cuda.get_device_capability(index)[0] not in (9, 10):
+        return f"its kernels are for Hopper and Blackwell GPUs; {torch.cuda.get_device_name(index)} is not one"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"it computes in bf16 or fp16, not {str(dtype).removeprefix('torch.')}"
+    return None
+
+
+def _fa4_function() -> Any:
+    """FlashAttention-4's ``flash_attn_func`` (imported on first use: the DSL's compiler is large)."""
+    return importlib.import_module("flash_attn.cute").flash_attn_func
+
+
+@torch.library.custom_op("ldmkit::flash_attention_4", mutates_args=())
+def flash_attention_4(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """(B, N, heads, d), (B, L, heads, d) x2 -> (B, N, heads, d) by FlashAttention-4's forward kernel.
+
+    An operator of its own so that ``torch.compile`` traces around the kernel (the package registers
+    none) and calls it as one opaque step; CUDA-graph capture records its launch like any other.
+    """
+    out = _fa4_function()(q, k, v, softmax_scale=scale, causal=False)
+    return (out[0] if isinstance(out, tuple) else out).contiguous()  # (out, lse) in its releases so far
+
+
+@flash_attention_4.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, N, heads, d_v)
+
+
+def kernel_applies(q: Tensor, k: Tensor, kernel: str = "fa3") -> bool:
+    """Whether ``kernel`` takes these (B, N, heads, d) inputs and pays (else the module runs SDPA)."""
+    dtypes = (torch.bfloat16,) if kernel == "fa3" else (torch.bfloat16, torch.float16)
+    return q.is_cuda and q.dtype in dtypes and kernel_suits_shape(q.shape[-1], k.shape[-1], k.shape[1])
 
 
 def kernel_suits_shape(head_dim: int, key_head_dim: int, keys: int) -> bool:
-    """Whether FlashAttention-3 takes this head width and was measured faster than SDPA at this many keys."""
+    """Whether FlashAttention-3 takes this head width and was measured faster than SDPA at this many keys.
+
+    FlashAttention-4 is held to the same limits (it takes head widths up to 256 as well; its speed
+    over few keys was not measured apart)."""
     fits = head_dim % 8 == 0 and head_dim <= FA3_MAX_HEAD_DIM and key_head_dim == head_dim
     return fits and keys >= FA3_MIN_KEYS
 
 
 class FlashAttention(nn.Module):
-    """An attention module (see the module docstring) computed by FlashAttention-3 where it applies.
+    """An attention module (see the module docstring) computed by FlashAttention-3 or -4 where it applies.
 
     The projections are the source module's own (shared, not copied). The kernel reads q, k, v in
     (B, N, heads, d), the layout the projections produce, so no transposes are needed around it.
@@ -90,8 +153,11 @@ class FlashAttention(nn.Module):
     to_v: nn.Module
     to_out: nn.Module
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, kernel: str = "fa3") -> None:
         super().__init__()
+        if kernel not in ("fa3", "fa4"):
+            raise ValueError(f"kernel must be 'fa3' or 'fa4', got {kernel!r}")
+        self.kernel = kernel
         for name in ("to_q", "to_k", "to_v", "to_out"):
             if not isinstance(getattr(source, name, None), nn.Module):
                 raise ValueError(f"{type(source).__name__} declares computes_attention but has no {name} module")
@@ -106,14 +172,17 @@ class FlashAttention(nn.Module):
         q = self.to_q(x).unflatten(-1, (self.heads, -1))  # (B, N, heads, d)
         k = self.to_k(context).unflatten(-1, (self.heads, -1))  # (B, L, heads, d)
         v = self.to_v(context).unflatten(-1, (self.heads, -1))  # (B, L, heads, d)
-        if kernel_applies(q, k):
-            out = torch.ops.fa3_fwd._flash_attn_forward(q, k, v, softmax_scale=self.scale)[0]  # (B, N, heads, d)
-        else:
+        if not kernel_applies(q, k, self.kernel):
             out = sdpa_heads_last(q, k, v, self.scale)
+        elif self.kernel == "fa4":
+            out = flash_attention_4(q, k, v, self.scale)  # (B, N, heads, d)
+        else:
+            out = torch.ops.fa3_fwd._flash_attn_forward(q, k, v, softmax_scale=self.scale)[0]  # (B, N, heads, d)
         return self.to_out(out.reshape(b, n, -1))  # (B, N, query_dim)
 
     def extra_repr(self) -> str:
-        return f"heads={self.heads}, FlashAttention-3 at {FA3_MIN_KEYS} keys or more where it applies, else SDPA"
+        name = {"fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[self.kernel]
+        return f"heads={self.heads}, {name} at {FA3_MIN_KEYS} keys or more where it applies, else SDPA"
 
 
 def sdpa_heads_last(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -122,9 +191,10 @@ def sdpa_heads_last(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return out.transpose(1, 2)  # (B, N, heads, d)
 
 
-def with_flash_attention(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose ``computes_attention`` modules are :class:`FlashAttention` (weights shared)."""
-    return swap_modules(module, _declares_attention, FlashAttention)
+def with_flash_attention(module: nn.Module, kernel: str = "fa3") -> nn.Module:
+    """A copy of ``module`` whose ``computes_attention`` modules are :class:`FlashAttention` on ``kernel``
+    ("fa3" or "fa4"; weights shared)."""
+    return swap_modules(module, _declares_attention, functools.partial(FlashAttention, kernel=kernel))
 
 
 def _declares_attention(module: Any) -> bool:

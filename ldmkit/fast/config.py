@@ -48,14 +48,17 @@ class FastConfig:
     faster than cuBLAS plus the compiler's gate at the SD v1 UNet's shapes, and closer to float32;
     a batch-16 guided SD v1 step took 0.6% less time with it (benchmarks/RESULTS.md).
 
-    ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention) or "fa3":
+    ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention), "fa3" or "fa4".  "fa3":
     FlashAttention-3's Hopper forward kernel for the denoiser's attention modules (those that
     declare ``computes_attention``; :mod:`ldmkit.fast.attention`), over 128 keys or more: shorter
     key sequences (the 77-token text cross-attention) keep SDPA, measured faster there. ``None`` takes "fa3" where it
     runs: the optional ``fa3-fwd`` package installed (``pip install 'ldmkit[hopper]'``), a Hopper GPU
     and precision bf16; "sdpa" elsewhere. Asking for "fa3" where it cannot run raises
     :class:`InputError` naming what is missing. On an H100 it made a batch-16 guided SD v1 step 1.9%
-    faster (31.47 against 32.08 ms), slightly closer to float32 (benchmarks/RESULTS.md).
+    faster (31.47 against 32.08 ms), slightly closer to float32 (benchmarks/RESULTS.md). "fa4":
+    FlashAttention-4's forward kernel over the same modules and keys (``pip install 'ldmkit[fa4]'``;
+    Hopper or Blackwell GPUs, bf16 or fp16), which computes 40-wide heads as 48 columns instead of
+    64; only when asked: its effect on a whole step has not been measured.
 
     ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
     feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
@@ -153,14 +156,15 @@ class FastConfig:
     def _attention_kernel(self, device: torch.device, dtype: torch.dtype) -> str:
         if self.attention_kernel == "sdpa":
             return "sdpa"
-        from ldmkit.fast.attention import fa3_unusable_reason
+        from ldmkit.fast.attention import kernel_unusable_reason
 
-        reason = fa3_unusable_reason(device, dtype)
-        if self.attention_kernel is None:  # "fa3" where it runs
+        kernel = self.attention_kernel or "fa3"  # None: "fa3" where it runs (FlashAttention-4 only when asked)
+        reason = kernel_unusable_reason(kernel, device, dtype)
+        if self.attention_kernel is None:
             return "sdpa" if reason is not None else "fa3"
         if reason is not None:
-            raise InputError(f"attention_kernel='fa3' cannot run here: {reason}")
-        return self.attention_kernel
+            raise InputError(f"attention_kernel={kernel!r} cannot run here: {reason}")
+        return kernel
 
     def _geglu_kernel(self, device: torch.device, dtype: torch.dtype) -> bool:
         from ldmkit.fast.support import hopper_with_triton

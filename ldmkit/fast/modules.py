@@ -84,8 +84,8 @@ class FastDenoiser:
         self.module = cast(Denoiser, prepare_module(denoiser, settings, norms="kernels"))
         if settings.geglu_kernel:
             self.module = cast(Denoiser, with_kernel_geglu(self.module))
-        if settings.attention_kernel == "fa3":
-            self.module = cast(Denoiser, with_flash_attention(self.module))
+        if settings.attention_kernel in ("fa3", "fa4"):
+            self.module = cast(Denoiser, with_flash_attention(self.module, settings.attention_kernel))
         if settings.fp8_linear:  # after the GEGLU swap: GEGLUs on the kernel keep it
             self.module = cast(Denoiser, with_fp8_linears(self.module))
             swapped = sum(isinstance(m, Fp8Linear) for m in self.module.modules())

@@ -12,14 +12,18 @@ from ldmkit.fast.attention import (
     FlashAttention,
     fa3_available,
     fa3_unusable_reason,
+    fa4_available,
+    flash_attention_4,
     kernel_applies,
     kernel_suits_shape,
+    kernel_unusable_reason,
     with_flash_attention,
 )
 from ldmkit_unet.transformer import CrossAttention
 from tests.tiny import tiny_unet_params
 
 FA3_HERE = torch.cuda.is_available() and fa3_unusable_reason(torch.device("cuda"), torch.bfloat16) is None
+FA4_HERE = torch.cuda.is_available() and kernel_unusable_reason("fa4", torch.device("cuda"), torch.bfloat16) is None
 
 
 def _attention(context_dim: int | None = None) -> CrossAttention:
@@ -102,6 +106,52 @@ def test_sdpa_is_the_default_everywhere():
     assert FastConfig().resolve(torch.device("cpu")).attention_kernel == "sdpa"
 
 
+def test_fa4_where_it_cannot_run_is_an_input_error_naming_why():
+    # CUDA is not the CPU: whatever is installed, "fa4" cannot run there
+    with pytest.raises(InputError, match="attention_kernel='fa4' cannot run here: "):
+        FastConfig(attention_kernel="fa4", precision="bf16").resolve(torch.device("cpu"))
+    reason = kernel_unusable_reason("fa4", torch.device("cpu"), torch.bfloat16)
+    assert reason is not None
+    if not fa4_available():
+        assert "pip install 'ldmkit[fa4]'" in reason
+    else:
+        assert "CUDA devices only" in reason
+
+
+def test_fa4_is_never_chosen_unasked():
+    assert FastConfig().resolve(torch.device("cpu")).attention_kernel == "sdpa"
+    assert FastConfig(attention_kernel=None)._attention_kernel(torch.device("cpu"), torch.bfloat16) == "sdpa"
+
+
+def test_the_swap_takes_fa3_or_fa4_only():
+    assert FlashAttention(_attention(), kernel="fa4").kernel == "fa4"
+    assert "FlashAttention-4" in repr(FlashAttention(_attention(), kernel="fa4"))
+    with pytest.raises(ValueError, match="kernel must be 'fa3' or 'fa4'"):
+        FlashAttention(_attention(), kernel="fa5")
+
+
+def test_fa4_operator_traces_under_compile_and_calls_the_kernel_once(monkeypatch):
+    """The custom operator around FlashAttention-4: the compiler sees its shape from the fake and calls the
+    kernel as one opaque step (here a stand-in with the package's signature, since the DSL needs a GPU)."""
+    from ldmkit.fast import attention
+
+    calls = []
+
+    def stand_in(q, k, v, softmax_scale=None, causal=False):  # flash_attn_func's keywords; returns (out, lse)
+        calls.append((q.shape, softmax_scale, causal))
+        from ldmkit.fast.attention import sdpa_heads_last
+
+        return sdpa_heads_last(q, k, v, softmax_scale), None
+
+    monkeypatch.setattr(attention, "_fa4_function", lambda: stand_in)
+    q, k, v = (torch.randn(2, n, 4, 8) for n in (10, 7, 7))  # (B, N|L, heads, d)
+    compiled = torch.compile(lambda q, k, v: flash_attention_4(q, k, v, 0.5) * 2, fullgraph=True, backend="eager")
+    out = compiled(q, k, v)
+    assert out.shape == (2, 10, 4, 8)
+    torch.testing.assert_close(out, 2 * attention.sdpa_heads_last(q, k, v, 0.5))
+    assert calls == [((2, 10, 4, 8), 0.5, False)]
+
+
 # -- GPU ------------------------------------------------------------------------------------------
 
 
@@ -127,3 +177,37 @@ def test_gpu_fa3_matches_float32_attention_as_closely_as_sdpa(tokens, keys, head
 
     # both round q, k, v and the output to bf16; the kernels differ in the softmax's arithmetic only
     assert err(fa3) <= 1.1 * err(sdpa) + 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not FA4_HERE, reason="needs the flash-attn-4 package and a Hopper or Blackwell GPU")
+@pytest.mark.parametrize(("tokens", "head_dim"), [(4096, 40), (1024, 80), (256, 160)])
+def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graphed(tokens, head_dim):
+    torch.manual_seed(0)
+    heads = 8
+    source = CrossAttention(heads * head_dim, heads=heads, dim_head=head_dim).cuda().eval()
+    x = torch.randn(4, tokens, heads * head_dim, device="cuda")
+    with torch.no_grad():
+        ref = source(x)  # float32
+        low = source.to(torch.bfloat16)
+        x16 = x.bfloat16()
+        sdpa = low(x16).float()
+        fast = torch.compile(FlashAttention(low, kernel="fa4"), fullgraph=True)
+        eager = fast(x16).float()
+        graph = torch.cuda.CUDAGraph()
+        static_x = x16.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fast(static_x)  # warm-up on a side stream, as capture requires
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            static_out = fast(static_x)
+        graph.replay()
+        torch.cuda.synchronize()
+
+    def err(a: torch.Tensor) -> float:
+        return ((a - ref).norm() / ref.norm()).item()
+
+    assert err(eager) <= 1.1 * err(sdpa) + 1e-4
+    torch.testing.assert_close(static_out.float(), eager, rtol=0, atol=0)  # the replay computed the same
