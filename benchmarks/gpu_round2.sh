@@ -4,6 +4,9 @@
 #                                                      # defaults against MAIN_AB (default: SDPA, no norm kernels)
 #   OUT=results bash benchmarks/gpu_round2.sh ab       # attention kernels, then only the batch-16 A/Bs (fewer compiles)
 #   OUT=results bash benchmarks/gpu_round2.sh checks   # GPU tests, fp8 image-level quality, batch-2/16 profiles
+#   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with attention_kernel="fa4"
+#                                                      # against the defaults (FlashAttention-4 unpacked by
+#                                                      # benchmarks/fa4_run.sh on this machine, at FA4_SITE)
 # Each step's time limit is cut to what is left of STEPS_S seconds (default: no cut) from the part's start.
 # Needs diffusers (and pydantic) importable, and the optional fa3-fwd package for the FlashAttention-3 rows.
 # Every step writes its own file under OUT as it goes, so a run cut short keeps what it measured.
@@ -64,8 +67,18 @@ checks)
     log "profile batch $b rc=$?"
   done
   ;;
+fa4)
+  SITE=${FA4_SITE:-/tmp/fa4site}
+  [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
+  export PYTHONPATH="$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH"
+  log "guided step: attention_kernel='fa4' against the defaults and diffusers at its best"
+  timeout "$(limit "${BENCH_LIMIT:-520}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_fa4.md" \
+    --batches 16 --plain-batches 2 --stock-batches 2 --no-ab-plain --ab attention_kernel=fa4 \
+    --budget-s "${BENCH_BUDGET:-460}" >"$OUT/gpu_sampling_fa4.log" 2>&1
+  log "benchmark rc=$?"
+  ;;
 *)
-  echo "unknown part $PART (main, ab or checks)" >&2
+  echo "unknown part $PART (main, ab, checks or fa4)" >&2
   exit 2
   ;;
 esac
