@@ -79,6 +79,7 @@ def fa3_unusable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+@functools.cache
 def fa4_available() -> bool:
     """Whether FlashAttention-4's CuTe DSL interface (``flash_attn.cute``) imports."""
     try:
@@ -115,7 +116,8 @@ def flash_attention_4(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """(B, N, heads, d), (B, L, heads, d) x2 -> (B, N, heads, d) by FlashAttention-4's forward kernel.
 
     An operator of its own so that ``torch.compile`` traces around the kernel (the package registers
-    none) and calls it as one opaque step; CUDA-graph capture records its launch like any other.
+    none) and calls it as one opaque step. The package compiles each kernel at its first call, so the
+    fast path's warm-up calls, before CUDA-graph capture, are where that time goes.
     """
     out = _fa4_function()(q, k, v, softmax_scale=scale, causal=False)
     return (out[0] if isinstance(out, tuple) else out).contiguous()  # (out, lse) in its releases so far
