@@ -118,9 +118,14 @@ def test_fa4_where_it_cannot_run_is_an_input_error_naming_why():
         assert "CUDA devices only" in reason
 
 
-def test_fa4_is_never_chosen_unasked():
-    assert FastConfig().resolve(torch.device("cpu")).attention_kernel == "sdpa"
-    assert FastConfig(attention_kernel=None)._attention_kernel(torch.device("cpu"), torch.bfloat16) == "sdpa"
+def test_fa4_is_never_chosen_unasked(monkeypatch):
+    from ldmkit.fast import attention
+
+    # a machine where both kernels could run: the default still takes FlashAttention-3, "fa4" only when asked
+    monkeypatch.setattr(attention, "kernel_unusable_reason", lambda kernel, device, dtype: None)
+    device = torch.device("cuda")
+    assert FastConfig()._attention_kernel(device, torch.bfloat16) == "fa3"
+    assert FastConfig(attention_kernel="fa4")._attention_kernel(device, torch.bfloat16) == "fa4"
 
 
 def test_the_swap_takes_fa3_or_fa4_only():
