@@ -118,14 +118,26 @@ def test_fa4_where_it_cannot_run_is_an_input_error_naming_why():
         assert "CUDA devices only" in reason
 
 
-def test_fa4_is_never_chosen_unasked(monkeypatch):
+@pytest.mark.parametrize(
+    ("unusable", "chosen"), [((), "fa4"), (("fa4",), "fa3"), (("fa3",), "fa4"), (("fa3", "fa4"), "sdpa")]
+)
+def test_the_default_takes_the_fastest_kernel_that_runs(monkeypatch, unusable, chosen):
     from ldmkit.fast import attention
 
-    # a machine where both kernels could run: the default still takes FlashAttention-3, "fa4" only when asked
-    monkeypatch.setattr(attention, "kernel_unusable_reason", lambda kernel, device, dtype: None)
+    # measured on an H100 (benchmarks/RESULTS.md): FlashAttention-4 before FlashAttention-3 before SDPA
+    def reason(kernel, device, dtype):
+        return "not here" if kernel in unusable else None
+
+    monkeypatch.setattr(attention, "kernel_unusable_reason", reason)
     device = torch.device("cuda")
-    assert FastConfig()._attention_kernel(device, torch.bfloat16) == "fa3"
-    assert FastConfig(attention_kernel="fa4")._attention_kernel(device, torch.bfloat16) == "fa4"
+    assert FastConfig()._attention_kernel(device, torch.bfloat16) == chosen
+    for kernel in ("fa3", "fa4"):  # asked for by name: that kernel or an error naming why not
+        if kernel in unusable:
+            with pytest.raises(InputError, match=f"attention_kernel='{kernel}' cannot run here: not here"):
+                FastConfig(attention_kernel=kernel)._attention_kernel(device, torch.bfloat16)
+        else:
+            assert FastConfig(attention_kernel=kernel)._attention_kernel(device, torch.bfloat16) == kernel
+    assert FastConfig(attention_kernel="sdpa")._attention_kernel(device, torch.bfloat16) == "sdpa"
 
 
 def test_the_swap_takes_fa3_or_fa4_only():
