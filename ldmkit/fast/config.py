@@ -48,18 +48,19 @@ class FastConfig:
     faster than cuBLAS plus the compiler's gate at the SD v1 UNet's shapes, and closer to float32;
     a batch-16 guided SD v1 step took 0.6% less time with it (benchmarks/RESULTS.md).
 
-    ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention), "fa3" or "fa4".  "fa3":
+    ``attention_kernel``: "sdpa" (PyTorch's scaled_dot_product_attention), "fa3" or "fa4". "fa3":
     FlashAttention-3's Hopper forward kernel for the denoiser's attention modules (those that
     declare ``computes_attention``; :mod:`ldmkit.fast.attention`), over 128 keys or more: shorter
-    key sequences (the 77-token text cross-attention) keep SDPA, measured faster there. ``None`` takes
-    the fastest measured kernel that runs: "fa4", else "fa3" (the optional ``fa3-fwd`` package installed,
-    ``pip install 'ldmkit[hopper]'``, a Hopper GPU and precision bf16), else "sdpa". Asking for "fa3" where it cannot run raises
-    :class:`InputError` naming what is missing. On an H100 it made a batch-16 guided SD v1 step 1.9%
-    faster (31.47 against 32.08 ms), slightly closer to float32 (benchmarks/RESULTS.md). "fa4":
-    FlashAttention-4's forward kernel over the same modules and keys (``pip install 'ldmkit[fa4]'``;
-    Hopper or Blackwell GPUs, bf16 or fp16), which computes 40-wide heads as 48 columns instead of
-    64: on an H100 its 64x64-latent self-attention took 968 us against SDPA's 1151 us at batch 16,
-    and a batch-16 guided SD v1 step 2.6% less time than with "fa3" (30.27 against 31.07 ms).
+    key sequences (the 77-token text cross-attention) keep SDPA, measured faster there. It needs the
+    optional ``fa3-fwd`` package (``pip install 'ldmkit[hopper]'``), a Hopper GPU and precision bf16;
+    on an H100 it made a batch-16 guided SD v1 step 1.9% faster than SDPA (31.47 against 32.08 ms),
+    slightly closer to float32 (benchmarks/RESULTS.md). "fa4": FlashAttention-4's forward kernel
+    over the same modules and keys (``pip install 'ldmkit[fa4]'``; Hopper or Blackwell GPUs, bf16 or
+    fp16), which computes 40-wide heads as 48 columns instead of 64: on an H100 its 64x64-latent
+    self-attention took 968 us against SDPA's 1151 us at batch 16, and a batch-16 guided SD v1 step
+    2.6% less time than with "fa3" (30.27 against 31.07 ms). ``None`` takes the fastest measured
+    kernel that runs here: "fa4", else "fa3", else "sdpa". Asking for "fa3" or "fa4" where it cannot
+    run raises :class:`InputError` naming what is missing.
 
     ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
     feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
