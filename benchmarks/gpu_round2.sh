@@ -4,9 +4,9 @@
 #                                                      # defaults against MAIN_AB (default: SDPA, no norm kernels)
 #   OUT=results bash benchmarks/gpu_round2.sh ab       # attention kernels, then only the batch-16 A/Bs (fewer compiles)
 #   OUT=results bash benchmarks/gpu_round2.sh checks   # GPU tests, fp8 image-level quality, batch-2/16 profiles
-#   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with attention_kernel="fa4"
-#                                                      # against the defaults (FlashAttention-4 unpacked by
-#                                                      # benchmarks/fa4_run.sh on this machine, at FA4_SITE)
+#   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
+#                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
+#                                                      # this machine, at FA4_SITE), against attention_kernel="fa3"
 # Each step's time limit is cut to what is left of STEPS_S seconds (default: no cut) from the part's start.
 # Needs diffusers (and pydantic) importable, and the optional fa3-fwd package for the FlashAttention-3 rows.
 # Every step writes its own file under OUT as it goes, so a run cut short keeps what it measured.
@@ -17,6 +17,12 @@ PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD:$PWD/plugins${PYTHONPATH:+:$PYTHONPATH}"
+# FlashAttention-4, where benchmarks/fa4_run.sh unpacked it on this machine: every part then runs with it
+# (attention_kernel=None takes it), so MAIN_AB=attention_kernel=fa3 measures it against FlashAttention-3
+SITE=${FA4_SITE:-/tmp/fa4site}
+if [ -f "$SITE/flash_attn/cute/interface.py" ]; then
+  export PYTHONPATH="$PWD:$PWD/plugins:$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH#"$PWD:$PWD/plugins"}"
+fi
 # compiled kernels kept beside the checkout: a second part on the same machine reuses them
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.inductor-cache}
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
@@ -68,12 +74,10 @@ checks)
   done
   ;;
 fa4)
-  SITE=${FA4_SITE:-/tmp/fa4site}
   [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
-  export PYTHONPATH="$SITE:$SITE/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH"
-  log "guided step: attention_kernel='fa4' against the defaults and diffusers at its best"
+  log "guided step: the defaults (FlashAttention-4) against attention_kernel='fa3' and diffusers at its best"
   timeout "$(limit "${BENCH_LIMIT:-520}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_fa4.md" \
-    --batches 16 --plain-batches 2 --stock-batches 2 --no-ab-plain --ab attention_kernel=fa4 \
+    --batches 16 --plain-batches 2 --stock-batches 2 --no-ab-plain --ab attention_kernel=fa3 \
     --budget-s "${BENCH_BUDGET:-460}" >"$OUT/gpu_sampling_fa4.log" 2>&1
   log "benchmark rc=$?"
   ;;
