@@ -5,8 +5,9 @@ softmax between the two products; FlashAttention-3 overlaps them (one warpgroup'
 another's products). It comes from the optional ``fa3-fwd`` package (``pip install ldmkit[hopper]``:
 a prebuilt bf16 forward-only build against torch's stable C ABI), so CI and other GPUs keep SDPA.
 FlashAttention-4 (``pip install 'ldmkit[fa4]'``, NVIDIA's CuTe DSL; each kernel compiled at its
-first call) rounds 40-wide heads up to 48 columns instead of 64; it is an opt-in, not timed in a
-whole UNet step yet (benchmarks/RESULTS.md).
+first call) rounds 40-wide heads up to 48 columns instead of 64: on an H100 it took 2.6% off a
+batch-16 SD v1 step against FlashAttention-3, so the fast path prefers it where it is installed
+(benchmarks/RESULTS.md, run T).
 
 A denoiser meets it by declaring ``computes_attention = True`` on its attention modules: modules
 with ``to_q``, ``to_k``, ``to_v`` (bias-free ``nn.Linear``), ``to_out`` (applied to the heads'
@@ -111,16 +112,33 @@ def _fa4_function() -> Any:
     return importlib.import_module("flash_attn.cute").flash_attn_func
 
 
+# (head width, dtype) whose FlashAttention-4 kernel failed to compile or run here: SDPA from then on
+_FA4_FAILED: set[tuple[int, torch.dtype]] = set()
+
+
 @torch.library.custom_op("ldmkit::flash_attention_4", mutates_args=())
 def flash_attention_4(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """(B, N, heads, d), (B, L, heads, d) x2 -> (B, N, heads, d) by FlashAttention-4's forward kernel.
 
     An operator of its own so that ``torch.compile`` traces around the kernel (the package registers
     none) and calls it as one opaque step. The package compiles each kernel at its first call, so the
-    fast path's warm-up calls, before CUDA-graph capture, are where that time goes.
+    fast path's warm-up calls, before CUDA-graph capture, are where that time goes. A kernel the
+    package cannot build or run for these inputs (a beta package, chosen by default where it is
+    installed) is logged once as a warning and SDPA computes that head width from then on: the
+    same function, so the pictures do not change, only the speed.
     """
-    out = _fa4_function()(q, k, v, softmax_scale=scale, causal=False)
-    return (out[0] if isinstance(out, tuple) else out).contiguous()  # (out, lse) in its releases so far
+    key = (q.shape[-1], q.dtype)
+    if key not in _FA4_FAILED:
+        try:
+            out = _fa4_function()(q, k, v, softmax_scale=scale, causal=False)
+            return (out[0] if isinstance(out, tuple) else out).contiguous()  # (out, lse) in its releases so far
+        except Exception as exc:  # noqa: BLE001  (the DSL's compiler raises its own error types)
+            _FA4_FAILED.add(key)
+            log.warning(
+                "FlashAttention-4 failed for head width %d in %s (%s: %s); SDPA computes it instead",
+                key[0], str(key[1]).removeprefix("torch."), type(exc).__name__, exc,
+            )  # fmt: skip
+    return sdpa_heads_last(q, k, v, scale).contiguous()  # (B, N, heads, d)
 
 
 @flash_attention_4.register_fake
@@ -137,8 +155,8 @@ def kernel_applies(q: Tensor, k: Tensor, kernel: str = "fa3") -> bool:
 def kernel_suits_shape(head_dim: int, key_head_dim: int, keys: int) -> bool:
     """Whether FlashAttention-3 takes this head width and was measured faster than SDPA at this many keys.
 
-    FlashAttention-4 is held to the same limits (it takes head widths up to 256 as well; its speed
-    over few keys was not measured apart)."""
+    FlashAttention-4 is held to the same limits: it takes head widths up to 256 as well, and it was
+    slower than SDPA over the 77-key cross-attention too (112.5 against 73.0 us, run U)."""
     fits = head_dim % 8 == 0 and head_dim <= FA3_MAX_HEAD_DIM and key_head_dim == head_dim
     return fits and keys >= FA3_MIN_KEYS
 

@@ -169,6 +169,34 @@ def test_fa4_operator_traces_under_compile_and_calls_the_kernel_once(monkeypatch
     assert calls == [((2, 10, 4, 8), 0.5, False)]
 
 
+def test_fa4_kernel_that_fails_warns_once_and_sdpa_computes_that_head_width(monkeypatch, caplog):
+    """FlashAttention-4 is taken by default where installed; a kernel it cannot build for some head width
+    must not break sampling: the same attention by SDPA, a warning naming the failure, no retries."""
+    from ldmkit.fast import attention
+
+    calls = []
+
+    def failing(q, k, v, softmax_scale=None, causal=False):
+        calls.append(q.shape[-1])
+        if q.shape[-1] == 24:
+            raise RuntimeError("no tile for this head width")
+        return attention.sdpa_heads_last(q, k, v, softmax_scale), None
+
+    monkeypatch.setattr(attention, "_fa4_function", lambda: failing)
+    monkeypatch.setattr(attention, "_FA4_FAILED", set())
+    q, k, v = (torch.randn(2, n, 4, 24) for n in (10, 7, 7))  # (B, N|L, heads, d): the failing width
+    with caplog.at_level("WARNING", logger="ldmkit.fast.attention"):
+        first = flash_attention_4(q, k, v, 0.5)
+        second = flash_attention_4(q, k, v, 0.5)
+    torch.testing.assert_close(first, attention.sdpa_heads_last(q, k, v, 0.5))
+    assert torch.equal(first, second)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "head width 24" in warnings[0] and "no tile for this head width" in warnings[0]
+    q8, k8, v8 = (t[..., :8] for t in (q, k, v))  # another width still goes to the kernel
+    torch.testing.assert_close(flash_attention_4(q8, k8, v8, 0.5), attention.sdpa_heads_last(q8, k8, v8, 0.5))
+    assert calls == [24, 8]
+
+
 # -- GPU ------------------------------------------------------------------------------------------
 
 
