@@ -34,6 +34,7 @@ __all__ = [
     "fa3_available",
     "fa3_unusable_reason",
     "fa4_available",
+    "fused_qkv_projection",
     "kernel_unusable_reason",
     "with_flash_attention",
 ]
@@ -161,11 +162,35 @@ def kernel_suits_shape(head_dim: int, key_head_dim: int, keys: int) -> bool:
     return fits and keys >= FA3_MIN_KEYS
 
 
+def fused_qkv_projection(to_q: nn.Module, to_k: nn.Module, to_v: nn.Module) -> nn.Linear | None:
+    """One linear layer whose output is [q | k | v] of self-attention, or None where the three differ.
+
+    Its weight is a copy (the three weights concatenated along the output), made once: the
+    layers' later changes do not reach it. One product reads x once instead of three times,
+    which is most of a 320-wide projection's time at 64x64 latents (it is bound by memory).
+    """
+    layers = (to_q, to_k, to_v)
+    if not all(type(layer) is nn.Linear for layer in layers):
+        return None
+    shapes = {(ly.in_features, ly.out_features, ly.bias is None, ly.weight.dtype, ly.weight.device) for ly in layers}
+    if len(shapes) != 1:
+        return None
+    in_features, out_features, no_bias, dtype, device = shapes.pop()
+    fused = nn.utils.skip_init(nn.Linear, in_features, 3 * out_features, bias=not no_bias, device=device, dtype=dtype)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([ly.weight for ly in layers]))  # (3 * out, in)
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([ly.bias for ly in layers]))
+    return fused.requires_grad_(False)
+
+
 class FlashAttention(nn.Module):
     """An attention module (see the module docstring) computed by FlashAttention-3 or -4 where it applies.
 
     The projections are the source module's own (shared, not copied). The kernel reads q, k, v in
     (B, N, heads, d), the layout the projections produce, so no transposes are needed around it.
+    With ``fuse_qkv`` self-attention computes q, k and v by one product (:func:`fused_qkv_projection`)
+    and the kernel reads them as strided views of its output.
     """
 
     to_q: nn.Module
@@ -173,7 +198,7 @@ class FlashAttention(nn.Module):
     to_v: nn.Module
     to_out: nn.Module
 
-    def __init__(self, source: Any, kernel: str = "fa3") -> None:
+    def __init__(self, source: Any, kernel: str = "fa3", fuse_qkv: bool = False) -> None:
         super().__init__()
         if kernel not in ("fa3", "fa4"):
             raise ValueError(f"kernel must be 'fa3' or 'fa4', got {kernel!r}")
@@ -182,16 +207,21 @@ class FlashAttention(nn.Module):
             if not isinstance(getattr(source, name, None), nn.Module):
                 raise ValueError(f"{type(source).__name__} declares computes_attention but has no {name} module")
         self.to_q, self.to_k, self.to_v, self.to_out = source.to_q, source.to_k, source.to_v, source.to_out
+        self.to_qkv = fused_qkv_projection(self.to_q, self.to_k, self.to_v) if fuse_qkv else None
         self.heads: int = int(source.heads)
         self.scale: float = float(source.scale)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """x (B, N, query_dim), context (B, L, context_dim) or None (self-attention) -> (B, N, query_dim)."""
-        context = x if context is None else context
         b, n, _ = x.shape
-        q = self.to_q(x).unflatten(-1, (self.heads, -1))  # (B, N, heads, d)
-        k = self.to_k(context).unflatten(-1, (self.heads, -1))  # (B, L, heads, d)
-        v = self.to_v(context).unflatten(-1, (self.heads, -1))  # (B, L, heads, d)
+        if context is None and self.to_qkv is not None:
+            qkv = self.to_qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, heads, d)
+            q, k, v = qkv.unbind(2)  # each (B, N, heads, d), strided views
+        else:
+            context = x if context is None else context
+            q = self.to_q(x).unflatten(-1, (self.heads, -1))  # (B, N, heads, d)
+            k = self.to_k(context).unflatten(-1, (self.heads, -1))  # (B, L, heads, d)
+            v = self.to_v(context).unflatten(-1, (self.heads, -1))  # (B, L, heads, d)
         if not kernel_applies(q, k, self.kernel):
             out = sdpa_heads_last(q, k, v, self.scale)
         elif self.kernel == "fa4":
@@ -202,7 +232,8 @@ class FlashAttention(nn.Module):
 
     def extra_repr(self) -> str:
         name = {"fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[self.kernel]
-        return f"heads={self.heads}, {name} at {FA3_MIN_KEYS} keys or more where it applies, else SDPA"
+        fused = ", q/k/v of self-attention by one product" if self.to_qkv is not None else ""
+        return f"heads={self.heads}, {name} at {FA3_MIN_KEYS} keys or more where it applies, else SDPA{fused}"
 
 
 def sdpa_heads_last(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -211,10 +242,11 @@ def sdpa_heads_last(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return out.transpose(1, 2)  # (B, N, heads, d)
 
 
-def with_flash_attention(module: nn.Module, kernel: str = "fa3") -> nn.Module:
+def with_flash_attention(module: nn.Module, kernel: str = "fa3", fuse_qkv: bool = False) -> nn.Module:
     """A copy of ``module`` whose ``computes_attention`` modules are :class:`FlashAttention` on ``kernel``
-    ("fa3" or "fa4"; weights shared)."""
-    return swap_modules(module, _declares_attention, functools.partial(FlashAttention, kernel=kernel))
+    ("fa3" or "fa4"; weights shared, but for the fused q/k/v copies that ``fuse_qkv`` makes)."""
+    swap = functools.partial(FlashAttention, kernel=kernel, fuse_qkv=fuse_qkv)
+    return swap_modules(module, _declares_attention, swap)
 
 
 def _declares_attention(module: Any) -> bool:

@@ -62,6 +62,17 @@ class FastConfig:
     kernel that runs here: "fa4", else "fa3", else "sdpa". Asking for "fa3" or "fa4" where it cannot
     run raises :class:`InputError` naming what is missing.
 
+    ``fuse_qkv`` computes q, k and v of each self-attention by one matrix product over weights
+    concatenated when the fast path is built (:func:`ldmkit.fast.attention.fused_qkv_projection`),
+    so the input is read once; the attention kernel reads the three as views. ``None`` turns it on
+    with "fa3" and "fa4" (SDPA wants each of q, k, v contiguous, and was measured slower fused);
+    ``True`` with "sdpa" raises :class:`InputError`.
+
+    ``merge_time_projections`` computes the timestep-embedding projections of all of the denoiser's
+    residual blocks (their ``emb_layers``) as one matrix product instead of one each
+    (:mod:`ldmkit.fast.time_projections`; the compiler merges them, so it needs ``compile``).
+    ``None`` turns it on wherever the fast path compiles.
+
     ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
     feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
     row (:mod:`ldmkit.fast.fp8`); GPUs of compute capability 8.9 and later (Ada, Hopper) multiply
@@ -84,6 +95,8 @@ class FastConfig:
     norm_kernels: bool | None = None
     geglu_kernel: bool | None = None
     attention_kernel: str | None = None
+    fuse_qkv: bool | None = None
+    merge_time_projections: bool | None = None
     fp8_linear: bool = False
     tile_size: int | None = None
     tile_overlap: int = 8
@@ -92,7 +105,15 @@ class FastConfig:
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in DTYPES:
             raise InputError(f"precision must be one of {sorted(DTYPES)} or None, got {self.precision!r}")
-        for name in ("channels_last", "compile", "cuda_graphs", "geglu_kernel", "norm_kernels"):
+        for name in (
+            "channels_last",
+            "compile",
+            "cuda_graphs",
+            "geglu_kernel",
+            "norm_kernels",
+            "fuse_qkv",
+            "merge_time_projections",
+        ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise InputError(f"{name} must be True, False or None, got {value!r}")
@@ -131,6 +152,7 @@ class FastConfig:
         if graphs and compile_ and self.compile_mode in _MODES_WITH_GRAPHS:
             graphs = False
         dtype = DTYPES[precision]
+        attention_kernel = self._attention_kernel(device, dtype)
         return Resolved(
             dtype=dtype,
             channels_last=cuda if self.channels_last is None else self.channels_last,
@@ -139,7 +161,9 @@ class FastConfig:
             cuda_graphs=graphs,
             norm_kernels=self._norm_kernels(device, dtype),
             geglu_kernel=self._geglu_kernel(device, dtype),
-            attention_kernel=self._attention_kernel(device, dtype),
+            attention_kernel=attention_kernel,
+            fuse_qkv=self._fuse_qkv(attention_kernel),
+            merge_time_projections=self._merge_time_projections(compile_),
             fp8_linear=self._fp8_linear(device, precision),
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
@@ -167,6 +191,24 @@ class FastConfig:
         if reason is not None:
             raise InputError(f"attention_kernel={self.attention_kernel!r} cannot run here: {reason}")
         return self.attention_kernel
+
+    def _fuse_qkv(self, attention_kernel: str) -> bool:
+        if self.fuse_qkv is None:  # the flash kernels read q, k, v as views of one product
+            return attention_kernel in ("fa3", "fa4")
+        if self.fuse_qkv and attention_kernel == "sdpa":
+            raise InputError(
+                "fuse_qkv=True needs attention_kernel 'fa3' or 'fa4' (it fuses their modules' projections); "
+                "attention here is computed by 'sdpa'"
+            )
+        return self.fuse_qkv
+
+    def _merge_time_projections(self, compile_: bool) -> bool:
+        if self.merge_time_projections and not compile_:
+            raise InputError(
+                "merge_time_projections=True needs compile=True (the compiler merges the blocks' products; "
+                "uncompiled, each block would compute all of them)"
+            )
+        return compile_ if self.merge_time_projections is None else self.merge_time_projections
 
     def _geglu_kernel(self, device: torch.device, dtype: torch.dtype) -> bool:
         from ldmkit.fast.support import hopper_with_triton
@@ -227,6 +269,8 @@ class Resolved:
     norm_kernels: bool
     geglu_kernel: bool
     attention_kernel: str
+    fuse_qkv: bool
+    merge_time_projections: bool
     fp8_linear: bool
     tile_size: int | None
     tile_overlap: int

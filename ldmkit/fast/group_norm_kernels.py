@@ -14,7 +14,9 @@ tiles of whole channel blocks (the jitted code is in :mod:`ldmkit.fast.group_nor
    in the input's dtype and layout.
 
 An optional per-(B, C) ``add`` (a residual block's timestep embedding) is added to x in float32
-inside both passes, so the sum is never rounded to the input's dtype before it is normalised.
+inside both passes, so the sum is never rounded to the input's dtype before it is normalised. It
+may be a slice of a wider tensor (its rows any distance apart, its channels adjacent), as the
+blocks' shared time projection gives it (:mod:`ldmkit.fast.time_projections`).
 
 Statistics and arithmetic are float32 whatever the input's dtype, as in the UNet's GroupNorm32.
 The op is registered as ``ldmkit::group_norm_nhwc`` so ``torch.compile`` calls it as one opaque
@@ -86,9 +88,14 @@ def launch_group_norm(
     means = torch.empty((batch, n_hw, channels), device=x.device, dtype=torch.float32)
     m2s = torch.empty_like(means)
     tile = dict(BLOCK_HW=block_hw, BLOCK_C=block_c, num_warps=warps)
+    if add is not None and add.stride(1) != 1:
+        add = add.contiguous()
     add_arg = add if add is not None else x  # a placeholder pointer when there is nothing to add
     has_add = add is not None
-    partial_moments[(batch * n_hw, n_c)](x, add_arg, means, m2s, hw, channels, n_hw, HAS_ADD=has_add, **tile)
+    add_stride = add.stride(0) if add is not None else 0  # rows of a slice of a wider tensor are further apart
+    partial_moments[(batch * n_hw, n_c)](
+        x, add_arg, means, m2s, hw, channels, n_hw, add_stride, HAS_ADD=has_add, **tile
+    )
     scale = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     group_scale_shift[(batch * groups,)](
@@ -111,7 +118,7 @@ def launch_group_norm(
     )
     y = torch.empty_like(x)  # keeps the channels_last strides
     scale_shift_apply[(batch * n_hw, n_c)](
-        x, add_arg, scale, shift, y, hw, channels, n_hw, HAS_ADD=has_add, SILU=silu, **tile
+        x, add_arg, scale, shift, y, hw, channels, n_hw, add_stride, HAS_ADD=has_add, SILU=silu, **tile
     )
     return y
 

@@ -39,15 +39,17 @@ def partial_moments(
     HW,
     C,
     n_hw,
+    add_stride,
     HAS_ADD: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # grid (B * n_hw, n_c); partials are laid out (B, n_hw, C); ``add`` (B, C) is added to x first
+    # grid (B * n_hw, n_c); partials are laid out (B, n_hw, C); ``add`` (B, C), rows ``add_stride`` apart, is
+    # added to x first
     pid, b, blk, cols, mask, offsets = tile(HW, C, n_hw, BLOCK_HW, BLOCK_C)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_HW, BLOCK_C)
     if HAS_ADD:
-        add = tl.load(add_ptr + b * C + cols, mask=cols < C, other=0.0).to(tl.float32)  # (BLOCK_C,)
+        add = tl.load(add_ptr + b * add_stride + cols, mask=cols < C, other=0.0).to(tl.float32)  # (BLOCK_C,)
         x = tl.where(mask, x + add[None, :], 0.0)  # masked positions must stay out of the sums
     count = tl.minimum(HW - blk * BLOCK_HW, BLOCK_HW).to(tl.float32)
     mean = tl.sum(x, axis=0) / count  # (BLOCK_C,)
@@ -122,6 +124,7 @@ def scale_shift_apply(
     HW,
     C,
     n_hw,
+    add_stride,
     HAS_ADD: tl.constexpr,
     SILU: tl.constexpr,
     BLOCK_HW: tl.constexpr,
@@ -133,7 +136,7 @@ def scale_shift_apply(
     scale = tl.load(scale_ptr + b * C + cols, mask=cols < C, other=0.0)  # (BLOCK_C,)
     shift = tl.load(shift_ptr + b * C + cols, mask=cols < C, other=0.0)
     if HAS_ADD:  # (x + add) * scale + shift
-        shift += scale * tl.load(add_ptr + b * C + cols, mask=cols < C, other=0.0).to(tl.float32)
+        shift += scale * tl.load(add_ptr + b * add_stride + cols, mask=cols < C, other=0.0).to(tl.float32)
     y = x * scale[None, :] + shift[None, :]
     if SILU:
         y = y * tl.sigmoid(y)

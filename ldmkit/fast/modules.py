@@ -26,6 +26,7 @@ from ldmkit.fast.geglu import with_kernel_geglu
 from ldmkit.fast.graphs import GraphCache
 from ldmkit.fast.norms import with_channels_last_group_norms, with_kernel_group_norms
 from ldmkit.fast.tiling import tiled_decode
+from ldmkit.fast.time_projections import with_shared_time_projections
 from ldmkit.guidance import DenoiseStep, eps_from_output, guided_model_fn
 from ldmkit.interfaces import Denoiser, FirstStage, ModelFn
 
@@ -68,11 +69,20 @@ def compile_options(mode: str) -> dict[str, Any]:
     return dict(torch._inductor.list_mode_options(mode, dynamic=False))  # the fast path compiles static shapes
 
 
-def maybe_compile(fn: Callable, settings: Resolved) -> Callable:
-    """``torch.compile`` with static shapes when asked (compilation happens on the first call)."""
+def maybe_compile(fn: Callable, settings: Resolved, merge_identical: bool = False) -> Callable:
+    """``torch.compile`` with static shapes when asked (compilation happens on the first call).
+
+    ``merge_identical`` adds the pass that computes repeated identical operations once
+    (:class:`ldmkit.fast.merge_pass.MergeIdenticalOps`).
+    """
     if not settings.compile:
         return fn
-    return torch.compile(fn, dynamic=False, options=compile_options(settings.compile_mode))
+    options = compile_options(settings.compile_mode)
+    if merge_identical:
+        from ldmkit.fast.merge_pass import MergeIdenticalOps
+
+        options["post_grad_custom_pre_pass"] = MergeIdenticalOps()
+    return torch.compile(fn, dynamic=False, options=options)
 
 
 class FastDenoiser:
@@ -85,15 +95,19 @@ class FastDenoiser:
         if settings.geglu_kernel:
             self.module = cast(Denoiser, with_kernel_geglu(self.module))
         if settings.attention_kernel in ("fa3", "fa4"):
-            self.module = cast(Denoiser, with_flash_attention(self.module, settings.attention_kernel))
+            swapped = with_flash_attention(self.module, settings.attention_kernel, settings.fuse_qkv)
+            self.module = cast(Denoiser, swapped)
+        if settings.merge_time_projections:
+            self.module = cast(Denoiser, with_shared_time_projections(self.module))
         if settings.fp8_linear:  # after the GEGLU swap: GEGLUs on the kernel keep it
             self.module = cast(Denoiser, with_fp8_linears(self.module))
             swapped = sum(isinstance(m, Fp8Linear) for m in self.module.modules())
             linears = swapped + sum(isinstance(m, nn.Linear) for m in self.module.modules())
             log.info("fp8_linear: %d of the denoiser's %d linear layers compute in fp8", swapped, linears)
         self.prediction = denoiser.prediction
-        self._net = maybe_compile(self._forward, settings)
-        self._net_guided = maybe_compile(self._forward_guided, settings)
+        merge = settings.merge_time_projections
+        self._net = maybe_compile(self._forward, settings, merge_identical=merge)
+        self._net_guided = maybe_compile(self._forward_guided, settings, merge_identical=merge)
         self.graphs = GraphCache(settings.max_graphs) if settings.cuda_graphs else None
         self._alphas: tuple[Tensor, Tensor] | None = None  # (schedule tensor, its copy on the device)
 

@@ -91,7 +91,9 @@ class KernelGroupNorm(_GroupNormReplacement):
 
     def forward(self, x: Tensor, add: Tensor | None = None) -> Tensor:
         if add is not None:
-            add = add.reshape(x.shape[0], x.shape[1]).contiguous()  # (B, C)
+            add = add.reshape(x.shape[0], x.shape[1])  # (B, C): the kernels take rows any distance apart
+            if add.stride(1) != 1:
+                add = add.contiguous()
         args = (self.weight, self.bias, self.num_groups, self.eps, self.silu, add)
         if self.triton and kernels.kernels_apply(x, self.num_groups):
             return kernels.group_norm_nhwc(x, *args)

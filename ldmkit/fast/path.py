@@ -92,6 +92,8 @@ class FastPath:
             "norm_kernels": s.norm_kernels,
             "geglu_kernel": s.geglu_kernel,
             "attention_kernel": s.attention_kernel,
+            "fuse_qkv": s.fuse_qkv,
+            "merge_time_projections": s.merge_time_projections,
             "fp8_linear": s.fp8_linear,
             "graphs_captured": graphs.captures if graphs is not None else 0,
             "graph_failures": graphs.failures if graphs is not None else 0,

@@ -14,6 +14,7 @@ from ldmkit.fast.attention import (
     fa3_unusable_reason,
     fa4_available,
     flash_attention_4,
+    fused_qkv_projection,
     kernel_applies,
     kernel_suits_shape,
     kernel_unusable_reason,
@@ -56,6 +57,47 @@ def test_swap_shares_the_projections_and_leaves_the_original_alone():
     assert not any(isinstance(m, FlashAttention) for m in unet.modules())
     assert all(s.to_q.weight is o.to_q.weight for s, o in zip(swapped, originals, strict=True))
     assert not any(isinstance(m, CrossAttention) for m in copy.modules())
+
+
+@pytest.mark.parametrize("context_dim", [None, 12])
+def test_fused_qkv_computes_what_the_three_projections_do(context_dim):
+    source = _attention(context_dim)
+    fused = FlashAttention(source, fuse_qkv=True)
+    x = torch.randn(2, 10, 32)  # (B, N, query_dim)
+    context = None if context_dim is None else torch.randn(2, 7, context_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, context), source(x, context), rtol=1e-5, atol=1e-6)
+    if context_dim is not None:  # keys from another width: nothing to fuse
+        assert fused.to_qkv is None
+        return
+    with torch.no_grad():  # self-attention: q, k, v come out of one product, in the order q | k | v
+        q, k, v = fused.to_qkv(x).chunk(3, dim=-1)
+        torch.testing.assert_close(q, source.to_q(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, source.to_v(x), rtol=1e-5, atol=1e-6)
+    assert fused.to_qkv.weight.shape == (3 * 32, 32) and not fused.to_qkv.weight.requires_grad
+    assert "one product" in repr(fused)
+
+
+def test_fused_qkv_takes_plain_linears_of_one_shape_only():
+    lin = torch.nn.Linear
+    assert fused_qkv_projection(lin(8, 4, bias=False), lin(8, 4, bias=False), lin(8, 4, bias=False)) is not None
+    with_bias = fused_qkv_projection(lin(8, 4), lin(8, 4), lin(8, 4))
+    assert with_bias is not None and with_bias.bias is not None and with_bias.bias.shape == (12,)
+    assert fused_qkv_projection(lin(8, 4), lin(6, 4), lin(6, 4)) is None  # cross-attention shapes
+    assert fused_qkv_projection(lin(8, 4), lin(8, 4, bias=False), lin(8, 4)) is None
+    assert fused_qkv_projection(lin(8, 4), lin(8, 4), torch.nn.Identity()) is None
+    assert FlashAttention(_attention(), fuse_qkv=False).to_qkv is None
+
+
+def test_fuse_qkv_setting_follows_the_attention_kernel():
+    resolved = FastConfig(attention_kernel="sdpa").resolve(torch.device("cpu"))
+    assert resolved.fuse_qkv is False  # SDPA keeps three projections
+    assert FastConfig(fuse_qkv=False)._fuse_qkv("fa4") is False
+    assert FastConfig()._fuse_qkv("fa4") is True and FastConfig()._fuse_qkv("fa3") is True
+    with pytest.raises(InputError, match="fuse_qkv=True needs attention_kernel 'fa3' or 'fa4'"):
+        FastConfig(fuse_qkv=True).resolve(torch.device("cpu"))
+    with pytest.raises(InputError, match="fuse_qkv must be True, False or None"):
+        FastConfig(fuse_qkv="yes")  # type: ignore[arg-type]
 
 
 def test_a_module_that_declares_attention_without_projections_is_named():

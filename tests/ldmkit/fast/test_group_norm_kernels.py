@@ -145,6 +145,10 @@ def _check_kernels(device: str) -> None:
             norm = norm.to(device)
             # a per-(B, C) term (a residual block's embedding) that the kernels add in float32
             add = torch.randn(batch, channels, device=device) * 20 if with_add else None
+            if add is not None and dtype == torch.bfloat16:  # a slice of the blocks' shared time projection
+                wider = torch.randn(batch, channels + 24, device=device)
+                add = wider[:, 8 : 8 + channels].copy_(add)
+                assert not add.is_contiguous()
             y = group_norm_nhwc(x, norm.weight, norm.bias, groups, norm.eps, silu, add)
             assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
             total = x.double() if add is None else x.double() + add.double()[:, :, None, None]
