@@ -34,7 +34,7 @@ __all__ = [
     "fa3_available",
     "fa3_unusable_reason",
     "fa4_available",
-    "fused_qkv_projection",
+    "fused_projection",
     "kernel_unusable_reason",
     "with_flash_attention",
 ]
@@ -162,25 +162,29 @@ def kernel_suits_shape(head_dim: int, key_head_dim: int, keys: int) -> bool:
     return fits and keys >= FA3_MIN_KEYS
 
 
-def fused_qkv_projection(to_q: nn.Module, to_k: nn.Module, to_v: nn.Module) -> nn.Linear | None:
-    """One linear layer whose output is [q | k | v] of self-attention, or None where the three differ.
+def fused_projection(*projections: nn.Module) -> nn.Linear | None:
+    """One linear layer whose output is the given projections' outputs side by side ([q | k | v] of
+    self-attention, [k | v] of cross-attention), or None where they are not plain linear layers of one shape.
 
-    Its weight is a copy (the three weights concatenated along the output), made once: the
-    layers' later changes do not reach it. One product reads x once instead of three times,
+    Its weight is a copy (the weights concatenated along the output), made once: the layers'
+    later changes do not reach it. One product reads its input once instead of once a layer,
     which is most of a 320-wide projection's time at 64x64 latents (it is bound by memory).
     """
-    layers = (to_q, to_k, to_v)
-    if not all(type(layer) is nn.Linear for layer in layers):
+    layers = [m for m in projections if type(m) is nn.Linear]
+    if len(layers) != len(projections) or not layers:
         return None
     shapes = {(ly.in_features, ly.out_features, ly.bias is None, ly.weight.dtype, ly.weight.device) for ly in layers}
     if len(shapes) != 1:
         return None
     in_features, out_features, no_bias, dtype, device = shapes.pop()
-    fused = nn.utils.skip_init(nn.Linear, in_features, 3 * out_features, bias=not no_bias, device=device, dtype=dtype)
+    weights: list[Tensor] = [ly.weight for ly in layers]
+    biases: list[Tensor] = [ly.bias for ly in layers if ly.bias is not None]
+    width = len(layers) * out_features
+    fused = nn.utils.skip_init(nn.Linear, in_features, width, bias=not no_bias, device=device, dtype=dtype)
     with torch.no_grad():
-        fused.weight.copy_(torch.cat([ly.weight for ly in layers]))  # (3 * out, in)
+        fused.weight.copy_(torch.cat(weights))  # (layers * out, in)
         if fused.bias is not None:
-            fused.bias.copy_(torch.cat([ly.bias for ly in layers]))
+            fused.bias.copy_(torch.cat(biases))
     return fused.requires_grad_(False)
 
 
@@ -189,8 +193,8 @@ class FlashAttention(nn.Module):
 
     The projections are the source module's own (shared, not copied). The kernel reads q, k, v in
     (B, N, heads, d), the layout the projections produce, so no transposes are needed around it.
-    With ``fuse_qkv`` self-attention computes q, k and v by one product (:func:`fused_qkv_projection`)
-    and the kernel reads them as strided views of its output.
+    With ``fuse_qkv`` self-attention computes q, k and v by one product, cross-attention k and v
+    by one (:func:`fused_projection`), and the kernels read them as strided views of its output.
     """
 
     to_q: nn.Module
@@ -207,7 +211,8 @@ class FlashAttention(nn.Module):
             if not isinstance(getattr(source, name, None), nn.Module):
                 raise ValueError(f"{type(source).__name__} declares computes_attention but has no {name} module")
         self.to_q, self.to_k, self.to_v, self.to_out = source.to_q, source.to_k, source.to_v, source.to_out
-        self.to_qkv = fused_qkv_projection(self.to_q, self.to_k, self.to_v) if fuse_qkv else None
+        self.to_qkv = fused_projection(self.to_q, self.to_k, self.to_v) if fuse_qkv else None
+        self.to_kv = fused_projection(self.to_k, self.to_v) if fuse_qkv else None
         self.heads: int = int(source.heads)
         self.scale: float = float(source.scale)
 
@@ -217,6 +222,9 @@ class FlashAttention(nn.Module):
         if context is None and self.to_qkv is not None:
             qkv = self.to_qkv(x).unflatten(-1, (3, self.heads, -1))  # (B, N, 3, heads, d)
             q, k, v = qkv.unbind(2)  # each (B, N, heads, d), strided views
+        elif context is not None and self.to_kv is not None:
+            q = self.to_q(x).unflatten(-1, (self.heads, -1))  # (B, N, heads, d)
+            k, v = self.to_kv(context).unflatten(-1, (2, self.heads, -1)).unbind(2)  # (B, L, heads, d) each
         else:
             context = x if context is None else context
             q = self.to_q(x).unflatten(-1, (self.heads, -1))  # (B, N, heads, d)
@@ -232,7 +240,7 @@ class FlashAttention(nn.Module):
 
     def extra_repr(self) -> str:
         name = {"fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[self.kernel]
-        fused = ", q/k/v of self-attention by one product" if self.to_qkv is not None else ""
+        fused = ", q/k/v (k/v of a context) by one product" if self.to_kv is not None else ""
         return f"heads={self.heads}, {name} at {FA3_MIN_KEYS} keys or more where it applies, else SDPA{fused}"
 
 

@@ -62,9 +62,10 @@ class FastConfig:
     kernel that runs here: "fa4", else "fa3", else "sdpa". Asking for "fa3" or "fa4" where it cannot
     run raises :class:`InputError` naming what is missing.
 
-    ``fuse_qkv`` computes q, k and v of each self-attention by one matrix product over weights
-    concatenated when the fast path is built (:func:`ldmkit.fast.attention.fused_qkv_projection`),
-    so the input is read once; the attention kernel reads the three as views. ``None`` turns it on
+    ``fuse_qkv`` computes q, k and v of each self-attention (k and v of each cross-attention) by one
+    matrix product over weights concatenated when the fast path is built
+    (:func:`ldmkit.fast.attention.fused_projection`), so the input is read once; the attention
+    kernel reads them as views. ``None`` turns it on
     with "fa3" and "fa4" (SDPA wants each of q, k, v contiguous, and was measured slower fused);
     ``True`` with "sdpa" raises :class:`InputError`.
 

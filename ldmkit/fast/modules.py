@@ -95,8 +95,8 @@ class FastDenoiser:
         if settings.geglu_kernel:
             self.module = cast(Denoiser, with_kernel_geglu(self.module))
         if settings.attention_kernel in ("fa3", "fa4"):
-            swapped = with_flash_attention(self.module, settings.attention_kernel, settings.fuse_qkv)
-            self.module = cast(Denoiser, swapped)
+            flash = with_flash_attention(self.module, settings.attention_kernel, settings.fuse_qkv)
+            self.module = cast(Denoiser, flash)
         if settings.merge_time_projections:
             self.module = cast(Denoiser, with_shared_time_projections(self.module))
         if settings.fp8_linear:  # after the GEGLU swap: GEGLUs on the kernel keep it

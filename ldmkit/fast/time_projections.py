@@ -36,9 +36,10 @@ class SharedTimeProjection(nn.Module):
     def __init__(self, layers: list[nn.Linear]) -> None:
         super().__init__()
         with torch.no_grad():
-            self.weight = nn.Parameter(torch.cat([lyr.weight for lyr in layers]), requires_grad=False)  # (sum out, in)
-            biases = [lyr.bias for lyr in layers]
-            self.bias = None if biases[0] is None else nn.Parameter(torch.cat(biases), requires_grad=False)
+            weights: list[Tensor] = [lyr.weight for lyr in layers]
+            biases: list[Tensor] = [lyr.bias for lyr in layers if lyr.bias is not None]
+            self.weight = nn.Parameter(torch.cat(weights), requires_grad=False)  # (sum out, in)
+            self.bias = nn.Parameter(torch.cat(biases), requires_grad=False) if biases else None
 
     def forward(self, emb: Tensor) -> Tensor:
         return F.linear(F.silu(emb), self.weight, self.bias)  # (B, sum out)

@@ -14,7 +14,7 @@ from ldmkit.fast.attention import (
     fa3_unusable_reason,
     fa4_available,
     flash_attention_4,
-    fused_qkv_projection,
+    fused_projection,
     kernel_applies,
     kernel_suits_shape,
     kernel_unusable_reason,
@@ -60,32 +60,35 @@ def test_swap_shares_the_projections_and_leaves_the_original_alone():
 
 
 @pytest.mark.parametrize("context_dim", [None, 12])
-def test_fused_qkv_computes_what_the_three_projections_do(context_dim):
+def test_fused_projections_compute_what_the_separate_ones_do(context_dim):
     source = _attention(context_dim)
     fused = FlashAttention(source, fuse_qkv=True)
     x = torch.randn(2, 10, 32)  # (B, N, query_dim)
     context = None if context_dim is None else torch.randn(2, 7, context_dim)
     with torch.no_grad():
         torch.testing.assert_close(fused(x, context), source(x, context), rtol=1e-5, atol=1e-6)
-    if context_dim is not None:  # keys from another width: nothing to fuse
-        assert fused.to_qkv is None
-        return
-    with torch.no_grad():  # self-attention: q, k, v come out of one product, in the order q | k | v
-        q, k, v = fused.to_qkv(x).chunk(3, dim=-1)
-        torch.testing.assert_close(q, source.to_q(x), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(v, source.to_v(x), rtol=1e-5, atol=1e-6)
-    assert fused.to_qkv.weight.shape == (3 * 32, 32) and not fused.to_qkv.weight.requires_grad
-    assert "one product" in repr(fused)
+        if context is None:  # self-attention: q, k, v come out of one product, in the order q | k | v
+            assert fused.to_qkv is not None
+            q, k, v = fused.to_qkv(x).chunk(3, dim=-1)
+            torch.testing.assert_close(q, source.to_q(x), rtol=1e-5, atol=1e-6)
+        else:  # keys from another width: k | v of the context by one product, q by its own
+            assert fused.to_qkv is None
+            k, v = fused.to_kv(context).chunk(2, dim=-1)
+            torch.testing.assert_close(k, source.to_k(context), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, source.to_v(x if context is None else context), rtol=1e-5, atol=1e-6)
+    assert "by one product" in repr(fused)
 
 
-def test_fused_qkv_takes_plain_linears_of_one_shape_only():
+def test_fused_projection_takes_plain_linears_of_one_shape_only():
     lin = torch.nn.Linear
-    assert fused_qkv_projection(lin(8, 4, bias=False), lin(8, 4, bias=False), lin(8, 4, bias=False)) is not None
-    with_bias = fused_qkv_projection(lin(8, 4), lin(8, 4), lin(8, 4))
-    assert with_bias is not None and with_bias.bias is not None and with_bias.bias.shape == (12,)
-    assert fused_qkv_projection(lin(8, 4), lin(6, 4), lin(6, 4)) is None  # cross-attention shapes
-    assert fused_qkv_projection(lin(8, 4), lin(8, 4, bias=False), lin(8, 4)) is None
-    assert fused_qkv_projection(lin(8, 4), lin(8, 4), torch.nn.Identity()) is None
+    three = fused_projection(lin(8, 4, bias=False), lin(8, 4, bias=False), lin(8, 4, bias=False))
+    assert three is not None and three.weight.shape == (12, 8) and three.bias is None
+    assert not three.weight.requires_grad
+    with_bias = fused_projection(lin(8, 4), lin(8, 4))
+    assert with_bias is not None and with_bias.bias is not None and with_bias.bias.shape == (8,)
+    assert fused_projection(lin(8, 4), lin(6, 4), lin(6, 4)) is None  # cross-attention's q against its k, v
+    assert fused_projection(lin(8, 4), lin(8, 4, bias=False)) is None
+    assert fused_projection(lin(8, 4), torch.nn.Identity()) is None
     assert FlashAttention(_attention(), fuse_qkv=False).to_qkv is None
 
 
@@ -244,8 +247,9 @@ def test_fa4_kernel_that_fails_warns_once_and_sdpa_computes_that_head_width(monk
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not FA3_HERE, reason="needs the fa3-fwd package and a Hopper GPU")
+@pytest.mark.parametrize("fuse_qkv", [False, True])
 @pytest.mark.parametrize(("tokens", "keys", "head_dim"), [(4096, None, 40), (1024, None, 80), (4096, 77, 40)])
-def test_gpu_fa3_matches_float32_attention_as_closely_as_sdpa(tokens, keys, head_dim):
+def test_gpu_fa3_matches_float32_attention_as_closely_as_sdpa(tokens, keys, head_dim, fuse_qkv):
     torch.manual_seed(0)
     heads = 8
     source = CrossAttention(heads * head_dim, context_dim=None if keys is None else 768, heads=heads, dim_head=head_dim)
@@ -257,7 +261,7 @@ def test_gpu_fa3_matches_float32_attention_as_closely_as_sdpa(tokens, keys, head
         low = source.to(torch.bfloat16)
         x16, c16 = x.bfloat16(), None if context is None else context.bfloat16()
         sdpa = low(x16, c16).float()
-        fa3 = FlashAttention(low)(x16, c16).float()
+        fa3 = FlashAttention(low, fuse_qkv=fuse_qkv)(x16, c16).float()  # fused: q, k, v as strided views
 
     def err(a: torch.Tensor) -> float:
         return ((a - ref).norm() / ref.norm()).item()
@@ -268,8 +272,9 @@ def test_gpu_fa3_matches_float32_attention_as_closely_as_sdpa(tokens, keys, head
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not FA4_HERE, reason="needs the flash-attn-4 package and a Hopper or Blackwell GPU")
+@pytest.mark.parametrize("fuse_qkv", [False, True])
 @pytest.mark.parametrize(("tokens", "head_dim"), [(4096, 40), (1024, 80), (256, 160)])
-def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graphed(tokens, head_dim):
+def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graphed(tokens, head_dim, fuse_qkv):
     torch.manual_seed(0)
     heads = 8
     source = CrossAttention(heads * head_dim, heads=heads, dim_head=head_dim).cuda().eval()
@@ -279,7 +284,8 @@ def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graph
         low = source.to(torch.bfloat16)
         x16 = x.bfloat16()
         sdpa = low(x16).float()
-        fast = torch.compile(FlashAttention(low, kernel="fa4"), fullgraph=True)
+        # fused: the kernel reads q, k, v as strided views of one product
+        fast = torch.compile(FlashAttention(low, kernel="fa4", fuse_qkv=fuse_qkv), fullgraph=True)
         eager = fast(x16).float()
         graph = torch.cuda.CUDAGraph()
         static_x = x16.clone()
