@@ -4,6 +4,10 @@
 #                                                      # defaults against MAIN_AB (default: SDPA, no norm kernels)
 #   OUT=results bash benchmarks/gpu_round2.sh ab       # attention kernels, then only the batch-16 A/Bs (fewer compiles)
 #   OUT=results bash benchmarks/gpu_round2.sh checks   # GPU tests, fp8 image-level quality, batch-2/16 profiles
+#   OUT=results BATCH=16 bash benchmarks/gpu_round2.sh levers  # one batch: the defaults against LEVERS_AB (default:
+#                                                      # fuse_qkv and merge_time_projections off), diffusers at its
+#                                                      # best and stock, the VAE and the pictures of that batch
+#   OUT=results bash benchmarks/gpu_round2.sh tests    # GPU tests, then where the time of a batch-16 call goes
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
 #                                                      # this machine, at FA4_SITE), against attention_kernel="fa3"
@@ -73,6 +77,27 @@ checks)
     log "profile batch $b rc=$?"
   done
   ;;
+levers)
+  B=${BATCH:-16}
+  nvidia-smi -L | tee -a "$OUT/steps.log"
+  log "batch $B: the defaults against ${LEVERS_AB:=fuse_qkv=False,merge_time_projections=False}, diffusers at its best"
+  timeout "$(limit "${BENCH_LIMIT:-560}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_b$B.md" \
+    --batches "$B" --plain-batches "$B" --stock-batches "$B" --ab "$LEVERS_AB" --ab-batches "$B" --no-ab-plain \
+    --budget-s "${BENCH_BUDGET:-480}" >"$OUT/gpu_sampling_b$B.log" 2>&1
+  log "benchmark rc=$?"
+  ;;
+tests)
+  source scripts/plain_checkout_plugins.sh
+  log "GPU tests of the fast path"
+  timeout "$(limit "${TEST_LIMIT:-330}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
+    >"$OUT/gpu_tests.log" 2>&1
+  log "tests rc=$?"
+  for b in ${PROFILE_BATCHES:-16}; do
+    timeout "$(limit "${PROFILE_LIMIT:-120}")" "$PY" benchmarks/gpu_unet_profile.py --batch "$b" --out-dir "$OUT/prof$b" \
+      --variants default --libraries ldmkit-fast --no-attention >"$OUT/prof$b.log" 2>&1
+    log "profile batch $b rc=$?"
+  done
+  ;;
 fa4)
   [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
   log "guided step: the defaults (FlashAttention-4) against attention_kernel='fa3' and diffusers at its best"
@@ -82,7 +107,7 @@ fa4)
   log "benchmark rc=$?"
   ;;
 *)
-  echo "unknown part $PART (main, ab, checks or fa4)" >&2
+  echo "unknown part $PART (main, ab, checks, levers, tests or fa4)" >&2
   exit 2
   ;;
 esac

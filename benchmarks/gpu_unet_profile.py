@@ -278,9 +278,16 @@ def main(argv: list[str] | None = None) -> int:
             from ldmkit.fast import FastConfig
             from ldmkit.fast.modules import FastDenoiser
 
-            config = FastConfig(precision="bf16", channels_last=True, compile=False, cuda_graphs=False)
+            # compile=True resolves what the fast path's compiled module holds (this script compiles it itself)
+            config = FastConfig(precision="bf16", channels_last=True, compile=True, cuda_graphs=False)
             settings = config.resolve(device)
             log.info("ldmkit-fast: %s", settings)
+            if settings.merge_time_projections:  # the pass the fast path compiles with (the other modules
+                import torch._inductor.config as inductor_config  # here have nothing to merge)
+
+                from ldmkit.fast.merge_pass import MergeIdenticalOps
+
+                inductor_config.post_grad_custom_pre_pass = MergeIdenticalOps()
             models[lib] = (FastDenoiser(unet16, settings).module, lambda m: m(x16, t, cond16))
         elif lib.startswith("ldmkit"):
             models[lib] = (unet16, lambda m: m(x16, t, cond16))
