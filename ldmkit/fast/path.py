@@ -32,8 +32,9 @@ class FastPath:
     The pipeline's own components are not changed (except for an in-place channels_last layout
     when their dtype is already the requested one), so encoding, conditioning, training and saving
     work as before. Built for the pipeline's current device; :meth:`Pipeline.to` rebuilds it.
-    With a reduced precision it computes with a copy of the weights made when it was built: after
-    changing weights, call :meth:`Pipeline.optimize` again.
+    It computes with copies of weights made when it was built (all of them in a reduced precision;
+    the concatenated q/k/v and time projections of ``fuse_qkv`` and ``merge_time_projections`` in
+    any): after changing weights, call :meth:`Pipeline.optimize` again.
     """
 
     def __init__(self, pipeline: Pipeline, config: FastConfig) -> None:
