@@ -65,11 +65,11 @@ class FastConfig:
     ``fuse_qkv`` computes q, k and v of each self-attention (k and v of each cross-attention) by one
     matrix product over weights concatenated when the fast path is built
     (:func:`ldmkit.fast.attention.fused_projection`), so the input is read once; the attention
-    kernel reads them as views. ``None`` turns it on
-    with "fa3" and "fa4" (SDPA wants each of q, k, v contiguous, and was measured slower fused);
-    ``True`` with "sdpa" raises :class:`InputError`. On an H200, with ``merge_time_projections``, a
-    guided SD v1 step took 4.1% less time at batch 2 (6.14 against 6.40 ms) and the same at batch
-    16 (benchmarks/RESULTS.md, run V): the products it saves are small and many.
+    kernel reads them as views. ``None`` turns it on with "fa3" and "fa4" (SDPA wants each of q, k,
+    v contiguous, and was measured slower fused); ``True`` with "sdpa" raises :class:`InputError`.
+    On an H200, with ``merge_time_projections``, a guided SD v1 step took 4.1% less time at batch 2
+    (6.14 against 6.40 ms) and the same at batch 16 (benchmarks/RESULTS.md, run V): the products
+    it saves are small and many.
 
     ``merge_time_projections`` computes the timestep-embedding projections of all of the denoiser's
     residual blocks (their ``emb_layers``) as one matrix product instead of one each
