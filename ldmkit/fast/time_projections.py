@@ -111,31 +111,47 @@ def merge_identical_ops(graph: fx.Graph) -> int:
     """Replace every pure call that repeats an earlier one (same operator and arguments) by that one.
 
     Graphs with in-place operations are left alone (a read before a mutation is not the same
-    value as one after it), and so are the values the graph returns (two outputs stay two
-    tensors). Returns the number of calls removed.
+    value as one after it), and so is every value whose storage the graph returns (two outputs
+    stay two tensors, also when they are views). Returns the number of calls removed.
     """
     nodes = list(graph.nodes)
     if any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable
            for n in nodes):  # fmt: skip
         return 0
-    returned = {a for n in nodes if n.op == "output" for a in n.all_input_nodes}
+    returned = _returned_storages(nodes)
     seen: dict[tuple[Any, ...], fx.Node] = {}
     merged = 0
     for node in nodes:
         if node.op == "get_attr":  # the same constant read twice
             key: tuple[Any, ...] = ("get_attr", node.target)
-        elif node.op != "call_function" or node in returned or not _pure(node.target):
+        elif node.op == "call_function" and node not in returned and _pure(node.target):
+            try:
+                key = (node.target, _hashable(node.args), _hashable(node.kwargs))
+            except TypeError:  # an argument that cannot be hashed: never merged
+                continue
+        else:
             continue
-        try:
-            key = key if node.op == "get_attr" else (node.target, _hashable(node.args), _hashable(node.kwargs))
-            earlier = seen.setdefault(key, node)
-        except TypeError:  # an argument that cannot be hashed: never merged
-            continue
+        earlier = seen.setdefault(key, node)
         if earlier is not node:
             node.replace_all_uses_with(earlier)
             graph.erase_node(node)
             merged += 1
     return merged
+
+
+def _returned_storages(nodes: list[fx.Node]) -> set[fx.Node]:
+    """The nodes the graph returns, and the bases of those that are views (they share storage)."""
+    todo = [a for n in nodes if n.op == "output" for a in n.all_input_nodes]
+    found: set[fx.Node] = set()
+    while todo:
+        node = todo.pop()
+        if node in found:
+            continue
+        found.add(node)
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload) and any(r.alias_info for r in target._schema.returns):
+            todo += [a for a in node.args if isinstance(a, fx.Node)][:1]  # a view's base is its first argument
+    return found
 
 
 def _hashable(value: Any) -> Any:
