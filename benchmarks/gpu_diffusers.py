@@ -2,6 +2,8 @@
 
 Three forms of the same bf16 channels_last ``UNet2DConditionModel``:
 
+Every form runs with cuDNN's convolution autotuner on, as diffusers documents.
+
 - eager (PyTorch's SDPA attention);
 - stock compile: ``torch.compile`` with the inductor options of ldmkit's fast path (a like-for-like row);
 - best: fused q/k/v projections (``fuse_qkv_projections``), channels_last and
@@ -14,6 +16,7 @@ The best form lives in a copy of the module, so fusing does not change the other
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +51,15 @@ def convert(unet: torch.nn.Module, vae: torch.nn.Module) -> tuple[Any, Any, str]
     return d_unet.eval().to(device), d_vae.eval().to(device), diffusers.__version__
 
 
+def autotuned_call(module: Any, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    """One UNet call with cuDNN's convolution autotuner on (diffusers documents
+    ``torch.backends.cudnn.benchmark = True``; ldmkit's fast path turns it on around its own calls)."""
+    from ldmkit.fast.cudnn import autotuned_convolutions
+
+    with autotuned_convolutions(True):
+        return module(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+
+
 class Anchor:
     """diffusers' UNet in its three forms (see the module docstring); each compiles on its first call."""
 
@@ -70,7 +82,7 @@ class Anchor:
         found: dict[str, Callable[[], torch.Tensor]] = {}
         for name, module in ((EAGER, self.eager), (STOCK, self.stock), (BEST, self.best)):
             if module is not None:
-                found[name] = lambda m=module: m(x16, t, encoder_hidden_states=ctx16, return_dict=False)[0]
+                found[name] = functools.partial(autotuned_call, module, x16, t, ctx16)
         return found
 
     def describe(self) -> str:

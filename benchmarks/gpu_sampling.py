@@ -400,6 +400,8 @@ def peers_flops(peers: dict[str, Contender], returns: str) -> int:
 
 
 def bench_vae(vae, d_vae, pipe, run: Run) -> None:
+    from ldmkit.fast.cudnn import autotuned_convolutions
+
     side, _ = side_and_context(run)
     z = torch.randn(1, 4, side, side, device=run.device)
     reps = dict(warmup=2, repeats=max(3, run.args.repeats // 2))
@@ -414,7 +416,9 @@ def bench_vae(vae, d_vae, pipe, run: Run) -> None:
             extra=f"first call (compile) {first:.1f} s")  # fmt: skip
     if d_vae is not None:
         z16 = z.to(torch.bfloat16)
-        run.row("VAE decode, diffusers eager bf16", "1 picture", time_ms(lambda: d_vae.decode(z16), run.device, **reps))
+        with autotuned_convolutions(True):
+            ms = time_ms(lambda: d_vae.decode(z16), run.device, **reps)
+        run.row("VAE decode, diffusers eager bf16", "1 picture", ms)
 
 
 def bench_pictures(pipe, run: Run, n: int, label: str) -> None:
@@ -514,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(args)
     cuda = run.device.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        # cuDNN's autotuner is left to each library: ldmkit's fast path turns it on around its calls
+        # (FastConfig.cudnn_benchmark), the diffusers forms run with it on (gpu_diffusers.autotuned_call)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         run.notes.append(f"device: {torch.cuda.get_device_name(run.device)}, torch {torch.__version__}")

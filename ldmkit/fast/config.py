@@ -76,6 +76,19 @@ class FastConfig:
     (:mod:`ldmkit.fast.time_projections`; the compiler merges them, so it needs ``compile``).
     ``None`` turns it on wherever the fast path compiles.
 
+    ``approximate_gelu`` gates the GEGLU kernel's output by the tanh form of GELU (PyTorch's
+    ``gelu(approximate="tanh")``, one tanh instruction of the GPU) instead of the exact erf form the
+    models were trained with: the two differ by at most about 5e-4 at any input, below half a bf16
+    step of the values they multiply. It needs ``geglu_kernel`` (``InputError`` otherwise).
+    ``None`` leaves it off.
+
+    ``cudnn_benchmark`` lets cuDNN time its convolution algorithms for each new shape and keep the
+    fastest (``torch.backends.cudnn.benchmark``), only around the fast path's own calls: the global
+    flag is restored after each. A captured CUDA graph keeps the algorithms chosen while it was
+    captured. ``None`` turns it on for CUDA devices; it stays off wherever deterministic algorithms
+    are asked for (``torch.backends.cudnn.deterministic`` or
+    ``torch.use_deterministic_algorithms``), whatever the setting.
+
     ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
     feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
     row (:mod:`ldmkit.fast.fp8`); GPUs of compute capability 8.9 and later (Ada, Hopper) multiply
@@ -100,6 +113,8 @@ class FastConfig:
     attention_kernel: str | None = None
     fuse_qkv: bool | None = None
     merge_time_projections: bool | None = None
+    approximate_gelu: bool | None = None
+    cudnn_benchmark: bool | None = None
     fp8_linear: bool = False
     tile_size: int | None = None
     tile_overlap: int = 8
@@ -116,6 +131,8 @@ class FastConfig:
             "norm_kernels",
             "fuse_qkv",
             "merge_time_projections",
+            "approximate_gelu",
+            "cudnn_benchmark",
         ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -156,6 +173,7 @@ class FastConfig:
             graphs = False
         dtype = DTYPES[precision]
         attention_kernel = self._attention_kernel(device, dtype)
+        geglu_kernel = self._geglu_kernel(device, dtype)
         return Resolved(
             dtype=dtype,
             channels_last=cuda if self.channels_last is None else self.channels_last,
@@ -163,10 +181,12 @@ class FastConfig:
             compile_mode=self.compile_mode,
             cuda_graphs=graphs,
             norm_kernels=self._norm_kernels(device, dtype),
-            geglu_kernel=self._geglu_kernel(device, dtype),
+            geglu_kernel=geglu_kernel,
             attention_kernel=attention_kernel,
             fuse_qkv=self._fuse_qkv(attention_kernel),
             merge_time_projections=self._merge_time_projections(compile_),
+            approximate_gelu=self._approximate_gelu(geglu_kernel),
+            cudnn_benchmark=cuda if self.cudnn_benchmark is None else self.cudnn_benchmark,
             fp8_linear=self._fp8_linear(device, precision),
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
@@ -212,6 +232,14 @@ class FastConfig:
                 "uncompiled, each block would compute all of them)"
             )
         return compile_ if self.merge_time_projections is None else self.merge_time_projections
+
+    def _approximate_gelu(self, geglu_kernel: bool) -> bool:
+        if self.approximate_gelu and not geglu_kernel:
+            raise InputError(
+                "approximate_gelu=True needs the GEGLU kernel (geglu_kernel: a Hopper GPU with Triton, "
+                "precision bf16 or fp16); it is off here"
+            )
+        return bool(self.approximate_gelu)
 
     def _geglu_kernel(self, device: torch.device, dtype: torch.dtype) -> bool:
         from ldmkit.fast.support import hopper_with_triton
@@ -274,6 +302,8 @@ class Resolved:
     attention_kernel: str
     fuse_qkv: bool
     merge_time_projections: bool
+    approximate_gelu: bool
+    cudnn_benchmark: bool
     fp8_linear: bool
     tile_size: int | None
     tile_overlap: int

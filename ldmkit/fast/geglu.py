@@ -7,6 +7,8 @@ gate] = proj(x).chunk(2, -1)`` and the exact (erf) GELU.
 
 from __future__ import annotations
 
+import functools
+
 from torch import Tensor, nn
 
 from ldmkit.fast import geglu_kernels as kernels
@@ -23,8 +25,9 @@ class KernelGEGLU(nn.Module):
     weight_i: Tensor  # buffers
     bias_i: Tensor
 
-    def __init__(self, source: nn.Module) -> None:
+    def __init__(self, source: nn.Module, approximate: bool = False) -> None:
         super().__init__()
+        self.approximate = approximate  # the tanh form of GELU (``FastConfig.approximate_gelu``)
         proj = source.proj
         if not isinstance(proj, nn.Linear) or proj.bias is None or proj.out_features % 2:
             raise ValueError(f"{type(source).__name__}.proj must be an nn.Linear with a bias and an even output width")
@@ -36,18 +39,21 @@ class KernelGEGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x (..., K) -> (..., N)."""
         if self.supported and kernels.kernel_applies(x, self.weight_i):
-            return kernels.geglu_interleaved(x, self.weight_i, self.bias_i)
-        return kernels.geglu_interleaved_reference(x, self.weight_i, self.bias_i)
+            return kernels.geglu_interleaved(x, self.weight_i, self.bias_i, self.approximate)
+        return kernels.geglu_interleaved_reference(x, self.weight_i, self.bias_i, self.approximate)
 
     def extra_repr(self) -> str:
         n2, k = self.weight_i.shape
-        return f"{k} -> {n2 // 2}, fused kernel: {self.supported}"
+        gelu = ", GELU in its tanh form" if self.approximate else ""
+        return f"{k} -> {n2 // 2}, fused kernel: {self.supported}{gelu}"
 
 
-def with_kernel_geglu(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose ``computes_geglu`` modules are :class:`KernelGEGLU`.
+def with_kernel_geglu(module: nn.Module, approximate: bool = False) -> nn.Module:
+    """A copy of ``module`` whose ``computes_geglu`` modules are :class:`KernelGEGLU` (``approximate``:
+    gated by the tanh form of GELU).
 
     Other parameters are shared with ``module``, not copied; each GEGLU's projection is held once
     more, interleaved (for the SD v1 UNet about 200 MB in bf16).
     """
-    return swap_modules(module, lambda m: getattr(m, "computes_geglu", False), KernelGEGLU)
+    swap = functools.partial(KernelGEGLU, approximate=approximate)
+    return swap_modules(module, lambda m: getattr(m, "computes_geglu", False), swap)

@@ -60,11 +60,12 @@ def interleave_geglu_weight(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tenso
     return weight_i.contiguous(), bias_i.contiguous()
 
 
-def geglu_interleaved_reference(x: Tensor, weight_i: Tensor, bias_i: Tensor) -> Tensor:
-    """What the kernel computes, in torch operations: GEGLU of x (..., K) with interleaved weights."""
+def geglu_interleaved_reference(x: Tensor, weight_i: Tensor, bias_i: Tensor, approximate: bool = False) -> Tensor:
+    """What the kernel computes, in torch operations: GEGLU of x (..., K) with interleaved weights
+    (the tanh form of GELU with ``approximate``)."""
     pairs = torch.nn.functional.linear(x, weight_i, bias_i).unflatten(-1, (-1, 2))  # (..., N, 2)
     value, gate = pairs.unbind(-1)  # (..., N) each
-    return value * torch.nn.functional.gelu(gate)
+    return value * torch.nn.functional.gelu(gate, approximate="tanh" if approximate else "none")
 
 
 def _kernel():  # noqa: ANN202 - the jitted function has no useful static type
@@ -74,10 +75,16 @@ def _kernel():  # noqa: ANN202 - the jitted function has no useful static type
 
 
 def launch_geglu(
-    x: Tensor, weight_i: Tensor, bias_i: Tensor, tile: GegluTile = TILE, programs: int | None = None
+    x: Tensor,
+    weight_i: Tensor,
+    bias_i: Tensor,
+    tile: GegluTile = TILE,
+    programs: int | None = None,
+    approximate: bool = False,
 ) -> Tensor:
     """GEGLU of ``x`` (..., K) with a weight (2N, K) and bias (2N,) from :func:`interleave_geglu_weight`.
 
+    ``approximate`` gates by the tanh form of GELU, computed on the GPU by its tanh instruction.
     ``programs`` overrides the persistent grid (``tile.per_sm`` programs per SM on a GPU; tests in
     Triton's interpreter pass a few so that each program loops over several tiles). TMA needs rows
     of whole 16-byte units: K and N must be multiples of 8; M, N and K need be no multiple of the tile.
@@ -112,6 +119,8 @@ def launch_geglu(
         BLOCK_K=tile.block_k,
         GROUP_M=tile.group_m,
         NUM_PROGRAMS=programs,
+        APPROXIMATE=approximate,
+        HARDWARE_TANH=x.is_cuda,  # Triton's interpreter (tests on the CPU) runs no PTX
         num_stages=tile.stages,
         num_warps=tile.warps,
         **({"maxnreg": tile.maxnreg} if tile.maxnreg else {}),
@@ -120,13 +129,14 @@ def launch_geglu(
 
 
 @torch.library.custom_op("ldmkit::geglu_interleaved", mutates_args=())
-def geglu_interleaved(x: Tensor, weight_i: Tensor, bias_i: Tensor) -> Tensor:
-    """GEGLU of ``x`` (..., K) with interleaved weights by the TMA kernel (float32 accumulation and gate)."""
-    return launch_geglu(x, weight_i, bias_i)
+def geglu_interleaved(x: Tensor, weight_i: Tensor, bias_i: Tensor, approximate: bool = False) -> Tensor:
+    """GEGLU of ``x`` (..., K) with interleaved weights by the TMA kernel (float32 accumulation and gate;
+    the tanh form of GELU with ``approximate``)."""
+    return launch_geglu(x, weight_i, bias_i, approximate=approximate)
 
 
 @geglu_interleaved.register_fake
-def _(x: Tensor, weight_i: Tensor, bias_i: Tensor) -> Tensor:
+def _(x: Tensor, weight_i: Tensor, bias_i: Tensor, approximate: bool = False) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight_i.shape[0] // 2))
 
 

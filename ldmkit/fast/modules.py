@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ldmkit.conditioning import Conditioning
 from ldmkit.fast.attention import with_flash_attention
 from ldmkit.fast.config import Resolved
+from ldmkit.fast.cudnn import autotuned_convolutions
 from ldmkit.fast.fp8 import Fp8Linear, with_fp8_linears
 from ldmkit.fast.geglu import with_kernel_geglu
 from ldmkit.fast.graphs import GraphCache
@@ -93,7 +94,7 @@ class FastDenoiser:
         # copies that swap submodules only: the module is still the denoiser's class
         self.module = cast(Denoiser, prepare_module(denoiser, settings, norms="kernels"))
         if settings.geglu_kernel:
-            self.module = cast(Denoiser, with_kernel_geglu(self.module))
+            self.module = cast(Denoiser, with_kernel_geglu(self.module, settings.approximate_gelu))
         if settings.attention_kernel in ("fa3", "fa4"):
             flash = with_flash_attention(self.module, settings.attention_kernel, settings.fuse_qkv)
             self.module = cast(Denoiser, flash)
@@ -169,10 +170,11 @@ class FastDenoiser:
                 cached = prepared[x.device] = (conditioning, cast)
             crossattn, concat, vector = cached[1]
             alphas = self._device_alphas(alphas_cumprod, x.device)
-            if self.graphs is not None and x.is_cuda:
-                run = functools.partial(self.step, alphas=alphas, scale=scale)
-                return self.graphs((scale, self.prediction), run, x, t, crossattn, concat, vector)
-            return self.step(x, t, crossattn, concat, vector, alphas, scale)
+            with autotuned_convolutions(self.settings.cudnn_benchmark and x.is_cuda):
+                if self.graphs is not None and x.is_cuda:
+                    run = functools.partial(self.step, alphas=alphas, scale=scale)
+                    return self.graphs((scale, self.prediction), run, x, t, crossattn, concat, vector)
+                return self.step(x, t, crossattn, concat, vector, alphas, scale)
 
         return denoise
 
@@ -197,9 +199,10 @@ class FastDecoder:
         """Latents (B, C, h, w) -> images (B, 3, h*f, w*f) in the latents' dtype."""
         z = latents.to(self.settings.dtype).contiguous(memory_format=self.settings.memory_format)
         tile = self.settings.tile_size
-        if tile is not None and max(z.shape[-2:]) > tile:
-            overlap = self.settings.tile_overlap
-            images = tiled_decode(self._decode, z, tile=tile, overlap=overlap, pad=overlap)
-        else:
-            images = self._decode(z)  # (B, 3, H, W)
+        with autotuned_convolutions(self.settings.cudnn_benchmark and z.is_cuda):
+            if tile is not None and max(z.shape[-2:]) > tile:
+                overlap = self.settings.tile_overlap
+                images = tiled_decode(self._decode, z, tile=tile, overlap=overlap, pad=overlap)
+            else:
+                images = self._decode(z)  # (B, 3, H, W)
         return images.to(latents.dtype).contiguous()

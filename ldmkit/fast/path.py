@@ -95,6 +95,8 @@ class FastPath:
             "attention_kernel": s.attention_kernel,
             "fuse_qkv": s.fuse_qkv,
             "merge_time_projections": s.merge_time_projections,
+            "approximate_gelu": s.approximate_gelu,
+            "cudnn_benchmark": s.cudnn_benchmark,
             "fp8_linear": s.fp8_linear,
             "graphs_captured": graphs.captures if graphs is not None else 0,
             "graph_failures": graphs.failures if graphs is not None else 0,

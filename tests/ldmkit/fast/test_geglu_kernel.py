@@ -33,9 +33,16 @@ from ldmkit_unet.transformer import GEGLU, BasicTransformerBlock
 HOPPER = torch.cuda.is_available() and hopper_with_triton(torch.device("cuda"))
 
 
-def _float64_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _float64_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: str = "none") -> torch.Tensor:
     value, gate = nn.functional.linear(x.double(), weight.double(), bias.double()).chunk(2, dim=-1)
-    return value * nn.functional.gelu(gate)
+    return value * nn.functional.gelu(gate, approximate=gelu)
+
+
+def _gate_slack(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """What the GPU's tanh instruction may add to the tanh form of GEGLU: its relative error (2^-11 at most,
+    PTX ISA) times 0.5 |gate| |value|, with a margin."""
+    value, gate = nn.functional.linear(x.double(), weight.double(), bias.double()).chunk(2, dim=-1)
+    return 4e-4 * (value * gate).abs()
 
 
 def test_interleaved_weights_alternate_value_and_gate_rows() -> None:
@@ -64,6 +71,34 @@ def test_swapped_transformer_block_computes_the_same_and_shares_the_rest() -> No
     x, ctx = torch.randn(2, 10, 64), torch.randn(2, 7, 32)
     with torch.no_grad():
         torch.testing.assert_close(swapped(x, ctx), block(x, ctx), rtol=1e-5, atol=1e-5)
+
+
+def test_approximate_gelu_swap_gates_by_the_tanh_form() -> None:
+    torch.manual_seed(0)
+    block = BasicTransformerBlock(64, 4, 16, context_dim=32).eval()
+    exact, tanh = with_kernel_geglu(block).ff.net[0], with_kernel_geglu(block, approximate=True).ff.net[0]
+    assert tanh.approximate and not exact.approximate and "tanh form" in repr(tanh)
+    geglu = block.ff.net[0]
+    x = torch.randn(2, 10, 64, dtype=torch.float64)
+    geglu64 = copy.deepcopy(geglu).double()
+    tanh64 = copy.deepcopy(tanh).double()
+    with torch.no_grad():
+        expected = _float64_geglu(x, geglu.proj.weight, geglu.proj.bias, "tanh")
+        torch.testing.assert_close(tanh64(x), expected)
+        # the tanh form differs from the exact one by at most 4.7e-4 of the value it multiplies
+        gap = (tanh64(x) - geglu64(x)).abs()
+        value = nn.functional.linear(x, geglu64.proj.weight, geglu64.proj.bias).chunk(2, -1)[0].abs()
+        assert gap.max() > 0 and bool((gap <= 4.8e-4 * value + 1e-12).all())
+
+
+def test_approximate_gelu_setting_needs_the_kernel() -> None:
+    cpu = torch.device("cpu")
+    assert FastConfig().resolve(cpu).approximate_gelu is False
+    assert FastConfig(approximate_gelu=False).resolve(cpu).approximate_gelu is False
+    with pytest.raises(InputError, match="approximate_gelu=True needs the GEGLU kernel"):
+        FastConfig(approximate_gelu=True).resolve(cpu)
+    with pytest.raises(InputError, match="approximate_gelu must be True, False or None"):
+        FastConfig(approximate_gelu="tanh")  # type: ignore[arg-type]
 
 
 def test_only_modules_that_declare_geglu_are_swapped() -> None:
@@ -109,7 +144,7 @@ INTERPRETER_CASES = [(GegluTile(32, 32, 32, 2, 2, 4), 3), (GegluTile(64, 64, 32,
 INTERPRETER_SHAPES = [(100, 80, 48), (62, 40, 96)]
 
 
-def _check_kernel(device: str, dtype: torch.dtype, cases: list, shapes: list) -> None:
+def _check_kernel(device: str, dtype: torch.dtype, cases: list, shapes: list, approximate: bool = False) -> None:
     from ldmkit.fast.geglu_kernels import launch_geglu
 
     torch.manual_seed(0)
@@ -117,14 +152,15 @@ def _check_kernel(device: str, dtype: torch.dtype, cases: list, shapes: list) ->
         x = torch.randn(2, m // 2, k).to(device, dtype)
         weight = (torch.randn(2 * n, k) / k**0.5).to(device, dtype)
         bias = torch.randn(2 * n).to(device, dtype)
-        expected = _float64_geglu(x, weight, bias)
+        expected = _float64_geglu(x, weight, bias, "tanh" if approximate else "none")
+        slack = _gate_slack(x, weight, bias) if approximate and device == "cuda" else 0.0
         weight_i, bias_i = interleave_geglu_weight(weight, bias)
         for tile, programs in cases:
-            y = launch_geglu(x, weight_i, bias_i, tile, programs=programs)
+            y = launch_geglu(x, weight_i, bias_i, tile, programs=programs, approximate=approximate)
             assert y.shape == (2, m // 2, n) and y.dtype == dtype
             # the same rounded inputs and a float32 accumulator: the output's rounding dominates
-            err = (y.double() - expected).abs() - torch.finfo(dtype).eps * expected.abs()
-            assert err.max().item() <= 1e-3, (m, k, n, tile, err.max().item())
+            err = (y.double() - expected).abs() - torch.finfo(dtype).eps * expected.abs() - slack
+            assert err.max().item() <= 1e-3, (m, k, n, tile, approximate, err.max().item())
 
 
 @pytest.mark.skipif(not triton_available(), reason="needs Triton (its interpreter runs the kernel on the CPU)")
@@ -136,6 +172,7 @@ def test_kernel_in_the_triton_interpreter_matches_float64() -> None:
         import torch
         import test_geglu_kernel as t
         t._check_kernel("cpu", torch.float16, t.INTERPRETER_CASES, t.INTERPRETER_SHAPES)
+        t._check_kernel("cpu", torch.float16, t.INTERPRETER_CASES[:1], t.INTERPRETER_SHAPES, approximate=True)
         """
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
@@ -144,7 +181,8 @@ def test_kernel_in_the_triton_interpreter_matches_float64() -> None:
 
 
 @pytest.mark.skipif(not triton_available(), reason="needs Triton (it compiles for a GPU it need not have)")
-def test_kernel_compiles_for_hopper_without_a_gpu() -> None:
+@pytest.mark.parametrize("approximate", [False, True])
+def test_kernel_compiles_for_hopper_without_a_gpu(approximate: bool) -> None:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -154,6 +192,8 @@ def test_kernel_compiles_for_hopper_without_a_gpu() -> None:
     t = TILE
     constants = {"BLOCK_M": t.block_m, "BLOCK_N": t.block_n, "BLOCK_K": t.block_k, "GROUP_M": t.group_m}
     constants["NUM_PROGRAMS"] = 132  # an H100 SXM
+    constants["APPROXIMATE"] = approximate
+    constants["HARDWARE_TANH"] = True
     signature = {
         "x_desc": f"tensordesc<bf16[{t.block_m}, {t.block_k}]>",
         "w_desc": f"tensordesc<bf16[{t.block_n}, {t.block_k}]>",
@@ -169,6 +209,8 @@ def test_kernel_compiles_for_hopper_without_a_gpu() -> None:
     # the Hopper paths, not a fallback: TMA bulk copies in and out, and warpgroup MMA
     assert compiled.asm["cubin"] and "cp.async.bulk.tensor" in ptx and "wgmma.mma_async" in ptx
     assert compiled.metadata.shared <= 227 * 1024  # what Hopper allows one program
+    # the tanh form runs on the tanh instruction, the exact form keeps erf (no tanh at all)
+    assert ("tanh.approx.f32" in ptx) is approximate
 
 
 @pytest.mark.gpu
@@ -176,6 +218,8 @@ def test_kernel_compiles_for_hopper_without_a_gpu() -> None:
 def test_gpu_kernel_matches_float64() -> None:
     cases = [(TILE, None), (GegluTile(128, 128, 64, 8, 3, 4, per_sm=2), None), (TILE, 7)]
     _check_kernel("cuda", torch.bfloat16, cases, [(1000, 320, 1280), (256, 72, 200)])
+    # the tanh form on the GPU's tanh instruction, against the same form in float64
+    _check_kernel("cuda", torch.bfloat16, cases[:1], [(1000, 320, 1280), (256, 72, 200)], approximate=True)
 
 
 @pytest.mark.gpu
