@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--library-tile", action="store_true", help="only the library's tile (exact and tanh GELU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         candidates = {"compiled GEGLU module (cuBLAS + fused gate)": functools.partial(compiled, x)}
         with torch.no_grad():
             weight_i, bias_i = interleave_geglu_weight(module16.proj.weight, module16.proj.bias)
-        for tile in tiles():
+        for tile in [TILE] if args.library_tile else tiles():
             candidates[f"fused kernel {label(tile)}"] = functools.partial(launch_geglu, x, weight_i, bias_i, tile)
         # the library's tile gated by the tanh form of GELU (FastConfig.approximate_gelu); the error is
         # still against the exact float32 module, so it includes the approximation's

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             config = FastConfig(precision="bf16", channels_last=True, compile=True, cuda_graphs=False)
             settings = config.resolve(device)
             log.info("ldmkit-fast: %s", settings)
-            if settings.merge_time_projections:  # the pass the fast path compiles with (the other modules
+            if settings.merge_time_projections or settings.merge_context_projections:  # the fast path's pass (others
                 import torch._inductor.config as inductor_config  # here have nothing to merge)
 
                 from ldmkit.fast.merge_pass import MergeIdenticalOps

@@ -212,7 +212,8 @@ class FlashAttention(nn.Module):
                 raise ValueError(f"{type(source).__name__} declares computes_attention but has no {name} module")
         self.to_q, self.to_k, self.to_v, self.to_out = source.to_q, source.to_k, source.to_v, source.to_out
         self.to_qkv = fused_projection(self.to_q, self.to_k, self.to_v) if fuse_qkv else None
-        self.to_kv = fused_projection(self.to_k, self.to_v) if fuse_qkv else None
+        # a column slice of a product shared across modules after with_shared_context_projections
+        self.to_kv: nn.Module | None = fused_projection(self.to_k, self.to_v) if fuse_qkv else None
         self.heads: int = int(source.heads)
         self.scale: float = float(source.scale)
 

@@ -76,6 +76,11 @@ class FastConfig:
     (:mod:`ldmkit.fast.time_projections`; the compiler merges them, so it needs ``compile``).
     ``None`` turns it on wherever the fast path compiles.
 
+    ``merge_context_projections`` computes the keys and values of all cross-attentions (their
+    ``fuse_qkv`` products of the conditioning) as one matrix product
+    (:mod:`ldmkit.fast.context_projections`; the compiler merges them, so it needs ``compile``, and it
+    needs ``fuse_qkv``). ``None`` turns it on where both are.
+
     ``approximate_gelu`` gates the GEGLU kernel's output by the tanh form of GELU (PyTorch's
     ``gelu(approximate="tanh")``, one tanh instruction of the GPU) instead of the exact erf form the
     models were trained with: the two differ by at most about 5e-4 at any input, below half a bf16
@@ -113,6 +118,7 @@ class FastConfig:
     attention_kernel: str | None = None
     fuse_qkv: bool | None = None
     merge_time_projections: bool | None = None
+    merge_context_projections: bool | None = None
     approximate_gelu: bool | None = None
     cudnn_benchmark: bool | None = None
     fp8_linear: bool = False
@@ -131,6 +137,7 @@ class FastConfig:
             "norm_kernels",
             "fuse_qkv",
             "merge_time_projections",
+            "merge_context_projections",
             "approximate_gelu",
             "cudnn_benchmark",
         ):
@@ -174,6 +181,7 @@ class FastConfig:
         dtype = DTYPES[precision]
         attention_kernel = self._attention_kernel(device, dtype)
         geglu_kernel = self._geglu_kernel(device, dtype)
+        fuse_qkv = self._fuse_qkv(attention_kernel)
         return Resolved(
             dtype=dtype,
             channels_last=cuda if self.channels_last is None else self.channels_last,
@@ -183,8 +191,9 @@ class FastConfig:
             norm_kernels=self._norm_kernels(device, dtype),
             geglu_kernel=geglu_kernel,
             attention_kernel=attention_kernel,
-            fuse_qkv=self._fuse_qkv(attention_kernel),
+            fuse_qkv=fuse_qkv,
             merge_time_projections=self._merge_time_projections(compile_),
+            merge_context_projections=self._merge_context_projections(compile_, fuse_qkv),
             approximate_gelu=self._approximate_gelu(geglu_kernel),
             cudnn_benchmark=cuda if self.cudnn_benchmark is None else self.cudnn_benchmark,
             fp8_linear=self._fp8_linear(device, precision),
@@ -232,6 +241,17 @@ class FastConfig:
                 "uncompiled, each block would compute all of them)"
             )
         return compile_ if self.merge_time_projections is None else self.merge_time_projections
+
+    def _merge_context_projections(self, compile_: bool, fuse_qkv: bool) -> bool:
+        if self.merge_context_projections is None:
+            return compile_ and fuse_qkv
+        if self.merge_context_projections and not (compile_ and fuse_qkv):
+            raise InputError(
+                "merge_context_projections=True needs compile=True and fuse_qkv (it stacks the fused k/v "
+                "products, which the compiler merges); here "
+                f"compile={compile_}, fuse_qkv={fuse_qkv}"
+            )
+        return self.merge_context_projections
 
     def _approximate_gelu(self, geglu_kernel: bool) -> bool:
         if self.approximate_gelu and not geglu_kernel:
@@ -302,6 +322,7 @@ class Resolved:
     attention_kernel: str
     fuse_qkv: bool
     merge_time_projections: bool
+    merge_context_projections: bool
     approximate_gelu: bool
     cudnn_benchmark: bool
     fp8_linear: bool

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ldmkit.conditioning import Conditioning
 from ldmkit.fast.attention import with_flash_attention
 from ldmkit.fast.config import Resolved
+from ldmkit.fast.context_projections import with_shared_context_projections
 from ldmkit.fast.cudnn import autotuned_convolutions
 from ldmkit.fast.fp8 import Fp8Linear, with_fp8_linears
 from ldmkit.fast.geglu import with_kernel_geglu
@@ -100,13 +101,15 @@ class FastDenoiser:
             self.module = cast(Denoiser, flash)
         if settings.merge_time_projections:
             self.module = cast(Denoiser, with_shared_time_projections(self.module))
+        if settings.merge_context_projections:
+            self.module = cast(Denoiser, with_shared_context_projections(self.module))
         if settings.fp8_linear:  # after the GEGLU swap: GEGLUs on the kernel keep it
             self.module = cast(Denoiser, with_fp8_linears(self.module))
             swapped = sum(isinstance(m, Fp8Linear) for m in self.module.modules())
             linears = swapped + sum(isinstance(m, nn.Linear) for m in self.module.modules())
             log.info("fp8_linear: %d of the denoiser's %d linear layers compute in fp8", swapped, linears)
         self.prediction = denoiser.prediction
-        merge = settings.merge_time_projections
+        merge = settings.merge_time_projections or settings.merge_context_projections
         self._net = maybe_compile(self._forward, settings, merge_identical=merge)
         self._net_guided = maybe_compile(self._forward_guided, settings, merge_identical=merge)
         self.graphs = GraphCache(settings.max_graphs) if settings.cuda_graphs else None

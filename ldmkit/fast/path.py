@@ -33,8 +33,8 @@ class FastPath:
     when their dtype is already the requested one), so encoding, conditioning, training and saving
     work as before. Built for the pipeline's current device; :meth:`Pipeline.to` rebuilds it.
     It computes with copies of weights made when it was built (all of them in a reduced precision;
-    the concatenated q/k/v and time projections of ``fuse_qkv`` and ``merge_time_projections`` in
-    any): after changing weights, call :meth:`Pipeline.optimize` again.
+    the concatenated q/k/v, time and context projections of ``fuse_qkv``, ``merge_time_projections``
+    and ``merge_context_projections`` in any): after changing weights, call :meth:`Pipeline.optimize` again.
     """
 
     def __init__(self, pipeline: Pipeline, config: FastConfig) -> None:
@@ -95,6 +95,7 @@ class FastPath:
             "attention_kernel": s.attention_kernel,
             "fuse_qkv": s.fuse_qkv,
             "merge_time_projections": s.merge_time_projections,
+            "merge_context_projections": s.merge_context_projections,
             "approximate_gelu": s.approximate_gelu,
             "cudnn_benchmark": s.cudnn_benchmark,
             "fp8_linear": s.fp8_linear,

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ldmkit.fast.shared_products import ColumnSlice, StackedLinear, share_products
 from ldmkit.fast.support import structural_copy
 
 __all__ = ["SharedTimeProjection", "TimeProjectionSlice", "merge_identical_ops", "with_shared_time_projections"]
@@ -30,34 +31,15 @@ __all__ = ["SharedTimeProjection", "TimeProjectionSlice", "merge_identical_ops",
 log = logging.getLogger(__name__)
 
 
-class SharedTimeProjection(nn.Module):
+class SharedTimeProjection(StackedLinear):
     """``Linear(SiLU(emb))`` with the stacked weights of several blocks' projections (frozen copies)."""
 
-    def __init__(self, layers: list[nn.Linear]) -> None:
-        super().__init__()
-        with torch.no_grad():
-            weights: list[Tensor] = [lyr.weight for lyr in layers]
-            biases: list[Tensor] = [lyr.bias for lyr in layers if lyr.bias is not None]
-            self.weight = nn.Parameter(torch.cat(weights), requires_grad=False)  # (sum out, in)
-            self.bias = nn.Parameter(torch.cat(biases), requires_grad=False) if biases else None
-
     def forward(self, emb: Tensor) -> Tensor:
-        return F.linear(F.silu(emb), self.weight, self.bias)  # (B, sum out)
+        return super().forward(F.silu(emb))  # (B, sum out)
 
 
-class TimeProjectionSlice(nn.Module):
+class TimeProjectionSlice(ColumnSlice):
     """One block's ``emb_layers``: its columns of a :class:`SharedTimeProjection` of the block's input."""
-
-    def __init__(self, shared: SharedTimeProjection, start: int, stop: int) -> None:
-        super().__init__()
-        self.shared = shared
-        self.start, self.stop = start, stop
-
-    def forward(self, emb: Tensor) -> Tensor:
-        return self.shared(emb)[:, self.start : self.stop]  # (B, out)
-
-    def extra_repr(self) -> str:
-        return f"columns {self.start}:{self.stop} of the shared projection"
 
 
 def _time_projection(module: nn.Module) -> nn.Linear | None:
@@ -76,23 +58,14 @@ def with_shared_time_projections(module: nn.Module) -> nn.Module:
     projection; a group of one is left alone.
     """
     module = structural_copy(module)
-    groups: dict[tuple[Any, ...], list[nn.Module]] = {}
-    for block in module.modules():
-        linear = _time_projection(block)
-        if linear is not None:
-            key = (linear.in_features, linear.weight.dtype, linear.weight.device, linear.bias is None)
-            groups.setdefault(key, []).append(block)
-    for blocks in groups.values():
-        if len(blocks) < 2:
-            continue
-        linears = [_time_projection(b) for b in blocks]
-        shared = SharedTimeProjection(linears)  # type: ignore[arg-type]  # None excluded above
-        start = 0
-        for block, linear in zip(blocks, linears, strict=True):
-            stop = start + linear.out_features  # type: ignore[union-attr]
-            block.emb_layers = TimeProjectionSlice(shared, start, stop)
-            start = stop
-        log.debug("%d time-embedding projections share one product of %d columns", len(blocks), start)
+    blocks = [block for block in module.modules() if _time_projection(block) is not None]
+    share_products(
+        blocks,
+        layer_of=_time_projection,  # type: ignore[arg-type]  # None excluded above
+        install=lambda block, piece: setattr(block, "emb_layers", piece),
+        stacked=SharedTimeProjection,
+        slice_type=TimeProjectionSlice,
+    )
     return module
 
 
