@@ -7,7 +7,7 @@
 #   OUT=results BATCH=16 bash benchmarks/gpu_round2.sh levers  # one batch: the defaults against LEVERS_AB (default:
 #                                                      # fuse_qkv and merge_time_projections off), diffusers at its
 #                                                      # best and stock, the VAE and the pictures of that batch;
-#                                                      # LEVERS_AB2: a second A/B; GEGLU=1: the GEGLU kernel first
+#                                                      # several A/Bs separated by ';'; GEGLU=1: the GEGLU kernel first
 #   OUT=results bash benchmarks/gpu_round2.sh tests    # GPU tests, then where the time of a batch-16 call goes
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
@@ -87,9 +87,11 @@ levers)
     log "geglu rc=$?"
   fi
   log "batch $B: the defaults against ${LEVERS_AB:=fuse_qkv=False,merge_time_projections=False}, diffusers at its best"
+  AB_ARGS=()
+  IFS=';' read -ra ABS <<<"$LEVERS_AB"  # several A/Bs, in the order given, separated by ';'
+  for ab in "${ABS[@]}"; do AB_ARGS+=(--ab "$ab"); done
   timeout "$(limit "${BENCH_LIMIT:-560}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_b$B.md" \
-    --batches "$B" --plain-batches "$B" --stock-batches "$B" --ab "$LEVERS_AB" ${LEVERS_AB2:+--ab "$LEVERS_AB2"} \
-    --ab-batches "$B" --no-ab-plain \
+    --batches "$B" --plain-batches "$B" --stock-batches "$B" "${AB_ARGS[@]}" --ab-batches "$B" --no-ab-plain \
     --budget-s "${BENCH_BUDGET:-480}" >"$OUT/gpu_sampling_b$B.log" 2>&1
   log "benchmark rc=$?"
   ;;
