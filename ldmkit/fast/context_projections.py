@@ -39,5 +39,11 @@ def with_shared_context_projections(module: nn.Module) -> nn.Module:
     """
     module = structural_copy(module)
     owners = [m for m in module.modules() if _cross_attention(m)]
-    share_products(owners, layer_of=lambda m: m.to_kv, install=lambda m, piece: setattr(m, "to_kv", piece))
+    share_products(owners, layer_of=_kv_product, install=lambda m, piece: setattr(m, "to_kv", piece))
     return module
+
+
+def _kv_product(module: nn.Module) -> nn.Linear:
+    layer = module.to_kv
+    assert isinstance(layer, nn.Linear)  # what _cross_attention checked
+    return layer
