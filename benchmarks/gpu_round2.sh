@@ -9,6 +9,8 @@
 #                                                      # best and stock, the VAE and the pictures of that batch;
 #                                                      # several A/Bs separated by ';'; GEGLU=1: the GEGLU kernel first
 #   OUT=results bash benchmarks/gpu_round2.sh tests    # GPU tests, then where the time of a batch-16 call goes
+#   OUT=results bash benchmarks/gpu_round2.sh quick    # GPU tests of the GEGLU kernel and the precision line, then
+#                                                      # the GEGLU kernel alone with exact and tanh GELU
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
 #                                                      # this machine, at FA4_SITE), against attention_kernel="fa3"
@@ -107,6 +109,17 @@ tests)
     log "profile batch $b rc=$?"
   done
   ;;
+quick)
+  source scripts/plain_checkout_plugins.sh
+  log "GPU tests: the GEGLU kernel (exact and tanh GELU), the precision line of each setting"
+  timeout "$(limit "${TEST_LIMIT:-240}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs \
+    tests/ldmkit/fast/test_geglu_kernel.py tests/ldmkit/fast/test_fast_path.py -k "kernel or precision_line" \
+    >"$OUT/gpu_tests_quick.log" 2>&1
+  log "tests rc=$?"
+  log "GEGLU kernel, exact and tanh GELU"
+  timeout "$(limit 90)" "$PY" benchmarks/gpu_geglu.py --library-tile --out "$OUT/geglu.md" >"$OUT/geglu.log" 2>&1
+  log "geglu rc=$?"
+  ;;
 fa4)
   [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
   log "guided step: the defaults (FlashAttention-4) against attention_kernel='fa3' and diffusers at its best"
@@ -116,7 +129,7 @@ fa4)
   log "benchmark rc=$?"
   ;;
 *)
-  echo "unknown part $PART (main, ab, checks, levers, tests or fa4)" >&2
+  echo "unknown part $PART (main, ab, checks, levers, tests, quick or fa4)" >&2
   exit 2
   ;;
 esac
