@@ -1,10 +1,11 @@
 """The GEGLU projection at the SD v1 UNet's shapes: compiled linear + gate against the fast path's fused kernel.
 
-One run on one Hopper GPU, bf16, 16 rows of latents (8 guided pictures). For each transformer level
+One run on one Hopper GPU, bf16, 16 rows of latents (8 guided pictures; ``--batches`` for others). For each level
 it times, as CUDA graphs (host overhead does not count): the UNet's GEGLU module compiled by
 inductor (cuBLAS for the projection, a fused kernel for ``value * gelu(gate)``), and the persistent
 TMA kernel of :mod:`ldmkit.fast.geglu_kernels` (one product of the row-interleaved weight per tile)
-under each tile in ``TILES``, and the library's tile with the tanh form of GELU. The weight is
+under each tile in ``TILES`` (``--library-tile``: TILE and SMALL_TILE), and the tile the library
+chooses for the shape with the tanh form of GELU. The weight is
 interleaved once, outside the timed calls. A tile that fails (shared memory, registers) is logged
 and skipped. Errors are relative (Frobenius) to the float32 module (exact GELU).
 
@@ -23,8 +24,14 @@ from _common import ensure_importable, graphed_us, markdown_table, rel_err
 
 log = logging.getLogger("gpu_geglu")
 
-# (label, rows of tokens, width in, width out): SD v1 at 64x64 latents, 16 UNet rows
-SHAPES = [("64x64", 16 * 4096, 320, 1280), ("32x32", 16 * 1024, 640, 2560), ("16x16", 16 * 256, 1280, 5120)]
+# (label, tokens per UNet row, width in, width out): SD v1's transformer levels at 64x64 latents
+LEVELS = [("64x64", 4096, 320, 1280), ("32x32", 1024, 640, 2560), ("16x16", 256, 1280, 5120), ("8x8", 64, 1280, 5120)]
+
+
+def shapes(batches: list[int]) -> list[tuple[str, int, int, int, int]]:
+    """(label, UNet rows, M, K, N) of every level at each batch (8x8, the middle block's, only below 16 rows)."""
+    return [(f"{level} b{b}", b, b * tokens, k, n) for b in batches for level, tokens, k, n in LEVELS
+            if level != "8x8" or b < 16]  # fmt: skip
 
 
 def tiles() -> list:
@@ -57,20 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--library-tile", action="store_true", help="only the library's tile (exact and tanh GELU)")
+    parser.add_argument("--library-tile", action="store_true",
+                        help="only the library's tiles (TILE, SMALL_TILE; exact and tanh GELU)")  # fmt: skip
+    parser.add_argument("--batches", default="16", help="UNet rows, comma-separated (e.g. 16,2)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
-    from ldmkit.fast.geglu_kernels import TILE, interleave_geglu_weight, launch_geglu
+    from ldmkit.fast.geglu_kernels import SMALL_TILE, TILE, choose_tile, interleave_geglu_weight, launch_geglu
     from ldmkit_unet.transformer import GEGLU
 
     device = torch.device("cuda")
     header = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, bf16"
     rows = []
-    for level, m, k, n in SHAPES:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    for level, batch, m, k, n in shapes([int(b) for b in args.batches.split(",")]):
         torch.manual_seed(0)
         module = GEGLU(k, n).to(device)
-        x32 = torch.randn(16, m // 16, k, device=device)
+        x32 = torch.randn(batch, m // batch, k, device=device)
         with torch.no_grad():
             expected = module(x32)
         module16 = GEGLU(k, n).to(device, torch.bfloat16)
@@ -81,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         candidates = {"compiled GEGLU module (cuBLAS + fused gate)": functools.partial(compiled, x)}
         with torch.no_grad():
             weight_i, bias_i = interleave_geglu_weight(module16.proj.weight, module16.proj.bias)
-        for tile in [TILE] if args.library_tile else tiles():
-            candidates[f"fused kernel {label(tile)}"] = functools.partial(launch_geglu, x, weight_i, bias_i, tile)
-        # the library's tile gated by the tanh form of GELU (FastConfig.approximate_gelu); the error is
+        chosen = choose_tile(m, 2 * n, sms)
+        for tile in [TILE, SMALL_TILE] if args.library_tile else tiles():
+            mark = " (chosen)" if tile == chosen else ""
+            candidates[f"fused kernel {label(tile)}{mark}"] = functools.partial(launch_geglu, x, weight_i, bias_i, tile)
+        # the chosen tile gated by the tanh form of GELU (FastConfig.approximate_gelu); the error is
         # still against the exact float32 module, so it includes the approximation's
-        tanh_gelu = functools.partial(launch_geglu, x, weight_i, bias_i, TILE, approximate=True)
-        candidates[f"fused kernel {label(TILE)}, tanh GELU"] = tanh_gelu
+        tanh_gelu = functools.partial(launch_geglu, x, weight_i, bias_i, chosen, approximate=True)
+        candidates[f"fused kernel {label(chosen)} (chosen), tanh GELU"] = tanh_gelu
         for name, fn in candidates.items():
             try:
                 with torch.no_grad():

@@ -117,7 +117,8 @@ quick)
     >"$OUT/gpu_tests_quick.log" 2>&1
   log "tests rc=$?"
   log "GEGLU kernel, exact and tanh GELU"
-  timeout "$(limit 90)" "$PY" benchmarks/gpu_geglu.py --library-tile --out "$OUT/geglu.md" >"$OUT/geglu.log" 2>&1
+  timeout "$(limit 120)" "$PY" benchmarks/gpu_geglu.py --library-tile --batches 16,2 --out "$OUT/geglu.md" \
+    >"$OUT/geglu.log" 2>&1
   log "geglu rc=$?"
   ;;
 fa4)

@@ -43,6 +43,25 @@ class GegluTile(NamedTuple):
 # Within 2% of the fastest of seven tiles at each SD v1 level on an H200 (benchmarks/RESULTS.md);
 # 177 KiB of shared memory, which Hopper's 227 KiB per program allows.
 TILE = GegluTile(128, 256, 64, 8, 3, 8)
+# Half the columns, two programs per SM: within 3% of TILE at batch 16 (run K), and twice the tiles,
+# for products too small to give every SM a TILE (SD v1's 8x8 and 16x16 levels at batch 2).
+SMALL_TILE = GegluTile(128, 128, 64, 8, 3, 4, per_sm=2)
+# The share of the last wave that TILE's tiles must fill for it to be kept.
+MIN_WAVE_FILL = 0.75
+
+
+def tile_count(m: int, two_n: int, tile: GegluTile) -> int:
+    """How many output tiles an (M, 2N) product has under ``tile``."""
+    return -(-m // tile.block_m) * -(-two_n // tile.block_n)
+
+
+def choose_tile(m: int, two_n: int, sms: int) -> GegluTile:
+    """TILE, unless its tiles leave much of the GPU idle in their last wave (few of them for ``sms``
+    multiprocessors): then SMALL_TILE, whose tiles are twice as many."""
+    tiles = tile_count(m, two_n, TILE)
+    waves = tiles / sms
+    fill = waves / -(-tiles // sms)  # 1.0: every wave full
+    return TILE if fill >= MIN_WAVE_FILL else SMALL_TILE
 
 
 def interleave_geglu_weight(weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,13 +97,14 @@ def launch_geglu(
     x: Tensor,
     weight_i: Tensor,
     bias_i: Tensor,
-    tile: GegluTile = TILE,
+    tile: GegluTile | None = None,
     programs: int | None = None,
     approximate: bool = False,
 ) -> Tensor:
     """GEGLU of ``x`` (..., K) with a weight (2N, K) and bias (2N,) from :func:`interleave_geglu_weight`.
 
-    ``approximate`` gates by the tanh form of GELU, computed on the GPU by its tanh instruction.
+    ``tile`` defaults to :func:`choose_tile`'s for this product and GPU. ``approximate`` gates by
+    the tanh form of GELU, computed on the GPU by its tanh instruction.
     ``programs`` overrides the persistent grid (``tile.per_sm`` programs per SM on a GPU; tests in
     Triton's interpreter pass a few so that each program loops over several tiles). TMA needs rows
     of whole 16-byte units: K and N must be multiples of 8; M, N and K need be no multiple of the tile.
@@ -97,15 +117,15 @@ def launch_geglu(
     n = two_n // 2
     if k % 8 or n % 8 or weight_i.shape != (two_n, k) or bias_i.shape != (two_n,):
         raise ValueError(f"x {tuple(x.shape)}, weight {tuple(weight_i.shape)}: K and N must be multiples of 8")
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
+    tile = tile or choose_tile(m, two_n, sms)
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)  # (M, N)
     x_desc = TensorDescriptor.from_tensor(rows, [tile.block_m, tile.block_k])
     w_desc = TensorDescriptor.from_tensor(weight_i, [tile.block_n, tile.block_k])
     y_desc = TensorDescriptor.from_tensor(y, [tile.block_m, tile.block_n // 2])
     if programs is None:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
         programs = tile.per_sm * sms
-    tiles = -(-m // tile.block_m) * -(-two_n // tile.block_n)
-    programs = max(1, min(programs, tiles))
+    programs = max(1, min(programs, tile_count(m, two_n, tile)))
     _kernel()[(programs,)](
         x_desc,
         w_desc,

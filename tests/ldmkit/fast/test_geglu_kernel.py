@@ -117,6 +117,19 @@ def test_only_modules_that_declare_geglu_are_swapped() -> None:
         KernelGEGLU(broken)
 
 
+def test_small_products_take_the_small_tile() -> None:
+    from ldmkit.fast.geglu_kernels import SMALL_TILE, choose_tile, tile_count
+
+    sms = 132  # an H100 SXM / H200
+    # SD v1 at batch 16: every level fills its waves with the large tile
+    for m, two_n in [(65536, 2560), (16384, 5120), (4096, 10240), (1024, 10240)]:
+        assert choose_tile(m, two_n, sms) == TILE
+    # batch 2: 16x16 (160 tiles, 1.2 waves) and 8x8 (40 tiles) leave SMs idle; 64x64 and 32x32 do not
+    assert choose_tile(8192, 2560, sms) == TILE and choose_tile(2048, 5120, sms) == TILE
+    assert choose_tile(512, 10240, sms) == SMALL_TILE and choose_tile(128, 10240, sms) == SMALL_TILE
+    assert tile_count(128, 10240, SMALL_TILE) == 2 * tile_count(128, 10240, TILE)
+
+
 def test_geglu_kernel_setting_follows_the_device() -> None:
     cpu = torch.device("cpu")
     assert not FastConfig().resolve(cpu).geglu_kernel
