@@ -81,7 +81,6 @@ def test_compiled_denoiser_computes_the_shared_context_product_once(monkeypatch)
         return merged
 
     monkeypatch.setattr(tp, "merge_identical_ops", counting)
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # the pass runs only on a real compile
     unet = _unet()
     base = FastConfig(precision="fp32", compile=True, merge_time_projections=False).resolve(torch.device("cpu"))
     # the flash modules compute by SDPA on the CPU: what matters here is the products around them
@@ -90,7 +89,11 @@ def test_compiled_denoiser_computes_the_shared_context_product_once(monkeypatch)
     cross = sum(isinstance(m, FlashAttention) and isinstance(m.to_kv, ColumnSlice) for m in fast.module.modules())
     assert cross > 1
     x, t, cond = _inputs()
-    with torch.no_grad():
+    # the pass runs only on a real compile, not on a cache hit; the config's own patch restores it (pytest's
+    # monkeypatch deletes attributes that are not in a module's __dict__ when it undoes, since pytest 9.2)
+    import torch._inductor.config as inductor_config
+
+    with torch.no_grad(), inductor_config.patch(fx_graph_cache=False):
         out = fast._net(x, t, cond.crossattn, None, None)
         ref = unet(x, t, cond)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)

@@ -147,12 +147,15 @@ def test_compiled_denoiser_computes_the_shared_projection_once(monkeypatch):
         return merged
 
     monkeypatch.setattr(tp, "merge_identical_ops", counting)
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # the pass runs only on a real compile
     unet = _unet()
     blocks = sum(isinstance(m, ResBlock) for m in unet.modules())
     fast = FastDenoiser(unet, Config(precision="fp32", compile=True).resolve(torch.device("cpu")))
     x, t, cond = _inputs()
-    with torch.no_grad():
+    # the pass runs only on a real compile, not on a cache hit; the config's own patch restores it (pytest's
+    # monkeypatch deletes attributes that are not in a module's __dict__ when it undoes, since pytest 9.2)
+    import torch._inductor.config as inductor_config
+
+    with torch.no_grad(), inductor_config.patch(fx_graph_cache=False):
         out = fast._net(x, t, cond.crossattn, None, None)
         ref = unet(x, t, cond)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
