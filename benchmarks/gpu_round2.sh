@@ -33,6 +33,13 @@ fi
 # compiled kernels kept beside the checkout: a second part on the same machine reuses them
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.inductor-cache}
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
+# SM clock, power and temperature every half second while a part runs (does a long batch-16 run hold its clocks?)
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -lms 500 >"$OUT/clocks-$PART.csv" 2>/dev/null &
+  CLOCKS_PID=$!
+  trap 'kill $CLOCKS_PID 2>/dev/null' EXIT
+fi
 END=$(($(date +%s) + ${STEPS_S:-100000}))
 # the smaller of a step's own limit and the seconds left before END (at least 1)
 limit() { local left=$((END - $(date +%s))); ((left < $1)) && echo $((left > 1 ? left : 1)) || echo "$1"; }
@@ -65,7 +72,7 @@ checks)
   # more files than come back from a device run: everything but the step log goes into one archive at the end
   RES="$OUT/checks"
   mkdir -p "$RES"
-  trap 'tar -C "$OUT" -cf "$OUT/checks.tar" checks && rm -rf "$RES"' EXIT
+  trap 'kill ${CLOCKS_PID:-} 2>/dev/null; tar -C "$OUT" -cf "$OUT/checks.tar" checks && rm -rf "$RES"' EXIT
   log "GPU tests of the fast path"
   timeout "$(limit "${TEST_LIMIT:-300}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/ldmkit/fast -rs \
     >"$RES/gpu_tests.log" 2>&1
