@@ -35,7 +35,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.inductor-cache}
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/steps.log"; }
 # SM clock, power and temperature every half second while a part runs (does a long batch-16 run hold its clocks?)
 if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,clocks_throttle_reasons.active \
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu \
     --format=csv -lms 500 >"$OUT/clocks-$PART.csv" 2>/dev/null &
   CLOCKS_PID=$!
   trap 'kill $CLOCKS_PID 2>/dev/null' EXIT
