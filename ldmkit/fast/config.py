@@ -79,7 +79,7 @@ class FastConfig:
     ``merge_context_projections`` computes the keys and values of all cross-attentions (their
     ``fuse_qkv`` products of the conditioning) as one matrix product
     (:mod:`ldmkit.fast.context_projections`; the compiler merges them, so it needs ``compile``, and it
-    needs ``fuse_qkv``). ``None`` turns it on where both are.
+    needs ``fuse_qkv``). ``None`` leaves it off: its effect on a GPU step is not measured yet.
 
     ``approximate_gelu`` gates the GEGLU kernel's output by the tanh form of GELU (PyTorch's
     ``gelu(approximate="tanh")``, one tanh instruction of the GPU) instead of the exact erf form the
@@ -243,15 +243,13 @@ class FastConfig:
         return compile_ if self.merge_time_projections is None else self.merge_time_projections
 
     def _merge_context_projections(self, compile_: bool, fuse_qkv: bool) -> bool:
-        if self.merge_context_projections is None:
-            return compile_ and fuse_qkv
         if self.merge_context_projections and not (compile_ and fuse_qkv):
             raise InputError(
                 "merge_context_projections=True needs compile=True and fuse_qkv (it stacks the fused k/v "
                 "products, which the compiler merges); here "
                 f"compile={compile_}, fuse_qkv={fuse_qkv}"
             )
-        return self.merge_context_projections
+        return bool(self.merge_context_projections)
 
     def _approximate_gelu(self, geglu_kernel: bool) -> bool:
         if self.approximate_gelu and not geglu_kernel:

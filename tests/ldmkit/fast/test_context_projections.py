@@ -53,7 +53,8 @@ def test_modules_without_fused_products_are_left_alone():
 
 def test_merge_context_setting_needs_compile_and_fused_products():
     cpu = torch.device("cpu")
-    assert FastConfig().resolve(cpu).merge_context_projections is False  # no compile, no flash kernels here
+    assert FastConfig().resolve(cpu).merge_context_projections is False
+    assert FastConfig(compile=True).resolve(cpu).merge_context_projections is False  # opt-in
     with pytest.raises(InputError, match="merge_context_projections=True needs compile=True and fuse_qkv"):
         FastConfig(merge_context_projections=True).resolve(cpu)
     with pytest.raises(InputError, match="fuse_qkv=False"):
