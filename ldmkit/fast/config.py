@@ -85,7 +85,7 @@ class FastConfig:
     ``gelu(approximate="tanh")``, one tanh instruction of the GPU) instead of the exact erf form the
     models were trained with: the two differ by at most about 5e-4 at any input, below half a bf16
     step of the values they multiply. It needs ``geglu_kernel`` (``InputError`` otherwise).
-    ``None`` leaves it off.
+    ``None`` leaves it off: its effect on a GPU step is not measured yet.
 
     ``cudnn_benchmark`` lets cuDNN time its convolution algorithms for each new shape and keep the
     fastest (``torch.backends.cudnn.benchmark``), only around the fast path's own calls: the global
