@@ -29,8 +29,10 @@ from ldmkit.fast.geglu_kernels import (
 )
 from ldmkit.fast.support import hopper_with_triton, triton_available
 from ldmkit_unet.transformer import GEGLU, BasicTransformerBlock
+from tests.ldmkit.fast.triton_interpreter import interpreter_unusable_reason
 
 HOPPER = torch.cuda.is_available() and hopper_with_triton(torch.device("cuda"))
+INTERPRETER_REASON = interpreter_unusable_reason()
 
 
 def _float64_geglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: str = "none") -> torch.Tensor:
@@ -176,7 +178,7 @@ def _check_kernel(device: str, dtype: torch.dtype, cases: list, shapes: list, ap
             assert err.max().item() <= 1e-3, (m, k, n, tile, approximate, err.max().item())
 
 
-@pytest.mark.skipif(not triton_available(), reason="needs Triton (its interpreter runs the kernel on the CPU)")
+@pytest.mark.skipif(INTERPRETER_REASON is not None, reason=INTERPRETER_REASON or "")
 def test_kernel_in_the_triton_interpreter_matches_float64() -> None:
     # float16, not bfloat16: Triton 3.6's interpreter multiplies bfloat16 dot operands as their raw
     # bits (the kernel code is the same for both; the GPU test below runs bfloat16)

@@ -22,8 +22,10 @@ from ldmkit.fast.group_norm_kernels import group_norm_nhwc_reference
 from ldmkit.fast.norms import KernelGroupNorm, with_kernel_group_norms
 from ldmkit.fast.support import triton_available
 from ldmkit_unet.resblocks import ResBlock
+from tests.ldmkit.fast.triton_interpreter import interpreter_unusable_reason
 
 CUDA = torch.cuda.is_available()
+INTERPRETER_REASON = interpreter_unusable_reason()
 
 
 def _float64_group_norm(x: torch.Tensor, norm: nn.GroupNorm, silu: bool) -> torch.Tensor:
@@ -161,7 +163,7 @@ def _check_kernels(device: str) -> None:
             assert err <= 2 * ref_err + rounding, (batch, channels, height, width, dtype, err, ref_err)
 
 
-@pytest.mark.skipif(not triton_available(), reason="needs Triton (its interpreter runs the kernels on the CPU)")
+@pytest.mark.skipif(INTERPRETER_REASON is not None, reason=INTERPRETER_REASON or "")
 def test_kernels_in_the_triton_interpreter_match_float64() -> None:
     code = textwrap.dedent(
         """
