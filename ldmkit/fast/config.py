@@ -92,7 +92,8 @@ class FastConfig:
     flag is restored after each. A captured CUDA graph keeps the algorithms chosen while it was
     captured. ``None`` turns it on for CUDA devices; it stays off wherever deterministic algorithms
     are asked for (``torch.backends.cudnn.deterministic`` or
-    ``torch.use_deterministic_algorithms``), whatever the setting.
+    ``torch.use_deterministic_algorithms``), whatever the setting. The GPU timings of
+    benchmarks/RESULTS.md up to run V were taken with the flag on for the whole process.
 
     ``fp8_linear`` (off unless asked) runs the denoiser's linear layers (attention projections,
     feed-forward) as float8 (e4m3) matrix products, weights scaled per output channel and inputs per
