@@ -11,7 +11,7 @@ from ldmkit.fast import FastConfig
 from ldmkit.fast.attention import FlashAttention, with_flash_attention
 from ldmkit.fast.context_projections import with_shared_context_projections
 from ldmkit.fast.shared_products import ColumnSlice, StackedLinear
-from tests.ldmkit.fast.test_time_projections import C_COMPILER, MATMULS, _count, _inputs, _unet
+from tests.ldmkit.fast.test_time_projections import C_COMPILER, _inputs, _unet, compiled_matmul_merges
 
 
 def _flash_unet() -> tuple[nn.Module, nn.Module]:
@@ -69,35 +69,12 @@ def test_compiled_denoiser_computes_the_shared_context_product_once(monkeypatch)
     """Through the fast path's compile: the pass leaves one product of the context for all cross-attentions."""
     import dataclasses
 
-    from ldmkit.fast import time_projections as tp
-    from ldmkit.fast.modules import FastDenoiser
-
-    seen: list[tuple[int, int]] = []
-    merge = tp.merge_identical_ops
-
-    def counting(graph):
-        before = _count(graph, MATMULS)
-        merged = merge(graph)
-        seen.append((before, _count(graph, MATMULS)))
-        return merged
-
-    monkeypatch.setattr(tp, "merge_identical_ops", counting)
     unet = _unet()
     base = FastConfig(precision="fp32", compile=True, merge_time_projections=False).resolve(torch.device("cpu"))
     # the flash modules compute by SDPA on the CPU: what matters here is the products around them
     settings = dataclasses.replace(base, attention_kernel="fa4", fuse_qkv=True, merge_context_projections=True)
-    fast = FastDenoiser(unet, settings)
-    cross = sum(isinstance(m, FlashAttention) and isinstance(m.to_kv, ColumnSlice) for m in fast.module.modules())
+    swapped = with_shared_context_projections(with_flash_attention(unet, "fa4", fuse_qkv=True))
+    cross = sum(isinstance(m, FlashAttention) and isinstance(m.to_kv, ColumnSlice) for m in swapped.modules())
     assert cross > 1
-    x, t, cond = _inputs()
-    # the pass runs only on a real compile, not on a cache hit; the config's own patch restores it (pytest's
-    # monkeypatch deletes attributes that are not in a module's __dict__ when it undoes, since pytest 9.2)
-    import torch._inductor.config as inductor_config
-
-    with torch.no_grad(), inductor_config.patch(fx_graph_cache=False):
-        out = fast._net(x, t, cond.crossattn, None, None)
-        ref = unet(x, t, cond)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-    assert seen, "the pass did not run"
-    before, after = seen[-1]
+    before, after = compiled_matmul_merges(monkeypatch, unet, settings)
     assert before - after >= cross - 1  # the cross-attentions' k/v products became one

@@ -130,11 +130,9 @@ def test_merge_setting_needs_compile_and_follows_it():
         FastConfig(merge_time_projections=1)  # type: ignore[arg-type]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not C_COMPILER, reason="torch.compile on a CPU needs a C compiler")
-def test_compiled_denoiser_computes_the_shared_projection_once(monkeypatch):
-    """Through the fast path's compile: the pass sees one product per block and leaves one in all."""
-    from ldmkit.fast.config import FastConfig as Config
+def compiled_matmul_merges(monkeypatch, unet: torch.nn.Module, settings) -> tuple[int, int]:
+    """Matmuls before and after the merge pass in the last graph the fast path compiled for ``unet`` with
+    ``settings``, whose output is checked against the module's own."""
     from ldmkit.fast.modules import FastDenoiser
 
     seen: list[tuple[int, int]] = []
@@ -147,9 +145,7 @@ def test_compiled_denoiser_computes_the_shared_projection_once(monkeypatch):
         return merged
 
     monkeypatch.setattr(tp, "merge_identical_ops", counting)
-    unet = _unet()
-    blocks = sum(isinstance(m, ResBlock) for m in unet.modules())
-    fast = FastDenoiser(unet, Config(precision="fp32", compile=True).resolve(torch.device("cpu")))
+    fast = FastDenoiser(unet, settings)
     x, t, cond = _inputs()
     # the pass runs only on a real compile, not on a cache hit; the config's own patch restores it (pytest's
     # monkeypatch deletes attributes that are not in a module's __dict__ when it undoes, since pytest 9.2)
@@ -160,5 +156,15 @@ def test_compiled_denoiser_computes_the_shared_projection_once(monkeypatch):
         ref = unet(x, t, cond)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert seen, "the pass did not run"
-    before, after = seen[-1]
+    return seen[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not C_COMPILER, reason="torch.compile on a CPU needs a C compiler")
+def test_compiled_denoiser_computes_the_shared_projection_once(monkeypatch):
+    """Through the fast path's compile: the pass sees one product per block and leaves one in all."""
+    unet = _unet()
+    blocks = sum(isinstance(m, ResBlock) for m in unet.modules())
+    settings = FastConfig(precision="fp32", compile=True).resolve(torch.device("cpu"))
+    before, after = compiled_matmul_merges(monkeypatch, unet, settings)
     assert before - after >= blocks - 1  # the blocks' products became one
