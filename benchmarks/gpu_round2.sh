@@ -93,7 +93,8 @@ levers)
   nvidia-smi -L | tee -a "$OUT/steps.log"
   if [ -n "${GEGLU:-}" ]; then  # the GEGLU kernel alone first: exact against tanh GELU at each level
     log "GEGLU kernel, exact and tanh GELU"
-    timeout "$(limit 90)" "$PY" benchmarks/gpu_geglu.py --library-tile --out "$OUT/geglu.md" >"$OUT/geglu.log" 2>&1
+    timeout "$(limit 100)" "$PY" benchmarks/gpu_geglu.py --library-tile --batches 16,2 --out "$OUT/geglu.md" \
+      >"$OUT/geglu.log" 2>&1
     log "geglu rc=$?"
   fi
   log "batch $B: the defaults against ${LEVERS_AB:=approximate_gelu=True;merge_context_projections=True;cudnn_benchmark=False}, diffusers at its best"
