@@ -44,8 +44,9 @@ class GegluTile(NamedTuple):
 # 177 KiB of shared memory, which Hopper's 227 KiB per program allows.
 TILE = GegluTile(128, 256, 64, 8, 3, 8)
 # Half the columns, two programs per SM: within 3% of TILE at batch 16 (run K), and twice the tiles,
-# for products too small to give every SM a TILE (SD v1's 8x8 and 16x16 levels at batch 2). Chosen
-# there by the wave count; benchmarks/gpu_geglu.py --batches 16,2 times both at those shapes.
+# for products too small to give every SM a TILE (SD v1's 8x8 and 16x16 levels at batch 2), where
+# it took 13.3 against 18.0 us and 29.7 against 33.8 on an H100; TILE was faster at every other SD
+# v1 shape (benchmarks/RESULTS.md, run W).
 SMALL_TILE = GegluTile(128, 128, 64, 8, 3, 4, per_sm=2)
 # The share of the last wave that TILE's tiles must fill for it to be kept.
 MIN_WAVE_FILL = 0.75

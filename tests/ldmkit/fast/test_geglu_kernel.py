@@ -97,6 +97,9 @@ def test_approximate_gelu_setting_needs_the_kernel() -> None:
     cpu = torch.device("cpu")
     assert FastConfig().resolve(cpu).approximate_gelu is False
     assert FastConfig(approximate_gelu=False).resolve(cpu).approximate_gelu is False
+    # None follows the kernel: on wherever it runs (a Hopper GPU), which the CPU cannot show through resolve()
+    assert FastConfig()._approximate_gelu(geglu_kernel=True) is True
+    assert FastConfig(approximate_gelu=False)._approximate_gelu(geglu_kernel=True) is False
     with pytest.raises(InputError, match="approximate_gelu=True needs the GEGLU kernel"):
         FastConfig(approximate_gelu=True).resolve(cpu)
     with pytest.raises(InputError, match="approximate_gelu must be True, False or None"):
@@ -146,7 +149,8 @@ def test_geglu_kernel_setting_follows_the_device() -> None:
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU with Triton")
 def test_geglu_kernel_is_on_by_default_on_hopper_in_bf16_only() -> None:
     cuda = torch.device("cuda")
-    assert FastConfig().resolve(cuda).geglu_kernel
+    assert FastConfig().resolve(cuda).geglu_kernel and FastConfig().resolve(cuda).approximate_gelu
+    assert not FastConfig(approximate_gelu=False).resolve(cuda).approximate_gelu
     assert not FastConfig(precision="fp32").resolve(cuda).geglu_kernel
     with pytest.raises(InputError, match="bf16 or fp16"):
         FastConfig(precision="fp32", geglu_kernel=True).resolve(cuda)
