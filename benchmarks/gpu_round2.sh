@@ -102,6 +102,7 @@ levers)
   IFS=';' read -ra ABS <<<"$LEVERS_AB"  # several A/Bs, in the order given, separated by ';'
   for ab in "${ABS[@]}"; do AB_ARGS+=(--ab "$ab"); done
   timeout "$(limit "${BENCH_LIMIT:-560}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_b$B.md" \
+    --timeline-batches "$B" \
     --batches "$B" --plain-batches "$B" --stock-batches "$B" "${AB_ARGS[@]}" --ab-batches "$B" --no-ab-plain \
     --budget-s "${BENCH_BUDGET:-480}" >"$OUT/gpu_sampling_b$B.log" 2>&1
   log "benchmark rc=$?"

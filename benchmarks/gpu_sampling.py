@@ -394,6 +394,26 @@ def bench_ab(unet, pipe, run: Run, batch: int, settings: dict[str, Any], peers: 
     record_precision(run, batch, ready, precision_base(peers))
 
 
+def bench_timeline(run: Run, batch: int, contenders: dict[str, Contender]) -> None:
+    """The guided step and diffusers' best call at ``batch``, profiled as timed: every ms on the time line."""
+    from step_timeline import profile_calls
+
+    if run.device.type != "cuda":
+        run.notes.append(f"time line at batch {batch} skipped: it needs a CUDA device")
+        return
+    parts = []
+    for name in ("ldmkit fast path, guided step", BEST):
+        if name not in contenders:
+            run.notes.append(f"time line of {name!r} at batch {batch} skipped: not timed in this run")
+            continue
+        timeline = profile_calls(contenders[name].fn, run.device)
+        parts += [f"## {name}, batch {batch}", "", timeline.table(), ""]
+        log.info("time line %s batch %d:\n%s", name, batch, timeline.table())
+    target = run.args.out.with_name(f"{run.args.out.stem}-timeline-b{batch}.md")
+    target.write_text("\n".join([f"# Every ms of a call at batch {batch}, on the device's time line", "", *parts]))
+    run.notes.append(f"time line at batch {batch}: {target.name}")
+
+
 def peers_flops(peers: dict[str, Contender], returns: str) -> int:
     """FLOPs of a peer that returns the same kind of result (the settings change no FLOP count)."""
     return next((c.flops for c in peers.values() if c.returns == returns), 0)
@@ -505,6 +525,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ab-batches", type=batch_list, default=[16])
     parser.add_argument("--no-ab-plain", dest="ab_plain", action="store_false",
                         help="A/B: skip the plain call (its UNet output error; one more compile)")  # fmt: skip
+    parser.add_argument("--timeline-batches", type=batch_list, default=[],
+                        help="batches whose guided step (and diffusers' best call) is profiled on the device's "
+                        "time line: kernels by kind plus idle gaps, adding up to the span")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -553,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                              compile_mode=args.compile_mode)  # fmt: skip
     pipe.optimize(**run.fast_settings)
     contenders = {batch: bench_batch(unet, pipe, anchor, run, batch) for batch in args.batches}
+    for batch in args.timeline_batches:
+        bench_timeline(run, batch, contenders.get(batch, {}))
     if anchor is not None and anchor.best is not None:
         from torch._dynamo.utils import counters
 
