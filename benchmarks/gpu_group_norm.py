@@ -6,9 +6,12 @@ path compiled before), the compiled channels_last GroupNorm of the decoder
 (:class:`ldmkit.fast.norms.ChannelsLastGroupNorm`), and the Triton kernels of
 :mod:`ldmkit.fast.group_norm_kernels` under each tile in ``TILES``. Bandwidth counts the bytes the
 operation must move: the input read twice (statistics, then apply) and the output written once.
-Errors are the largest absolute differences from float64.
+Errors are the largest absolute differences from float64. ``--forms`` compares only the kernels'
+three-launch form with their two-launch one (moments combined inside the apply), marking the one
+the kernels choose for each shape.
 
     python benchmarks/gpu_group_norm.py --out group_norm.md
+    python benchmarks/gpu_group_norm.py --forms --out group_norm_forms.md
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ SHAPES = [
     ("decoder 256x256, 256 ch", 1, 256, 256, 256, True),
     ("decoder 512x512, 128 ch", 1, 128, 512, 512, True),
 ]
+# the two forms of the kernels (three launches, or two where the apply combines the moments) at SD v1 UNet
+# shapes followed by a SiLU, batches 16 and 2: (label, batch, channels, height, width)
+FORM_SHAPES = [(f"UNet {s}x{s}, {c} ch", b, c, s, s) for b in (16, 2)
+               for s, c in ((64, 320), (32, 640), (32, 960), (16, 1280), (16, 2560), (8, 1280), (8, 2560))]  # fmt: skip
 # (BLOCK_HW, BLOCK_C, warps)
 TILES = [(64, 64, 4), (32, 64, 4), (128, 64, 8), (64, 128, 8), (128, 32, 4), (256, 32, 8)]
 
@@ -58,10 +65,25 @@ def candidates(x: torch.Tensor, norm: torch.nn.GroupNorm, silu: bool) -> dict[st
     return found
 
 
+def form_candidates(x: torch.Tensor, norm: torch.nn.GroupNorm, silu: bool) -> dict[str, Callable[[], torch.Tensor]]:
+    """The kernels' three-launch form and their two-launch form (``launch_group_norm(fused=...)``)."""
+    from ldmkit.fast.group_norm_kernels import launch_group_norm, two_kernels
+
+    chosen = "two" if two_kernels(x.shape[2] * x.shape[3], x.shape[1], 32) else "three"
+    forms = {}
+    for label, fused in (("three kernels", False), ("two kernels", True)):
+        mark = " (chosen)" if label.startswith(chosen) else ""
+        forms[label + mark] = functools.partial(launch_group_norm, x, norm.weight, norm.bias, 32, norm.eps, silu,
+                                                fused=fused)  # fmt: skip
+    return forms
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--forms", action="store_true",
+                        help="only the kernels' three- and two-launch forms, at UNet shapes")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     ensure_importable()
@@ -70,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     header = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, bf16, channels_last"
     rows = []
-    for label, batch, channels, height, width, silu in SHAPES:
+    shapes = [(*shape, True) for shape in FORM_SHAPES] if args.forms else SHAPES
+    for label, batch, channels, height, width, silu in shapes:
         torch.manual_seed(0)
         norm = GroupNorm32(32, channels).to(device, torch.bfloat16)
         torch.nn.init.normal_(norm.weight)
@@ -80,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = torch.nn.functional.group_norm(x.double(), 32, norm.weight.double(), norm.bias.double(), norm.eps)
         expected = torch.nn.functional.silu(expected) if silu else expected
         gbytes = 3 * x.numel() * x.element_size() / 1e9
-        for name, fn in candidates(x, norm, silu).items():
+        for name, fn in (form_candidates if args.forms else candidates)(x, norm, silu).items():
             with torch.no_grad():
                 err = (fn().double() - expected).abs().max().item()
                 us = graphed_us(fn, args.calls)

@@ -10,7 +10,8 @@
 #                                                      # best and stock, the VAE and the pictures of that batch;
 #                                                      # several A/Bs separated by ';'; GEGLU=1: the GEGLU kernel first
 #   OUT=results bash benchmarks/gpu_round2.sh tests    # GPU tests, then where the time of a batch-16 call goes
-#   OUT=results bash benchmarks/gpu_round2.sh quick    # GPU tests of the GEGLU kernel and the precision line, then
+#   OUT=results bash benchmarks/gpu_round2.sh quick    # GPU tests of the GEGLU and GroupNorm kernels and the
+#                                                      # precision line, the GroupNorm kernels' two forms, then
 #                                                      # the GEGLU kernel alone with exact and tanh GELU
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
@@ -123,9 +124,13 @@ quick)
   source scripts/plain_checkout_plugins.sh
   log "GPU tests: the GEGLU kernel (exact and tanh GELU), the precision line of each setting"
   timeout "$(limit "${TEST_LIMIT:-240}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs \
-    tests/ldmkit/fast/test_geglu_kernel.py tests/ldmkit/fast/test_fast_path.py -k "kernel or precision_line" \
-    >"$OUT/gpu_tests_quick.log" 2>&1
+    tests/ldmkit/fast/test_geglu_kernel.py tests/ldmkit/fast/test_group_norm_kernels.py \
+    tests/ldmkit/fast/test_fast_path.py -k "kernel or precision_line or graphed" >"$OUT/gpu_tests_quick.log" 2>&1
   log "tests rc=$?"
+  log "GroupNorm kernels: three launches against two"
+  timeout "$(limit 90)" "$PY" benchmarks/gpu_group_norm.py --forms --out "$OUT/group_norm_forms.md" \
+    >"$OUT/group_norm_forms.log" 2>&1
+  log "group norm forms rc=$?"
   log "GEGLU kernel, exact and tanh GELU"
   timeout "$(limit 120)" "$PY" benchmarks/gpu_geglu.py --library-tile --batches 16,2 --out "$OUT/geglu.md" \
     >"$OUT/geglu.log" 2>&1

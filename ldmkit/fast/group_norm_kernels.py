@@ -13,6 +13,12 @@ tiles of whole channel blocks (the jitted code is in :mod:`ldmkit.fast.group_nor
 3. ``scale_shift_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)`` when asked), written
    in the input's dtype and layout.
 
+Where the partials are few (H*W up to ``FUSED_MAX_PARTIALS`` row blocks), 2 and 3 are one kernel,
+``group_apply``: each program covers whole groups (a power-of-two channel block, as few lanes idle
+as can be), combines their partials itself and applies them to its tile. That saves a launch and
+its hand-over per norm where the tensors are small and the kernels short (a batch-2 step: 45
+GroupNorms), at the price of every program re-reading its channels' partials.
+
 An optional per-(B, C) ``add`` (a residual block's timestep embedding) is added to x in float32
 inside both passes, so the sum is never rounded to the input's dtype before it is normalised. It
 may be a slice of a wider tensor (its rows any distance apart, its channels adjacent), as the
@@ -35,6 +41,12 @@ from torch import Tensor
 BLOCK_HW = 128
 BLOCK_C = 32
 APPLY_WARPS = 4
+# The two-kernel form's apply tiles hold this many elements (BLOCK_HW x its channel block)
+APPLY_TILE = 4096
+# The two-kernel form where each apply program reads at most this many partial rows per channel
+# (H*W up to 1024: SD v1's 32x32 latents and smaller): beyond, the reads it repeats in every program
+# would approach the tensor's own
+FUSED_MAX_PARTIALS = 8
 
 
 def _next_power_of_2(n: int) -> int:
@@ -45,7 +57,25 @@ def _next_power_of_2(n: int) -> int:
 def _kernels():  # noqa: ANN202 - the jitted functions have no useful static type
     from ldmkit.fast import group_norm_triton as kernels
 
-    return kernels.partial_moments, kernels.group_scale_shift, kernels.scale_shift_apply
+    return kernels.partial_moments, kernels.group_scale_shift, kernels.scale_shift_apply, kernels.group_apply
+
+
+def group_block(channels_per_group: int) -> tuple[int, int] | None:
+    """(groups per program, channel block) of the two-kernel form: whole groups in a power-of-two block of
+    32 to 128 channels, the fewest lanes left idle; None where one group is wider than 128 channels."""
+    best: tuple[float, int, int] | None = None
+    for block_c in (32, 64, 128):
+        groups = block_c // channels_per_group
+        if groups:
+            idle = 1 - groups * channels_per_group / block_c
+            if best is None or idle < best[0] - 1e-9:
+                best = (idle, groups, block_c)
+    return None if best is None else (best[1], best[2])
+
+
+def two_kernels(hw: int, channels: int, groups: int, block_hw: int = BLOCK_HW) -> bool:
+    """Whether the moments are applied by one kernel that also combines them (see the module's docstring)."""
+    return -(-hw // block_hw) <= FUSED_MAX_PARTIALS and group_block(channels // groups) is not None
 
 
 def group_norm_nhwc_reference(
@@ -78,9 +108,14 @@ def launch_group_norm(
     block_hw: int = BLOCK_HW,
     block_c: int = BLOCK_C,
     warps: int = APPLY_WARPS,
+    fused: bool | None = None,
 ) -> Tensor:
-    """The three kernels on a 4-D channels_last ``x`` (plus ``add`` (B, C), if given) with the given tile."""
-    partial_moments, group_scale_shift, scale_shift_apply = _kernels()
+    """The kernels on a 4-D channels_last ``x`` (plus ``add`` (B, C), if given) with the given tile.
+
+    ``fused``: the two-kernel form (True), the three-kernel form (False) or the one ``two_kernels``
+    chooses for the shape (None); True where no group fits the two-kernel form's block keeps three.
+    """
+    partial_moments, group_scale_shift, scale_shift_apply, _ = _kernels()
     batch, channels, height, width = x.shape
     hw = height * width
     n_hw = -(-hw // block_hw)
@@ -96,6 +131,12 @@ def launch_group_norm(
     partial_moments[(batch * n_hw, n_c)](
         x, add_arg, means, m2s, hw, channels, n_hw, add_stride, HAS_ADD=has_add, **tile
     )
+    y = torch.empty_like(x)  # keeps the channels_last strides
+    fused = two_kernels(hw, channels, groups, block_hw) if fused is None else fused
+    if fused and group_block(channels // groups) is not None:
+        _launch_group_apply(x, add_arg, has_add, add_stride, means, m2s, weight, bias, y, groups, eps, silu,
+                            block_hw, warps)  # fmt: skip
+        return y
     scale = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
     shift = torch.empty_like(scale)
     group_scale_shift[(batch * groups,)](
@@ -116,11 +157,64 @@ def launch_group_norm(
         BLOCK_N=min(64, _next_power_of_2(n_hw)),
         BLOCK_CPG=_next_power_of_2(channels // groups),
     )
-    y = torch.empty_like(x)  # keeps the channels_last strides
     scale_shift_apply[(batch * n_hw, n_c)](
         x, add_arg, scale, shift, y, hw, channels, n_hw, add_stride, HAS_ADD=has_add, SILU=silu, **tile
     )
     return y
+
+
+def _launch_group_apply(
+    x: Tensor,
+    add: Tensor,
+    has_add: bool,
+    add_stride: int,
+    means: Tensor,
+    m2s: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    y: Tensor,
+    groups: int,
+    eps: float,
+    silu: bool,
+    moments_hw: int,
+    warps: int,
+) -> None:
+    """The two-kernel form's second kernel: partials (B, n_hw, C) of ``moments_hw`` rows combined and applied."""
+    group_apply = _kernels()[3]
+    batch, channels, height, width = x.shape
+    hw, cpg = height * width, channels // groups
+    blocks = group_block(cpg)
+    assert blocks is not None  # the caller checked that whole groups fit a block
+    per_block, block_c = blocks
+    block_hw = max(16, APPLY_TILE // block_c)
+    n_rows = -(-hw // block_hw)
+    n_hw = means.shape[1]
+    group_apply[(batch * n_rows, -(-groups // per_block))](
+        x,
+        add,
+        means,
+        m2s,
+        weight if weight is not None else means,  # placeholder pointers where there is no weight or bias
+        bias if bias is not None else means,
+        y,
+        hw,
+        channels,
+        cpg,
+        n_hw,
+        n_rows,
+        add_stride,
+        eps,
+        HAS_ADD=has_add,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        SILU=silu,
+        GROUPS_PER_BLOCK=per_block,
+        MOMENTS_HW=moments_hw,
+        BLOCK_N=min(64, _next_power_of_2(n_hw)),
+        BLOCK_HW=block_hw,
+        BLOCK_C=block_c,
+        num_warps=warps,
+    )
 
 
 @torch.library.custom_op("ldmkit::group_norm_nhwc", mutates_args=())

@@ -141,3 +141,93 @@ def scale_shift_apply(
     if SILU:
         y = y * tl.sigmoid(y)
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, gmean, SECOND: tl.constexpr,
+                BLOCK_HW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    # over the n_hw partial rows of channels ``cols``: the count-weighted sums of the partial means, or
+    # (SECOND) the partial m2s plus each partial's squared offset from its group's mean ``gmean``
+    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for start in range(0, n_hw, BLOCK_N):
+        i, mask, count = row_blocks(start, HW, n_hw, cmask, BLOCK_HW, BLOCK_N)
+        offsets = base + i[:, None] * C + cols[None, :]
+        mean_i = tl.load(mean_ptr + offsets, mask=mask, other=0.0)
+        if SECOND:
+            dev = tl.where(mask, mean_i - gmean[None, :], 0.0)
+            acc += tl.load(m2_ptr + offsets, mask=mask, other=0.0) + count[:, None] * dev * dev
+        else:
+            acc += mean_i * count[:, None]
+    return tl.sum(acc, axis=0)  # (BLOCK_C,)
+
+
+@triton.jit
+def per_group(values, group, GROUPS_PER_BLOCK: tl.constexpr):
+    # each channel's entry replaced by the sum over the channels of its group (groups 0..GROUPS_PER_BLOCK-1)
+    out = tl.zeros_like(values)
+    for q in tl.static_range(GROUPS_PER_BLOCK):
+        out = tl.where(group == q, tl.sum(tl.where(group == q, values, 0.0), axis=0), out)
+    return out
+
+
+@triton.jit
+def group_apply(
+    x_ptr,
+    add_ptr,
+    mean_ptr,
+    m2_ptr,
+    weight_ptr,
+    bias_ptr,
+    y_ptr,
+    HW,
+    C,
+    cpg,
+    n_hw,
+    n_rows,
+    add_stride,
+    eps,
+    HAS_ADD: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SILU: tl.constexpr,
+    GROUPS_PER_BLOCK: tl.constexpr,
+    MOMENTS_HW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # grid (B * n_rows, n_blocks): one program combines the partial moments of GROUPS_PER_BLOCK whole groups
+    # (Chan's formula, as group_scale_shift does) and applies them to its (BLOCK_HW, BLOCK_C) tile, so the
+    # per-group scale and shift need no launch of their own; partials laid out (B, n_hw, C) by MOMENTS_HW rows
+    pid = tl.program_id(0)
+    b = pid // n_rows
+    rows = (pid % n_rows) * BLOCK_HW + tl.arange(0, BLOCK_HW)  # (BLOCK_HW,)
+    j = tl.arange(0, BLOCK_C)
+    width = GROUPS_PER_BLOCK * cpg
+    cols = tl.program_id(1) * width + j  # (BLOCK_C,)
+    cmask = (j < width) & (cols < C)
+    group = tl.where(cmask, j // cpg, GROUPS_PER_BLOCK)  # masked lanes belong to no group
+    total = (HW * cpg).to(tl.float32)
+    base = b.to(tl.int64) * n_hw * C
+    no_means = tl.zeros((BLOCK_C,), dtype=tl.float32)  # the first pass reads no group means
+    colsum = column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, no_means, False, MOMENTS_HW, BLOCK_N,
+                         BLOCK_C)  # fmt: skip
+    gmean = per_group(colsum, group, GROUPS_PER_BLOCK) / total  # (BLOCK_C,) each channel's group mean
+    colm2 = column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, gmean, True, MOMENTS_HW, BLOCK_N,
+                        BLOCK_C)  # fmt: skip
+    rstd = 1.0 / tl.sqrt(per_group(colm2, group, GROUPS_PER_BLOCK) / total + eps)
+    scale = rstd
+    if HAS_WEIGHT:
+        scale = scale * tl.load(weight_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    shift = -gmean * scale
+    if HAS_BIAS:
+        shift = shift + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    if HAS_ADD:  # (x + add) * scale + shift
+        shift += scale * tl.load(add_ptr + b * add_stride + cols, mask=cmask, other=0.0).to(tl.float32)
+    mask = (rows < HW)[:, None] & cmask[None, :]
+    offsets = b.to(tl.int64) * HW * C + rows[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_HW, BLOCK_C)
+    y = x * scale[None, :] + shift[None, :]
+    if SILU:
+        y = y * tl.sigmoid(y)
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)

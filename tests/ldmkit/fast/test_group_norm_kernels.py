@@ -7,6 +7,7 @@ installed (it does not come with CPU builds of torch, so CI skips those).
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -122,15 +123,23 @@ def test_norm_kernels_default_to_where_they_were_measured() -> None:
         FastConfig(norm_kernels="yes")  # type: ignore[arg-type]
 
 
-# (batch, channels, height, width, groups): odd sizes exercise the tile masks
-SHAPES = [(2, 64, 8, 8, 32), (3, 320, 9, 7, 32), (1, 960, 16, 16, 32), (2, 96, 40, 40, 32), (1, 12, 3, 130, 3)]
+# (batch, channels, height, width, groups): odd sizes exercise the tile masks; groups of 2 to 30 channels
+# (the two-kernel form's blocks of 16, 3 and 1 groups), 4 of 3 groups in a block of 8, and one of 160
+# channels (wider than its block: three kernels whatever is asked)
+SHAPES = [(2, 64, 8, 8, 32), (3, 320, 9, 7, 32), (1, 960, 16, 16, 32), (2, 96, 40, 40, 32), (1, 12, 3, 130, 3),
+          (2, 640, 5, 6, 32), (1, 320, 4, 3, 2)]  # fmt: skip
 
 
 def _check_kernels(device: str) -> None:
-    from ldmkit.fast.group_norm_kernels import group_norm_nhwc
+    """Every shape and case by the op (the form chosen for the shape), then by each form asked for."""
+    import functools
+
+    from ldmkit.fast.group_norm_kernels import group_norm_nhwc, launch_group_norm
 
     torch.manual_seed(0)
-    for batch, channels, height, width, groups in SHAPES:
+    forms = [group_norm_nhwc, functools.partial(launch_group_norm, fused=True),
+             functools.partial(launch_group_norm, fused=False)]  # fmt: skip
+    for (batch, channels, height, width, groups), form in itertools.product(SHAPES, forms):
         cases = [
             (torch.float32, True, True, False),
             (torch.bfloat16, False, True, True),
@@ -151,7 +160,7 @@ def _check_kernels(device: str) -> None:
                 wider = torch.randn(batch, channels + 24, device=device)
                 add = wider[:, 8 : 8 + channels].copy_(add)
                 assert add.stride(0) == channels + 24  # rows further apart than the channels
-            y = group_norm_nhwc(x, norm.weight, norm.bias, groups, norm.eps, silu, add)
+            y = form(x, norm.weight, norm.bias, groups, norm.eps, silu, add)
             assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
             total = x.double() if add is None else x.double() + add.double()[:, :, None, None]
             expected = _float64_group_norm(total, norm, silu)
@@ -240,9 +249,51 @@ def test_kernels_compile_for_hopper_without_a_gpu() -> None:
             },
             {"HAS_WEIGHT": True, "HAS_BIAS": True, "BLOCK_HW": 128, "BLOCK_N": 32, "BLOCK_CPG": 16},
         ),
+        (
+            kernels.group_apply,
+            {
+                "x_ptr": bf16,
+                "add_ptr": bf16,
+                "mean_ptr": f32,
+                "m2_ptr": f32,
+                "weight_ptr": bf16,
+                "bias_ptr": bf16,
+                "y_ptr": bf16,
+                "eps": "fp32",
+            },  # fmt: skip
+            {
+                "HAS_ADD": True,
+                "HAS_WEIGHT": True,
+                "HAS_BIAS": True,
+                "SILU": True,
+                "GROUPS_PER_BLOCK": 3,
+                "MOMENTS_HW": 128,
+                "BLOCK_N": 8,
+                "BLOCK_HW": 128,
+                "BLOCK_C": 32,
+            },  # fmt: skip
+        ),
     ]
     for fn, pointers, constants in jobs:
         types = {**pointers, **{name: "constexpr" for name in constants}}
         source = ASTSource(fn=fn, signature=signature(fn, types), constexprs=constants)
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], fn.__name__
+
+
+@pytest.mark.parametrize(
+    ("channels_per_group", "block"),
+    [(10, (3, 32)), (20, (3, 64)), (40, (3, 128)), (30, (1, 32)), (16, (2, 32)), (2, (16, 32)), (160, None)],
+)
+def test_two_kernel_form_covers_whole_groups_with_fewest_idle_lanes(channels_per_group: int, block) -> None:  # noqa: ANN001
+    from ldmkit.fast.group_norm_kernels import group_block
+
+    assert group_block(channels_per_group) == block
+
+
+def test_two_kernel_form_is_chosen_where_partials_are_few() -> None:
+    from ldmkit.fast.group_norm_kernels import two_kernels
+
+    assert not two_kernels(64 * 64, 320, 32)  # 32 partial rows: three kernels
+    assert two_kernels(32 * 32, 640, 32) and two_kernels(8 * 8, 2560, 32)
+    assert not two_kernels(8 * 8, 32 * 160, 32)  # groups wider than any block
