@@ -124,7 +124,7 @@ quick)
   source scripts/plain_checkout_plugins.sh
   log "GPU tests: the GEGLU kernel (exact and tanh GELU), the precision line of each setting"
   timeout "$(limit "${TEST_LIMIT:-240}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs \
-    tests/ldmkit/fast/test_geglu_kernel.py tests/ldmkit/fast/test_group_norm_kernels.py \
+    tests/ldmkit/fast/test_geglu_kernel.py tests/ldmkit/fast/test_group_norm_kernels.py tests/benchmarks \
     tests/ldmkit/fast/test_fast_path.py -k "kernel or precision_line or graphed" >"$OUT/gpu_tests_quick.log" 2>&1
   log "tests rc=$?"
   log "GroupNorm kernels: three launches against two"

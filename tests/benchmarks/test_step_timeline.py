@@ -58,3 +58,21 @@ def test_kernels_are_grouped_by_kind(name: str, kind: str) -> None:
 def test_no_calls_is_refused() -> None:
     with pytest.raises(ValueError, match="calls"):
         account([], calls=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_profiler_sees_the_kernels_of_a_replayed_graph() -> None:
+    import torch
+    from step_timeline import profile_calls
+
+    x = torch.randn(1024, 1024, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    torch.matmul(x, x)  # cuBLAS's workspace, before the capture
+    with torch.cuda.graph(graph):
+        y = torch.relu(torch.matmul(x, x))
+    timeline = profile_calls(graph.replay, torch.device("cuda"), calls=5)
+    acc = timeline.accounting
+    assert acc.kernels >= 5 * 2  # the matmul and the relu of every replay
+    assert acc.kernel_time + acc.short_gaps + acc.long_gaps == pytest.approx(acc.span)
+    assert timeline.timed_ms > 0 and y.shape == x.shape
