@@ -13,11 +13,13 @@ tiles of whole channel blocks (the jitted code is in :mod:`ldmkit.fast.group_nor
 3. ``scale_shift_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)`` when asked), written
    in the input's dtype and layout.
 
-Where the partials are few (H*W up to ``FUSED_MAX_PARTIALS`` row blocks), 2 and 3 are one kernel,
-``group_apply``: each program covers whole groups (a power-of-two channel block, as few lanes idle
-as can be), combines their partials itself and applies them to its tile. That saves a launch and
-its hand-over per norm where the tensors are small and the kernels short (a batch-2 step: 45
-GroupNorms), at the price of every program re-reading its channels' partials.
+A two-launch form makes 2 and 3 one kernel, ``group_apply``: each program covers whole groups (a
+power-of-two channel block, as few lanes idle as can be), combines their partials itself and
+applies them to its tile. That saves a launch and its hand-over per norm where the tensors are
+small and the kernels short (a batch-2 step: 45 GroupNorms), at the price of every program
+re-reading its channels' partials, which is why it only suits few partials (small H*W). It is
+taken where the partials number at most ``TWO_KERNEL_MAX_PARTIALS`` (0 for now: it has not been
+timed on a GPU against the three-kernel form; ``benchmarks/gpu_group_norm.py --forms`` does that).
 
 An optional per-(B, C) ``add`` (a residual block's timestep embedding) is added to x in float32
 inside both passes, so the sum is never rounded to the input's dtype before it is normalised. It
@@ -43,10 +45,10 @@ BLOCK_C = 32
 APPLY_WARPS = 4
 # The two-kernel form's apply tiles hold this many elements (BLOCK_HW x its channel block)
 APPLY_TILE = 4096
-# The two-kernel form where each apply program reads at most this many partial rows per channel
-# (H*W up to 1024: SD v1's 32x32 latents and smaller): beyond, the reads it repeats in every program
-# would approach the tensor's own
-FUSED_MAX_PARTIALS = 8
+# The two-kernel form where each apply program would read at most this many partial rows per channel.
+# 8 (H*W up to 1024: SD v1's 32x32 latents and smaller) keeps its repeated reads of the partials under
+# a quarter of the tile's own; 0 (no shape) until a GPU has timed it against three kernels
+TWO_KERNEL_MAX_PARTIALS = 0
 
 
 def _next_power_of_2(n: int) -> int:
@@ -75,7 +77,7 @@ def group_block(channels_per_group: int) -> tuple[int, int] | None:
 
 def two_kernels(hw: int, channels: int, groups: int, block_hw: int = BLOCK_HW) -> bool:
     """Whether the moments are applied by one kernel that also combines them (see the module's docstring)."""
-    return -(-hw // block_hw) <= FUSED_MAX_PARTIALS and group_block(channels // groups) is not None
+    return -(-hw // block_hw) <= TWO_KERNEL_MAX_PARTIALS and group_block(channels // groups) is not None
 
 
 def group_norm_nhwc_reference(
