@@ -86,32 +86,30 @@ def group_scale_shift(
     cpg = C // G
     j = tl.arange(0, BLOCK_CPG)  # (BLOCK_CPG,) channel within the group
     cmask = j < cpg
+    cols = g * cpg + j
     total = (HW * cpg).to(tl.float32)
-    base = b.to(tl.int64) * n_hw * C + g * cpg
-    weighted = tl.zeros((BLOCK_N, BLOCK_CPG), dtype=tl.float32)
-    for start in range(0, n_hw, BLOCK_N):
-        i, mask, count = row_blocks(start, HW, n_hw, cmask, BLOCK_HW, BLOCK_N)
-        mean_i = tl.load(mean_ptr + base + i[:, None] * C + j[None, :], mask=mask, other=0.0)
-        weighted += mean_i * count[:, None]
-    mean = tl.sum(tl.sum(weighted, axis=1), axis=0) / total
-    m2 = tl.zeros((BLOCK_N, BLOCK_CPG), dtype=tl.float32)
-    for start in range(0, n_hw, BLOCK_N):
-        i, mask, count = row_blocks(start, HW, n_hw, cmask, BLOCK_HW, BLOCK_N)
-        offsets = base + i[:, None] * C + j[None, :]
-        mean_i = tl.load(mean_ptr + offsets, mask=mask, other=0.0)
-        m2_i = tl.load(m2_ptr + offsets, mask=mask, other=0.0)
-        dev = tl.where(mask, mean_i - mean, 0.0)
-        m2 += m2_i + count[:, None] * dev * dev
-    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(m2, axis=1), axis=0) / total + eps)
-    channel = g * cpg + j
-    scale = tl.zeros((BLOCK_CPG,), dtype=tl.float32) + rstd
+    base = b.to(tl.int64) * n_hw * C
+    zeros = tl.zeros((BLOCK_CPG,), dtype=tl.float32)
+    colsum = column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, zeros, False, BLOCK_HW, BLOCK_N,
+                         BLOCK_CPG)  # fmt: skip
+    mean = zeros + tl.sum(colsum, axis=0) / total
+    colm2 = column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, mean, True, BLOCK_HW, BLOCK_N, BLOCK_CPG)
+    rstd = zeros + 1.0 / tl.sqrt(tl.sum(colm2, axis=0) / total + eps)
+    scale, shift = affine(mean, rstd, cols, cmask, weight_ptr, bias_ptr, HAS_WEIGHT, HAS_BIAS)
+    tl.store(scale_ptr + b * C + cols, scale, mask=cmask)
+    tl.store(shift_ptr + b * C + cols, shift, mask=cmask)
+
+
+@triton.jit
+def affine(mean, rstd, cols, cmask, weight_ptr, bias_ptr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # the per-channel (scale, shift) that normalise by (mean, rstd) and apply the norm's weight and bias
+    scale = rstd
     if HAS_WEIGHT:
-        scale = scale * tl.load(weight_ptr + channel, mask=cmask, other=0.0).to(tl.float32)
+        scale = scale * tl.load(weight_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     shift = -mean * scale
     if HAS_BIAS:
-        shift = shift + tl.load(bias_ptr + channel, mask=cmask, other=0.0).to(tl.float32)
-    tl.store(scale_ptr + b * C + channel, scale, mask=cmask)
-    tl.store(shift_ptr + b * C + channel, shift, mask=cmask)
+        shift = shift + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    return scale, shift
 
 
 @triton.jit
@@ -216,12 +214,7 @@ def group_apply(
     colm2 = column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, gmean, True, MOMENTS_HW, BLOCK_N,
                         BLOCK_C)  # fmt: skip
     rstd = 1.0 / tl.sqrt(per_group(colm2, group, GROUPS_PER_BLOCK) / total + eps)
-    scale = rstd
-    if HAS_WEIGHT:
-        scale = scale * tl.load(weight_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    shift = -gmean * scale
-    if HAS_BIAS:
-        shift = shift + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    scale, shift = affine(gmean, rstd, cols, cmask, weight_ptr, bias_ptr, HAS_WEIGHT, HAS_BIAS)
     if HAS_ADD:  # (x + add) * scale + shift
         shift += scale * tl.load(add_ptr + b * add_stride + cols, mask=cmask, other=0.0).to(tl.float32)
     mask = (rows < HW)[:, None] & cmask[None, :]
