@@ -30,14 +30,19 @@ SHORT_GAP_US = 5.0
 
 # (kind, pattern on the lower-case kernel name), first match wins
 KINDS: tuple[tuple[str, str], ...] = (
-    ("GEGLU kernel", r"geglu"),
-    ("GroupNorm kernels", r"partial_moments|group_scale_shift|scale_shift_apply"),
+    # ldmkit's own kernels, by their exact names
+    ("GEGLU kernel", r"^geglu_"),
+    ("GroupNorm kernels", r"^(partial_moments|group_scale_shift|scale_shift_apply|group_apply)$"),
     ("attention (SDPA: cuDNN, PyTorch's flash)", r"sdpa|pytorch_flash|fmha|efficient_attention"),
-    ("attention (FlashAttention-3/4)", r"flash|cute|attention"),
-    ("Triton: LayerNorm (+ residual add)", r"^triton_.*layer_norm"),
-    ("Triton: GroupNorm", r"^triton_.*group_norm"),
-    ("Triton: other fused", r"^triton_"),
-    ("convolutions", r"fprop|conv|implicit_gemm|winograd|xmma"),
+    # FlashAttention-3 (flash::FlashAttnFwdSm90) and -4 (..flash_fwd_sm90FlashAttentionForwardSm90..); not
+    # "cute" alone: cuDNN's convolutions are named "..._execute_..."
+    ("attention (FlashAttention-3/4)", r"flash_fwd|flash_attn|flashattn|flash::|flashattention"),
+    # the compiler's kernels by what they do: its names list every op the fused region came from, so a
+    # residual add behind a GroupNorm is named "..._native_group_norm_.." too
+    ("Triton: LayerNorm (+ residual add)", r"^triton_(per|red)_.*layer_norm"),
+    ("Triton: other reductions", r"^triton_(per|red)_"),
+    ("Triton: pointwise (residual adds, concatenations, casts)", r"^triton_"),
+    ("convolutions (cuDNN)", r"fprop|dgrad|wgrad|conv|implicit_gemm|winograd|_cudnn|nhwcaddpadding"),
     ("matmuls (cuBLAS)", r"gemm|nvjet|cutlass|matmul|sm90_"),
     ("memset / memcpy", r"memset|memcpy"),
 )
@@ -72,6 +77,8 @@ class Accounting:
     short_gaps: float
     long_gaps: float
     span: float
+    # (kernel name, its kind, launches per call, ms per call), the longest first: what each kind is made of
+    by_name: list[tuple[str, str, float, float]] = dataclasses.field(default_factory=list)
 
     @property
     def kernel_time(self) -> float:
@@ -104,10 +111,13 @@ def account(spans: Sequence[Span], calls: int) -> Accounting:
         raise ValueError(f"calls must be at least 1, got {calls}")
     ordered = sorted(spans, key=lambda s: (s.start, s.end))
     by_kind: dict[str, float] = defaultdict(float)
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # name -> [launches, us]
     busy = short = long_ = 0.0
     covered_until = None  # end of the union of the kernels seen so far
     for s in ordered:
         by_kind[kind_of(s.name)] += s.end - s.start
+        by_name[s.name][0] += 1
+        by_name[s.name][1] += s.end - s.start
         if covered_until is None:
             busy += s.end - s.start
             covered_until = s.end
@@ -131,6 +141,7 @@ def account(spans: Sequence[Span], calls: int) -> Accounting:
         short_gaps=short * ms,
         long_gaps=long_ * ms,
         span=span * ms,
+        by_name=sorted(((n, kind_of(n), c / calls, us * ms) for n, (c, us) in by_name.items()), key=lambda r: -r[3]),
     )
 
 
@@ -179,16 +190,21 @@ class Timeline:
     clocks_timed: list[int]
     clocks_profiled: list[int]
 
-    def table(self) -> str:
+    def table(self, largest: int = 25) -> str:
+        """The accounting, the clocks, then the ``largest`` kernels by time with their kinds."""
         from _common import markdown_table
 
         text = markdown_table(["where", "ms per call", "share of the span"], self.accounting.rows(self.timed_ms))
+        kernels = [[name if len(name) <= 100 else name[:97] + "...", kind, f"{launches:g}", f"{ms:.3f}"]
+                   for name, kind, launches, ms in self.accounting.by_name[:largest]]  # fmt: skip
         notes = []
         for label, clocks in (("timed", self.clocks_timed), ("profiled", self.clocks_profiled)):
             if clocks:
                 notes.append(f"SM clock while {label}: {min(clocks)}-{max(clocks)} MHz, median "
                              f"{statistics.median(clocks):.0f} ({len(clocks)} readings)")  # fmt: skip
-        return "\n".join([text, "", *(f"- {n}" for n in notes)])
+        biggest = markdown_table(["kernel", "kind", "launches per call", "ms per call"], kernels)
+        return "\n".join([text, "", *(f"- {n}" for n in notes), "", f"The {len(kernels)} longest kernels:", "",
+                          biggest])  # fmt: skip
 
 
 def profile_calls(fn: Callable[[], object], device: torch.device, calls: int = 10) -> Timeline:

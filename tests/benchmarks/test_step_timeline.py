@@ -21,7 +21,7 @@ def test_kernels_and_gaps_add_up_to_the_span() -> None:
     ]
     acc = account(spans, calls=2)
     assert acc.kernels == 5
-    assert acc.by_kind["convolutions"] == pytest.approx(0.050)  # 100 us over 2 calls
+    assert acc.by_kind["convolutions (cuDNN)"] == pytest.approx(0.050)  # 100 us over 2 calls
     assert acc.by_kind["matmuls (cuBLAS)"] == pytest.approx(0.024)
     assert acc.by_kind["GEGLU kernel"] == pytest.approx(0.0225)
     assert acc.overlap == pytest.approx((5.0 + 10.0) * 1e-3 / 2)
@@ -29,6 +29,17 @@ def test_kernels_and_gaps_add_up_to_the_span() -> None:
     assert acc.long_gaps == pytest.approx(50.0 * 1e-3 / 2)
     assert acc.span == pytest.approx(260.0 * 1e-3 / 2)
     assert acc.kernel_time + acc.short_gaps + acc.long_gaps == pytest.approx(acc.span)
+
+
+def test_kernels_are_listed_by_name_longest_first() -> None:
+    spans = [Span("nvjet_a", 0.0, 10.0), Span("geglu_tma_persistent", 10.0, 40.0), Span("nvjet_a", 40.0, 60.0),
+             Span("nvjet_a", 60.0, 70.0), Span("geglu_tma_persistent", 70.0, 100.0)]  # fmt: skip
+    acc = account(spans, calls=2)
+    assert [(n, k) for n, k, _, _ in acc.by_name] == [("geglu_tma_persistent", "GEGLU kernel"),
+                                                      ("nvjet_a", "matmuls (cuBLAS)")]  # fmt: skip
+    assert acc.by_name[0][2:] == pytest.approx((1.0, 0.030))  # 2 launches, 60 us over 2 calls
+    assert acc.by_name[1][2:] == pytest.approx((1.5, 0.020))
+    assert sum(ms for *_, ms in acc.by_name) == pytest.approx(sum(acc.by_kind.values()))
 
 
 def test_rows_end_with_the_span_and_the_unprofiled_time() -> None:
@@ -42,11 +53,37 @@ def test_rows_end_with_the_span_and_the_unprofiled_time() -> None:
 @pytest.mark.parametrize(
     ("name", "kind"),
     [
-        ("triton_red_fused_native_group_norm_5", "Triton: GroupNorm"),
-        ("triton_poi_fused_add_7", "Triton: other fused"),
+        ("triton_red_fused_add_native_layer_norm_7", "Triton: LayerNorm (+ residual add)"),
+        ("triton_per_fused_native_group_norm_5", "Triton: other reductions"),
+        (
+            "triton_poi_fused_add_clone_convolution_native_group_norm_12",
+            "Triton: pointwise (residual adds, concatenations, casts)",
+        ),
+        (
+            "triton_red_fused_add_clone_convolution_geglu_interleaved_native_layer_norm_32",
+            "Triton: LayerNorm (+ residual add)",
+        ),
+        ("geglu_tma_persistent", "GEGLU kernel"),
         ("scale_shift_apply", "GroupNorm kernels"),
+        ("group_apply", "GroupNorm kernels"),
         ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", "attention (SDPA: cuDNN, PyTorch's flash)"),
+        ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>", "attention (SDPA: cuDNN, PyTorch's flash)"),
         ("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits>", "attention (FlashAttention-3/4)"),
+        (
+            "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90FlashAttentionForwardSm90_object_at__tensor0000",
+            "attention (FlashAttention-3/4)",
+        ),
+        # cuDNN's convolutions: "execute" must not read as CuTe's attention
+        (
+            "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64_warpgroupsize1x1x1_g1_"
+            "execute_segment_k_off_kernel__5x_cudnn",
+            "convolutions (cuDNN)",
+        ),
+        (
+            "void cutlass__5x_cudnn::Kernel<cutlass_tensorop_bf16_s16816fprop_optimized_bf16_128x128_32x5_nhwc_align8>",
+            "convolutions (cuDNN)",
+        ),
+        ("nvjet_sm90_tst_128x160_64x5_1x2_h_bz_coopA_bias_TNT", "matmuls (cuBLAS)"),
         ("Memset (Device)", "memset / memcpy"),
         ("void at::native::elementwise_kernel", "other"),
     ],
