@@ -8,18 +8,20 @@ tiles of whole channel blocks (the jitted code is in :mod:`ldmkit.fast.group_nor
 1. ``partial_moments``: per (row block, channel block) tile, the per-channel mean and sum of
    squared deviations of its H*W block (two passes over the tile in registers, so a large mean
    does not cost the variance its digits);
-2. ``group_scale_shift``: combines the partials of each (batch row, group) with Chan's formula and
-   folds mean, 1/std and the affine weights into one float32 scale and shift per (B, C);
-3. ``scale_shift_apply``: ``y = x * scale + shift`` (then ``y * sigmoid(y)`` when asked), written
-   in the input's dtype and layout.
+2. ``group_scale_shift``: combines the partials of each (batch row, group) with Chan's formula into
+   a float32 centre (the group mean) and scale (1/std times the norm's weight) per (B, C);
+3. ``scale_shift_apply``: ``y = (x - centre) * scale + bias`` (then ``y * sigmoid(y)`` when asked),
+   written in the input's dtype and layout. The centre is subtracted first rather than folded into
+   a shift (``x * scale + shift``): on a float32 input with a mean far from zero the fold costs two
+   roundings of ``|mean * scale|`` that torch's GroupNorm does not make.
 
 A two-launch form makes 2 and 3 one kernel, ``group_apply``: each program covers whole groups (a
 power-of-two channel block, as few lanes idle as can be), combines their partials itself and
 applies them to its tile. That saves a launch and its hand-over per norm where the tensors are
 small and the kernels short (a batch-2 step: 45 GroupNorms), at the price of every program
 re-reading its channels' partials, which is why it only suits few partials (small H*W). It is
-taken where the partials number at most ``TWO_KERNEL_MAX_PARTIALS`` (0 for now: it has not been
-timed on a GPU against the three-kernel form; ``benchmarks/gpu_group_norm.py --forms`` does that).
+taken where the partials number at most ``TWO_KERNEL_MAX_PARTIALS`` (one: the 8x8 latents, where
+``benchmarks/gpu_group_norm.py --forms`` timed it faster than three kernels).
 
 An optional per-(B, C) ``add`` (a residual block's timestep embedding) is added to x in float32
 inside both passes, so the sum is never rounded to the input's dtype before it is normalised. It
@@ -46,9 +48,10 @@ APPLY_WARPS = 4
 # The two-kernel form's apply tiles hold this many elements (BLOCK_HW x its channel block)
 APPLY_TILE = 4096
 # The two-kernel form where each apply program would read at most this many partial rows per channel.
-# 8 (H*W up to 1024: SD v1's 32x32 latents and smaller) keeps its repeated reads of the partials under
-# a quarter of the tile's own; 0 (no shape) until a GPU has timed it against three kernels
-TWO_KERNEL_MAX_PARTIALS = 0
+# Timed against three kernels on an H100 at SD v1's shapes (benchmarks/RESULTS.md, run X): with one partial
+# row (H*W up to 128: the 8x8 latents) it won at all four shapes, by 0.8-1.5 us a norm; with two (16x16) it
+# won at batch 2 and lost at batch 16 (19.1 against 15.6 us); with 8 and more it tied or lost
+TWO_KERNEL_MAX_PARTIALS = 1
 
 
 def _next_power_of_2(n: int) -> int:
@@ -140,28 +143,27 @@ def launch_group_norm(
                             block_hw, warps)  # fmt: skip
         return y
     scale = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
-    shift = torch.empty_like(scale)
+    center = torch.empty_like(scale)
     group_scale_shift[(batch * groups,)](
         means,
         m2s,
         weight if weight is not None else scale,  # a placeholder pointer when there is no weight
-        bias if bias is not None else shift,
         scale,
-        shift,
+        center,
         hw,
         channels,
         groups,
         n_hw,
         eps,
         HAS_WEIGHT=weight is not None,
-        HAS_BIAS=bias is not None,
         BLOCK_HW=block_hw,
         BLOCK_N=min(64, _next_power_of_2(n_hw)),
         BLOCK_CPG=_next_power_of_2(channels // groups),
     )
     scale_shift_apply[(batch * n_hw, n_c)](
-        x, add_arg, scale, shift, y, hw, channels, n_hw, add_stride, HAS_ADD=has_add, SILU=silu, **tile
-    )
+        x, add_arg, scale, center, bias if bias is not None else center, y, hw, channels, n_hw, add_stride,
+        HAS_ADD=has_add, HAS_BIAS=bias is not None, SILU=silu, **tile,
+    )  # fmt: skip
     return y
 
 

@@ -65,21 +65,20 @@ def group_scale_shift(
     mean_ptr,
     m2_ptr,
     weight_ptr,
-    bias_ptr,
     scale_ptr,
-    shift_ptr,
+    center_ptr,
     HW,
     C,
     G,
     n_hw,
     eps,
     HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_CPG: tl.constexpr,
 ):
-    # grid (B * G,): one program combines the (n_hw, C/G) partials of one group of one row
+    # grid (B * G,): one program combines the (n_hw, C/G) partials of one group of one row into each channel's
+    # centre (the group mean) and scale (1/std times the norm's weight)
     pid = tl.program_id(0)
     b = pid // G
     g = pid % G
@@ -95,21 +94,31 @@ def group_scale_shift(
     mean = zeros + tl.sum(colsum, axis=0) / total
     colm2 = column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, mean, True, BLOCK_HW, BLOCK_N, BLOCK_CPG)
     rstd = zeros + 1.0 / tl.sqrt(tl.sum(colm2, axis=0) / total + eps)
-    scale, shift = affine(mean, rstd, cols, cmask, weight_ptr, bias_ptr, HAS_WEIGHT, HAS_BIAS)
+    scale = channel_scale(rstd, cols, cmask, weight_ptr, HAS_WEIGHT)
     tl.store(scale_ptr + b * C + cols, scale, mask=cmask)
-    tl.store(shift_ptr + b * C + cols, shift, mask=cmask)
+    tl.store(center_ptr + b * C + cols, mean, mask=cmask)
 
 
 @triton.jit
-def affine(mean, rstd, cols, cmask, weight_ptr, bias_ptr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
-    # the per-channel (scale, shift) that normalise by (mean, rstd) and apply the norm's weight and bias
+def channel_scale(rstd, cols, cmask, weight_ptr, HAS_WEIGHT: tl.constexpr):
+    # 1/std times the norm's weight, per channel
     scale = rstd
     if HAS_WEIGHT:
         scale = scale * tl.load(weight_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    shift = -mean * scale
+    return scale
+
+
+@triton.jit
+def normalise(x, center, scale, cols, cmask, bias_ptr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+    # (x - centre) * scale + bias (then SiLU) of a (rows, channels) tile: the centre is subtracted before the
+    # scale, not folded into a shift (x * scale - centre * scale), which would cost a float32 input with a large
+    # mean two roundings of |centre * scale| more than torch's GroupNorm
+    y = (x - center[None, :]) * scale[None, :]
     if HAS_BIAS:
-        shift = shift + tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    return scale, shift
+        y += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        y = y * tl.sigmoid(y)
+    return y
 
 
 @triton.jit
@@ -117,13 +126,15 @@ def scale_shift_apply(
     x_ptr,
     add_ptr,
     scale_ptr,
-    shift_ptr,
+    center_ptr,
+    bias_ptr,
     y_ptr,
     HW,
     C,
     n_hw,
     add_stride,
     HAS_ADD: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     SILU: tl.constexpr,
     BLOCK_HW: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -132,12 +143,10 @@ def scale_shift_apply(
     _, b, _, cols, mask, offsets = tile(HW, C, n_hw, BLOCK_HW, BLOCK_C)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_HW, BLOCK_C)
     scale = tl.load(scale_ptr + b * C + cols, mask=cols < C, other=0.0)  # (BLOCK_C,)
-    shift = tl.load(shift_ptr + b * C + cols, mask=cols < C, other=0.0)
-    if HAS_ADD:  # (x + add) * scale + shift
-        shift += scale * tl.load(add_ptr + b * add_stride + cols, mask=cols < C, other=0.0).to(tl.float32)
-    y = x * scale[None, :] + shift[None, :]
-    if SILU:
-        y = y * tl.sigmoid(y)
+    center = tl.load(center_ptr + b * C + cols, mask=cols < C, other=0.0)
+    if HAS_ADD:  # x + add rounded once, as in the moments
+        x += tl.load(add_ptr + b * add_stride + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+    y = normalise(x, center, scale, cols, cols < C, bias_ptr, HAS_BIAS, SILU)
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -214,13 +223,11 @@ def group_apply(
     colm2 = column_sums(mean_ptr, m2_ptr, base, HW, C, n_hw, cols, cmask, gmean, True, MOMENTS_HW, BLOCK_N,
                         BLOCK_C)  # fmt: skip
     rstd = 1.0 / tl.sqrt(per_group(colm2, group, GROUPS_PER_BLOCK) / total + eps)
-    scale, shift = affine(gmean, rstd, cols, cmask, weight_ptr, bias_ptr, HAS_WEIGHT, HAS_BIAS)
-    if HAS_ADD:  # (x + add) * scale + shift
-        shift += scale * tl.load(add_ptr + b * add_stride + cols, mask=cmask, other=0.0).to(tl.float32)
+    scale = channel_scale(rstd, cols, cmask, weight_ptr, HAS_WEIGHT)
     mask = (rows < HW)[:, None] & cmask[None, :]
     offsets = b.to(tl.int64) * HW * C + rows[:, None] * C + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)  # (BLOCK_HW, BLOCK_C)
-    y = x * scale[None, :] + shift[None, :]
-    if SILU:
-        y = y * tl.sigmoid(y)
+    if HAS_ADD:
+        x += tl.load(add_ptr + b * add_stride + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    y = normalise(x, gmean, scale, cols, cmask, bias_ptr, HAS_BIAS, SILU)
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
