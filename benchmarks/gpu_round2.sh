@@ -5,7 +5,7 @@
 #   OUT=results bash benchmarks/gpu_round2.sh ab       # attention kernels, then only the batch-16 A/Bs (fewer compiles)
 #   OUT=results bash benchmarks/gpu_round2.sh checks   # GPU tests, fp8 image-level quality, batch-2/16 profiles
 #   OUT=results BATCH=16 bash benchmarks/gpu_round2.sh levers  # one batch: the defaults against LEVERS_AB (default:
-#                                                      # the exact GELU, merged context projections, and cuDNN's
+#                                                      # the exact GELU, unmerged context projections, and cuDNN's
 #                                                      # heuristics instead of its autotuner), diffusers at its
 #                                                      # best and stock, the VAE and the pictures of that batch;
 #                                                      # several A/Bs separated by ';'; GEGLU=1: the GEGLU kernel first
@@ -98,7 +98,7 @@ levers)
       >"$OUT/geglu.log" 2>&1
     log "geglu rc=$?"
   fi
-  log "batch $B: the defaults against ${LEVERS_AB:=approximate_gelu=False;merge_context_projections=True;cudnn_benchmark=False}, diffusers at its best"
+  log "batch $B: the defaults against ${LEVERS_AB:=approximate_gelu=False;merge_context_projections=False;cudnn_benchmark=False}, diffusers at its best"
   AB_ARGS=()
   IFS=';' read -ra ABS <<<"$LEVERS_AB"  # several A/Bs, in the order given, separated by ';'
   for ab in "${ABS[@]}"; do AB_ARGS+=(--ab "$ab"); done

@@ -54,13 +54,25 @@ def test_modules_without_fused_products_are_left_alone():
 def test_merge_context_setting_needs_compile_and_fused_products():
     cpu = torch.device("cpu")
     assert FastConfig().resolve(cpu).merge_context_projections is False
-    assert FastConfig(compile=True).resolve(cpu).merge_context_projections is False  # opt-in
+    assert FastConfig(compile=True).resolve(cpu).merge_context_projections is False  # SDPA: no fused products
+    assert FastConfig(compile=True, merge_context_projections=False).resolve(cpu).merge_context_projections is False
     with pytest.raises(InputError, match="merge_context_projections=True needs compile=True and fuse_qkv"):
         FastConfig(merge_context_projections=True).resolve(cpu)
     with pytest.raises(InputError, match="fuse_qkv=False"):
         FastConfig(compile=True, merge_context_projections=True).resolve(cpu)  # SDPA: no fused products
     with pytest.raises(InputError, match="merge_context_projections must be True, False or None"):
         FastConfig(merge_context_projections="yes")  # type: ignore[arg-type]
+
+
+def test_merge_context_is_on_by_default_where_the_flash_kernels_fuse_the_products(monkeypatch):
+    from ldmkit.fast import attention
+
+    monkeypatch.setattr(attention, "kernel_unusable_reason", lambda kernel, device, dtype: None)  # as on a Hopper GPU
+    cpu = torch.device("cpu")
+    resolved = FastConfig(compile=True).resolve(cpu)
+    assert resolved.attention_kernel == "fa4" and resolved.fuse_qkv and resolved.merge_context_projections
+    assert FastConfig(compile=True, merge_context_projections=False).resolve(cpu).merge_context_projections is False
+    assert FastConfig(compile=False).resolve(cpu).merge_context_projections is False  # the compiler merges them
 
 
 @pytest.mark.slow
