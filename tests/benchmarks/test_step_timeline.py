@@ -113,3 +113,16 @@ def test_gpu_profiler_sees_the_kernels_of_a_replayed_graph() -> None:
     assert acc.kernels >= 5 * 2  # the matmul and the relu of every replay
     assert acc.kernel_time + acc.short_gaps + acc.long_gaps == pytest.approx(acc.span)
     assert timeline.timed_ms > 0 and y.shape == x.shape
+
+
+def test_table_lists_the_longest_kernels_after_the_accounting() -> None:
+    from step_timeline import Timeline
+
+    long_name = "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90" + "x" * 120
+    acc = account([Span(long_name, 0.0, 30.0), Span("nvjet_a", 31.0, 40.0)], calls=1)
+    text = Timeline(acc, timed_ms=0.04, clocks_timed=[1800, 1830], clocks_profiled=[]).table(largest=1)
+    assert "| **span of the profiled calls** | **0.040** |" in text
+    assert "SM clock while timed: 1800-1830 MHz" in text and "while profiled" not in text
+    listing = text.split("The 1 longest kernels:")[1]
+    assert f"| {long_name[:97]}... | attention (FlashAttention-3/4) | 1 | 0.030 |" in listing
+    assert "nvjet_a" not in listing
