@@ -156,26 +156,57 @@ def device_spans(prof: torch.profiler.profile) -> list[Span]:
     return spans
 
 
-@contextlib.contextmanager
-def sm_clocks(device: torch.device, every_s: float = 0.002) -> Iterator[list[int]]:
-    """SM clock readings (MHz) taken every ``every_s`` while the block runs; none where NVML is missing."""
-    readings: list[int] = []
+@dataclasses.dataclass
+class Samples:
+    """The GPU's SM clock (MHz) and power draw (W), read while a block ran."""
+
+    clocks: list[int] = dataclasses.field(default_factory=list)
+    watts: list[float] = dataclasses.field(default_factory=list)
+
+    def notes(self, label: str, call_ms: float) -> list[str]:
+        """Lines for a table's notes; the energy per call is the median draw times the call's time."""
+        lines = []
+        if self.clocks:
+            lines.append(f"SM clock while {label}: {min(self.clocks)}-{max(self.clocks)} MHz, median "
+                         f"{statistics.median(self.clocks):.0f} ({len(self.clocks)} readings)")  # fmt: skip
+        if self.watts:
+            median = statistics.median(self.watts)
+            lines.append(f"power while {label}: median {median:.0f} W, max {max(self.watts):.0f} W "
+                         f"(about {median * call_ms / 1000:.2f} J a call)")  # fmt: skip
+        return lines
+
+
+def _reader(read: Callable[[torch.device], float], device: torch.device) -> Callable[[torch.device], float] | None:
     try:
-        torch.cuda.clock_rate(device)
-    except Exception:  # no pynvml / NVML here: the block runs unsampled
-        yield readings
+        read(device)
+    except Exception:  # no pynvml / NVML here, or the GPU does not report it
+        return None
+    return read
+
+
+@contextlib.contextmanager
+def sm_clocks(device: torch.device, every_s: float = 0.002) -> Iterator[Samples]:
+    """SM clock and power readings taken every ``every_s`` while the block runs; none where NVML is missing."""
+    samples = Samples()
+    clock = _reader(torch.cuda.clock_rate, device)
+    power = _reader(torch.cuda.power_draw, device)  # milliwatts
+    if clock is None and power is None:
+        yield samples
         return
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            readings.append(torch.cuda.clock_rate(device))
+            if clock is not None:
+                samples.clocks.append(int(clock(device)))
+            if power is not None:
+                samples.watts.append(power(device) / 1000)
             done.wait(every_s)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        yield readings
+        yield samples
     finally:
         done.set()
         thread.join()
@@ -183,12 +214,12 @@ def sm_clocks(device: torch.device, every_s: float = 0.002) -> Iterator[list[int
 
 @dataclasses.dataclass
 class Timeline:
-    """A profiled call's accounting, the same calls timed unprofiled, and the SM clocks of both."""
+    """A profiled call's accounting, the same calls timed unprofiled, and the GPU's clock and power in both."""
 
     accounting: Accounting
     timed_ms: float
-    clocks_timed: list[int]
-    clocks_profiled: list[int]
+    while_timed: Samples
+    while_profiled: Samples
 
     def table(self, largest: int = 25) -> str:
         """The accounting, the clocks, then the ``largest`` kernels by time with their kinds."""
@@ -197,11 +228,8 @@ class Timeline:
         text = markdown_table(["where", "ms per call", "share of the span"], self.accounting.rows(self.timed_ms))
         kernels = [[name if len(name) <= 100 else name[:97] + "...", kind, f"{launches:g}", f"{ms:.3f}"]
                    for name, kind, launches, ms in self.accounting.by_name[:largest]]  # fmt: skip
-        notes = []
-        for label, clocks in (("timed", self.clocks_timed), ("profiled", self.clocks_profiled)):
-            if clocks:
-                notes.append(f"SM clock while {label}: {min(clocks)}-{max(clocks)} MHz, median "
-                             f"{statistics.median(clocks):.0f} ({len(clocks)} readings)")  # fmt: skip
+        notes = self.while_timed.notes("timed", self.timed_ms)
+        notes += self.while_profiled.notes("profiled", self.accounting.span)
         biggest = markdown_table(["kernel", "kind", "launches per call", "ms per call"], kernels)
         return "\n".join([text, "", *(f"- {n}" for n in notes), "", f"The {len(kernels)} longest kernels:", "",
                           biggest])  # fmt: skip
@@ -221,15 +249,15 @@ def profile_calls(fn: Callable[[], object], device: torch.device, calls: int = 1
             fn()
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with sm_clocks(device) as clocks_timed:
+        with sm_clocks(device) as while_timed:
             start.record()
             for _ in range(calls):
                 fn()
             end.record()
             torch.cuda.synchronize(device)
         timed = start.elapsed_time(end) / calls
-        with sm_clocks(device) as clocks_profiled, profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with sm_clocks(device) as while_profiled, profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(calls):
                 fn()
             torch.cuda.synchronize(device)
-    return Timeline(account(device_spans(prof), calls), timed, clocks_timed, clocks_profiled)
+    return Timeline(account(device_spans(prof), calls), timed, while_timed, while_profiled)

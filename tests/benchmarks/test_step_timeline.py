@@ -92,6 +92,17 @@ def test_kernels_are_grouped_by_kind(name: str, kind: str) -> None:
     assert kind_of(name) == kind
 
 
+def test_samples_are_empty_where_the_gpu_cannot_be_read() -> None:
+    import torch
+    from step_timeline import sm_clocks
+
+    if torch.cuda.is_available():
+        pytest.skip("this GPU can be read")
+    with sm_clocks(torch.device("cpu")) as samples:
+        pass
+    assert samples.clocks == [] and samples.watts == []
+
+
 def test_no_calls_is_refused() -> None:
     with pytest.raises(ValueError, match="calls"):
         account([], calls=0)
@@ -113,16 +124,19 @@ def test_gpu_profiler_sees_the_kernels_of_a_replayed_graph() -> None:
     assert acc.kernels >= 5 * 2  # the matmul and the relu of every replay
     assert acc.kernel_time + acc.short_gaps + acc.long_gaps == pytest.approx(acc.span)
     assert timeline.timed_ms > 0 and y.shape == x.shape
+    assert "The 2 longest kernels:" in timeline.table(largest=2)
 
 
 def test_table_lists_the_longest_kernels_after_the_accounting() -> None:
-    from step_timeline import Timeline
+    from step_timeline import Samples, Timeline
 
     long_name = "kernel_cutlass_kernel_flash_attncuteflash_fwd_sm90" + "x" * 120
     acc = account([Span(long_name, 0.0, 30.0), Span("nvjet_a", 31.0, 40.0)], calls=1)
-    text = Timeline(acc, timed_ms=0.04, clocks_timed=[1800, 1830], clocks_profiled=[]).table(largest=1)
+    timed = Samples(clocks=[1800, 1830, 1815], watts=[600.0, 700.0, 650.0])
+    text = Timeline(acc, timed_ms=0.04, while_timed=timed, while_profiled=Samples()).table(largest=1)
     assert "| **span of the profiled calls** | **0.040** |" in text
-    assert "SM clock while timed: 1800-1830 MHz" in text and "while profiled" not in text
+    assert "SM clock while timed: 1800-1830 MHz, median 1815 (3 readings)" in text and "while profiled" not in text
+    assert "power while timed: median 650 W, max 700 W (about 0.03 J a call)" in text  # 650 W x 0.04 ms
     listing = text.split("The 1 longest kernels:")[1]
     assert f"| {long_name[:97]}... | attention (FlashAttention-3/4) | 1 | 0.030 |" in listing
     assert "nvjet_a" not in listing
