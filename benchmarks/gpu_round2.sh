@@ -13,6 +13,8 @@
 #   OUT=results bash benchmarks/gpu_round2.sh quick    # GPU tests of the GEGLU and GroupNorm kernels and the
 #                                                      # precision line, the GroupNorm kernels' two forms, then
 #                                                      # the GEGLU kernel alone with exact and tanh GELU
+#   OUT=results bash benchmarks/gpu_round2.sh tiles    # FlashAttention-4 (unpacked at FA4_SITE) tile by tile at the
+#                                                      # 64x64 and 32x32 self-attentions (gpu_fa4_tiles.py)
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
 #                                                      # this machine, at FA4_SITE), against attention_kernel="fa3"
@@ -137,6 +139,12 @@ quick)
       >"$OUT/geglu.log" 2>&1
     log "geglu rc=$?"
   fi
+  ;;
+tiles)
+  [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
+  log "FlashAttention-4's tiles at the 64x64 and 32x32 self-attentions, batches 16 and 2"
+  timeout "$(limit 240)" "$PY" benchmarks/gpu_fa4_tiles.py --out "$OUT/fa4_tiles.md" >"$OUT/fa4_tiles.log" 2>&1
+  log "tiles rc=$?"
   ;;
 fa4)
   [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
