@@ -406,9 +406,9 @@ def bench_timeline(run: Run, batch: int, contenders: dict[str, Contender]) -> No
         if name not in contenders:
             run.notes.append(f"time line of {name!r} at batch {batch} skipped: not timed in this run")
             continue
-        timeline = profile_calls(contenders[name].fn, run.device)
-        parts += [f"## {name}, batch {batch}", "", timeline.table(), ""]
-        log.info("time line %s batch %d:\n%s", name, batch, timeline.table())
+        table = profile_calls(contenders[name].fn, run.device).table()
+        parts += [f"## {name}, batch {batch}", "", table, ""]
+        log.info("time line %s batch %d:\n%s", name, batch, table)
     target = run.args.out.with_name(f"{run.args.out.stem}-timeline-b{batch}.md")
     target.write_text("\n".join([f"# Every ms of a call at batch {batch}, on the device's time line", "", *parts]))
     run.notes.append(f"time line at batch {batch}: {target.name}")
