@@ -8,13 +8,15 @@
 #                                                      # the exact GELU, unmerged context projections, and cuDNN's
 #                                                      # heuristics instead of its autotuner), diffusers at its
 #                                                      # best and stock, the VAE and the pictures of that batch;
-#                                                      # several A/Bs separated by ';'; GEGLU=1: the GEGLU kernel first
+#                                                      # several A/Bs separated by ';'; GEGLU=1: the GEGLU kernel first;
+#                                                      # FA4_TILES=file: FlashAttention-4 tiles (gpu_fa4_tiles.py --winners)
 #   OUT=results bash benchmarks/gpu_round2.sh tests    # GPU tests, then where the time of a batch-16 call goes
 #   OUT=results bash benchmarks/gpu_round2.sh quick    # GPU tests of the GEGLU and GroupNorm kernels and the
 #                                                      # precision line, the GroupNorm kernels' two forms, then
 #                                                      # the GEGLU kernel alone with exact and tanh GELU
 #   OUT=results bash benchmarks/gpu_round2.sh tiles    # FlashAttention-4 (unpacked at FA4_SITE) tile by tile at the
-#                                                      # 64x64 and 32x32 self-attentions (gpu_fa4_tiles.py)
+#                                                      # 64x64 and 32x32 self-attentions (gpu_fa4_tiles.py); the
+#                                                      # tiles that beat its own go to OUT/fa4_tiles.json
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
 #                                                      # this machine, at FA4_SITE), against attention_kernel="fa3"
@@ -107,7 +109,7 @@ levers)
   timeout "$(limit "${BENCH_LIMIT:-560}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_b$B.md" \
     --timeline-batches "$B" \
     --batches "$B" --plain-batches "$B" --stock-batches "$B" "${AB_ARGS[@]}" --ab-batches "$B" --no-ab-plain \
-    --budget-s "${BENCH_BUDGET:-480}" >"$OUT/gpu_sampling_b$B.log" 2>&1
+    ${FA4_TILES:+--fa4-tiles "$FA4_TILES"} --budget-s "${BENCH_BUDGET:-480}" >"$OUT/gpu_sampling_b$B.log" 2>&1
   log "benchmark rc=$?"
   ;;
 tests)
@@ -143,7 +145,8 @@ quick)
 tiles)
   [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
   log "FlashAttention-4's tiles at the 64x64 and 32x32 self-attentions, batches 16 and 2"
-  timeout "$(limit 240)" "$PY" benchmarks/gpu_fa4_tiles.py --out "$OUT/fa4_tiles.md" >"$OUT/fa4_tiles.log" 2>&1
+  timeout "$(limit 240)" "$PY" benchmarks/gpu_fa4_tiles.py --out "$OUT/fa4_tiles.md" --winners "$OUT/fa4_tiles.json" \
+    >"$OUT/fa4_tiles.log" 2>&1
   log "tiles rc=$?"
   ;;
 fa4)

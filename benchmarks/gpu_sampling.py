@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -525,10 +526,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ab-batches", type=batch_list, default=[16])
     parser.add_argument("--no-ab-plain", dest="ab_plain", action="store_false",
                         help="A/B: skip the plain call (its UNet output error; one more compile)")  # fmt: skip
+    parser.add_argument("--fa4-tiles", type=Path,
+                        help="JSON of FlashAttention-4 tiles by head width (gpu_fa4_tiles.py --winners) put into "
+                        "ldmkit.fast.attention.FA4_HOPPER_TILES before anything is built; A/B attention_tiles=False "
+                        "against them")  # fmt: skip
     parser.add_argument("--timeline-batches", type=batch_list, default=[],
                         help="batches whose guided step (and diffusers' best call) is profiled on the device's "
                         "time line: kernels by kind plus idle gaps, adding up to the span")  # fmt: skip
     return parser.parse_args(argv)
+
+
+def use_fa4_tiles(path: Path, run: Run) -> None:
+    """Put the tiles of ``path`` ({"head width": [tile_m, tile_n, P in registers, overlap]}) into the table
+    the fast path's attention_tiles setting reads."""
+    from ldmkit.fast.attention import FA4_HOPPER_TILES
+
+    tiles = {int(w): (int(m), int(n), bool(r), bool(o)) for w, (m, n, r, o) in json.loads(path.read_text()).items()}
+    FA4_HOPPER_TILES.update(tiles)
+    run.notes.append(f"FlashAttention-4 tiles by head width from {path.name}: {tiles or 'none'}")
+    log.info(run.notes[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     from ldmkit.fast.modules import compile_options
 
     run = Run(args)
+    if args.fa4_tiles is not None:
+        use_fa4_tiles(args.fa4_tiles, run)
     cuda = run.device.type == "cuda"
     if cuda:
         # cuDNN's autotuner is left to each library: ldmkit's fast path turns it on around its calls

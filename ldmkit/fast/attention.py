@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -30,6 +32,8 @@ from ldmkit.fast.support import swap_modules
 
 __all__ = [
     "ATTENTION_KERNELS",
+    "FA4_HOPPER_TILES",
+    "Fa4Tile",
     "FlashAttention",
     "fa3_available",
     "fa3_unusable_reason",
@@ -49,6 +53,13 @@ FA3_MAX_HEAD_DIM = 256
 # FlashAttention-3 against 73 with cuDNN's SDPA; at 256 keys and more FlashAttention-3 was faster
 # (21.9 against 24.4 us at 16x16; benchmarks/RESULTS.md, run R).
 FA3_MIN_KEYS = 128
+
+# FlashAttention-4's Hopper forward tile: (tile_m, tile_n, P kept in registers for the second product,
+# intra-warpgroup overlap of softmax and products)
+Fa4Tile = tuple[int, int, bool, bool]
+# Head width -> the tile timed faster than FlashAttention-4's own choice on an H100 at SD v1's shapes
+# (benchmarks/gpu_fa4_tiles.py); widths not listed keep the package's choice (192x128 up to 64 columns).
+FA4_HOPPER_TILES: dict[int, Fa4Tile] = {}
 
 
 @functools.cache
@@ -113,22 +124,59 @@ def _fa4_function() -> Any:
     return importlib.import_module("flash_attn.cute").flash_attn_func
 
 
+_TILE_ARGUMENTS = ("tile_mn", "mma_pv_is_rs", "intra_wg_overlap")
+
+
+@functools.cache
+def _fa4_tiled_function() -> Any | None:
+    """The package's forward with tile arguments (``flash_attn.cute.interface._flash_attn_fwd``, not in its
+    public ``flash_attn_func``), or None where this release has no such function: its own tiles then."""
+    function = getattr(importlib.import_module("flash_attn.cute.interface"), "_flash_attn_fwd", None)
+    if function is None or not set(_TILE_ARGUMENTS) <= set(inspect.signature(function).parameters):
+        log.warning("this flash-attn-4 release takes no tile arguments; FlashAttention-4 keeps its own tiles")
+        return None
+    return function
+
+
+def _takes_tiles(device: torch.device) -> bool:
+    """Whether FlashAttention-4 runs its Hopper (SM90) forward on ``device``, the one the tiles are for."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+
+
 # (head width, dtype) whose FlashAttention-4 kernel failed to compile or run here: SDPA from then on
 _FA4_FAILED: set[tuple[int, torch.dtype]] = set()
+# (head width, dtype, tile) whose tile failed here: FlashAttention-4's own tile from then on
+_FA4_TILE_FAILED: set[tuple[int, torch.dtype, tuple[int, ...]]] = set()
 
 
 @torch.library.custom_op("ldmkit::flash_attention_4", mutates_args=())
-def flash_attention_4(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+def flash_attention_4(q: Tensor, k: Tensor, v: Tensor, scale: float, tile: list[int] | None = None) -> Tensor:
     """(B, N, heads, d), (B, L, heads, d) x2 -> (B, N, heads, d) by FlashAttention-4's forward kernel.
 
     An operator of its own so that ``torch.compile`` traces around the kernel (the package registers
     none) and calls it as one opaque step. The package compiles each kernel at its first call, so the
-    fast path's warm-up calls, before CUDA-graph capture, are where that time goes. A kernel the
-    package cannot build or run for these inputs (a beta package, chosen by default where it is
-    installed) is logged once as a warning and SDPA computes that head width from then on: the
-    same function, so the pictures do not change, only the speed.
+    fast path's warm-up calls, before CUDA-graph capture, are where that time goes. ``tile``
+    ([tile_m, tile_n, P in registers, overlap], see :data:`FA4_HOPPER_TILES`) replaces the package's
+    own tile on Hopper GPUs. A kernel the package cannot build or run for these inputs (a beta
+    package, chosen by default where it is installed) is logged once as a warning and computed from
+    then on by the package's own tile (a tile that failed) or by SDPA: the same function, so the
+    pictures do not change, only the speed.
     """
     key = (q.shape[-1], q.dtype)
+    if tile and (*key, tuple(tile)) not in _FA4_TILE_FAILED and _takes_tiles(q.device):
+        tiled = _fa4_tiled_function()
+        if tiled is not None:
+            m, n, registers, overlap = tile
+            try:
+                out = tiled(q, k, v, softmax_scale=scale, causal=False, tile_mn=(m, n),
+                            mma_pv_is_rs=bool(registers), intra_wg_overlap=bool(overlap))  # fmt: skip
+                return (out[0] if isinstance(out, tuple) else out).contiguous()  # (out, lse)
+            except Exception as exc:  # noqa: BLE001  (the DSL's compiler raises its own error types)
+                _FA4_TILE_FAILED.add((*key, tuple(tile)))
+                log.warning(
+                    "FlashAttention-4's %dx%d tile failed for head width %d (%s: %s); its own tile from now on",
+                    m, n, key[0], type(exc).__name__, exc,
+                )  # fmt: skip
     if key not in _FA4_FAILED:
         try:
             out = _fa4_function()(q, k, v, softmax_scale=scale, causal=False)
@@ -143,7 +191,7 @@ def flash_attention_4(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
 
 
 @flash_attention_4.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+def _(q: Tensor, k: Tensor, v: Tensor, scale: float, tile: list[int] | None = None) -> Tensor:
     return q.new_empty((*q.shape[:-1], v.shape[-1]))  # (B, N, heads, d_v)
 
 
@@ -195,6 +243,7 @@ class FlashAttention(nn.Module):
     (B, N, heads, d), the layout the projections produce, so no transposes are needed around it.
     With ``fuse_qkv`` self-attention computes q, k and v by one product, cross-attention k and v
     by one (:func:`fused_projection`), and the kernels read them as strided views of its output.
+    ``tiles`` (head width -> :data:`Fa4Tile`) replaces FlashAttention-4's own tile at those widths.
     """
 
     to_q: nn.Module
@@ -202,11 +251,14 @@ class FlashAttention(nn.Module):
     to_v: nn.Module
     to_out: nn.Module
 
-    def __init__(self, source: Any, kernel: str = "fa3", fuse_qkv: bool = False) -> None:
+    def __init__(
+        self, source: Any, kernel: str = "fa3", fuse_qkv: bool = False, tiles: Mapping[int, Fa4Tile] | None = None
+    ) -> None:
         super().__init__()
         if kernel not in ("fa3", "fa4"):
             raise ValueError(f"kernel must be 'fa3' or 'fa4', got {kernel!r}")
         self.kernel = kernel
+        self.tiles: dict[int, list[int]] = {w: [m, n, int(r), int(o)] for w, (m, n, r, o) in (tiles or {}).items()}
         for name in ("to_q", "to_k", "to_v", "to_out"):
             if not isinstance(getattr(source, name, None), nn.Module):
                 raise ValueError(f"{type(source).__name__} declares computes_attention but has no {name} module")
@@ -234,7 +286,7 @@ class FlashAttention(nn.Module):
         if not kernel_applies(q, k, self.kernel):
             out = sdpa_heads_last(q, k, v, self.scale)
         elif self.kernel == "fa4":
-            out = flash_attention_4(q, k, v, self.scale)  # (B, N, heads, d)
+            out = flash_attention_4(q, k, v, self.scale, self.tiles.get(q.shape[-1]))  # (B, N, heads, d)
         else:
             out = torch.ops.fa3_fwd._flash_attn_forward(q, k, v, softmax_scale=self.scale)[0]  # (B, N, heads, d)
         return self.to_out(out.reshape(b, n, -1))  # (B, N, query_dim)
@@ -242,7 +294,8 @@ class FlashAttention(nn.Module):
     def extra_repr(self) -> str:
         name = {"fa3": "FlashAttention-3", "fa4": "FlashAttention-4"}[self.kernel]
         fused = ", q/k/v (k/v of a context) by one product" if self.to_kv is not None else ""
-        return f"heads={self.heads}, {name} at {FA3_MIN_KEYS} keys or more where it applies, else SDPA{fused}"
+        tiles = "".join(f", {m}x{n} tiles at width {w}" for w, (m, n, _, _) in self.tiles.items())
+        return f"heads={self.heads}, {name} at {FA3_MIN_KEYS} keys or more where it applies, else SDPA{fused}{tiles}"
 
 
 def sdpa_heads_last(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -251,10 +304,13 @@ def sdpa_heads_last(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return out.transpose(1, 2)  # (B, N, heads, d)
 
 
-def with_flash_attention(module: nn.Module, kernel: str = "fa3", fuse_qkv: bool = False) -> nn.Module:
+def with_flash_attention(
+    module: nn.Module, kernel: str = "fa3", fuse_qkv: bool = False, tiles: Mapping[int, Fa4Tile] | None = None
+) -> nn.Module:
     """A copy of ``module`` whose ``computes_attention`` modules are :class:`FlashAttention` on ``kernel``
-    ("fa3" or "fa4"; weights shared, but for the fused q/k/v copies that ``fuse_qkv`` makes)."""
-    swap = functools.partial(FlashAttention, kernel=kernel, fuse_qkv=fuse_qkv)
+    ("fa3" or "fa4"; weights shared, but for the fused q/k/v copies that ``fuse_qkv`` makes), FlashAttention-4
+    with ``tiles`` (head width -> :data:`Fa4Tile`) where given."""
+    swap = functools.partial(FlashAttention, kernel=kernel, fuse_qkv=fuse_qkv, tiles=tiles)
     return swap_modules(module, _declares_attention, swap)
 
 

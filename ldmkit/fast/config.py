@@ -62,6 +62,12 @@ class FastConfig:
     kernel that runs here: "fa4", else "fa3", else "sdpa". Asking for "fa3" or "fa4" where it cannot
     run raises :class:`InputError` naming what is missing.
 
+    ``attention_tiles`` runs FlashAttention-4 on Hopper GPUs with the tile measured fastest for each
+    head width at SD v1's shapes (:data:`ldmkit.fast.attention.FA4_HOPPER_TILES`) instead of the
+    package's own choice, which is tuned for 64-wide heads; widths not in that table keep the
+    package's tile. ``None`` turns it on wherever "fa4" runs; ``True`` needs "fa4" (``InputError``
+    otherwise).
+
     ``fuse_qkv`` computes q, k and v of each self-attention (k and v of each cross-attention) by one
     matrix product over weights concatenated when the fast path is built
     (:func:`ldmkit.fast.attention.fused_projection`), so the input is read once; the attention
@@ -123,6 +129,7 @@ class FastConfig:
     norm_kernels: bool | None = None
     geglu_kernel: bool | None = None
     attention_kernel: str | None = None
+    attention_tiles: bool | None = None
     fuse_qkv: bool | None = None
     merge_time_projections: bool | None = None
     merge_context_projections: bool | None = None
@@ -142,6 +149,7 @@ class FastConfig:
             "cuda_graphs",
             "geglu_kernel",
             "norm_kernels",
+            "attention_tiles",
             "fuse_qkv",
             "merge_time_projections",
             "merge_context_projections",
@@ -198,6 +206,7 @@ class FastConfig:
             norm_kernels=self._norm_kernels(device, dtype),
             geglu_kernel=geglu_kernel,
             attention_kernel=attention_kernel,
+            attention_tiles=self._attention_tiles(attention_kernel),
             fuse_qkv=fuse_qkv,
             merge_time_projections=self._merge_time_projections(compile_),
             merge_context_projections=self._merge_context_projections(compile_, fuse_qkv),
@@ -230,6 +239,14 @@ class FastConfig:
         if reason is not None:
             raise InputError(f"attention_kernel={self.attention_kernel!r} cannot run here: {reason}")
         return self.attention_kernel
+
+    def _attention_tiles(self, attention_kernel: str) -> bool:
+        if self.attention_tiles and attention_kernel != "fa4":
+            raise InputError(
+                "attention_tiles=True needs attention_kernel 'fa4' (the tiles are FlashAttention-4's); "
+                f"attention here is computed by {attention_kernel!r}"
+            )
+        return attention_kernel == "fa4" if self.attention_tiles is None else self.attention_tiles
 
     def _fuse_qkv(self, attention_kernel: str) -> bool:
         if self.fuse_qkv is None:  # the flash kernels read q, k, v as views of one product
@@ -327,6 +344,7 @@ class Resolved:
     norm_kernels: bool
     geglu_kernel: bool
     attention_kernel: str
+    attention_tiles: bool
     fuse_qkv: bool
     merge_time_projections: bool
     merge_context_projections: bool

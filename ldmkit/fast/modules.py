@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ldmkit.conditioning import Conditioning
-from ldmkit.fast.attention import with_flash_attention
+from ldmkit.fast.attention import FA4_HOPPER_TILES, with_flash_attention
 from ldmkit.fast.config import Resolved
 from ldmkit.fast.context_projections import with_shared_context_projections
 from ldmkit.fast.cudnn import autotuned_convolutions
@@ -97,7 +97,8 @@ class FastDenoiser:
         if settings.geglu_kernel:
             self.module = cast(Denoiser, with_kernel_geglu(self.module, settings.approximate_gelu))
         if settings.attention_kernel in ("fa3", "fa4"):
-            flash = with_flash_attention(self.module, settings.attention_kernel, settings.fuse_qkv)
+            tiles = FA4_HOPPER_TILES if settings.attention_tiles else None
+            flash = with_flash_attention(self.module, settings.attention_kernel, settings.fuse_qkv, tiles)
             self.module = cast(Denoiser, flash)
         if settings.merge_time_projections:
             self.module = cast(Denoiser, with_shared_time_projections(self.module))

@@ -28,3 +28,18 @@ def test_timing_without_a_gpu_is_a_usage_error(tmp_path: Path, capsys: pytest.Ca
     assert exit_info.value.code == 2
     assert "needs a CUDA GPU (--compile-only does not)" in capsys.readouterr().err
     assert not (tmp_path / "t.md").exists()
+
+
+def test_winners_beat_the_packages_tile_at_the_first_batch_and_lose_nowhere() -> None:
+    own, a, b, c = None, (192, 96, True, True), (128, 128, True, True), (192, 160, True, True)
+    measured = {
+        (40, 16): [(own, 1000.0, 1e-3), (a, 900.0, 1e-3), (b, 850.0, 1e-3), (c, 950.0, 1e-3)],
+        (40, 2): [(own, 150.0, 1e-3), (a, 140.0, 1e-3), (b, 160.0, 1e-3), (c, 150.0, 1e-3)],  # b: 7% slower here
+        (80, 16): [(own, 500.0, 1e-3), (a, 495.0, 1e-3), (c, float("nan"), float("nan"))],  # 1%: not enough
+        (80, 2): [(own, 100.0, 1e-3), (a, 90.0, 1e-3)],
+    }
+    assert gpu_fa4_tiles.pick_winners(measured, [16, 2]) == {40: a}
+    # a faster tile that is less precise (error 30% over) does not count either
+    measured[(40, 16)][1] = (a, 900.0, 1.3e-3)
+    assert gpu_fa4_tiles.pick_winners(measured, [16, 2]) == {40: c}
+    assert gpu_fa4_tiles.pick_winners(measured, [16]) == {40: b}  # one batch: the fastest at it

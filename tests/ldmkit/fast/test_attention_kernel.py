@@ -242,6 +242,88 @@ def test_fa4_kernel_that_fails_warns_once_and_sdpa_computes_that_head_width(monk
     assert calls == [24, 8]
 
 
+def _tiled_stand_in(calls: list, fail_width: int | None = None):
+    """A stand-in for the package's ``_flash_attn_fwd`` with its tile keywords (the DSL needs a GPU)."""
+    from ldmkit.fast import attention
+
+    def tiled(q, k, v, softmax_scale=None, causal=False, tile_mn=None, mma_pv_is_rs=None, intra_wg_overlap=None):
+        calls.append(("tiled", q.shape[-1], tile_mn, mma_pv_is_rs, intra_wg_overlap))
+        if q.shape[-1] == fail_width:
+            raise RuntimeError("tile does not fit")
+        return attention.sdpa_heads_last(q, k, v, softmax_scale), None
+
+    return tiled
+
+
+def test_fa4_tiles_reach_the_kernel_by_head_width_on_hopper(monkeypatch):
+    """attention_tiles: the module's table entry for the head width goes to the package's tile arguments;
+    other widths, and GPUs that are not Hopper, take the package's own tile."""
+    from ldmkit.fast import attention
+
+    calls: list = []
+
+    def own(q, k, v, softmax_scale=None, causal=False):
+        calls.append(("own", q.shape[-1]))
+        return attention.sdpa_heads_last(q, k, v, softmax_scale), None
+
+    monkeypatch.setattr(attention, "_fa4_function", lambda: own)
+    monkeypatch.setattr(attention, "_fa4_tiled_function", lambda: _tiled_stand_in(calls))
+    monkeypatch.setattr(attention, "_takes_tiles", lambda device: True)
+    monkeypatch.setattr(attention, "kernel_applies", lambda q, k, kernel="fa3": True)
+    source = _attention()  # 4 heads of 8
+    module = FlashAttention(source, kernel="fa4", tiles={8: (128, 96, True, False), 40: (192, 96, True, True)})
+    assert "128x96 tiles at width 8" in repr(module)
+    x = torch.randn(2, 10, 32)  # (B, N, query_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), source(x))
+    assert calls == [("tiled", 8, (128, 96), True, False)]
+    calls.clear()
+    untiled = FlashAttention(source, kernel="fa4", tiles={40: (192, 96, True, True)})  # no entry for width 8
+    with torch.no_grad():
+        untiled(x)
+    assert calls == [("own", 8)]
+    calls.clear()
+    monkeypatch.setattr(attention, "_takes_tiles", lambda device: False)  # e.g. Blackwell: its own kernels
+    with torch.no_grad():
+        module(x)
+    assert calls == [("own", 8)]
+
+
+def test_fa4_tile_that_fails_warns_once_and_the_packages_own_tile_computes_it(monkeypatch, caplog):
+    from ldmkit.fast import attention
+
+    calls: list = []
+
+    def own(q, k, v, softmax_scale=None, causal=False):
+        calls.append(("own", q.shape[-1]))
+        return attention.sdpa_heads_last(q, k, v, softmax_scale), None
+
+    monkeypatch.setattr(attention, "_fa4_function", lambda: own)
+    monkeypatch.setattr(attention, "_fa4_tiled_function", lambda: _tiled_stand_in(calls, fail_width=24))
+    monkeypatch.setattr(attention, "_takes_tiles", lambda device: True)
+    monkeypatch.setattr(attention, "_FA4_TILE_FAILED", set())
+    q, k, v = (torch.randn(2, n, 4, 24) for n in (10, 7, 7))  # (B, N|L, heads, d)
+    with caplog.at_level("WARNING", logger="ldmkit.fast.attention"):
+        first = flash_attention_4(q, k, v, 0.5, [192, 96, 1, 1])
+        second = flash_attention_4(q, k, v, 0.5, [192, 96, 1, 1])
+    torch.testing.assert_close(first, attention.sdpa_heads_last(q, k, v, 0.5))
+    assert torch.equal(first, second)
+    assert calls == [("tiled", 24, (192, 96), True, True), ("own", 24), ("own", 24)]  # the tile is not retried
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "192x96 tile failed for head width 24" in warnings[0]
+
+
+def test_attention_tiles_follow_fa4_and_need_it():
+    config = FastConfig(attention_kernel="fa4", precision="bf16")
+    assert config._attention_tiles("fa4") is True
+    assert FastConfig(attention_tiles=False)._attention_tiles("fa4") is False
+    assert FastConfig()._attention_tiles("sdpa") is False and FastConfig()._attention_tiles("fa3") is False
+    with pytest.raises(InputError, match="attention_tiles=True needs attention_kernel 'fa4'.*'sdpa'"):
+        FastConfig(attention_tiles=True).resolve(torch.device("cpu"))
+    with pytest.raises(InputError, match="attention_tiles must be True, False or None, got 'yes'"):
+        FastConfig(attention_tiles="yes")  # type: ignore[arg-type]
+
+
 # -- GPU ------------------------------------------------------------------------------------------
 
 
@@ -273,8 +355,11 @@ def test_gpu_fa3_matches_float32_attention_as_closely_as_sdpa(tokens, keys, head
 @pytest.mark.gpu
 @pytest.mark.skipif(not FA4_HERE, reason="needs the flash-attn-4 package and a Hopper or Blackwell GPU")
 @pytest.mark.parametrize("fuse_qkv", [False, True])
+@pytest.mark.parametrize("tile", [None, (128, 128, True, True)])  # the package's own tile, or one named
 @pytest.mark.parametrize(("tokens", "head_dim"), [(4096, 40), (1024, 80), (256, 160)])
-def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graphed(tokens, head_dim, fuse_qkv):
+def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graphed(tokens, head_dim, fuse_qkv, tile):
+    from ldmkit.fast import attention
+
     torch.manual_seed(0)
     heads = 8
     source = CrossAttention(heads * head_dim, heads=heads, dim_head=head_dim).cuda().eval()
@@ -285,7 +370,8 @@ def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graph
         x16 = x.bfloat16()
         sdpa = low(x16).float()
         # fused: the kernel reads q, k, v as strided views of one product
-        fast = torch.compile(FlashAttention(low, kernel="fa4", fuse_qkv=fuse_qkv), fullgraph=True)
+        tiles = None if tile is None else {head_dim: tile}
+        fast = torch.compile(FlashAttention(low, kernel="fa4", fuse_qkv=fuse_qkv, tiles=tiles), fullgraph=True)
         eager = fast(x16).float()
         graph = torch.cuda.CUDAGraph()
         static_x = x16.clone()
@@ -304,3 +390,4 @@ def test_gpu_fa4_matches_float32_attention_as_closely_as_sdpa_compiled_and_graph
 
     assert err(eager) <= 1.1 * err(sdpa) + 1e-4
     torch.testing.assert_close(static_out.float(), eager, rtol=0, atol=0)  # the replay computed the same
+    assert not attention._FA4_FAILED and not attention._FA4_TILE_FAILED  # the kernels themselves ran
