@@ -9,7 +9,8 @@
 #                                                      # heuristics instead of its autotuner), diffusers at its
 #                                                      # best and stock, the VAE and the pictures of that batch;
 #                                                      # several A/Bs separated by ';'; GEGLU=1: the GEGLU kernel first;
-#                                                      # FA4_TILES=file: FlashAttention-4 tiles (gpu_fa4_tiles.py --winners)
+#                                                      # FA4_TILES=file: FlashAttention-4 tiles (gpu_fa4_tiles.py --winners);
+#                                                      # STOCK="": no stock torch.compile row of diffusers
 #   OUT=results bash benchmarks/gpu_round2.sh tests    # GPU tests, then where the time of a batch-16 call goes
 #   OUT=results bash benchmarks/gpu_round2.sh quick    # GPU tests of the GEGLU and GroupNorm kernels and the
 #                                                      # precision line, the GroupNorm kernels' two forms, then
@@ -108,7 +109,7 @@ levers)
   for ab in "${ABS[@]}"; do AB_ARGS+=(--ab "$ab"); done
   timeout "$(limit "${BENCH_LIMIT:-560}")" "$PY" benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling_b$B.md" \
     --timeline-batches "$B" \
-    --batches "$B" --plain-batches "$B" --stock-batches "$B" "${AB_ARGS[@]}" --ab-batches "$B" --no-ab-plain \
+    --batches "$B" --plain-batches "$B" --stock-batches "${STOCK-$B}" "${AB_ARGS[@]}" --ab-batches "$B" --no-ab-plain \
     ${FA4_TILES:+--fa4-tiles "$FA4_TILES"} --budget-s "${BENCH_BUDGET:-480}" >"$OUT/gpu_sampling_b$B.log" 2>&1
   log "benchmark rc=$?"
   ;;
