@@ -18,6 +18,8 @@
 #   OUT=results bash benchmarks/gpu_round2.sh tiles    # FlashAttention-4 (unpacked at FA4_SITE) tile by tile at the
 #                                                      # 64x64 and 32x32 self-attentions (gpu_fa4_tiles.py); the
 #                                                      # tiles that beat its own go to OUT/fa4_tiles.json
+#   OUT=results BATCH=16 STOCK= bash benchmarks/gpu_round2.sh tiled  # tiles, then levers with the winning tiles
+#                                                      # against attention_tiles=False, then FA4's GPU tests
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
 #                                                      # this machine, at FA4_SITE), against attention_kernel="fa3"
@@ -47,6 +49,7 @@ if command -v nvidia-smi >/dev/null; then
   CLOCKS_PID=$!
   trap 'kill $CLOCKS_PID 2>/dev/null' EXIT
 fi
+[ "$PART" = tiled ] && : "${STEPS_S:=580}"
 END=$(($(date +%s) + ${STEPS_S:-100000}))
 # the smaller of a step's own limit and the seconds left before END (at least 1)
 limit() { local left=$((END - $(date +%s))); ((left < $1)) && echo $((left > 1 ? left : 1)) || echo "$1"; }
@@ -150,6 +153,23 @@ tiles)
     >"$OUT/fa4_tiles.log" 2>&1
   log "tiles rc=$?"
   ;;
+tiled)
+  # one device call: the tile sweep, then the batch-BATCH step with the tiles that won against
+  # attention_tiles=False (or, where none won, against LEVERS_AB), then the GPU tests of FlashAttention-4
+  # with a named tile; STEPS_S (default 580) is shared, the tests take what is left
+  STEPS_S=${TILES_S:-200} OUT="$OUT/tiles" bash "$0" tiles
+  W="$OUT/tiles/fa4_tiles.json"
+  if [ -s "$W" ] && [ "$(cat "$W")" != "{}" ]; then
+    export FA4_TILES=$W LEVERS_AB=attention_tiles=False
+  fi
+  log "tiles that won: $(cat "$W" 2>/dev/null || echo none); A/B: ${LEVERS_AB:-default}"
+  LEFT=$((END - $(date +%s) - ${TEST_S:-60}))
+  BENCH_LIMIT=$LEFT BENCH_BUDGET=$((LEFT - 75)) OUT="$OUT/levers" bash "$0" levers
+  log "GPU tests of FlashAttention-4, its own tile and a named one"
+  timeout "$(limit "${TEST_S:-60}")" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs \
+    tests/ldmkit/fast/test_attention_kernel.py -k fa4 >"$OUT/fa4_tests.log" 2>&1
+  log "tests rc=$?"
+  ;;
 fa4)
   [ -f "$SITE/flash_attn/cute/interface.py" ] || { echo "no FlashAttention-4 at $SITE: run benchmarks/fa4_run.sh" >&2; exit 2; }
   log "guided step: the defaults (FlashAttention-4) against attention_kernel='fa3' and diffusers at its best"
@@ -159,7 +179,7 @@ fa4)
   log "benchmark rc=$?"
   ;;
 *)
-  echo "unknown part $PART (main, ab, checks, levers, tests, quick or fa4)" >&2
+  echo "unknown part $PART (main, ab, checks, levers, tests, quick, tiles, tiled or fa4)" >&2
   exit 2
   ;;
 esac
