@@ -65,7 +65,8 @@ class FastConfig:
     ``attention_tiles`` runs FlashAttention-4 on Hopper GPUs with the tile measured fastest for each
     head width at SD v1's shapes (:data:`ldmkit.fast.attention.FA4_HOPPER_TILES`) instead of the
     package's own choice, which is tuned for 64-wide heads; widths not in that table keep the
-    package's tile. ``None`` turns it on wherever "fa4" runs; ``True`` needs "fa4" (``InputError``
+    package's tile (the table holds only tiles timed faster, by ``benchmarks/gpu_fa4_tiles.py``:
+    none yet). ``None`` turns it on wherever "fa4" runs; ``True`` needs "fa4" (``InputError``
     otherwise).
 
     ``fuse_qkv`` computes q, k and v of each self-attention (k and v of each cross-attention) by one
