@@ -13,7 +13,8 @@
 #                                                      # STOCK="": no stock torch.compile row of diffusers
 #   OUT=results bash benchmarks/gpu_round2.sh tests    # GPU tests, then where the time of a batch-16 call goes
 #   OUT=results bash benchmarks/gpu_round2.sh quick    # GPU tests of the GEGLU and GroupNorm kernels and the
-#                                                      # precision line, the GroupNorm kernels' two forms, then
+#                                                      # precision line, the GroupNorm kernels' two forms, the
+#                                                      # linear/conv shapes against the roofline, then
 #                                                      # the GEGLU kernel alone with exact and tanh GELU
 #   OUT=results bash benchmarks/gpu_round2.sh tiles    # FlashAttention-4 (unpacked at FA4_SITE) tile by tile at the
 #                                                      # 64x64 and 32x32 self-attentions (gpu_fa4_tiles.py); the
@@ -139,7 +140,13 @@ quick)
   timeout "$(limit 90)" "$PY" benchmarks/gpu_group_norm.py --forms --out "$OUT/group_norm_forms.md" \
     >"$OUT/group_norm_forms.log" 2>&1
   log "group norm forms rc=$?"
-  if [ "${GEGLU:-1}" != 0 ]; then  # GEGLU=0: the tests and the GroupNorm forms only
+  log "the UNet's linear layers and convolutions, shape by shape, against the roofline"
+  for b in ${ROOFLINE_BATCHES:-16 2}; do
+    timeout "$(limit 60)" "$PY" benchmarks/unet_roofline.py --batch "$b" --time --out "$OUT/roofline_b$b.md" \
+      >"$OUT/roofline_b$b.log" 2>&1
+    log "roofline batch $b rc=$?"
+  done
+  if [ "${GEGLU:-1}" != 0 ]; then  # GEGLU=0: the tests, the GroupNorm forms and the roofline only
     log "GEGLU kernel, exact and tanh GELU"
     timeout "$(limit 120)" "$PY" benchmarks/gpu_geglu.py --library-tile --batches 16,2 --out "$OUT/geglu.md" \
       >"$OUT/geglu.log" 2>&1
