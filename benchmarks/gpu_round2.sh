@@ -20,7 +20,8 @@
 #                                                      # 64x64 and 32x32 self-attentions (gpu_fa4_tiles.py); the
 #                                                      # tiles that beat its own go to OUT/fa4_tiles.json
 #   OUT=results BATCH=16 STOCK= bash benchmarks/gpu_round2.sh tiled  # tiles, then levers with the winning tiles
-#                                                      # against attention_tiles=False, then FA4's GPU tests
+#                                                      # against attention_tiles=False (and EXTRA_AB, e.g.
+#                                                      # autotune_matmuls=True), then FA4's GPU tests
 #   OUT=results bash benchmarks/gpu_round2.sh fa4      # the batch-16 guided step with the defaults, which take
 #                                                      # FlashAttention-4 (unpacked by benchmarks/fa4_run.sh on
 #                                                      # this machine, at FA4_SITE), against attention_kernel="fa3"
@@ -167,7 +168,9 @@ tiled)
   STEPS_S=${TILES_S:-200} OUT="$OUT/tiles" bash "$0" tiles
   W="$OUT/tiles/fa4_tiles.json"
   if [ -s "$W" ] && [ "$(cat "$W")" != "{}" ]; then
-    export FA4_TILES=$W LEVERS_AB=attention_tiles=False
+    export FA4_TILES=$W LEVERS_AB="attention_tiles=False${EXTRA_AB:+;$EXTRA_AB}"
+  elif [ -n "${EXTRA_AB:-}" ]; then
+    export LEVERS_AB=$EXTRA_AB
   fi
   log "tiles that won: $(cat "$W" 2>/dev/null || echo none); A/B: ${LEVERS_AB:-default}"
   LEFT=$((END - $(date +%s) - ${TEST_S:-60}))

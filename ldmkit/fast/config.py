@@ -118,6 +118,15 @@ class FastConfig:
     GEGLU projections computed by ``geglu_kernel`` keep that kernel; with ``geglu_kernel=False``
     they are fp8 too.
 
+    ``autotune_matmuls`` (off unless asked) lets the compiler time its own Triton matrix-product
+    templates against cuBLAS for each of the denoiser's products when it compiles them, keeping the
+    faster, and fuse what follows a product (bias, residual add) into the Triton ones: inductor's
+    ``max_autotune_gemm`` alone, not the ``max-autotune`` modes, which also tune every other kernel
+    and took minutes to compile the SD v1 UNet. Compilation takes longer (each distinct product is
+    timed once, then cached with the compiled kernels). It needs ``compile`` (``InputError``
+    otherwise). At batch 16 the SD v1 UNet's linear layers run at about 59% of their roofline
+    against the convolutions' 99% (benchmarks/RESULTS.md); its effect on the step is not yet timed.
+
     ``tile_size`` (latent pixels) makes decoding of larger latents run tile by tile, tiles
     overlapping by ``tile_overlap`` latent pixels and blended linearly in pixel space.
     """
@@ -137,6 +146,7 @@ class FastConfig:
     approximate_gelu: bool | None = None
     cudnn_benchmark: bool | None = None
     fp8_linear: bool = False
+    autotune_matmuls: bool = False
     tile_size: int | None = None
     tile_overlap: int = 8
     max_graphs: int = 4
@@ -160,8 +170,9 @@ class FastConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise InputError(f"{name} must be True, False or None, got {value!r}")
-        if not isinstance(self.fp8_linear, bool):
-            raise InputError(f"fp8_linear must be True or False, got {self.fp8_linear!r}")
+        for name in ("fp8_linear", "autotune_matmuls"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.fp8_linear and self.precision == "fp32":
             raise InputError(_FP8_PRECISION.format(precision="fp32"))
         if self.attention_kernel is not None and self.attention_kernel not in ATTENTION_KERNELS:
@@ -214,6 +225,7 @@ class FastConfig:
             approximate_gelu=self._approximate_gelu(geglu_kernel),
             cudnn_benchmark=cuda if self.cudnn_benchmark is None else self.cudnn_benchmark,
             fp8_linear=self._fp8_linear(device, precision),
+            autotune_matmuls=self._autotune_matmuls(compile_),
             tile_size=self.tile_size,
             tile_overlap=self.tile_overlap,
             max_graphs=self.max_graphs,
@@ -277,6 +289,11 @@ class FastConfig:
         if self.merge_context_projections is None:
             return compile_ and fuse_qkv
         return self.merge_context_projections
+
+    def _autotune_matmuls(self, compile_: bool) -> bool:
+        if self.autotune_matmuls and not compile_:
+            raise InputError("autotune_matmuls=True needs compile=True (the compiler times its matmul templates)")
+        return self.autotune_matmuls
 
     def _approximate_gelu(self, geglu_kernel: bool) -> bool:
         if self.approximate_gelu and not geglu_kernel:
@@ -352,6 +369,7 @@ class Resolved:
     approximate_gelu: bool
     cudnn_benchmark: bool
     fp8_linear: bool
+    autotune_matmuls: bool
     tile_size: int | None
     tile_overlap: int
     max_graphs: int

@@ -71,15 +71,25 @@ def compile_options(mode: str) -> dict[str, Any]:
     return dict(torch._inductor.list_mode_options(mode, dynamic=False))  # the fast path compiles static shapes
 
 
-def maybe_compile(fn: Callable, settings: Resolved, merge_identical: bool = False) -> Callable:
+# inductor's matrix-product autotuning alone (FastConfig.autotune_matmuls): its Triton templates timed
+# against cuBLAS per product; convolutions stay with cuDNN, the other kernels untuned
+MATMUL_AUTOTUNE_OPTIONS: dict[str, Any] = {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}
+
+
+def maybe_compile(
+    fn: Callable, settings: Resolved, merge_identical: bool = False, autotune_matmuls: bool = False
+) -> Callable:
     """``torch.compile`` with static shapes when asked (compilation happens on the first call).
 
     ``merge_identical`` adds the pass that computes repeated identical operations once
-    (:class:`ldmkit.fast.merge_pass.MergeIdenticalOps`).
+    (:class:`ldmkit.fast.merge_pass.MergeIdenticalOps`); ``autotune_matmuls`` the compiler's matrix-product
+    autotuning (:data:`MATMUL_AUTOTUNE_OPTIONS`).
     """
     if not settings.compile:
         return fn
     options = compile_options(settings.compile_mode)
+    if autotune_matmuls:
+        options.update(MATMUL_AUTOTUNE_OPTIONS)
     if merge_identical:
         from ldmkit.fast.merge_pass import MergeIdenticalOps
 
@@ -111,8 +121,9 @@ class FastDenoiser:
             log.info("fp8_linear: %d of the denoiser's %d linear layers compute in fp8", swapped, linears)
         self.prediction = denoiser.prediction
         merge = settings.merge_time_projections or settings.merge_context_projections
-        self._net = maybe_compile(self._forward, settings, merge_identical=merge)
-        self._net_guided = maybe_compile(self._forward_guided, settings, merge_identical=merge)
+        tune = settings.autotune_matmuls
+        self._net = maybe_compile(self._forward, settings, merge_identical=merge, autotune_matmuls=tune)
+        self._net_guided = maybe_compile(self._forward_guided, settings, merge_identical=merge, autotune_matmuls=tune)
         self.graphs = GraphCache(settings.max_graphs) if settings.cuda_graphs else None
         self._alphas: tuple[Tensor, Tensor] | None = None  # (schedule tensor, its copy on the device)
 

@@ -129,6 +129,47 @@ def test_compiled_bf16_decoder_with_channels_last_norms_stays_within_2_of_255():
     assert (images - reference).abs().mean().item() * 255 / 2 < 2.0  # images in [-1, 1]: 2/255 of the range
 
 
+def test_autotune_matmuls_reaches_the_denoisers_compiles_only(monkeypatch):
+    """autotune_matmuls: the compiler's matmul autotuning for the denoiser's two compiled calls (plain and
+    guided), not the decoder's; asked for without compile, an InputError."""
+    from ldmkit.fast import modules
+
+    seen = []
+
+    def recording_compile(fn, dynamic=None, options=None):
+        seen.append((getattr(fn, "__name__", ""), dict(options or {})))
+        return fn  # uncompiled: only the options are under test here
+
+    monkeypatch.setattr(modules.torch, "compile", recording_compile)
+    pipe = tiny_pipeline()
+    pipe.optimize(precision="fp32", compile=True, autotune_matmuls=True)
+    tuned = {name for name, options in seen if options.get("max_autotune_gemm")}
+    assert tuned == {"_forward", "_forward_guided"}, seen
+    assert all(not options.get("max_autotune_gemm") for name, options in seen if name not in tuned)
+    assert any(name not in tuned for name, _ in seen)  # the decoder was compiled too, untuned
+    seen.clear()
+    pipe.optimize(precision="fp32", compile=True)  # off unless asked
+    assert seen and not any(options.get("max_autotune_gemm") for _, options in seen)
+    with pytest.raises(InputError, match="autotune_matmuls=True needs compile=True"):
+        pipe.optimize(precision="fp32", compile=False, autotune_matmuls=True)
+    with pytest.raises(InputError, match="autotune_matmuls must be True or False, got 1"):
+        FastConfig(autotune_matmuls=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not C_COMPILER, reason="torch.compile on a CPU needs a C compiler")
+def test_compiled_with_matmul_autotuning_on_cpu_computes_the_same():
+    pipe = tiny_pipeline()
+    cond, uncond = _conds()
+    x, t = _latents(), torch.tensor([700, 300])
+    with torch.no_grad():
+        ref_eps = pipe.model_fn(cond, uncond, guidance_scale=3.0)(x, t)
+        pipe.optimize(precision="fp32", compile=True, autotune_matmuls=True)
+        eps = pipe.model_fn(cond, uncond, guidance_scale=3.0)(x, t)
+    assert pipe.fast.settings.autotune_matmuls
+    torch.testing.assert_close(eps, ref_eps, rtol=1e-4, atol=1e-5)
+
+
 def test_to_rebuilds_the_fast_path():
     pipe = tiny_pipeline().optimize(precision="bf16")
     first = pipe.fast
