@@ -242,6 +242,17 @@ def test_fa4_kernel_that_fails_warns_once_and_sdpa_computes_that_head_width(monk
     assert calls == [24, 8]
 
 
+def _own_stand_in(calls: list):
+    """A stand-in for the package's ``flash_attn_func`` (its own tile), recording the head width."""
+    from ldmkit.fast import attention
+
+    def own(q, k, v, softmax_scale=None, causal=False):
+        calls.append(("own", q.shape[-1]))
+        return attention.sdpa_heads_last(q, k, v, softmax_scale), None
+
+    return own
+
+
 def _tiled_stand_in(calls: list, fail_width: int | None = None):
     """A stand-in for the package's ``_flash_attn_fwd`` with its tile keywords (the DSL needs a GPU)."""
     from ldmkit.fast import attention
@@ -262,11 +273,7 @@ def test_fa4_tiles_reach_the_kernel_by_head_width_on_hopper(monkeypatch):
 
     calls: list = []
 
-    def own(q, k, v, softmax_scale=None, causal=False):
-        calls.append(("own", q.shape[-1]))
-        return attention.sdpa_heads_last(q, k, v, softmax_scale), None
-
-    monkeypatch.setattr(attention, "_fa4_function", lambda: own)
+    monkeypatch.setattr(attention, "_fa4_function", lambda: _own_stand_in(calls))
     monkeypatch.setattr(attention, "_fa4_tiled_function", lambda: _tiled_stand_in(calls))
     monkeypatch.setattr(attention, "_takes_tiles", lambda device: True)
     monkeypatch.setattr(attention, "kernel_applies", lambda q, k, kernel="fa3": True)
@@ -294,11 +301,7 @@ def test_fa4_tile_that_fails_warns_once_and_the_packages_own_tile_computes_it(mo
 
     calls: list = []
 
-    def own(q, k, v, softmax_scale=None, causal=False):
-        calls.append(("own", q.shape[-1]))
-        return attention.sdpa_heads_last(q, k, v, softmax_scale), None
-
-    monkeypatch.setattr(attention, "_fa4_function", lambda: own)
+    monkeypatch.setattr(attention, "_fa4_function", lambda: _own_stand_in(calls))
     monkeypatch.setattr(attention, "_fa4_tiled_function", lambda: _tiled_stand_in(calls, fail_width=24))
     monkeypatch.setattr(attention, "_takes_tiles", lambda device: True)
     monkeypatch.setattr(attention, "_FA4_TILE_FAILED", set())
