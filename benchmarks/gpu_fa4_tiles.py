@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for batch in args.batches for row in time_tiles(batch, measured)]
         if args.winners is not None:
             winners = pick_winners(measured, args.batches)
-            args.winners.write_text(json.dumps({str(w): list(t) for w, t in winners.items() if t is not None}))
+            args.winners.write_text(json.dumps({str(w): list(t) for w, t in winners.items() if t}))
             log.info("tiles that beat FlashAttention-4's own: %s", winners or "none")
         title = (
             f"# FlashAttention-4's tiles at SD v1 shapes ({torch.cuda.get_device_name()}, torch {torch.__version__})"

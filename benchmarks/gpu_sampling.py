@@ -526,7 +526,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ab-batches", type=batch_list, default=[16])
     parser.add_argument("--no-ab-plain", dest="ab_plain", action="store_false",
                         help="A/B: skip the plain call (its UNet output error; one more compile)")  # fmt: skip
-    parser.add_argument("--fa4-tiles", type=Path,
+    parser.add_argument("--fa4-tiles", type=fa4_tiles_file,
                         help="JSON of FlashAttention-4 tiles by head width (gpu_fa4_tiles.py --winners) put into "
                         "ldmkit.fast.attention.FA4_HOPPER_TILES before anything is built; A/B attention_tiles=False "
                         "against them")  # fmt: skip
@@ -536,14 +536,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def use_fa4_tiles(path: Path, run: Run) -> None:
-    """Put the tiles of ``path`` ({"head width": [tile_m, tile_n, P in registers, overlap]}) into the table
-    the fast path's attention_tiles setting reads."""
+def fa4_tiles_file(text: str) -> dict[int, tuple[int, int, bool, bool]]:
+    """--fa4-tiles: {"head width": [tile_m, tile_n, P in registers, overlap]} from a JSON file."""
+    try:
+        entries = json.loads(Path(text).read_text()).items()
+        return {int(w): (int(m), int(n), bool(r), bool(o)) for w, (m, n, r, o) in entries}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:  # unreadable, not JSON, or not that shape
+        raise argparse.ArgumentTypeError(
+            f'{text}: expected a JSON file of {{"head width": [tile_m, tile_n, rs, overlap]}} ({exc})'
+        ) from exc
+
+
+def use_fa4_tiles(tiles: dict[int, tuple[int, int, bool, bool]], run: Run) -> None:
+    """Put ``tiles`` into the table the fast path's attention_tiles setting reads."""
     from ldmkit.fast.attention import FA4_HOPPER_TILES
 
-    tiles = {int(w): (int(m), int(n), bool(r), bool(o)) for w, (m, n, r, o) in json.loads(path.read_text()).items()}
     FA4_HOPPER_TILES.update(tiles)
-    run.notes.append(f"FlashAttention-4 tiles by head width from {path.name}: {tiles or 'none'}")
+    run.notes.append(f"FlashAttention-4 tiles by head width: {tiles or 'none'}")
     log.info(run.notes[-1])
 
 
